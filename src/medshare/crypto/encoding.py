@@ -1,0 +1,78 @@
+"""Versioned, typed file formats for keys, parameters and ciphertexts.
+
+Every object medshare writes is a JSON document ``{"format": "medshare", "type": T,
+"version": V, ...}`` with binary fields in unpadded base64url. Readers name the type
+and the versions they understand, so a KAC key passed where an ABE key is expected,
+a file from a future version, a truncated download or a flipped bit all end in one
+clear :class:`InvalidEncoding` message instead of a stack trace. Group elements inside
+are decoded by the group facade, which subgroup-checks them.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+from medshare.crypto.errors import InvalidEncoding
+
+FORMAT = "medshare"
+T = TypeVar("T")
+
+
+def b64e(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def b64d(text: object, *, field: str) -> bytes:
+    if not isinstance(text, str):
+        raise InvalidEncoding(f"field {field!r} must be a base64url string")
+    try:
+        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except (binascii.Error, ValueError):
+        raise InvalidEncoding(f"field {field!r} is not valid base64url") from None
+
+
+def dumps(kind: str, version: int, body: Mapping[str, Any]) -> bytes:
+    """Serialise ``body`` as a typed, versioned document (deterministic key order)."""
+    doc = {"format": FORMAT, "type": kind, "version": version, **body}
+    return (json.dumps(doc, sort_keys=True, indent=1, ensure_ascii=False) + "\n").encode()
+
+
+def loads(data: bytes | str, kind: str, versions: frozenset[int] = frozenset({1})) -> dict:
+    """Parse a document and check its format, type and version; returns the whole dict."""
+    try:
+        doc = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidEncoding(f"not a medshare {kind} file (not valid JSON: {exc.msg})") from None
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        raise InvalidEncoding(f"not a medshare {kind} file")
+    if doc.get("type") != kind:
+        raise InvalidEncoding(f"expected a {kind} file, got a {doc.get('type')!r} file")
+    if doc.get("version") not in versions:
+        known = ", ".join(str(v) for v in sorted(versions))
+        raise InvalidEncoding(
+            f"{kind} file has unsupported version {doc.get('version')!r} (this medshare reads {known})"
+        )
+    return doc
+
+
+def field(doc: Mapping[str, Any], name: str, decode: Callable[[Any], T]) -> T:
+    """Fetch and decode one field, turning every failure into a message naming the field."""
+    if name not in doc:
+        raise InvalidEncoding(f"{doc.get('type', 'document')} is missing field {name!r}")
+    try:
+        return decode(doc[name])
+    except InvalidEncoding as exc:
+        raise InvalidEncoding(f"field {name!r}: {exc}") from None
+    except (TypeError, ValueError, KeyError, AttributeError) as exc:
+        raise InvalidEncoding(f"field {name!r} is malformed ({exc})") from None
+
+
+def int_field(value: object, *, low: int, high: int) -> int:
+    """An integer in [low, high] (JSON booleans are refused)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise InvalidEncoding(f"expected an integer in [{low}, {high}]")
+    return value

@@ -1,0 +1,416 @@
+"""Accountable-authority key issuance: a two-party protocol so the authority never learns K'.
+
+Ning, Dong, Cao, Wei, ESORICS 2015 (accountable authority CP-ABE with white-box
+traceability and public auditing). The user holds a secret ``k`` and registers
+``R = g1^k`` with a Schnorr proof of knowledge. For each key the authority picks a
+fresh random ``c`` and sends its Paillier encryption of ``a + c``; the user returns
+``Enc((a + c + k)·ρ + p·δ)`` for random ``ρ`` and a statistically masking ``δ``
+(|p| + 130 bits), together with ``X = (g1^a · g1^c · R)^ρ`` and a proof of knowledge
+of ``ρ``. The authority decrypts ``x = ρ(a+c+k) mod p``, checks ``g1^x = X`` (this
+stops a user who ran the Paillier step with some other ``k̂`` from obtaining an
+unregistered key with which to frame the authority), and issues key components for
+the exponent ``x``. The user raises ``K, L, L'`` to ``ρ`` and sets ``K' = c + k``:
+the result is an ordinary key for identity ``c + k`` with ``r = ρ·r̃``.
+
+Trust assumption, stated plainly: the authority is trusted to be honest-but-curious
+*during issuance*. A malicious authority could encrypt ``a + c + 2^1000`` instead of
+``a + c``, read ``ρ`` off the high bits of ``x`` and solve for ``k``; the fix is a
+range proof that the Paillier plaintext equals the discrete log of ``g1^{a+c}`` and
+is below p, plus a proof that the Paillier modulus is well-formed. Neither proof is
+implemented yet, so audit verdicts of ``authority`` are sound only for keys issued
+by an authority that followed the protocol at issuance time.
+
+Paillier: the ``phe`` package (with ``gmpy2``), modulus 3072 bits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import phe
+from phe.util import powmod
+
+from medshare.crypto import abe, encoding, group
+from medshare.crypto.errors import InvalidEncoding, InvalidKey, ProtocolError
+from medshare.crypto.group import G1, G2, ORDER
+
+PAILLIER_BITS = 3072
+MASK_BITS = ORDER.bit_length() + 130
+_PROOF_DST = b"medshare/abe/v1/issuance-proof"
+
+
+# --- Schnorr proofs of knowledge of a discrete log (Fiat–Shamir) -------------------------------
+
+
+@dataclass(frozen=True)
+class DlogProof:
+    """Proof of knowledge of ``x`` with ``statement = base^x``: ``(challenge, response)``."""
+
+    challenge: int
+    response: int
+
+
+def _challenge(context: bytes, base: G1, statement: G1, commitment: G1) -> int:
+    parts = [context, group.encode_g1(base), group.encode_g1(statement)]
+    parts.append(group.encode_g1(commitment))
+    return group.hash_to_zp(_PROOF_DST, b"".join(len(p).to_bytes(4, "big") + p for p in parts))
+
+
+def prove_dlog(base: G1, secret: int, context: bytes) -> DlogProof:
+    nonce = group.random_scalar()
+    e = _challenge(context, base, group.mul(base, secret), group.mul(base, nonce))
+    return DlogProof(e, (nonce + e * secret) % ORDER)
+
+
+def verify_dlog(base: G1, statement: G1, proof: DlogProof, context: bytes) -> bool:
+    commitment = group.multiexp([base, statement], [proof.response, ORDER - proof.challenge])
+    return _challenge(context, base, statement, commitment) == proof.challenge
+
+
+# --- messages ------------------------------------------------------------------------------------
+
+
+def _hex_int(value: object) -> int:
+    if not isinstance(value, str) or not value or len(value) > 2048:
+        raise InvalidEncoding("expected a hex integer")
+    try:
+        return int(value, 16)
+    except ValueError:
+        raise InvalidEncoding("expected a hex integer") from None
+
+
+def _g1(value: object) -> G1:
+    return group.decode_g1(encoding.b64d(value, field="point"))
+
+
+def _g2(value: object) -> G2:
+    return group.decode_g2(encoding.b64d(value, field="point"))
+
+
+def _proof_doc(proof: DlogProof) -> list[str]:
+    return [format(proof.challenge, "x"), format(proof.response, "x")]
+
+
+def _proof(value: object) -> DlogProof:
+    if not isinstance(value, list) or len(value) != 2:
+        raise InvalidEncoding("a proof is [challenge, response]")
+    e, z = _hex_int(value[0]), _hex_int(value[1])
+    if not (0 <= e < ORDER and 0 <= z < ORDER):
+        raise InvalidEncoding("proof values out of range")
+    return DlogProof(e, z)
+
+
+def _attributes(value: object) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(a, str) and a for a in value):
+        raise InvalidEncoding("attributes must be a list of strings")
+    return tuple(value)
+
+
+@dataclass(frozen=True)
+class RegistrationRequest:
+    """User → authority: ``R = g1^k`` with a proof of knowledge of ``k``, bound to the identity."""
+
+    identity: str
+    R: G1
+    proof: DlogProof
+
+    def to_bytes(self) -> bytes:
+        body = {"identity": self.identity, "R": encoding.b64e(group.encode_g1(self.R))}
+        return encoding.dumps("abe-registration", 1, {**body, "proof": _proof_doc(self.proof)})
+
+    @classmethod
+    def from_bytes(cls, data: bytes | str) -> RegistrationRequest:
+        doc = encoding.loads(data, "abe-registration")
+        return cls(
+            identity=encoding.field(doc, "identity", _identity),
+            R=encoding.field(doc, "R", _g1),
+            proof=encoding.field(doc, "proof", _proof),
+        )
+
+
+def _identity(value: object) -> str:
+    if not isinstance(value, str) or not value.strip() or len(value) > 256:
+        raise InvalidEncoding("identity must be a non-empty string of at most 256 characters")
+    return value
+
+
+@dataclass(frozen=True)
+class IssuanceOffer:
+    """Authority → user: fresh ``c``, the attributes, and ``Enc_paillier(a + c)``."""
+
+    session: str
+    identity: str
+    c: int
+    attributes: tuple[str, ...]
+    paillier_n: int
+    enc_a_plus_c: int
+
+    def to_bytes(self) -> bytes:
+        return encoding.dumps(
+            "abe-issuance-offer",
+            1,
+            {
+                "session": self.session,
+                "identity": self.identity,
+                "c": format(self.c, "x"),
+                "attributes": list(self.attributes),
+                "paillier_n": format(self.paillier_n, "x"),
+                "enc_a_plus_c": format(self.enc_a_plus_c, "x"),
+            },
+        )
+
+    @classmethod
+    def from_bytes(cls, data: bytes | str) -> IssuanceOffer:
+        doc = encoding.loads(data, "abe-issuance-offer")
+        return cls(
+            session=encoding.field(doc, "session", _identity),
+            identity=encoding.field(doc, "identity", _identity),
+            c=encoding.field(doc, "c", _hex_int),
+            attributes=encoding.field(doc, "attributes", _attributes),
+            paillier_n=encoding.field(doc, "paillier_n", _hex_int),
+            enc_a_plus_c=encoding.field(doc, "enc_a_plus_c", _hex_int),
+        )
+
+
+@dataclass(frozen=True)
+class IssuanceResponse:
+    """User → authority: ``Enc(x_full)``, ``X = B^ρ`` and a proof of knowledge of ``ρ``."""
+
+    session: str
+    enc_x: int
+    X: G1
+    proof: DlogProof
+
+    def to_bytes(self) -> bytes:
+        return encoding.dumps(
+            "abe-issuance-response",
+            1,
+            {
+                "session": self.session,
+                "enc_x": format(self.enc_x, "x"),
+                "X": encoding.b64e(group.encode_g1(self.X)),
+                "proof": _proof_doc(self.proof),
+            },
+        )
+
+    @classmethod
+    def from_bytes(cls, data: bytes | str) -> IssuanceResponse:
+        doc = encoding.loads(data, "abe-issuance-response")
+        return cls(
+            session=encoding.field(doc, "session", _identity),
+            enc_x=encoding.field(doc, "enc_x", _hex_int),
+            X=encoding.field(doc, "X", _g1),
+            proof=encoding.field(doc, "proof", _proof),
+        )
+
+
+@dataclass(frozen=True)
+class IssuedKey:
+    """Authority → user: the blinded key ``(K̃, L̃, L̃', components)`` for exponent ``x``."""
+
+    session: str
+    K: G2
+    L: G2
+    L_prime: G2
+    components: dict[str, tuple[G2, G2]] = field(default_factory=dict)
+
+    def to_bytes(self) -> bytes:
+        blinded = abe.AbeUserKey(1, self.K, self.L, self.L_prime, self.components)
+        return encoding.dumps(
+            "abe-issued-key", 1, {"session": self.session, "key": blinded.to_bytes().decode()}
+        )
+
+    @classmethod
+    def from_bytes(cls, data: bytes | str) -> IssuedKey:
+        doc = encoding.loads(data, "abe-issued-key")
+        key = encoding.field(doc, "key", abe.AbeUserKey.from_bytes)
+        session = encoding.field(doc, "session", _identity)
+        return cls(session, key.K, key.L, key.L_prime, dict(key.components))
+
+
+def _context(session: str, identity: str, c: int) -> bytes:
+    return f"medshare/issuance/v1|{session}|{identity}|{c:x}".encode()
+
+
+def _registration_context(identity: str) -> bytes:
+    return f"medshare/registration/v1|{identity}".encode()
+
+
+# --- the authority side ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AuthorityKeys:
+    """Everything an attribute authority keeps secret: the ABE master key and its Paillier key."""
+
+    master: abe.AbeMasterKey
+    paillier_p: int
+    paillier_q: int
+
+    @classmethod
+    def generate(cls) -> AuthorityKeys:
+        public, private = phe.generate_paillier_keypair(n_length=PAILLIER_BITS)
+        return cls(abe.setup(), private.p, private.q)
+
+    def paillier(self) -> tuple[phe.PaillierPublicKey, phe.PaillierPrivateKey]:
+        public = phe.PaillierPublicKey(self.paillier_p * self.paillier_q)
+        return public, phe.PaillierPrivateKey(public, self.paillier_p, self.paillier_q)
+
+    def to_bytes(self) -> bytes:
+        return encoding.dumps(
+            "abe-authority-keys",
+            1,
+            {
+                "master": self.master.to_bytes().decode(),
+                "paillier_p": format(self.paillier_p, "x"),
+                "paillier_q": format(self.paillier_q, "x"),
+            },
+        )
+
+    @classmethod
+    def from_bytes(cls, data: bytes | str) -> AuthorityKeys:
+        doc = encoding.loads(data, "abe-authority-keys")
+        keys = cls(
+            master=encoding.field(doc, "master", abe.AbeMasterKey.from_bytes),
+            paillier_p=encoding.field(doc, "paillier_p", _hex_int),
+            paillier_q=encoding.field(doc, "paillier_q", _hex_int),
+        )
+        if (keys.paillier_p * keys.paillier_q).bit_length() < PAILLIER_BITS - 1:
+            raise InvalidEncoding("Paillier modulus is too small")
+        return keys
+
+
+@dataclass(frozen=True)
+class _Pending:
+    identity: str
+    c: int
+    R: G1
+    attributes: tuple[str, ...]
+
+
+class IssuanceAuthority:
+    """The authority's side of issuance; keeps per-session state between offer and issue."""
+
+    def __init__(self, keys: AuthorityKeys) -> None:
+        self._keys = keys
+        self._paillier_public, self._paillier_private = keys.paillier()
+        self._pending: dict[str, _Pending] = {}
+
+    def offer(
+        self, request: RegistrationRequest, attributes: Iterable[str]
+    ) -> IssuanceOffer:
+        """Check the user's registration proof, pick a fresh ``c``, send ``Enc(a + c)``."""
+        if not verify_dlog(group.g1(), request.R, request.proof, _registration_context(request.identity)):
+            raise ProtocolError("registration proof of knowledge of k does not verify")
+        attrs = tuple(sorted(set(attributes)))
+        abe._check_attributes(attrs)
+        session = secrets.token_hex(16)
+        c = group.random_scalar()
+        self._pending[session] = _Pending(request.identity, c, request.R, attrs)
+        enc = self._paillier_public.raw_encrypt((self._keys.master.a + c) % ORDER)
+        return IssuanceOffer(session, request.identity, c, attrs, self._paillier_public.n, enc)
+
+    def issue(self, response: IssuanceResponse) -> tuple[IssuedKey, abe.Registration]:
+        """Decrypt ``x``, check it against ``X`` and the proof of ``ρ``, issue for exponent ``x``."""
+        pending = self._pending.pop(response.session, None)
+        if pending is None:
+            raise ProtocolError("unknown or already used issuance session")
+        n_square = self._paillier_public.nsquare
+        if not 0 < response.enc_x < n_square:
+            raise ProtocolError("Paillier ciphertext out of range")
+        x = self._paillier_private.raw_decrypt(response.enc_x) % ORDER
+        if x == 0 or group.mul(group.g1(), x) != response.X:
+            raise ProtocolError("the blinded exponent does not match the registered commitment")
+        master = self._keys.master
+        base = master.public.a1 + group.mul(group.g1(), pending.c) + pending.R
+        context = _context(response.session, pending.identity, pending.c)
+        if not verify_dlog(base, response.X, response.proof, context):
+            raise ProtocolError("proof of knowledge of the blinding factor does not verify")
+        r_tilde = group.random_scalar()
+        big_k, big_l, l_prime, comps = abe.issue_components(master, x, r_tilde, pending.attributes)
+        registration = abe.Registration(pending.identity, pending.c, pending.R, pending.attributes)
+        return IssuedKey(response.session, big_k, big_l, l_prime, comps), registration
+
+
+# --- the user side ------------------------------------------------------------------------------
+
+
+class IssuanceUser:
+    """The user's side: owns ``k`` (never sent) and the blinding factor ``ρ`` of one session."""
+
+    def __init__(self, public: abe.AbePublicKey, identity: str) -> None:
+        self._public = public
+        self._identity = _identity(identity)
+        self._k = group.random_scalar()
+        self._rho: int | None = None
+        self._offer: IssuanceOffer | None = None
+
+    def registration(self) -> RegistrationRequest:
+        R = group.mul(group.g1(), self._k)
+        proof = prove_dlog(group.g1(), self._k, _registration_context(self._identity))
+        return RegistrationRequest(self._identity, R, proof)
+
+    def respond(self, offer: IssuanceOffer) -> IssuanceResponse:
+        """Blind ``a + c`` homomorphically into ``Enc(ρ(a + c + k) + p·δ)``."""
+        if offer.identity != self._identity:
+            raise ProtocolError("offer is for another identity")
+        if offer.paillier_n.bit_length() < PAILLIER_BITS - 1:
+            raise ProtocolError("the authority's Paillier modulus is too small")
+        n_square = offer.paillier_n**2
+        if not 0 < offer.enc_a_plus_c < n_square or not 0 < offer.c < ORDER:
+            raise ProtocolError("offer values out of range")
+        rho = group.random_scalar()
+        delta = secrets.randbits(MASK_BITS)
+        paillier = phe.PaillierPublicKey(offer.paillier_n)
+        masked = paillier.raw_encrypt(self._k * rho + ORDER * delta)
+        enc_x = powmod(offer.enc_a_plus_c, rho, n_square) * masked % n_square
+        base = self._public.a1 + group.mul(group.g1(), offer.c) + group.mul(group.g1(), self._k)
+        big_x = group.mul(base, rho)
+        proof = prove_dlog(base, rho, _context(offer.session, offer.identity, offer.c))
+        self._rho, self._offer = rho, offer
+        return IssuanceResponse(offer.session, enc_x, big_x, proof)
+
+    def finish(self, issued: IssuedKey) -> abe.AbeUserKey:
+        """Unblind with ``ρ``, set ``K' = c + k`` and check the key before accepting it."""
+        if self._offer is None or self._rho is None or issued.session != self._offer.session:
+            raise ProtocolError("issued key does not belong to this user's open session")
+        if set(issued.components) != set(self._offer.attributes):
+            raise ProtocolError("issued key does not carry the offered attributes")
+        rho = self._rho
+        key = abe.AbeUserKey(
+            k_prime=(self._offer.c + self._k) % ORDER,
+            K=group.mul(issued.K, rho),
+            L=group.mul(issued.L, rho),
+            L_prime=group.mul(issued.L_prime, rho),
+            components=dict(issued.components),
+        )
+        self._rho, self._offer = None, None
+        try:
+            abe.check_key(self._public, key)
+        except InvalidKey as exc:
+            raise ProtocolError(f"the authority issued a malformed key: {exc}") from None
+        return key
+
+
+def issue_key(
+    authority: IssuanceAuthority,
+    public: abe.AbePublicKey,
+    identity: str,
+    attributes: Iterable[str],
+) -> tuple[abe.AbeUserKey, abe.Registration]:
+    """Run both sides in one process, passing every message through its byte encoding."""
+    user = IssuanceUser(public, identity)
+    request = RegistrationRequest.from_bytes(user.registration().to_bytes())
+    offer = IssuanceOffer.from_bytes(authority.offer(request, attributes).to_bytes())
+    response = IssuanceResponse.from_bytes(user.respond(offer).to_bytes())
+    issued, registration = authority.issue(response)
+    key = user.finish(IssuedKey.from_bytes(issued.to_bytes()))
+    return key, registration
+
+
+def key_digest(key: abe.AbeUserKey) -> str:
+    """A short, non-secret name for a key file in logs: SHA-256 of its tag, 16 hex chars."""
+    return hashlib.sha256(key.tag()).hexdigest()[:16]
