@@ -18,11 +18,13 @@ from medshare.crypto.group import (
     g1,
     g2,
     gt_pow,
+    gt_to_bytes,
     mul,
     pair,
     pairing_check,
     random_scalar,
 )
+from medshare.crypto.hybrid import derive_key, open_sealed
 from medshare.crypto.kac import (
     AggregateKey,
     KacCiphertext,
@@ -272,6 +274,24 @@ def test_tampered_patient_id_fails(params, key, ct):
     relabelled = dataclasses.replace(key, patient_id=other_id)
     with pytest.raises(DecryptionFailed):
         decrypt(params, relabelled, dataclasses.replace(ct, patient_id=other_id))
+
+
+def test_associated_data_binds_every_field(params, other_params, key, ct):
+    """With the right KEM secret, any change to class, c1, c2, patient or params still fails."""
+    secret = kac._decapsulate(params, key, ct.class_index, ct.c1, ct.c2)
+    aead_key = derive_key(gt_to_bytes(secret), info=kac.KDF_INFO)
+    fields = (params, ct.class_index, ct.c1, ct.c2, ct.patient_id)
+    assert open_sealed(aead_key, ct.sealed, aad=kac._aad(*fields)) == MESSAGE
+    variants = [
+        (other_params, *fields[1:]),
+        (params, 9, *fields[2:]),
+        (params, ct.class_index, ct.c1 + g1(), ct.c2, ct.patient_id),
+        (params, ct.class_index, ct.c1, ct.c2 + g1(), ct.patient_id),
+        (*fields[:4], "0" * 32),
+    ]
+    for variant in variants:
+        with pytest.raises(DecryptionFailed):
+            open_sealed(aead_key, ct.sealed, aad=kac._aad(*variant))
 
 
 def test_encryption_is_randomised(params, alice):

@@ -158,7 +158,9 @@ class AbeMasterKey:
             a=encoding.field(doc, "a", _scalar_field("a")),
             public=encoding.field(doc, "public", AbePublicKey.from_bytes),
         )
-        if group.mul(group.g1(), master.alpha) != master.public.alpha1:
+        if group.mul(group.g1(), master.alpha) != master.public.alpha1 or (
+            group.mul(group.g1(), master.a) != master.public.a1
+        ):
             raise InvalidEncoding("master key does not match its public key")
         return master
 
@@ -180,6 +182,11 @@ class AbeUserKey:
     @property
     def attributes(self) -> frozenset[str]:
         return frozenset(self.components)
+
+    @cached_property
+    def l_combined(self) -> G2:
+        """``L^{K'} · L' = g2^{(a+K') r}``, used by every decryption; computed once per key."""
+        return group.mul(self.L, self.k_prime) + self.L_prime
 
     def tag(self) -> bytes:
         """``g1^{K'}``: what the registry stores to recognise this key when it leaks."""
@@ -308,7 +315,7 @@ def check_key(public: AbePublicKey, key: AbeUserKey) -> None:
     """
     if not 0 < key.k_prime < ORDER:
         raise InvalidKey("K' is out of range")
-    ll = group.mul(key.L, key.k_prime) + key.L_prime
+    ll = key.l_combined
     d1, d2 = _weight(), _weight()
     taus = sorted(key.components)
     d_tau = [_weight() for _ in taus]
@@ -521,7 +528,7 @@ def _decryption_terms(
     else:
         c1_sum = group.multiexp([ct.rows[i][0] for i in used], [ORDER - omega[i] for i in used])
     g1s = [group.mul(ct.c0, key.k_prime) + ct.c0_prime, c1_sum]
-    g2s = [key.K, group.mul(key.L, key.k_prime) + key.L_prime]
+    g2s = [key.K, key.l_combined]
     for i in used:
         _, c2, c3 = ct.rows[i]
         k1, k2 = key.components[labels[i]]

@@ -43,9 +43,16 @@ def dumps(kind: str, version: int, body: Mapping[str, Any]) -> bytes:
 
 def loads(data: bytes | str, kind: str, versions: frozenset[int] = frozenset({1})) -> dict:
     """Parse a document and check its format, type and version; returns the whole dict."""
+    if isinstance(data, bytes | bytearray | memoryview):
+        try:
+            data = bytes(data).decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidEncoding(f"not a medshare {kind} file (not UTF-8 text)") from None
+    if not isinstance(data, str):
+        raise InvalidEncoding(f"a {kind} file must be bytes, not {type(data).__name__}")
     try:
         doc = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except json.JSONDecodeError as exc:
         raise InvalidEncoding(f"not a medshare {kind} file (not valid JSON: {exc.msg})") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise InvalidEncoding(f"not a medshare {kind} file")

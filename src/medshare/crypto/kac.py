@@ -253,7 +253,7 @@ class KacParams:
     @classmethod
     def from_bytes(cls, data: bytes) -> KacParams:
         """Decode parameters (every point subgroup-checked); call :meth:`verify` once too."""
-        doc = _load(data, "kac-params")
+        doc = encoding.loads(data, "kac-params")
         n = encoding.field(doc, "n", lambda v: encoding.int_field(v, low=1, high=MAX_CLASSES))
 
         def points(count: int, size: int, decode: Any, label: str) -> Any:
@@ -297,7 +297,7 @@ class KacPatientPublic:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> KacPatientPublic:
-        doc = _load(data, "kac-patient-public")
+        doc = encoding.loads(data, "kac-patient-public")
         return cls(encoding.field(doc, "v", lambda s: decode_g1(encoding.b64d(s, field="v"))))
 
 
@@ -316,7 +316,7 @@ class KacPatientSecret:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> KacPatientSecret:
-        doc = _load(data, "kac-patient-secret")
+        doc = encoding.loads(data, "kac-patient-secret")
         gamma = encoding.field(
             doc, "gamma", lambda s: decode_scalar(encoding.b64d(s, field="gamma"))
         )
@@ -335,6 +335,20 @@ class AggregateKey:
     key: G2
     patient_id: str
     params_fingerprint: bytes
+    _base: dict[bytes, G2] = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def aggregate_base(self, params: KacParams) -> G2:
+        """``a_S = Π_{j∈S} g2_{n+1-j}``, computed once per key and parameter set.
+
+        It depends only on ``S`` and the parameters, so a patient or clinician opening
+        many records with one share pays for the |S| additions once.
+        """
+        base = self._base.get(params.fingerprint)
+        if base is None:
+            n = params.n
+            base = sum((params.g2_power(n + 1 - j) for j in self.classes), start=identity_g2())
+            self._base[params.fingerprint] = base
+        return base
 
     def key_bytes(self) -> bytes:
         """The compressed key point: 96 bytes whatever the number of classes."""
@@ -355,7 +369,7 @@ class AggregateKey:
     @classmethod
     def from_bytes(cls, data: bytes) -> AggregateKey:
         """Classes are stored as sorted, disjoint, non-adjacent ``[first, last]`` ranges."""
-        doc = _load(data, "kac-aggregate-key")
+        doc = encoding.loads(data, "kac-aggregate-key")
         classes = encoding.field(doc, "classes", _classes_from_ranges)
         key = encoding.field(doc, "key", lambda s: decode_g2(encoding.b64d(s, field="key")))
         patient = encoding.field(doc, "patient", _patient_id_field)
@@ -392,7 +406,7 @@ class KacCiphertext:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> KacCiphertext:
-        doc = _load(data, "kac-ciphertext")
+        doc = encoding.loads(data, "kac-ciphertext")
         index = encoding.field(
             doc, "class", lambda v: encoding.int_field(v, low=1, high=MAX_CLASSES)
         )
@@ -404,23 +418,6 @@ class KacCiphertext:
 
 
 # --- field codecs -----------------------------------------------------------------------------
-
-
-def _load(data: object, kind: str) -> dict:
-    """``encoding.loads`` behind a strict UTF-8 decode and a type check.
-
-    ``encoding.loads`` reads ``exc.msg`` of a ``UnicodeDecodeError``, which has no such
-    attribute, so undecodable bytes would escape as ``AttributeError``; decoding here first
-    keeps every malformed input an :class:`InvalidEncoding`.
-    """
-    if isinstance(data, bytes | bytearray | memoryview):
-        try:
-            data = bytes(data).decode("utf-8")
-        except UnicodeDecodeError:
-            raise InvalidEncoding(f"not a medshare {kind} file (not UTF-8 text)") from None
-    if not isinstance(data, str):
-        raise InvalidEncoding(f"a {kind} file must be bytes, not {type(data).__name__}")
-    return encoding.loads(data, kind)
 
 
 def _ranges(classes: Iterable[int]) -> list[list[int]]:
@@ -524,13 +521,8 @@ def _encapsulate(params: KacParams, public: KacPatientPublic, i: int, t: int) ->
 def _decapsulate(params: KacParams, key: AggregateKey, i: int, c1: G1, c2: G1) -> Any:
     """``e(c2, a_S) / e(c1, K_S · b_S)`` as one two-term multi-pairing."""
     n = params.n
-    a_s = identity_g2()
-    b_s = key.key
-    for j in key.classes:
-        a_s = a_s + params.g2_power(n + 1 - j)
-        if j != i:
-            b_s = b_s + params.g2_power(n + 1 - j + i)
-    return multi_pairing([c2, -c1], [a_s, b_s])
+    b_s = (params.g2_power(n + 1 - j + i) for j in key.classes if j != i)
+    return multi_pairing([c2, -c1], [key.aggregate_base(params), sum(b_s, start=key.key)])
 
 
 def encrypt(
@@ -553,9 +545,7 @@ def extract(params: KacParams, secret: KacPatientSecret, classes: Iterable[int])
     chosen = frozenset(_check_class(j, n) for j in classes)
     if not chosen:
         raise ValueError("cannot extract a key for an empty set of classes")
-    a_s = identity_g2()
-    for j in chosen:
-        a_s = a_s + params.g2_power(n + 1 - j)
+    a_s = sum((params.g2_power(n + 1 - j) for j in chosen), start=identity_g2())
     return AggregateKey(
         chosen, mul(a_s, secret.gamma), secret.public.patient_id, params.fingerprint
     )
@@ -583,7 +573,7 @@ def decrypt(params: KacParams, key: AggregateKey, ciphertext: KacCiphertext) -> 
         raise PolicyNotSatisfied(
             f"class {i} is not among the {len(key.classes)} classes this key opens"
         )
-    if False:
+    if key.patient_id != ciphertext.patient_id:
         raise DecryptionFailed(
             f"the key belongs to patient {key.patient_id}, "
             f"the ciphertext to patient {ciphertext.patient_id}"
