@@ -115,7 +115,10 @@ def step_collusion(story: Story) -> Outcome:
     public = story.authority.master.public
     nurse, chen = story.keys["nurse.li@H001"], story.keys["dr.chen@H002"]
     merged = abe.AbeUserKey(
-        nurse.k_prime, nurse.K, nurse.L, nurse.L_prime,
+        nurse.k_prime,
+        nurse.K,
+        nurse.L,
+        nurse.L_prime,
         {**nurse.components, "role:physician": chen.components["role:physician"]},
     )
     denied = _expect_denied(lambda: abe.decrypt(public, merged, story.ciphertext))
@@ -146,7 +149,9 @@ def step_forgery(story: Story) -> Outcome:
 def step_patient_share(story: Story) -> Outcome:
     params = kac.setup(KAC_CLASSES)
     patient = kac.keygen(params)
-    records = {i: kac.encrypt(params, patient.public, i, _record(i, "x", f"rec{i}")) for i in range(1, 13)}
+    records = {
+        i: kac.encrypt(params, patient.public, i, _record(i, "x", f"rec{i}")) for i in range(1, 13)
+    }
     chosen = [2, 3, 5, 8]
     share = kac.extract(params, patient, chosen)
     (story.out / "patient-share.json").write_bytes(share.to_bytes())

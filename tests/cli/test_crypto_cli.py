@@ -33,8 +33,17 @@ def authority(runner: CliRunner, tmp_path_factory: pytest.TempPathFactory) -> Pa
         ("bob", "hospital:H001,dept:0304,role:nurse"),
     ):
         result = run(
-            runner, "crypto", "abe-keygen", "--authority", directory, "--id", who,
-            "--attrs", attrs, "--out", directory / f"{who}.json",
+            runner,
+            "crypto",
+            "abe-keygen",
+            "--authority",
+            directory,
+            "--id",
+            who,
+            "--attrs",
+            attrs,
+            "--out",
+            directory / f"{who}.json",
         )
         assert result.exit_code == 0, result.output
     return directory
@@ -45,9 +54,17 @@ def sealed(runner: CliRunner, authority: Path) -> Path:
     plain = authority / "record.json"
     plain.write_bytes(RECORD)
     result = run(
-        runner, "crypto", "abe-encrypt", "--public", authority / "public.json",
-        "--policy", "hospital:H001 and dept:0304 and role:physician",
-        "--in", plain, "--out", authority / "record.ct",
+        runner,
+        "crypto",
+        "abe-encrypt",
+        "--public",
+        authority / "public.json",
+        "--policy",
+        "hospital:H001 and dept:0304 and role:physician",
+        "--in",
+        plain,
+        "--out",
+        authority / "record.ct",
     )
     assert result.exit_code == 0, result.output
     return authority / "record.ct"
@@ -70,8 +87,17 @@ def test_abe_setup_refuses_to_overwrite(runner: CliRunner, authority: Path) -> N
 def test_abe_round_trip_for_allowed_key(runner: CliRunner, authority: Path, sealed: Path) -> None:
     out = authority / "alice.out"
     result = run(
-        runner, "crypto", "abe-decrypt", "--public", authority / "public.json",
-        "--key", authority / "alice.json", "--in", sealed, "--out", out,
+        runner,
+        "crypto",
+        "abe-decrypt",
+        "--public",
+        authority / "public.json",
+        "--key",
+        authority / "alice.json",
+        "--in",
+        sealed,
+        "--out",
+        out,
     )
     assert result.exit_code == 0, result.output
     assert out.read_bytes() == RECORD
@@ -82,8 +108,17 @@ def test_abe_decrypt_denied_with_clear_message(
 ) -> None:
     out = authority / "bob.out"
     result = run(
-        runner, "crypto", "abe-decrypt", "--public", authority / "public.json",
-        "--key", authority / "bob.json", "--in", sealed, "--out", out,
+        runner,
+        "crypto",
+        "abe-decrypt",
+        "--public",
+        authority / "public.json",
+        "--key",
+        authority / "bob.json",
+        "--in",
+        sealed,
+        "--out",
+        out,
     )
     assert result.exit_code == 1
     assert "not allowed" in result.output
@@ -100,8 +135,17 @@ def test_abe_decrypt_tampered_ciphertext(runner: CliRunner, authority: Path, sea
     bad = authority / "tampered.ct"
     bad.write_text(json.dumps(doc))
     result = run(
-        runner, "crypto", "abe-decrypt", "--public", authority / "public.json",
-        "--key", authority / "alice.json", "--in", bad, "--out", authority / "t.out",
+        runner,
+        "crypto",
+        "abe-decrypt",
+        "--public",
+        authority / "public.json",
+        "--key",
+        authority / "alice.json",
+        "--in",
+        bad,
+        "--out",
+        authority / "t.out",
     )
     assert result.exit_code == 1
     assert "not allowed" in result.output
@@ -111,7 +155,10 @@ def test_abe_decrypt_tampered_ciphertext(runner: CliRunner, authority: Path, sea
     ("content", "message"),
     [
         (b"", "not valid JSON"),
-        (b'{"format": "medshare", "type": "kac-ciphertext", "version": 1}', "expected a abe-user-key"),
+        (
+            b'{"format": "medshare", "type": "kac-ciphertext", "version": 1}',
+            "expected a abe-user-key",
+        ),
         (b'{"format": "medshare", "type": "abe-user-key", "version": 9}', "unsupported version 9"),
         (b'{"format": "medshare", "type": "abe-user-key", "version": 1}', "missing field"),
     ],
@@ -122,8 +169,17 @@ def test_abe_decrypt_bad_key_file(
     bad = authority / "bad-key.json"
     bad.write_bytes(content)
     result = run(
-        runner, "crypto", "abe-decrypt", "--public", authority / "public.json",
-        "--key", bad, "--in", sealed, "--out", authority / "x.out",
+        runner,
+        "crypto",
+        "abe-decrypt",
+        "--public",
+        authority / "public.json",
+        "--key",
+        bad,
+        "--in",
+        sealed,
+        "--out",
+        authority / "x.out",
     )
     assert result.exit_code == 2
     assert message in result.output
@@ -135,8 +191,17 @@ def test_abe_decrypt_truncated_key_file(runner: CliRunner, authority: Path, seal
     bad = authority / "truncated.json"
     bad.write_bytes(data[: len(data) // 2])
     result = run(
-        runner, "crypto", "abe-decrypt", "--public", authority / "public.json",
-        "--key", bad, "--in", sealed, "--out", authority / "x.out",
+        runner,
+        "crypto",
+        "abe-decrypt",
+        "--public",
+        authority / "public.json",
+        "--key",
+        bad,
+        "--in",
+        sealed,
+        "--out",
+        authority / "x.out",
     )
     assert result.exit_code == 2
     assert "invalid input" in result.output
@@ -144,8 +209,17 @@ def test_abe_decrypt_truncated_key_file(runner: CliRunner, authority: Path, seal
 
 def test_abe_encrypt_bad_policy_names_position(runner: CliRunner, authority: Path) -> None:
     result = run(
-        runner, "crypto", "abe-encrypt", "--public", authority / "public.json",
-        "--policy", "a and (b or", "--in", authority / "record.json", "--out", authority / "p.ct",
+        runner,
+        "crypto",
+        "abe-encrypt",
+        "--public",
+        authority / "public.json",
+        "--policy",
+        "a and (b or",
+        "--in",
+        authority / "record.json",
+        "--out",
+        authority / "p.ct",
     )
     assert result.exit_code == 2
     assert "position" in result.output
@@ -153,15 +227,26 @@ def test_abe_encrypt_bad_policy_names_position(runner: CliRunner, authority: Pat
 
 def test_missing_file_is_a_clear_error(runner: CliRunner, authority: Path) -> None:
     result = run(
-        runner, "crypto", "abe-encrypt", "--public", authority / "nope.json",
-        "--policy", "a", "--in", authority / "record.json", "--out", authority / "p.ct",
+        runner,
+        "crypto",
+        "abe-encrypt",
+        "--public",
+        authority / "nope.json",
+        "--policy",
+        "a",
+        "--in",
+        authority / "record.json",
+        "--out",
+        authority / "p.ct",
     )
     assert result.exit_code == 2
     assert "no such file" in result.output
 
 
 def test_trace_leaked_key_names_its_holder(runner: CliRunner, authority: Path) -> None:
-    result = run(runner, "crypto", "abe-trace", "--authority", authority, "--key", authority / "bob.json")
+    result = run(
+        runner, "crypto", "abe-trace", "--authority", authority, "--key", authority / "bob.json"
+    )
     assert result.exit_code == 0, result.output
     verdict = json.loads(result.stdout)
     assert verdict["verdict"] == "user"
@@ -208,8 +293,13 @@ def kac_dir(runner: CliRunner, tmp_path_factory: pytest.TempPathFactory) -> Path
     directory = tmp_path_factory.mktemp("kac")
     assert run(runner, "crypto", "kac-setup", "--classes", "16", "--out", directory).exit_code == 0
     result = run(
-        runner, "crypto", "kac-keygen", "--params", directory / "params.json",
-        "--out", directory / "patient.json",
+        runner,
+        "crypto",
+        "kac-keygen",
+        "--params",
+        directory / "params.json",
+        "--out",
+        directory / "patient.json",
     )
     assert result.exit_code == 0, result.output
     assert (directory / "patient.pub.json").exists()
@@ -217,14 +307,33 @@ def kac_dir(runner: CliRunner, tmp_path_factory: pytest.TempPathFactory) -> Path
     plain.write_bytes(RECORD)
     for cls in (1, 5, 9):
         result = run(
-            runner, "crypto", "kac-encrypt", "--params", directory / "params.json",
-            "--patient", directory / "patient.pub.json", "--class", str(cls),
-            "--in", plain, "--out", directory / f"rec{cls}.ct",
+            runner,
+            "crypto",
+            "kac-encrypt",
+            "--params",
+            directory / "params.json",
+            "--patient",
+            directory / "patient.pub.json",
+            "--class",
+            str(cls),
+            "--in",
+            plain,
+            "--out",
+            directory / f"rec{cls}.ct",
         )
         assert result.exit_code == 0, result.output
     result = run(
-        runner, "crypto", "kac-extract", "--params", directory / "params.json",
-        "--patient", directory / "patient.json", "--classes", "1,5", "--out", directory / "agg.json",
+        runner,
+        "crypto",
+        "kac-extract",
+        "--params",
+        directory / "params.json",
+        "--patient",
+        directory / "patient.json",
+        "--classes",
+        "1,5",
+        "--out",
+        directory / "agg.json",
     )
     assert result.exit_code == 0, result.output
     return directory
@@ -234,8 +343,17 @@ def kac_dir(runner: CliRunner, tmp_path_factory: pytest.TempPathFactory) -> Path
 def test_kac_decrypt_members_only(runner: CliRunner, kac_dir: Path, cls: int, code: int) -> None:
     out = kac_dir / f"rec{cls}.out"
     result = run(
-        runner, "crypto", "kac-decrypt", "--params", kac_dir / "params.json",
-        "--key", kac_dir / "agg.json", "--in", kac_dir / f"rec{cls}.ct", "--out", out,
+        runner,
+        "crypto",
+        "kac-decrypt",
+        "--params",
+        kac_dir / "params.json",
+        "--key",
+        kac_dir / "agg.json",
+        "--in",
+        kac_dir / f"rec{cls}.ct",
+        "--out",
+        out,
     )
     assert result.exit_code == code, result.output
     if code == 0:
@@ -255,8 +373,17 @@ def test_kac_key_is_96_bytes_and_secret(kac_dir: Path) -> None:
 
 def test_kac_wrong_file_type_is_clear(runner: CliRunner, kac_dir: Path) -> None:
     result = run(
-        runner, "crypto", "kac-decrypt", "--params", kac_dir / "params.json",
-        "--key", kac_dir / "patient.pub.json", "--in", kac_dir / "rec1.ct", "--out", kac_dir / "w",
+        runner,
+        "crypto",
+        "kac-decrypt",
+        "--params",
+        kac_dir / "params.json",
+        "--key",
+        kac_dir / "patient.pub.json",
+        "--in",
+        kac_dir / "rec1.ct",
+        "--out",
+        kac_dir / "w",
     )
     assert result.exit_code == 2
     assert "kac-aggregate-key" in result.output
@@ -264,14 +391,32 @@ def test_kac_wrong_file_type_is_clear(runner: CliRunner, kac_dir: Path) -> None:
 
 def test_kac_extract_bad_classes(runner: CliRunner, kac_dir: Path) -> None:
     result = run(
-        runner, "crypto", "kac-extract", "--params", kac_dir / "params.json",
-        "--patient", kac_dir / "patient.json", "--classes", "1,x", "--out", kac_dir / "b.json",
+        runner,
+        "crypto",
+        "kac-extract",
+        "--params",
+        kac_dir / "params.json",
+        "--patient",
+        kac_dir / "patient.json",
+        "--classes",
+        "1,x",
+        "--out",
+        kac_dir / "b.json",
     )
     assert result.exit_code == 2
     assert "--classes" in result.output
     result = run(
-        runner, "crypto", "kac-extract", "--params", kac_dir / "params.json",
-        "--patient", kac_dir / "patient.json", "--classes", "99", "--out", kac_dir / "b.json",
+        runner,
+        "crypto",
+        "kac-extract",
+        "--params",
+        kac_dir / "params.json",
+        "--patient",
+        kac_dir / "patient.json",
+        "--classes",
+        "99",
+        "--out",
+        kac_dir / "b.json",
     )
     assert result.exit_code == 2
     assert "99" in result.output

@@ -97,9 +97,7 @@ def bench_abe(plan: Plan, progress: Callable[[str], None]) -> tuple[list[dict], 
         )
         rows.append(_row("issue", "attrs", n, t.ms, t.bound_ms))
         # Encrypt: per row two 2-term G1 multiexps and one G1 mult; C0, C0' and the KEM.
-        t = paired(
-            lambda p=policy: abe.encrypt(public, p, RECORD), _encrypt_bound(n), plan.repeats
-        )
+        t = paired(lambda p=policy: abe.encrypt(public, p, RECORD), _encrypt_bound(n), plan.repeats)
         rows.append(_row("encrypt", "attrs", n, t.ms, t.bound_ms))
         # Decrypt: one multi-pairing of 2n + 2 terms.
         g1s, g2s = _random_g1(2 * n + 2), _random_g2(2 * n + 2)
@@ -163,9 +161,7 @@ def _encrypt_bound(n: int) -> Callable[[], None]:
 def bench_kac(plan: Plan, progress: Callable[[str], None]) -> tuple[list[dict], dict[str, int]]:
     rows: list[dict] = []
     progress(f"KAC setup, n = {KAC_CLASSES}")
-    t = paired(
-        lambda: kac.setup(KAC_CLASSES), _setup_bound(KAC_CLASSES), plan.kac_setup_repeats
-    )
+    t = paired(lambda: kac.setup(KAC_CLASSES), _setup_bound(KAC_CLASSES), plan.kac_setup_repeats)
     rows.append(_row("setup", "classes", KAC_CLASSES, t.ms, t.bound_ms))
     params = kac.setup(KAC_CLASSES)
     patient = kac.keygen(params)

@@ -7,7 +7,7 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 
 def plot_crypto(report: dict, out: Path) -> None:
@@ -18,7 +18,10 @@ def plot_crypto(report: dict, out: Path) -> None:
         xs = [r["attrs"] for r in rows]
         line = left.plot(xs, [r["ms"] for r in rows], marker="o", label=op)[0]
         left.plot(
-            xs, [r["bound_ms"] for r in rows], linestyle="--", color=line.get_color(),
+            xs,
+            [r["bound_ms"] for r in rows],
+            linestyle="--",
+            color=line.get_color(),
             label=f"{op} bound",
         )
     left.set_xlabel("attributes in key / policy")

@@ -12,7 +12,9 @@ from rich.table import Table
 
 from medshare.cli.files import write_file
 
-app = typer.Typer(help="Benchmarks against bare lower bounds, measured in one run.", no_args_is_help=True)
+app = typer.Typer(
+    help="Benchmarks against bare lower bounds, measured in one run.", no_args_is_help=True
+)
 
 
 @app.command("crypto")
@@ -39,7 +41,11 @@ def crypto(
         for row in report[scheme]:
             size = row.get("attrs", row.get("set_size", row.get("classes")))
             table.add_row(
-                scheme, row["op"], str(size), f"{row['ms']:.2f}", f"{row['bound_ms']:.2f}",
+                scheme,
+                row["op"],
+                str(size),
+                f"{row['ms']:.2f}",
+                f"{row['bound_ms']:.2f}",
                 f"{row['ratio']:.2f}",
             )
     Console().print(table)

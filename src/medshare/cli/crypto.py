@@ -13,7 +13,9 @@ from medshare.cli.files import read_file, write_file
 from medshare.crypto import abe, issuance, kac
 from medshare.crypto.errors import InvalidEncoding
 
-app = typer.Typer(help="Traceable CP-ABE and key-aggregate encryption on files.", no_args_is_help=True)
+app = typer.Typer(
+    help="Traceable CP-ABE and key-aggregate encryption on files.", no_args_is_help=True
+)
 
 PUBLIC = "public.json"
 MASTER = "master.json"
@@ -101,7 +103,7 @@ def abe_trace(
     authority: Annotated[Path, typer.Option(help="Authority directory (public key and registry).")],
     key: Annotated[Path, typer.Option(help="The leaked key file.")],
 ) -> None:
-    """Trace a leaked key: prints {"verdict": "user"|"authority"|"malformed", "identity", "reason"}."""
+    """Trace a leaked key; prints {"verdict": user|authority|malformed, "identity", "reason"}."""
     with user_errors():
         pk = abe.AbePublicKey.from_bytes(read_file(authority / PUBLIC))
         registry = abe.registry_from_bytes(read_file(authority / REGISTRY))

@@ -30,7 +30,7 @@ import hashlib
 import secrets
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from functools import cached_property
 
 from medshare.crypto import encoding, group, hybrid
@@ -284,9 +284,7 @@ def issue_components(
         r_tau = group.random_scalar()
         components[name] = (
             group.mul(group.g2(), r_tau),
-            group.multiexp(
-                [pk.u2, pk.h2, pk.v2], [attribute_scalar(name) * r_tau, r_tau, -x * r]
-            ),
+            group.multiexp([pk.u2, pk.h2, pk.v2], [attribute_scalar(name) * r_tau, r_tau, -x * r]),
         )
     return big_k, big_l, l_prime, components
 
@@ -337,7 +335,7 @@ def check_key(public: AbePublicKey, key: AbeUserKey) -> None:
         raise InvalidKey("key components are inconsistent with the public key")
 
 
-class Verdict(str, Enum):
+class Verdict(StrEnum):
     """Outcome of a public audit of a leaked key."""
 
     USER = "user"
@@ -488,7 +486,9 @@ def encrypt(
         )
     secret = group.pair(group.mul(public.alpha1, s), group.g2())
     text = policy_mod.canonical(node)
-    header = AbeCiphertext(text, group.mul(group.g1(), s), group.mul(public.a1, s), tuple(rows), b"")
+    header = AbeCiphertext(
+        text, group.mul(group.g1(), s), group.mul(public.a1, s), tuple(rows), b""
+    )
     aead_key = hybrid.derive_key(group.gt_to_bytes(secret), info=KEM_INFO)
     sealed = hybrid.seal(aead_key, plaintext, aad=_aad(text, header.header_bytes(), context))
     return AbeCiphertext(header.policy, header.c0, header.c0_prime, header.rows, sealed)

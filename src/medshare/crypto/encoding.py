@@ -61,7 +61,8 @@ def loads(data: bytes | str, kind: str, versions: frozenset[int] = frozenset({1}
     if doc.get("version") not in versions:
         known = ", ".join(str(v) for v in sorted(versions))
         raise InvalidEncoding(
-            f"{kind} file has unsupported version {doc.get('version')!r} (this medshare reads {known})"
+            f"{kind} file has unsupported version {doc.get('version')!r} "
+            f"(this medshare reads {known})"
         )
     return doc
 

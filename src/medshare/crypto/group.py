@@ -30,6 +30,7 @@ from py_arkworks_bls12381 import GT, G1Point, G2Point, Scalar
 from medshare.crypto.errors import InvalidEncoding
 
 __all__ = [
+    "BACKEND",
     "G1",
     "G1_BYTES",
     "G2",
@@ -38,7 +39,6 @@ __all__ = [
     "GT_BYTES",
     "ORDER",
     "SCALAR_BYTES",
-    "BACKEND",
     "FixedBase",
     "FixedBaseGT",
     "decode_g1",
@@ -203,6 +203,8 @@ def _decode(kind: type[P], size: int, name: str, data: bytes, allow_identity: bo
         raise InvalidEncoding(f"malformed {name} point") from exc
     if not point.is_in_subgroup():  # the checked decoder already did; kept explicit
         raise InvalidEncoding(f"{name} point is not in the prime-order subgroup")
+    if point.to_compressed_bytes() != bytes(data):
+        raise InvalidEncoding(f"{name} point is not canonically encoded")
     if not allow_identity and point == kind.identity():
         raise InvalidEncoding(f"{name} point is the identity")
     return point

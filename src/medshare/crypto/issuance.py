@@ -252,7 +252,7 @@ class AuthorityKeys:
 
     @classmethod
     def generate(cls) -> AuthorityKeys:
-        public, private = phe.generate_paillier_keypair(n_length=PAILLIER_BITS)
+        _, private = phe.generate_paillier_keypair(n_length=PAILLIER_BITS)
         return cls(abe.setup(), private.p, private.q)
 
     def paillier(self) -> tuple[phe.PaillierPublicKey, phe.PaillierPrivateKey]:
@@ -299,11 +299,11 @@ class IssuanceAuthority:
         self._paillier_public, self._paillier_private = keys.paillier()
         self._pending: dict[str, _Pending] = {}
 
-    def offer(
-        self, request: RegistrationRequest, attributes: Iterable[str]
-    ) -> IssuanceOffer:
+    def offer(self, request: RegistrationRequest, attributes: Iterable[str]) -> IssuanceOffer:
         """Check the user's registration proof, pick a fresh ``c``, send ``Enc(a + c)``."""
-        if not verify_dlog(group.g1(), request.R, request.proof, _registration_context(request.identity)):
+        if not verify_dlog(
+            group.g1(), request.R, request.proof, _registration_context(request.identity)
+        ):
             raise ProtocolError("registration proof of knowledge of k does not verify")
         attrs = tuple(sorted(set(attributes)))
         abe._check_attributes(attrs)
@@ -314,7 +314,7 @@ class IssuanceAuthority:
         return IssuanceOffer(session, request.identity, c, attrs, self._paillier_public.n, enc)
 
     def issue(self, response: IssuanceResponse) -> tuple[IssuedKey, abe.Registration]:
-        """Decrypt ``x``, check it against ``X`` and the proof of ``ρ``, issue for exponent ``x``."""
+        """Decrypt ``x``, check it against ``X`` and the proof of ``ρ``, then issue."""
         pending = self._pending.pop(response.session, None)
         if pending is None:
             raise ProtocolError("unknown or already used issuance session")
