@@ -387,7 +387,7 @@ def test_ciphertext_non_subgroup_point(ct_ab, position: int) -> None:
     header[position * G1_BYTES : (position + 1) * G1_BYTES] = _off_subgroup_g1()
     doc = _ct_doc(ct_ab)
     doc["header"] = encoding.b64e(bytes(header))
-    with pytest.raises(InvalidEncoding, match="subgroup|malformed"):
+    with pytest.raises(InvalidEncoding, match=r"malformed G1|subgroup"):
         AbeCiphertext.from_bytes(_dump(doc))
 
 

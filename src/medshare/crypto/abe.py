@@ -193,10 +193,6 @@ class AbeUserKey:
         return group.encode_g1(group.mul(group.g1(), self.k_prime))
 
     def to_bytes(self) -> bytes:
-        comps = {
-            name: [encoding.b64e(group.encode_g2(k1)), encoding.b64e(group.encode_g2(k2))]
-            for name, (k1, k2) in sorted(self.components.items())
-        }
         return encoding.dumps(
             "abe-user-key",
             1,
@@ -205,7 +201,7 @@ class AbeUserKey:
                 "K": encoding.b64e(group.encode_g2(self.K)),
                 "L": encoding.b64e(group.encode_g2(self.L)),
                 "L_prime": encoding.b64e(group.encode_g2(self.L_prime)),
-                "components": comps,
+                "components": encode_components(self.components),
             },
         )
 
@@ -217,11 +213,19 @@ class AbeUserKey:
             K=encoding.field(doc, "K", _g2_field("K")),
             L=encoding.field(doc, "L", _g2_field("L")),
             L_prime=encoding.field(doc, "L_prime", _g2_field("L_prime")),
-            components=encoding.field(doc, "components", _decode_components),
+            components=encoding.field(doc, "components", decode_components),
         )
 
 
-def _decode_components(value: object) -> dict[str, tuple[G2, G2]]:
+def encode_components(components: Mapping[str, tuple[G2, G2]]) -> dict[str, list[str]]:
+    """``{τ: [K_{τ,1}, K_{τ,2}]}`` as base64url, in attribute order."""
+    return {
+        name: [encoding.b64e(group.encode_g2(k1)), encoding.b64e(group.encode_g2(k2))]
+        for name, (k1, k2) in sorted(components.items())
+    }
+
+
+def decode_components(value: object) -> dict[str, tuple[G2, G2]]:
     if not isinstance(value, dict) or not value:
         raise InvalidEncoding("expected a non-empty map of attribute → [K1, K2]")
     if len(value) > MAX_ATTRIBUTES:
@@ -253,7 +257,7 @@ def setup() -> AbeMasterKey:
     return AbeMasterKey(alpha=alpha, a=a, public=public)
 
 
-def _check_attributes(attributes: Iterable[str]) -> tuple[str, ...]:
+def check_attributes(attributes: Iterable[str]) -> tuple[str, ...]:
     names = tuple(sorted(set(attributes)))
     if not names:
         raise ValueError("a key needs at least one attribute")
@@ -280,7 +284,7 @@ def issue_components(
     big_l = group.mul(group.g2(), r)
     l_prime = group.mul(group.g2(), master.a * r)
     components = {}
-    for name in _check_attributes(attributes):
+    for name in check_attributes(attributes):
         r_tau = group.random_scalar()
         components[name] = (
             group.mul(group.g2(), r_tau),
@@ -572,18 +576,12 @@ def _registry_rows(value: object) -> list[Registration]:
         if not isinstance(row, dict):
             raise InvalidEncoding("registry rows must be objects")
         reg = Registration(
-            identity=encoding.field(row, "identity", _nonempty_str),
+            identity=encoding.field(row, "identity", encoding.identity_text),
             c=encoding.field(row, "c", _scalar_field("c")),
             R=encoding.field(row, "R", _g1_field("R")),
-            attributes=tuple(row.get("attributes", ())),
+            attributes=encoding.field(row, "attributes", encoding.string_list),
         )
         if encoding.b64e(reg.tag()) != row.get("tag"):
             raise InvalidEncoding(f"registry tag of {reg.identity!r} does not match g^c·R")
         out.append(reg)
     return out
-
-
-def _nonempty_str(value: object) -> str:
-    if not isinstance(value, str) or not value:
-        raise InvalidEncoding("expected a non-empty string")
-    return value

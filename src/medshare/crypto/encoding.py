@@ -27,10 +27,10 @@ def b64e(data: bytes) -> str:
 
 
 def b64d(text: object, *, field: str) -> bytes:
-    if not isinstance(text, str):
-        raise InvalidEncoding(f"field {field!r} must be a base64url string")
+    if not isinstance(text, str) or "=" in text:
+        raise InvalidEncoding(f"field {field!r} must be an unpadded base64url string")
     try:
-        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        return base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_", validate=True)
     except (binascii.Error, ValueError):
         raise InvalidEncoding(f"field {field!r} is not valid base64url") from None
 
@@ -77,6 +77,20 @@ def field(doc: Mapping[str, Any], name: str, decode: Callable[[Any], T]) -> T:
         raise InvalidEncoding(f"field {name!r}: {exc}") from None
     except (TypeError, ValueError, KeyError, AttributeError) as exc:
         raise InvalidEncoding(f"field {name!r} is malformed ({exc})") from None
+
+
+def string_list(value: object) -> tuple[str, ...]:
+    """A JSON list of non-empty strings (attribute names)."""
+    if not isinstance(value, list) or not all(isinstance(a, str) and a for a in value):
+        raise InvalidEncoding("expected a list of non-empty strings")
+    return tuple(value)
+
+
+def identity_text(value: object) -> str:
+    """A non-empty identity or session name of at most 256 characters."""
+    if not isinstance(value, str) or not value.strip() or len(value) > 256:
+        raise InvalidEncoding("expected a non-empty string of at most 256 characters")
+    return value
 
 
 def int_field(value: object, *, low: int, high: int) -> int:

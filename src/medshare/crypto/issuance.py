@@ -103,12 +103,6 @@ def _proof(value: object) -> DlogProof:
     return DlogProof(e, z)
 
 
-def _attributes(value: object) -> tuple[str, ...]:
-    if not isinstance(value, list) or not all(isinstance(a, str) and a for a in value):
-        raise InvalidEncoding("attributes must be a list of strings")
-    return tuple(value)
-
-
 @dataclass(frozen=True)
 class RegistrationRequest:
     """User → authority: ``R = g1^k`` with a proof of knowledge of ``k``, bound to the identity."""
@@ -125,16 +119,10 @@ class RegistrationRequest:
     def from_bytes(cls, data: bytes | str) -> RegistrationRequest:
         doc = encoding.loads(data, "abe-registration")
         return cls(
-            identity=encoding.field(doc, "identity", _identity),
+            identity=encoding.field(doc, "identity", encoding.identity_text),
             R=encoding.field(doc, "R", _g1),
             proof=encoding.field(doc, "proof", _proof),
         )
-
-
-def _identity(value: object) -> str:
-    if not isinstance(value, str) or not value.strip() or len(value) > 256:
-        raise InvalidEncoding("identity must be a non-empty string of at most 256 characters")
-    return value
 
 
 @dataclass(frozen=True)
@@ -166,10 +154,10 @@ class IssuanceOffer:
     def from_bytes(cls, data: bytes | str) -> IssuanceOffer:
         doc = encoding.loads(data, "abe-issuance-offer")
         return cls(
-            session=encoding.field(doc, "session", _identity),
-            identity=encoding.field(doc, "identity", _identity),
+            session=encoding.field(doc, "session", encoding.identity_text),
+            identity=encoding.field(doc, "identity", encoding.identity_text),
             c=encoding.field(doc, "c", _hex_int),
-            attributes=encoding.field(doc, "attributes", _attributes),
+            attributes=encoding.field(doc, "attributes", encoding.string_list),
             paillier_n=encoding.field(doc, "paillier_n", _hex_int),
             enc_a_plus_c=encoding.field(doc, "enc_a_plus_c", _hex_int),
         )
@@ -200,7 +188,7 @@ class IssuanceResponse:
     def from_bytes(cls, data: bytes | str) -> IssuanceResponse:
         doc = encoding.loads(data, "abe-issuance-response")
         return cls(
-            session=encoding.field(doc, "session", _identity),
+            session=encoding.field(doc, "session", encoding.identity_text),
             enc_x=encoding.field(doc, "enc_x", _hex_int),
             X=encoding.field(doc, "X", _g1),
             proof=encoding.field(doc, "proof", _proof),
@@ -218,17 +206,25 @@ class IssuedKey:
     components: dict[str, tuple[G2, G2]] = field(default_factory=dict)
 
     def to_bytes(self) -> bytes:
-        blinded = abe.AbeUserKey(1, self.K, self.L, self.L_prime, self.components)
+        points = {n: encoding.b64e(group.encode_g2(getattr(self, n))) for n in _ISSUED_POINTS}
+        body = {"session": self.session, **points}
         return encoding.dumps(
-            "abe-issued-key", 1, {"session": self.session, "key": blinded.to_bytes().decode()}
+            "abe-issued-key", 1, {**body, "components": abe.encode_components(self.components)}
         )
 
     @classmethod
     def from_bytes(cls, data: bytes | str) -> IssuedKey:
         doc = encoding.loads(data, "abe-issued-key")
-        key = encoding.field(doc, "key", abe.AbeUserKey.from_bytes)
-        session = encoding.field(doc, "session", _identity)
-        return cls(session, key.K, key.L, key.L_prime, dict(key.components))
+        return cls(
+            session=encoding.field(doc, "session", encoding.identity_text),
+            K=encoding.field(doc, "K", _g2),
+            L=encoding.field(doc, "L", _g2),
+            L_prime=encoding.field(doc, "L_prime", _g2),
+            components=encoding.field(doc, "components", abe.decode_components),
+        )
+
+
+_ISSUED_POINTS = ("K", "L", "L_prime")
 
 
 def _context(session: str, identity: str, c: int) -> bytes:
@@ -306,7 +302,7 @@ class IssuanceAuthority:
         ):
             raise ProtocolError("registration proof of knowledge of k does not verify")
         attrs = tuple(sorted(set(attributes)))
-        abe._check_attributes(attrs)
+        abe.check_attributes(attrs)
         session = secrets.token_hex(16)
         c = group.random_scalar()
         self._pending[session] = _Pending(request.identity, c, request.R, attrs)
@@ -343,7 +339,7 @@ class IssuanceUser:
 
     def __init__(self, public: abe.AbePublicKey, identity: str) -> None:
         self._public = public
-        self._identity = _identity(identity)
+        self._identity = encoding.identity_text(identity)
         self._k = group.random_scalar()
         self._rho: int | None = None
         self._offer: IssuanceOffer | None = None

@@ -1,0 +1,495 @@
+"""Tests of accountable two-party key issuance (medshare.crypto.issuance)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Iterator
+
+import phe
+import pytest
+
+from medshare.crypto import abe, encoding
+from medshare.crypto.abe import Verdict, audit, check_key, decrypt, encrypt
+from medshare.crypto.errors import InvalidEncoding, ProtocolError
+from medshare.crypto.group import ORDER, g1, mul, random_scalar
+from medshare.crypto.issuance import (
+    PAILLIER_BITS,
+    AuthorityKeys,
+    DlogProof,
+    IssuanceAuthority,
+    IssuanceOffer,
+    IssuanceResponse,
+    IssuanceUser,
+    IssuedKey,
+    RegistrationRequest,
+    issue_key,
+    key_digest,
+    prove_dlog,
+    verify_dlog,
+)
+
+ATTRS = ("hospital:H001", "role:physician")
+POLICY = "hospital:H001 and role:physician"
+MESSAGE = b"discharge letter, ward 3"
+
+# --- fixtures ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def keys() -> AuthorityKeys:
+    return AuthorityKeys.generate()
+
+
+@pytest.fixture(scope="module")
+def public(keys: AuthorityKeys) -> abe.AbePublicKey:
+    return keys.master.public
+
+
+@pytest.fixture(scope="module")
+def authority(keys: AuthorityKeys) -> IssuanceAuthority:
+    return IssuanceAuthority(keys)
+
+
+@dataclasses.dataclass
+class Run:
+    """One manual protocol run, with every intermediate message kept."""
+
+    user: IssuanceUser
+    request: RegistrationRequest
+    offer: IssuanceOffer
+    response: IssuanceResponse
+    issued: IssuedKey | None = None
+    registration: abe.Registration | None = None
+    key: abe.AbeUserKey | None = None
+
+
+def _start(authority: IssuanceAuthority, public, identity: str = "dr-who") -> Run:
+    """Register, get an offer and respond; the authority has not issued yet."""
+    user = IssuanceUser(public, identity)
+    request = user.registration()
+    offer = authority.offer(request, ATTRS)
+    return Run(user, request, offer, user.respond(offer))
+
+
+@pytest.fixture(scope="module")
+def completed(authority, public) -> Run:
+    run = _start(authority, public, "alice")
+    run.issued, run.registration = authority.issue(run.response)
+    run.key = run.user.finish(run.issued)
+    return run
+
+
+@pytest.fixture
+def fresh(authority, public) -> Run:
+    """A fresh session up to the user's response (failed issues consume their session)."""
+    return _start(authority, public)
+
+
+def _ints(obj: object, seen: set[int] | None = None) -> Iterator[int]:
+    """Every int reachable from ``obj`` through attributes, dataclass fields and containers."""
+    seen = set() if seen is None else seen
+    if id(obj) in seen:
+        return
+    seen.add(id(obj))
+    if isinstance(obj, bool):
+        return
+    if isinstance(obj, int):
+        yield obj
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from _ints(k, seen)
+            yield from _ints(v, seen)
+    elif isinstance(obj, list | tuple | set | frozenset):
+        for item in obj:
+            yield from _ints(item, seen)
+    elif dataclasses.is_dataclass(obj):
+        for f in dataclasses.fields(obj):
+            yield from _ints(getattr(obj, f.name), seen)
+    elif hasattr(obj, "__dict__"):
+        yield from _ints(vars(obj), seen)
+
+
+# --- the honest protocol ------------------------------------------------------------------------
+
+
+def test_issued_key_has_k_prime_c_plus_k(completed: Run, public) -> None:
+    user, key, reg = completed.user, completed.key, completed.registration
+    assert key is not None and reg is not None
+    k = user._k
+    assert key.k_prime == (completed.offer.c + k) % ORDER
+    assert mul(g1(), k) == reg.R
+    assert mul(g1(), k) == completed.request.R
+    assert reg.c == completed.offer.c
+    assert reg.identity == "alice"
+    assert reg.attributes == ATTRS
+    assert key.attributes == frozenset(ATTRS)
+    assert reg.tag() == key.tag()
+    check_key(public, key)
+
+
+def test_issued_key_audits_to_user_and_decrypts(completed: Run, public) -> None:
+    key, reg = completed.key, completed.registration
+    assert key is not None and reg is not None
+    other_user_reg = abe.Registration("mallory", random_scalar(), mul(g1(), random_scalar()))
+    result = audit(public, key, [other_user_reg, reg])
+    assert result.verdict is Verdict.USER
+    assert result.identity == "alice"
+    assert decrypt(public, key, encrypt(public, POLICY, MESSAGE)) == MESSAGE
+
+
+def test_authority_never_holds_k(authority, public, completed: Run) -> None:
+    # Mid-protocol (a session pending) and after issuance.
+    pending = _start(authority, public, "bob")
+    for run in (completed, pending):
+        k = run.user._k
+        secrets_ = {k, (run.offer.c + k) % ORDER}
+        assert secrets_.isdisjoint(_ints(authority))
+        # nor does anything the user sends carry k
+        assert secrets_.isdisjoint(_ints(run.request))
+        assert secrets_.isdisjoint(_ints(run.response))
+        k_hex = format(k, "x").encode()
+        assert k_hex not in run.request.to_bytes()
+        assert k_hex not in run.response.to_bytes()
+    assert not any(isinstance(v, IssuanceUser) for v in vars(authority).values()), (
+        "the authority must not reference the user object"
+    )
+    authority.issue(pending.response)  # close the session
+
+
+def test_issue_key_convenience(authority, public) -> None:
+    key, reg = issue_key(authority, public, "carol", ["role:nurse"])
+    assert key.attributes == frozenset({"role:nurse"})
+    assert reg.identity == "carol"
+    assert reg.attributes == ("role:nurse",)
+    assert reg.tag() == key.tag()
+    result = audit(public, key, [reg])
+    assert (result.verdict, result.identity) == (Verdict.USER, "carol")
+    # two keys for the same identity get fresh c, so distinct K' and tags
+    key2, reg2 = issue_key(authority, public, "carol", ["role:nurse"])
+    assert reg2.c != reg.c
+    assert key2.k_prime != key.k_prime
+    assert audit(public, key2, [reg, reg2]).identity == "carol"
+
+
+def test_keys_blamed_on_authority_when_unregistered(authority, public, keys) -> None:
+    key, _ = issue_key(authority, public, "dave", ["role:nurse"])
+    # A key the authority produced alone, outside the protocol
+    forged = abe.keygen(keys.master, random_scalar(), ["role:nurse"])
+    assert audit(public, forged, []).verdict is Verdict.AUTHORITY
+    assert audit(public, key, []).verdict is Verdict.AUTHORITY  # not registered → authority
+
+
+def test_key_digest(completed: Run) -> None:
+    assert completed.key is not None
+    digest = key_digest(completed.key)
+    assert len(digest) == 16
+    int(digest, 16)
+    assert digest == key_digest(abe.AbeUserKey.from_bytes(completed.key.to_bytes()))
+
+
+# --- Schnorr proofs ----------------------------------------------------------------------------
+
+
+def test_dlog_proof() -> None:
+    x = random_scalar()
+    base = mul(g1(), random_scalar())
+    proof = prove_dlog(base, x, b"ctx")
+    assert verify_dlog(base, mul(base, x), proof, b"ctx")
+    assert not verify_dlog(base, mul(base, x), proof, b"other ctx")
+    assert not verify_dlog(base, mul(base, x + 1), proof, b"ctx")
+    assert not verify_dlog(g1(), mul(base, x), proof, b"ctx")
+    bad = DlogProof(proof.challenge, (proof.response + 1) % ORDER)
+    assert not verify_dlog(base, mul(base, x), bad, b"ctx")
+
+
+# --- message encodings -------------------------------------------------------------------------
+
+MESSAGE_TYPES = [RegistrationRequest, IssuanceOffer, IssuanceResponse, IssuedKey]
+
+
+def _messages(run: Run) -> dict[type, object]:
+    return {
+        RegistrationRequest: run.request,
+        IssuanceOffer: run.offer,
+        IssuanceResponse: run.response,
+        IssuedKey: run.issued,
+    }
+
+
+@pytest.mark.parametrize("cls", MESSAGE_TYPES, ids=lambda c: c.__name__)
+def test_message_round_trip(completed: Run, cls: type) -> None:
+    message = _messages(completed)[cls]
+    data = message.to_bytes()  # type: ignore[attr-defined]
+    assert cls.from_bytes(data) == message  # type: ignore[attr-defined]
+    assert cls.from_bytes(data.decode()) == message  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("cls", MESSAGE_TYPES, ids=lambda c: c.__name__)
+def test_message_wrong_type(completed: Run, keys, cls: type) -> None:
+    for other_cls, other in _messages(completed).items():
+        if other_cls is cls:
+            continue
+        with pytest.raises(InvalidEncoding, match="expected a"):
+            cls.from_bytes(other.to_bytes())  # type: ignore[attr-defined]
+    with pytest.raises(InvalidEncoding):
+        cls.from_bytes(keys.master.public.to_bytes())  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("cls", MESSAGE_TYPES, ids=lambda c: c.__name__)
+def test_message_bad_version_and_json(completed: Run, cls: type) -> None:
+    data = _messages(completed)[cls].to_bytes()  # type: ignore[attr-defined]
+    doc = json.loads(data)
+    with pytest.raises(InvalidEncoding, match="version"):
+        cls.from_bytes(json.dumps({**doc, "version": 2}))  # type: ignore[attr-defined]
+    with pytest.raises(InvalidEncoding):
+        cls.from_bytes(data[:-20])  # type: ignore[attr-defined]
+
+
+def test_message_bad_fields(completed: Run) -> None:
+    req = json.loads(completed.request.to_bytes())
+    offer = json.loads(completed.offer.to_bytes())
+    resp = json.loads(completed.response.to_bytes())
+    cases = [
+        (RegistrationRequest, {**req, "identity": "  "}),
+        (RegistrationRequest, {**req, "proof": ["1"]}),
+        (RegistrationRequest, {**req, "proof": [format(ORDER, "x"), "1"]}),
+        (RegistrationRequest, {**req, "R": "A"}),
+        (IssuanceOffer, {**offer, "c": "xyz"}),
+        (IssuanceOffer, {**offer, "c": 5}),
+        (IssuanceOffer, {**offer, "attributes": "role:physician"}),
+        (IssuanceOffer, {**offer, "attributes": [""]}),
+        (IssuanceResponse, {**resp, "enc_x": ""}),
+        (IssuanceResponse, {**resp, "X": encoding.b64e(bytes(48))}),
+        (IssuanceResponse, {**resp, "enc_x": "f" * 5000}),
+    ]
+    for cls, doc in cases:
+        with pytest.raises(InvalidEncoding):
+            cls.from_bytes(json.dumps(doc))
+
+
+# --- registration ------------------------------------------------------------------------------
+
+
+def test_registration_with_bad_proof(authority, public) -> None:
+    user = IssuanceUser(public, "eve")
+    request = user.registration()
+    bad_requests = [
+        dataclasses.replace(request, R=mul(g1(), random_scalar())),
+        dataclasses.replace(request, identity="not-eve"),
+        dataclasses.replace(
+            request, proof=DlogProof(request.proof.challenge, (request.proof.response + 1) % ORDER)
+        ),
+        dataclasses.replace(
+            request, proof=DlogProof((request.proof.challenge + 1) % ORDER, request.proof.response)
+        ),
+    ]
+    for bad in bad_requests:
+        with pytest.raises(ProtocolError, match="registration proof"):
+            authority.offer(bad, ATTRS)
+    # the genuine request is still accepted
+    assert authority.offer(request, ATTRS).identity == "eve"
+
+
+def test_registration_replayed_under_other_identity(authority, public) -> None:
+    request = IssuanceUser(public, "frank").registration()
+    stolen = RegistrationRequest("mallory", request.R, request.proof)
+    with pytest.raises(ProtocolError):
+        authority.offer(stolen, ATTRS)
+
+
+def test_offer_rejects_empty_attributes(authority, public) -> None:
+    request = IssuanceUser(public, "gina").registration()
+    with pytest.raises(ValueError):
+        authority.offer(request, [])
+
+
+# --- a cheating user ---------------------------------------------------------------------------
+
+
+def test_attack_1_user_responds_with_other_k(authority, public) -> None:
+    user = IssuanceUser(public, "mallory")
+    offer = authority.offer(user.registration(), ATTRS)
+    user._k = random_scalar()  # k̂ ≠ log R, used consistently for enc_x, X and the proof
+    response = user.respond(offer)
+    with pytest.raises(ProtocolError):
+        authority.issue(response)
+
+
+def test_attack_1_enc_x_with_other_k_but_honest_x(authority, public) -> None:
+    """enc_x made with k̂, X and its proof made honestly with the registered k."""
+    user = IssuanceUser(public, "mallory")
+    offer = authority.offer(user.registration(), ATTRS)
+    honest = user.respond(offer)
+    rho = user._rho
+    assert rho is not None
+    k_hat = random_scalar()
+    paillier = phe.PaillierPublicKey(offer.paillier_n)
+    n2 = paillier.nsquare
+    masked = paillier.raw_encrypt(k_hat * rho + ORDER * 12345)
+    enc_x = pow(offer.enc_a_plus_c, rho, n2) * masked % n2
+    with pytest.raises(ProtocolError, match="blinded exponent"):
+        authority.issue(dataclasses.replace(honest, enc_x=enc_x))
+
+
+def test_response_for_unknown_session(authority, fresh: Run) -> None:
+    with pytest.raises(ProtocolError, match="unknown"):
+        authority.issue(dataclasses.replace(fresh.response, session="0" * 32))
+    # the real session is untouched and still works
+    issued, _ = authority.issue(fresh.response)
+    assert fresh.user.finish(issued).attributes == frozenset(ATTRS)
+
+
+def test_replayed_response(authority, fresh: Run) -> None:
+    authority.issue(fresh.response)
+    with pytest.raises(ProtocolError, match="unknown or already used"):
+        authority.issue(fresh.response)
+
+
+def test_failed_response_consumes_session(authority, fresh: Run) -> None:
+    with pytest.raises(ProtocolError):
+        authority.issue(dataclasses.replace(fresh.response, enc_x=fresh.response.enc_x + 1))
+    with pytest.raises(ProtocolError, match="unknown or already used"):
+        authority.issue(fresh.response)
+
+
+@pytest.mark.parametrize("how", ["plus-one", "times-enc-1", "other-session", "zero", "n-square"])
+def test_modified_enc_x(authority, public, fresh: Run, how: str) -> None:
+    resp, offer = fresh.response, fresh.offer
+    paillier = phe.PaillierPublicKey(offer.paillier_n)
+    n2 = paillier.nsquare
+    if how == "plus-one":
+        enc_x = resp.enc_x + 1
+    elif how == "times-enc-1":
+        enc_x = resp.enc_x * paillier.raw_encrypt(1) % n2
+    elif how == "other-session":
+        enc_x = _start(authority, public, "other").response.enc_x
+    elif how == "zero":
+        enc_x = 0
+    else:
+        enc_x = n2
+    with pytest.raises(ProtocolError):
+        authority.issue(dataclasses.replace(resp, enc_x=enc_x))
+
+
+def test_modified_big_x(authority, fresh: Run) -> None:
+    resp = fresh.response
+    with pytest.raises(ProtocolError, match="blinded exponent"):
+        authority.issue(dataclasses.replace(resp, X=resp.X + g1()))
+
+
+@pytest.mark.parametrize("which", ["response", "challenge"])
+def test_rho_proof_with_wrong_value(authority, fresh: Run, which: str) -> None:
+    resp = fresh.response
+    e, z = resp.proof.challenge, resp.proof.response
+    proof = DlogProof(e, (z + 1) % ORDER) if which == "response" else DlogProof((e + 1) % ORDER, z)
+    with pytest.raises(ProtocolError, match="blinding factor"):
+        authority.issue(dataclasses.replace(resp, proof=proof))
+
+
+def test_rho_proof_from_other_session(authority, public, fresh: Run) -> None:
+    other = _start(authority, public, "dr-who")
+    with pytest.raises(ProtocolError):
+        authority.issue(dataclasses.replace(fresh.response, proof=other.response.proof))
+    authority.issue(other.response)
+
+
+# --- a cheating authority (as far as the user can check) ----------------------------------------
+
+
+def _scaled(point):
+    return mul(point, 2)
+
+
+@pytest.mark.parametrize("part", ["K", "L", "L_prime", "K1", "K2", "swap"])
+def test_finish_rejects_altered_key(authority, fresh: Run, part: str) -> None:
+    issued, _ = authority.issue(fresh.response)
+    comps = dict(issued.components)
+    (k1a, k2a), (k1b, k2b) = comps[ATTRS[0]], comps[ATTRS[1]]
+    if part in ("K", "L", "L_prime"):
+        bad = dataclasses.replace(issued, **{part: _scaled(getattr(issued, part))})
+    elif part == "K1":
+        bad = dataclasses.replace(issued, components={**comps, ATTRS[0]: (_scaled(k1a), k2a)})
+    elif part == "K2":
+        bad = dataclasses.replace(issued, components={**comps, ATTRS[0]: (k1a, _scaled(k2a))})
+    else:
+        bad = dataclasses.replace(issued, components={ATTRS[0]: (k1a, k2b), ATTRS[1]: (k1b, k2a)})
+    with pytest.raises(ProtocolError, match="malformed key"):
+        fresh.user.finish(bad)
+
+
+def test_finish_rejects_missing_attribute(authority, fresh: Run) -> None:
+    issued, _ = authority.issue(fresh.response)
+    partial = dict(issued.components)
+    del partial[ATTRS[0]]
+    with pytest.raises(ProtocolError, match="attributes"):
+        fresh.user.finish(dataclasses.replace(issued, components=partial))
+
+
+def test_finish_rejects_key_from_other_session(authority, public, fresh: Run) -> None:
+    other = _start(authority, public, "dr-who")
+    issued_other, _ = authority.issue(other.response)
+    issued_mine, _ = authority.issue(fresh.response)
+    with pytest.raises(ProtocolError, match="session"):
+        fresh.user.finish(issued_other)
+    # the same components relabelled with this session still fail the key check (other ρ, x)
+    relabelled = dataclasses.replace(issued_other, session=issued_mine.session)
+    with pytest.raises(ProtocolError, match="malformed key"):
+        fresh.user.finish(relabelled)
+
+
+def test_finish_rejects_without_open_session(authority, fresh: Run) -> None:
+    issued, _ = authority.issue(fresh.response)
+    key = fresh.user.finish(issued)
+    assert key.attributes == frozenset(ATTRS)
+    with pytest.raises(ProtocolError, match="session"):
+        fresh.user.finish(issued)  # the session is closed
+
+
+def test_user_rejects_bad_offers(keys, public, fresh: Run) -> None:
+    offer = fresh.offer
+    small = phe.generate_paillier_keypair(n_length=512)[0]
+    for bad in (
+        dataclasses.replace(offer, identity="someone-else"),
+        dataclasses.replace(offer, paillier_n=small.n),
+        dataclasses.replace(offer, c=0),
+        dataclasses.replace(offer, c=ORDER),
+        dataclasses.replace(offer, enc_a_plus_c=0),
+        dataclasses.replace(offer, enc_a_plus_c=offer.paillier_n**2),
+    ):
+        with pytest.raises(ProtocolError):
+            fresh.user.respond(bad)
+
+
+# --- authority keys ---------------------------------------------------------------------------
+
+
+def test_authority_keys_round_trip(keys: AuthorityKeys) -> None:
+    back = AuthorityKeys.from_bytes(keys.to_bytes())
+    assert back == keys
+    assert (back.paillier_p * back.paillier_q).bit_length() >= PAILLIER_BITS - 1
+    public_n, private = back.paillier()
+    assert private.decrypt(public_n.encrypt(12345)) == 12345
+
+
+def test_authority_keys_reject_small_modulus(keys: AuthorityKeys) -> None:
+    doc = json.loads(keys.to_bytes())
+    small = phe.generate_paillier_keypair(n_length=1024)[1]
+    doc["paillier_p"], doc["paillier_q"] = format(small.p, "x"), format(small.q, "x")
+    with pytest.raises(InvalidEncoding, match="too small"):
+        AuthorityKeys.from_bytes(json.dumps(doc))
+
+
+def test_authority_keys_reject_bad_documents(keys: AuthorityKeys) -> None:
+    doc = json.loads(keys.to_bytes())
+    other_master = abe.setup()
+    for change in (
+        {"type": "abe-master-key"},
+        {"paillier_p": "zz"},
+        {"master": other_master.public.to_bytes().decode()},
+    ):
+        with pytest.raises(InvalidEncoding):
+            AuthorityKeys.from_bytes(json.dumps({**doc, **change}))
+    del doc["paillier_q"]
+    with pytest.raises(InvalidEncoding, match="paillier_q"):
+        AuthorityKeys.from_bytes(json.dumps(doc))
