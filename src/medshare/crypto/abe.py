@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import cached_property
 
-from medshare.crypto import encoding, group, hybrid
+from medshare.crypto import encoding, fields, group, hybrid
 from medshare.crypto import policy as policy_mod
 from medshare.crypto.errors import InvalidEncoding, InvalidKey, PolicyNotSatisfied
 from medshare.crypto.group import G1, G2, ORDER
@@ -103,32 +103,20 @@ class AbePublicKey:
         return digest.digest()
 
     def to_bytes(self) -> bytes:
-        g1_fields = {n: encoding.b64e(group.encode_g1(getattr(self, n))) for n in _PK_G1}
-        g2_fields = {n: encoding.b64e(group.encode_g2(getattr(self, n))) for n in _PK_G2}
+        g1_fields = {n: fields.g1_text(getattr(self, n)) for n in _PK_G1}
+        g2_fields = {n: fields.g2_text(getattr(self, n)) for n in _PK_G2}
         return encoding.dumps("abe-public-key", 1, {**g1_fields, **g2_fields})
 
     @classmethod
     def from_bytes(cls, data: bytes | str) -> AbePublicKey:
         doc = encoding.loads(data, "abe-public-key")
-        points = {n: encoding.field(doc, n, _g1_field(n)) for n in _PK_G1}
-        points.update({n: encoding.field(doc, n, _g2_field(n)) for n in _PK_G2})
+        points = {n: encoding.field(doc, n, fields.g1_value) for n in _PK_G1}
+        points.update({n: encoding.field(doc, n, fields.g2_value) for n in _PK_G2})
         return cls(**points)
 
 
 _PK_G1 = ("alpha1", "a1", "w1", "v1", "u1", "h1")
 _PK_G2 = ("w2", "v2", "u2", "h2")
-
-
-def _g1_field(name: str):
-    return lambda value: group.decode_g1(encoding.b64d(value, field=name))
-
-
-def _g2_field(name: str):
-    return lambda value: group.decode_g2(encoding.b64d(value, field=name))
-
-
-def _scalar_field(name: str):
-    return lambda value: group.decode_scalar(encoding.b64d(value, field=name))
 
 
 @dataclass(frozen=True)
@@ -144,8 +132,8 @@ class AbeMasterKey:
             "abe-master-key",
             1,
             {
-                "alpha": encoding.b64e(group.encode_scalar(self.alpha)),
-                "a": encoding.b64e(group.encode_scalar(self.a)),
+                "alpha": fields.scalar_text(self.alpha),
+                "a": fields.scalar_text(self.a),
                 "public": self.public.to_bytes().decode(),
             },
         )
@@ -154,8 +142,8 @@ class AbeMasterKey:
     def from_bytes(cls, data: bytes | str) -> AbeMasterKey:
         doc = encoding.loads(data, "abe-master-key")
         master = cls(
-            alpha=encoding.field(doc, "alpha", _scalar_field("alpha")),
-            a=encoding.field(doc, "a", _scalar_field("a")),
+            alpha=encoding.field(doc, "alpha", fields.scalar_value),
+            a=encoding.field(doc, "a", fields.scalar_value),
             public=encoding.field(doc, "public", AbePublicKey.from_bytes),
         )
         if group.mul(group.g1(), master.alpha) != master.public.alpha1 or (
@@ -197,10 +185,10 @@ class AbeUserKey:
             "abe-user-key",
             1,
             {
-                "k_prime": encoding.b64e(group.encode_scalar(self.k_prime)),
-                "K": encoding.b64e(group.encode_g2(self.K)),
-                "L": encoding.b64e(group.encode_g2(self.L)),
-                "L_prime": encoding.b64e(group.encode_g2(self.L_prime)),
+                "k_prime": fields.scalar_text(self.k_prime),
+                "K": fields.g2_text(self.K),
+                "L": fields.g2_text(self.L),
+                "L_prime": fields.g2_text(self.L_prime),
                 "components": encode_components(self.components),
             },
         )
@@ -209,10 +197,10 @@ class AbeUserKey:
     def from_bytes(cls, data: bytes | str) -> AbeUserKey:
         doc = encoding.loads(data, "abe-user-key")
         return cls(
-            k_prime=encoding.field(doc, "k_prime", _scalar_field("k_prime")),
-            K=encoding.field(doc, "K", _g2_field("K")),
-            L=encoding.field(doc, "L", _g2_field("L")),
-            L_prime=encoding.field(doc, "L_prime", _g2_field("L_prime")),
+            k_prime=encoding.field(doc, "k_prime", fields.scalar_value),
+            K=encoding.field(doc, "K", fields.g2_value),
+            L=encoding.field(doc, "L", fields.g2_value),
+            L_prime=encoding.field(doc, "L_prime", fields.g2_value),
             components=encoding.field(doc, "components", decode_components),
         )
 
@@ -220,7 +208,7 @@ class AbeUserKey:
 def encode_components(components: Mapping[str, tuple[G2, G2]]) -> dict[str, list[str]]:
     """``{τ: [K_{τ,1}, K_{τ,2}]}`` as base64url, in attribute order."""
     return {
-        name: [encoding.b64e(group.encode_g2(k1)), encoding.b64e(group.encode_g2(k2))]
+        name: [fields.g2_text(k1), fields.g2_text(k2)]
         for name, (k1, k2) in sorted(components.items())
     }
 
@@ -235,8 +223,8 @@ def decode_components(value: object) -> dict[str, tuple[G2, G2]]:
         if not isinstance(pair, list) or len(pair) != 2:
             raise InvalidEncoding(f"attribute {name!r} must have two components")
         out[name] = (
-            group.decode_g2(encoding.b64d(pair[0], field=name)),
-            group.decode_g2(encoding.b64d(pair[1], field=name)),
+            fields.g2_value(pair[0]),
+            fields.g2_value(pair[1]),
         )
     return out
 
@@ -552,8 +540,8 @@ def registry_to_bytes(entries: Iterable[Registration]) -> bytes:
     rows = [
         {
             "identity": reg.identity,
-            "c": encoding.b64e(group.encode_scalar(reg.c)),
-            "R": encoding.b64e(group.encode_g1(reg.R)),
+            "c": fields.scalar_text(reg.c),
+            "R": fields.g1_text(reg.R),
             "tag": encoding.b64e(reg.tag()),
             "attributes": list(reg.attributes),
         }
@@ -577,8 +565,8 @@ def _registry_rows(value: object) -> list[Registration]:
             raise InvalidEncoding("registry rows must be objects")
         reg = Registration(
             identity=encoding.field(row, "identity", encoding.identity_text),
-            c=encoding.field(row, "c", _scalar_field("c")),
-            R=encoding.field(row, "R", _g1_field("R")),
+            c=encoding.field(row, "c", fields.scalar_value),
+            R=encoding.field(row, "R", fields.g1_value),
             attributes=encoding.field(row, "attributes", encoding.string_list),
         )
         if encoding.b64e(reg.tag()) != row.get("tag"):

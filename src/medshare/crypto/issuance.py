@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 import phe
 from phe.util import powmod
 
-from medshare.crypto import abe, encoding, group
+from medshare.crypto import abe, encoding, fields, group
 from medshare.crypto.errors import InvalidEncoding, InvalidKey, ProtocolError
 from medshare.crypto.group import G1, G2, ORDER
 
@@ -82,14 +82,6 @@ def _hex_int(value: object) -> int:
         raise InvalidEncoding("expected a hex integer") from None
 
 
-def _g1(value: object) -> G1:
-    return group.decode_g1(encoding.b64d(value, field="point"))
-
-
-def _g2(value: object) -> G2:
-    return group.decode_g2(encoding.b64d(value, field="point"))
-
-
 def _proof_doc(proof: DlogProof) -> list[str]:
     return [format(proof.challenge, "x"), format(proof.response, "x")]
 
@@ -112,7 +104,7 @@ class RegistrationRequest:
     proof: DlogProof
 
     def to_bytes(self) -> bytes:
-        body = {"identity": self.identity, "R": encoding.b64e(group.encode_g1(self.R))}
+        body = {"identity": self.identity, "R": fields.g1_text(self.R)}
         return encoding.dumps("abe-registration", 1, {**body, "proof": _proof_doc(self.proof)})
 
     @classmethod
@@ -120,7 +112,7 @@ class RegistrationRequest:
         doc = encoding.loads(data, "abe-registration")
         return cls(
             identity=encoding.field(doc, "identity", encoding.identity_text),
-            R=encoding.field(doc, "R", _g1),
+            R=encoding.field(doc, "R", fields.g1_value),
             proof=encoding.field(doc, "proof", _proof),
         )
 
@@ -179,7 +171,7 @@ class IssuanceResponse:
             {
                 "session": self.session,
                 "enc_x": format(self.enc_x, "x"),
-                "X": encoding.b64e(group.encode_g1(self.X)),
+                "X": fields.g1_text(self.X),
                 "proof": _proof_doc(self.proof),
             },
         )
@@ -190,7 +182,7 @@ class IssuanceResponse:
         return cls(
             session=encoding.field(doc, "session", encoding.identity_text),
             enc_x=encoding.field(doc, "enc_x", _hex_int),
-            X=encoding.field(doc, "X", _g1),
+            X=encoding.field(doc, "X", fields.g1_value),
             proof=encoding.field(doc, "proof", _proof),
         )
 
@@ -206,7 +198,7 @@ class IssuedKey:
     components: dict[str, tuple[G2, G2]] = field(default_factory=dict)
 
     def to_bytes(self) -> bytes:
-        points = {n: encoding.b64e(group.encode_g2(getattr(self, n))) for n in _ISSUED_POINTS}
+        points = {n: fields.g2_text(getattr(self, n)) for n in _ISSUED_POINTS}
         body = {"session": self.session, **points}
         return encoding.dumps(
             "abe-issued-key", 1, {**body, "components": abe.encode_components(self.components)}
@@ -217,9 +209,9 @@ class IssuedKey:
         doc = encoding.loads(data, "abe-issued-key")
         return cls(
             session=encoding.field(doc, "session", encoding.identity_text),
-            K=encoding.field(doc, "K", _g2),
-            L=encoding.field(doc, "L", _g2),
-            L_prime=encoding.field(doc, "L_prime", _g2),
+            K=encoding.field(doc, "K", fields.g2_value),
+            L=encoding.field(doc, "L", fields.g2_value),
+            L_prime=encoding.field(doc, "L_prime", fields.g2_value),
             components=encoding.field(doc, "components", abe.decode_components),
         )
 

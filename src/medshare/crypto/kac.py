@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from functools import cache, cached_property
 from typing import Any
 
-from medshare.crypto import encoding
+from medshare.crypto import encoding, fields
 from medshare.crypto.errors import DecryptionFailed, InvalidEncoding, InvalidKey, PolicyNotSatisfied
 from medshare.crypto.group import (
     G1,
@@ -52,10 +52,8 @@ from medshare.crypto.group import (
     FixedBaseGT,
     decode_g1,
     decode_g2,
-    decode_scalar,
     encode_g1,
     encode_g2,
-    encode_scalar,
     g1,
     g2,
     gt_to_bytes,
@@ -291,14 +289,12 @@ class KacPatientPublic:
         return digest[:_PATIENT_ID_BYTES].hex()
 
     def to_bytes(self) -> bytes:
-        return encoding.dumps(
-            "kac-patient-public", VERSION, {"v": encoding.b64e(encode_g1(self.v))}
-        )
+        return encoding.dumps("kac-patient-public", VERSION, {"v": fields.g1_text(self.v)})
 
     @classmethod
     def from_bytes(cls, data: bytes) -> KacPatientPublic:
         doc = encoding.loads(data, "kac-patient-public")
-        return cls(encoding.field(doc, "v", lambda s: decode_g1(encoding.b64d(s, field="v"))))
+        return cls(encoding.field(doc, "v", fields.g1_value))
 
 
 @dataclass(frozen=True)
@@ -311,15 +307,13 @@ class KacPatientSecret:
     def to_bytes(self) -> bytes:
         """Only γ is written; the public key is recomputed on load, so they cannot disagree."""
         return encoding.dumps(
-            "kac-patient-secret", VERSION, {"gamma": encoding.b64e(encode_scalar(self.gamma))}
+            "kac-patient-secret", VERSION, {"gamma": fields.scalar_text(self.gamma)}
         )
 
     @classmethod
     def from_bytes(cls, data: bytes) -> KacPatientSecret:
         doc = encoding.loads(data, "kac-patient-secret")
-        gamma = encoding.field(
-            doc, "gamma", lambda s: decode_scalar(encoding.b64d(s, field="gamma"))
-        )
+        gamma = encoding.field(doc, "gamma", fields.scalar_value)
         return cls(gamma, KacPatientPublic(_g1_table().mul(gamma)))
 
 
@@ -371,7 +365,7 @@ class AggregateKey:
         """Classes are stored as sorted, disjoint, non-adjacent ``[first, last]`` ranges."""
         doc = encoding.loads(data, "kac-aggregate-key")
         classes = encoding.field(doc, "classes", _classes_from_ranges)
-        key = encoding.field(doc, "key", lambda s: decode_g2(encoding.b64d(s, field="key")))
+        key = encoding.field(doc, "key", fields.g2_value)
         patient = encoding.field(doc, "patient", _patient_id_field)
         params = encoding.field(doc, "params", _fingerprint_field)
         return cls(classes, key, patient, params)
@@ -397,8 +391,8 @@ class KacCiphertext:
             VERSION,
             {
                 "class": self.class_index,
-                "c1": encoding.b64e(encode_g1(self.c1)),
-                "c2": encoding.b64e(encode_g1(self.c2)),
+                "c1": fields.g1_text(self.c1),
+                "c2": fields.g1_text(self.c2),
                 "patient": self.patient_id,
                 "sealed": encoding.b64e(self.sealed),
             },
@@ -410,8 +404,8 @@ class KacCiphertext:
         index = encoding.field(
             doc, "class", lambda v: encoding.int_field(v, low=1, high=MAX_CLASSES)
         )
-        c1 = encoding.field(doc, "c1", lambda s: decode_g1(encoding.b64d(s, field="c1")))
-        c2 = encoding.field(doc, "c2", lambda s: decode_g1(encoding.b64d(s, field="c2")))
+        c1 = encoding.field(doc, "c1", fields.g1_value)
+        c2 = encoding.field(doc, "c2", fields.g1_value)
         patient = encoding.field(doc, "patient", _patient_id_field)
         sealed = encoding.field(doc, "sealed", _sealed_field)
         return cls(index, c1, c2, patient, sealed)
