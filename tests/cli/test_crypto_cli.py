@@ -7,70 +7,80 @@ import stat
 from pathlib import Path
 
 import pytest
+from click.testing import Result
 from typer.testing import CliRunner
 
 from medshare.cli.main import app
 
 RECORD = b'{"resourceType": "Observation", "id": "o1", "status": "final"}'
+POLICY = "hospital:H001 and dept:0304 and role:physician"
 
 
-@pytest.fixture(scope="module")
-def runner() -> CliRunner:
-    return CliRunner()
+def crypto(command: str, **options: object) -> Result:
+    """``medshare crypto COMMAND --opt value …``; ``in_`` → ``--in``, ``class_`` → ``--class``."""
+    args = ["crypto", command]
+    for name, value in options.items():
+        args += [f"--{name.rstrip('_').replace('_', '-')}", str(value)]
+    return CliRunner().invoke(app, args, catch_exceptions=False)
 
 
-def run(runner: CliRunner, *args: str | Path) -> object:
-    return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
-
-
-@pytest.fixture(scope="module")
-def authority(runner: CliRunner, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    directory = tmp_path_factory.mktemp("auth")
-    result = run(runner, "crypto", "abe-setup", "--out", directory)
+def assert_ok(result: Result) -> None:
     assert result.exit_code == 0, result.output
+
+
+def assert_fails(result: Result, code: int, message: str) -> None:
+    assert result.exit_code == code, result.output
+    assert message in result.output
+    assert "Traceback" not in result.output
+
+
+@pytest.fixture(scope="module")
+def authority(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = tmp_path_factory.mktemp("auth")
+    assert_ok(crypto("abe-setup", out=directory))
     for who, attrs in (
         ("alice", "hospital:H001,dept:0304,role:physician"),
         ("bob", "hospital:H001,dept:0304,role:nurse"),
     ):
-        result = run(
-            runner,
-            "crypto",
-            "abe-keygen",
-            "--authority",
-            directory,
-            "--id",
-            who,
-            "--attrs",
-            attrs,
-            "--out",
-            directory / f"{who}.json",
+        assert_ok(
+            crypto(
+                "abe-keygen",
+                authority=directory,
+                id=who,
+                attrs=attrs,
+                out=directory / f"{who}.json",
+            )
         )
-        assert result.exit_code == 0, result.output
+    (directory / "record.json").write_bytes(RECORD)
     return directory
 
 
 @pytest.fixture(scope="module")
-def sealed(runner: CliRunner, authority: Path) -> Path:
-    plain = authority / "record.json"
-    plain.write_bytes(RECORD)
-    result = run(
-        runner,
-        "crypto",
-        "abe-encrypt",
-        "--public",
-        authority / "public.json",
-        "--policy",
-        "hospital:H001 and dept:0304 and role:physician",
-        "--in",
-        plain,
-        "--out",
-        authority / "record.ct",
+def sealed(authority: Path) -> Path:
+    out = authority / "record.ct"
+    assert_ok(
+        crypto(
+            "abe-encrypt",
+            public=authority / "public.json",
+            policy=POLICY,
+            in_=authority / "record.json",
+            out=out,
+        )
     )
-    assert result.exit_code == 0, result.output
-    return authority / "record.ct"
+    return out
 
 
-def test_abe_setup_writes_secret_master_and_empty_registry(authority: Path) -> None:
+def abe_decrypt(authority: Path, key: Path, ct: Path, out: Path) -> Result:
+    return crypto("abe-decrypt", public=authority / "public.json", key=key, in_=ct, out=out)
+
+
+def abe_trace(authority: Path, key: Path) -> dict:
+    result = crypto("abe-trace", authority=authority, key=key)
+    assert_ok(result)
+    return json.loads(result.stdout)
+
+
+def test_abe_setup_writes_secret_master_and_registry(authority: Path) -> None:
     assert stat.S_IMODE((authority / "master.json").stat().st_mode) == 0o600
     assert stat.S_IMODE((authority / "alice.json").stat().st_mode) == 0o600
     registry = json.loads((authority / "registry.json").read_text())
@@ -78,288 +88,166 @@ def test_abe_setup_writes_secret_master_and_empty_registry(authority: Path) -> N
     assert json.loads((authority / "public.json").read_text())["type"] == "abe-public-key"
 
 
-def test_abe_setup_refuses_to_overwrite(runner: CliRunner, authority: Path) -> None:
-    result = run(runner, "crypto", "abe-setup", "--out", authority)
-    assert result.exit_code == 2
-    assert "refusing to overwrite" in result.output
+def test_abe_setup_refuses_to_overwrite(authority: Path) -> None:
+    assert_fails(crypto("abe-setup", out=authority), 2, "refusing to overwrite")
 
 
-def test_abe_round_trip_for_allowed_key(runner: CliRunner, authority: Path, sealed: Path) -> None:
+def test_abe_round_trip_for_allowed_key(authority: Path, sealed: Path) -> None:
     out = authority / "alice.out"
-    result = run(
-        runner,
-        "crypto",
-        "abe-decrypt",
-        "--public",
-        authority / "public.json",
-        "--key",
-        authority / "alice.json",
-        "--in",
-        sealed,
-        "--out",
-        out,
-    )
-    assert result.exit_code == 0, result.output
+    assert_ok(abe_decrypt(authority, authority / "alice.json", sealed, out))
     assert out.read_bytes() == RECORD
 
 
-def test_abe_decrypt_denied_with_clear_message(
-    runner: CliRunner, authority: Path, sealed: Path
-) -> None:
+def test_abe_decrypt_denied_with_clear_message(authority: Path, sealed: Path) -> None:
     out = authority / "bob.out"
-    result = run(
-        runner,
-        "crypto",
-        "abe-decrypt",
-        "--public",
-        authority / "public.json",
-        "--key",
-        authority / "bob.json",
-        "--in",
-        sealed,
-        "--out",
-        out,
-    )
-    assert result.exit_code == 1
-    assert "not allowed" in result.output
-    assert "Traceback" not in result.output
+    assert_fails(abe_decrypt(authority, authority / "bob.json", sealed, out), 1, "not allowed")
     assert not out.exists()
 
 
-def test_abe_decrypt_tampered_ciphertext(runner: CliRunner, authority: Path, sealed: Path) -> None:
+def test_abe_decrypt_tampered_ciphertext(authority: Path, sealed: Path) -> None:
     doc = json.loads(sealed.read_text())
-    sealed_field = doc["sealed"]
-    doc["sealed"] = ("A" if sealed_field[5] != "A" else "B").join(
-        (sealed_field[:5], sealed_field[6:])
-    )
+    text = doc["sealed"]
+    doc["sealed"] = text[:5] + ("A" if text[5] != "A" else "B") + text[6:]
     bad = authority / "tampered.ct"
     bad.write_text(json.dumps(doc))
-    result = run(
-        runner,
-        "crypto",
-        "abe-decrypt",
-        "--public",
-        authority / "public.json",
-        "--key",
-        authority / "alice.json",
-        "--in",
-        bad,
-        "--out",
-        authority / "t.out",
-    )
-    assert result.exit_code == 1
-    assert "not allowed" in result.output
+    result = abe_decrypt(authority, authority / "alice.json", bad, authority / "t.out")
+    assert_fails(result, 1, "not allowed")
 
 
 @pytest.mark.parametrize(
     ("content", "message"),
     [
         (b"", "not valid JSON"),
-        (
-            b'{"format": "medshare", "type": "kac-ciphertext", "version": 1}',
-            "expected a abe-user-key",
-        ),
+        (b"\xff\xfe", "not UTF-8"),
+        (b'{"format": "medshare", "type": "kac-ciphertext", "version": 1}', "expected a abe-user"),
         (b'{"format": "medshare", "type": "abe-user-key", "version": 9}', "unsupported version 9"),
         (b'{"format": "medshare", "type": "abe-user-key", "version": 1}', "missing field"),
     ],
 )
 def test_abe_decrypt_bad_key_file(
-    runner: CliRunner, authority: Path, sealed: Path, content: bytes, message: str
+    authority: Path, sealed: Path, content: bytes, message: str
 ) -> None:
     bad = authority / "bad-key.json"
     bad.write_bytes(content)
-    result = run(
-        runner,
-        "crypto",
-        "abe-decrypt",
-        "--public",
-        authority / "public.json",
-        "--key",
-        bad,
-        "--in",
-        sealed,
-        "--out",
-        authority / "x.out",
-    )
-    assert result.exit_code == 2
-    assert message in result.output
-    assert "Traceback" not in result.output
+    assert_fails(abe_decrypt(authority, bad, sealed, authority / "x.out"), 2, message)
 
 
-def test_abe_decrypt_truncated_key_file(runner: CliRunner, authority: Path, sealed: Path) -> None:
+def test_abe_decrypt_truncated_key_file(authority: Path, sealed: Path) -> None:
     data = (authority / "alice.json").read_bytes()
     bad = authority / "truncated.json"
     bad.write_bytes(data[: len(data) // 2])
-    result = run(
-        runner,
-        "crypto",
-        "abe-decrypt",
-        "--public",
-        authority / "public.json",
-        "--key",
-        bad,
-        "--in",
-        sealed,
-        "--out",
-        authority / "x.out",
-    )
-    assert result.exit_code == 2
-    assert "invalid input" in result.output
+    assert_fails(abe_decrypt(authority, bad, sealed, authority / "x.out"), 2, "invalid input")
 
 
-def test_abe_encrypt_bad_policy_names_position(runner: CliRunner, authority: Path) -> None:
-    result = run(
-        runner,
-        "crypto",
+def test_abe_encrypt_bad_policy_names_position(authority: Path) -> None:
+    result = crypto(
         "abe-encrypt",
-        "--public",
-        authority / "public.json",
-        "--policy",
-        "a and (b or",
-        "--in",
-        authority / "record.json",
-        "--out",
-        authority / "p.ct",
+        public=authority / "public.json",
+        policy="a and (b or",
+        in_=authority / "record.json",
+        out=authority / "p.ct",
     )
-    assert result.exit_code == 2
-    assert "position" in result.output
+    assert_fails(result, 2, "position")
 
 
-def test_missing_file_is_a_clear_error(runner: CliRunner, authority: Path) -> None:
-    result = run(
-        runner,
-        "crypto",
+def test_missing_file_is_a_clear_error(authority: Path) -> None:
+    result = crypto(
         "abe-encrypt",
-        "--public",
-        authority / "nope.json",
-        "--policy",
-        "a",
-        "--in",
-        authority / "record.json",
-        "--out",
-        authority / "p.ct",
+        public=authority / "nope.json",
+        policy="a",
+        in_=authority / "record.json",
+        out=authority / "p.ct",
     )
-    assert result.exit_code == 2
-    assert "no such file" in result.output
+    assert_fails(result, 2, "no such file")
 
 
-def test_trace_leaked_key_names_its_holder(runner: CliRunner, authority: Path) -> None:
-    result = run(
-        runner, "crypto", "abe-trace", "--authority", authority, "--key", authority / "bob.json"
+def test_abe_keygen_without_attributes(authority: Path) -> None:
+    result = crypto(
+        "abe-keygen", authority=authority, id="eve", attrs=" , ", out=authority / "eve.json"
     )
-    assert result.exit_code == 0, result.output
-    verdict = json.loads(result.stdout)
+    assert_fails(result, 2, "--attrs")
+    assert not (authority / "eve.json").exists()
+
+
+def test_trace_leaked_key_names_its_holder(authority: Path) -> None:
+    verdict = abe_trace(authority, authority / "bob.json")
     assert verdict["verdict"] == "user"
     assert verdict["identity"] == "bob"
     assert set(verdict) == {"verdict", "identity", "reason"}
 
 
-def test_trace_authority_forged_key(runner: CliRunner, authority: Path) -> None:
+def test_trace_authority_forged_key(authority: Path) -> None:
     from medshare.crypto import abe, group, issuance
 
     keys = issuance.AuthorityKeys.from_bytes((authority / "master.json").read_bytes())
     forged = abe.keygen(keys.master, group.random_scalar(), ["hospital:H001", "dept:0304"])
     path = authority / "forged.json"
     path.write_bytes(forged.to_bytes())
-    result = run(runner, "crypto", "abe-trace", "--authority", authority, "--key", path)
-    verdict = json.loads(result.stdout)
+    verdict = abe_trace(authority, path)
     assert verdict == {"verdict": "authority", "identity": None, "reason": verdict["reason"]}
 
 
-def test_trace_altered_key_is_malformed_not_another_user(
-    runner: CliRunner, authority: Path
-) -> None:
+def test_trace_laundered_key_is_malformed_not_another_user(authority: Path) -> None:
     doc = json.loads((authority / "alice.json").read_text())
-    bob = json.loads((authority / "bob.json").read_text())
-    doc["k_prime"] = bob["k_prime"]  # launder alice's key into bob's identity value
+    doc["k_prime"] = json.loads((authority / "bob.json").read_text())["k_prime"]
     path = authority / "laundered.json"
     path.write_text(json.dumps(doc))
-    result = run(runner, "crypto", "abe-trace", "--authority", authority, "--key", path)
-    verdict = json.loads(result.stdout)
+    verdict = abe_trace(authority, path)
     assert verdict["verdict"] == "malformed"
     assert verdict["identity"] is None
 
 
-def test_trace_garbage_file_is_malformed(runner: CliRunner, authority: Path) -> None:
+def test_trace_garbage_file_is_malformed(authority: Path) -> None:
     path = authority / "garbage.json"
     path.write_bytes(b"\x00\x01not json")
-    result = run(runner, "crypto", "abe-trace", "--authority", authority, "--key", path)
-    assert result.exit_code == 0
-    assert json.loads(result.stdout)["verdict"] == "malformed"
+    assert abe_trace(authority, path)["verdict"] == "malformed"
 
 
 @pytest.fixture(scope="module")
-def kac_dir(runner: CliRunner, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def kac_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     directory = tmp_path_factory.mktemp("kac")
-    assert run(runner, "crypto", "kac-setup", "--classes", "16", "--out", directory).exit_code == 0
-    result = run(
-        runner,
-        "crypto",
-        "kac-keygen",
-        "--params",
-        directory / "params.json",
-        "--out",
-        directory / "patient.json",
-    )
-    assert result.exit_code == 0, result.output
+    params = directory / "params.json"
+    assert_ok(crypto("kac-setup", classes=16, out=directory))
+    assert_ok(crypto("kac-keygen", params=params, out=directory / "patient.json"))
     assert (directory / "patient.pub.json").exists()
     plain = directory / "rec.json"
     plain.write_bytes(RECORD)
     for cls in (1, 5, 9):
-        result = run(
-            runner,
-            "crypto",
-            "kac-encrypt",
-            "--params",
-            directory / "params.json",
-            "--patient",
-            directory / "patient.pub.json",
-            "--class",
-            str(cls),
-            "--in",
-            plain,
-            "--out",
-            directory / f"rec{cls}.ct",
+        assert_ok(
+            crypto(
+                "kac-encrypt",
+                params=params,
+                patient=directory / "patient.pub.json",
+                class_=cls,
+                in_=plain,
+                out=directory / f"rec{cls}.ct",
+            )
         )
-        assert result.exit_code == 0, result.output
-    result = run(
-        runner,
-        "crypto",
-        "kac-extract",
-        "--params",
-        directory / "params.json",
-        "--patient",
-        directory / "patient.json",
-        "--classes",
-        "1,5",
-        "--out",
-        directory / "agg.json",
+    assert_ok(
+        crypto(
+            "kac-extract",
+            params=params,
+            patient=directory / "patient.json",
+            classes="1,5",
+            out=directory / "agg.json",
+        )
     )
-    assert result.exit_code == 0, result.output
     return directory
 
 
+def kac_decrypt(directory: Path, key: Path, ct: Path, out: Path) -> Result:
+    return crypto("kac-decrypt", params=directory / "params.json", key=key, in_=ct, out=out)
+
+
 @pytest.mark.parametrize(("cls", "code"), [(1, 0), (5, 0), (9, 1)])
-def test_kac_decrypt_members_only(runner: CliRunner, kac_dir: Path, cls: int, code: int) -> None:
+def test_kac_decrypt_members_only(kac_dir: Path, cls: int, code: int) -> None:
     out = kac_dir / f"rec{cls}.out"
-    result = run(
-        runner,
-        "crypto",
-        "kac-decrypt",
-        "--params",
-        kac_dir / "params.json",
-        "--key",
-        kac_dir / "agg.json",
-        "--in",
-        kac_dir / f"rec{cls}.ct",
-        "--out",
-        out,
-    )
-    assert result.exit_code == code, result.output
+    result = kac_decrypt(kac_dir, kac_dir / "agg.json", kac_dir / f"rec{cls}.ct", out)
     if code == 0:
+        assert_ok(result)
         assert out.read_bytes() == RECORD
     else:
-        assert "not allowed" in result.output
+        assert_fails(result, 1, "not allowed")
         assert not out.exists()
 
 
@@ -369,54 +257,27 @@ def test_kac_key_is_96_bytes_and_secret(kac_dir: Path) -> None:
     key = kac.AggregateKey.from_bytes((kac_dir / "agg.json").read_bytes())
     assert len(key.key_bytes()) == 96
     assert stat.S_IMODE((kac_dir / "patient.json").stat().st_mode) == 0o600
+    assert stat.S_IMODE((kac_dir / "agg.json").stat().st_mode) == 0o600
 
 
-def test_kac_wrong_file_type_is_clear(runner: CliRunner, kac_dir: Path) -> None:
-    result = run(
-        runner,
-        "crypto",
-        "kac-decrypt",
-        "--params",
-        kac_dir / "params.json",
-        "--key",
-        kac_dir / "patient.pub.json",
-        "--in",
-        kac_dir / "rec1.ct",
-        "--out",
-        kac_dir / "w",
-    )
-    assert result.exit_code == 2
-    assert "kac-aggregate-key" in result.output
+def test_kac_wrong_file_type_is_clear(kac_dir: Path) -> None:
+    result = kac_decrypt(kac_dir, kac_dir / "patient.pub.json", kac_dir / "rec1.ct", kac_dir / "w")
+    assert_fails(result, 2, "kac-aggregate-key")
 
 
-def test_kac_extract_bad_classes(runner: CliRunner, kac_dir: Path) -> None:
-    result = run(
-        runner,
-        "crypto",
+@pytest.mark.parametrize(("classes", "message"), [("1,x", "--classes"), ("99", "99")])
+def test_kac_extract_bad_classes(kac_dir: Path, classes: str, message: str) -> None:
+    result = crypto(
         "kac-extract",
-        "--params",
-        kac_dir / "params.json",
-        "--patient",
-        kac_dir / "patient.json",
-        "--classes",
-        "1,x",
-        "--out",
-        kac_dir / "b.json",
+        params=kac_dir / "params.json",
+        patient=kac_dir / "patient.json",
+        classes=classes,
+        out=kac_dir / "b.json",
     )
-    assert result.exit_code == 2
-    assert "--classes" in result.output
-    result = run(
-        runner,
-        "crypto",
-        "kac-extract",
-        "--params",
-        kac_dir / "params.json",
-        "--patient",
-        kac_dir / "patient.json",
-        "--classes",
-        "99",
-        "--out",
-        kac_dir / "b.json",
-    )
-    assert result.exit_code == 2
-    assert "99" in result.output
+    assert_fails(result, 2, message)
+    assert not (kac_dir / "b.json").exists()
+
+
+def test_kac_setup_rejects_bad_class_count(tmp_path: Path) -> None:
+    assert_fails(crypto("kac-setup", classes=0, out=tmp_path), 2, "n")
+    assert not (tmp_path / "params.json").exists()
