@@ -1,0 +1,72 @@
+"""``medshare ledger …``: audit a node's database (verify from genesis, inclusion proofs)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from medshare.cli.errors import EXIT_DENIED, fail, user_errors
+from medshare.ledger import audit
+from medshare.ledger.store import SQLiteStore, StoreCorrupted
+
+app = typer.Typer(help="Verify a ledger database and prove transactions.", no_args_is_help=True)
+
+DbOption = Annotated[Path, typer.Option("--db", help="A node's SQLite database.")]
+
+
+def _open(db: Path) -> SQLiteStore:
+    if not db.is_file():
+        raise fail(f"no such database: {db}")
+    return SQLiteStore(db)
+
+
+@app.command("verify")
+def verify(db: DbOption) -> None:
+    """Re-verify the whole chain from genesis; names the first bad height. Exit 1 if bad."""
+    with user_errors():
+        store = _open(db)
+        try:
+            report = audit.verify_chain(store)
+        finally:
+            store.close()
+    typer.echo(json.dumps(report.as_dict()))
+    if not report.ok:
+        raise typer.Exit(EXIT_DENIED)
+
+
+@app.command("prove")
+def prove(
+    db: DbOption, tx: Annotated[str, typer.Option("--tx", help="Transaction id (hex).")]
+) -> None:
+    """Print a JSON inclusion proof for a committed transaction."""
+    with user_errors():
+        store = _open(db)
+        try:
+            proof = audit.make_proof(store, tx.strip().lower())
+        except KeyError as exc:
+            raise fail(str(exc.args[0]), EXIT_DENIED) from None
+        except StoreCorrupted as exc:
+            raise fail(f"database is corrupted: {exc}", EXIT_DENIED) from None
+        finally:
+            store.close()
+    typer.echo(json.dumps(proof, indent=1))
+
+
+@app.command("check-proof")
+def check_proof(
+    proof: Annotated[Path, typer.Argument(help="A proof from `medshare ledger prove`.")],
+) -> None:
+    """Check an inclusion proof with nothing but the proof itself. Exit 1 if it fails."""
+    with user_errors():
+        try:
+            doc = json.loads(proof.read_bytes())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise fail(f"{proof} is not JSON") from None
+        try:
+            summary = audit.check_proof(doc)
+        except audit.ProofError as exc:
+            raise fail(f"proof does not check: {exc}", EXIT_DENIED) from None
+    typer.echo(json.dumps(summary))

@@ -1,0 +1,480 @@
+"""Ledger data types: transactions, votes, commit certificates, blocks, evidence.
+
+Every object has one canonical byte form (RFC 8785 JSON via ``rfc8785``), from which
+its hash and the message it signs are derived, so every node computes the same ids.
+Signatures are Ed25519 over a domain tag plus the canonical bytes of the unsigned
+object (``medshare/tx/v1``, ``medshare/vote/v1``): a vote can never pass as a
+transaction. Binary values are lower-case hex in the JSON form.
+
+All ``from_json`` constructors validate shape and types and raise
+:class:`LedgerFormatError`; signature checks are separate (:meth:`Tx.verify`,
+:meth:`Vote.verify`) because they cost ~100 µs each and the simulator charges for them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+import rfc8785
+
+from medshare.crypto import signing
+from medshare.ledger import merkle
+
+TX_DOMAIN = b"medshare/tx/v1"
+VOTE_DOMAIN = b"medshare/vote/v1"
+MAX_TX_BYTES = 64 * 1024
+ZERO_HASH = "00" * 32
+
+
+class LedgerFormatError(ValueError):
+    """A transaction, vote or block that is not well-formed."""
+
+
+def canonical(obj: Any) -> bytes:
+    """RFC 8785 canonical JSON bytes."""
+    try:
+        return rfc8785.dumps(obj)
+    except (rfc8785.CanonicalizationError, TypeError, ValueError) as exc:
+        raise LedgerFormatError(f"not canonicalisable JSON: {exc}") from None
+
+
+def digest_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _hex(value: object, size: int, name: str) -> bytes:
+    if not isinstance(value, str) or len(value) != 2 * size:
+        raise LedgerFormatError(f"{name} must be {size} bytes of lower-case hex")
+    try:
+        raw = bytes.fromhex(value)
+    except ValueError:
+        raise LedgerFormatError(f"{name} is not hex") from None
+    if raw.hex() != value:
+        raise LedgerFormatError(f"{name} must be lower-case hex")
+    return raw
+
+
+def _int(value: object, name: str, low: int = 0) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise LedgerFormatError(f"{name} must be an integer ≥ {low}")
+    return value
+
+
+def _mapping(value: object, name: str) -> dict:
+    if not isinstance(value, dict):
+        raise LedgerFormatError(f"{name} must be an object")
+    return value
+
+
+# --- transactions -------------------------------------------------------------------------------
+
+
+class TxKind(StrEnum):
+    """The transaction types of DESIGN §4."""
+
+    REGISTER_NODE = "register_node"
+    REGISTER_KEY_TAG = "register_key_tag"
+    ANCHOR_RECORD = "anchor_record"
+    GRANT = "grant"
+    REVOKE = "revoke"
+    ACCESS = "access"
+    BREAK_GLASS = "break_glass"
+    TRACE_VERDICT = "trace_verdict"
+    EVIDENCE = "evidence"
+    COMMITTEE_CHANGE = "committee_change"
+
+
+# Fields each kind's body must carry (more are allowed): the ledger checks shape, the
+# services above it give the fields meaning.
+REQUIRED_FIELDS: Mapping[TxKind, tuple[str, ...]] = {
+    TxKind.REGISTER_NODE: ("node", "name"),
+    TxKind.REGISTER_KEY_TAG: ("identity", "tag"),
+    TxKind.ANCHOR_RECORD: ("record", "patient", "dept", "digest"),
+    TxKind.GRANT: ("grant", "patient", "grantee"),
+    TxKind.REVOKE: ("grant",),
+    TxKind.ACCESS: ("record", "actor", "area"),
+    TxKind.BREAK_GLASS: ("record", "actor", "reason", "until"),
+    TxKind.TRACE_VERDICT: ("verdict", "evidence"),
+    TxKind.EVIDENCE: ("offender", "kind", "proof"),
+    TxKind.COMMITTEE_CHANGE: ("epoch", "committee"),
+}
+
+
+@dataclass(frozen=True)
+class Tx:
+    """A signed transaction. ``nonce`` counts the sender's transactions from 0 (anti-replay)."""
+
+    kind: TxKind
+    sender: bytes
+    nonce: int
+    body: Mapping[str, Any]
+    signature: bytes = b""
+
+    def unsigned_json(self) -> dict:
+        return {
+            "kind": self.kind.value,
+            "sender": self.sender.hex(),
+            "nonce": self.nonce,
+            "body": dict(self.body),
+        }
+
+    def signing_bytes(self) -> bytes:
+        return canonical(self.unsigned_json())
+
+    def to_json(self) -> dict:
+        return {**self.unsigned_json(), "signature": self.signature.hex()}
+
+    def encode(self) -> bytes:
+        return canonical(self.to_json())
+
+    @property
+    def txid(self) -> str:
+        """SHA-256 of the canonical signed transaction, hex."""
+        return digest_hex(self.encode())
+
+    @classmethod
+    def create(
+        cls, kind: TxKind, body: Mapping[str, Any], nonce: int, key: signing.SigningKey
+    ) -> Tx:
+        unsigned = cls(TxKind(kind), key.public, nonce, dict(body))
+        check_body(unsigned.kind, unsigned.body)
+        return cls(
+            unsigned.kind,
+            key.public,
+            nonce,
+            unsigned.body,
+            key.sign(TX_DOMAIN, unsigned.signing_bytes()),
+        )
+
+    def verify(self) -> None:
+        """Raise :class:`signing.InvalidSignature` unless the sender signed exactly this tx."""
+        signing.verify(self.sender, self.signature, TX_DOMAIN, self.signing_bytes())
+
+    @classmethod
+    def from_json(cls, doc: object) -> Tx:
+        doc = _mapping(doc, "transaction")
+        try:
+            kind = TxKind(doc.get("kind"))
+        except ValueError:
+            raise LedgerFormatError(f"unknown transaction kind {doc.get('kind')!r}") from None
+        body = _mapping(doc.get("body"), "body")
+        check_body(kind, body)
+        tx = cls(
+            kind,
+            _hex(doc.get("sender"), signing.PUBLIC_KEY_BYTES, "sender"),
+            _int(doc.get("nonce"), "nonce"),
+            body,
+            _hex(doc.get("signature"), signing.SIGNATURE_BYTES, "signature"),
+        )
+        if len(tx.encode()) > MAX_TX_BYTES:
+            raise LedgerFormatError(f"transaction larger than {MAX_TX_BYTES} bytes")
+        return tx
+
+    @classmethod
+    def decode(cls, data: bytes) -> Tx:
+        if len(data) > MAX_TX_BYTES:
+            raise LedgerFormatError(f"transaction larger than {MAX_TX_BYTES} bytes")
+        try:
+            return cls.from_json(json.loads(data))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise LedgerFormatError("transaction is not JSON") from None
+
+
+def check_body(kind: TxKind, body: Mapping[str, Any]) -> None:
+    missing = [name for name in REQUIRED_FIELDS[kind] if name not in body]
+    if missing:
+        raise LedgerFormatError(f"{kind.value} transaction lacks {', '.join(missing)}")
+    canonical(dict(body))  # must be canonicalisable JSON (no floats out of range, str keys)
+
+
+# --- votes and certificates ---------------------------------------------------------------------
+
+
+class VoteKind(StrEnum):
+    PREVOTE = "prevote"
+    PRECOMMIT = "precommit"
+
+
+@dataclass(frozen=True)
+class Vote:
+    """A committee member's signed prevote or precommit for a block hash (``None`` = nil)."""
+
+    kind: VoteKind
+    height: int
+    round: int
+    block_hash: str | None
+    voter: bytes
+    signature: bytes = b""
+
+    def unsigned_json(self) -> dict:
+        return {
+            "kind": self.kind.value,
+            "height": self.height,
+            "round": self.round,
+            "block": self.block_hash,
+            "voter": self.voter.hex(),
+        }
+
+    def signing_bytes(self) -> bytes:
+        return canonical(self.unsigned_json())
+
+    def to_json(self) -> dict:
+        return {**self.unsigned_json(), "signature": self.signature.hex()}
+
+    @classmethod
+    def create(
+        cls,
+        kind: VoteKind,
+        height: int,
+        round_: int,
+        block_hash: str | None,
+        key: signing.SigningKey,
+    ) -> Vote:
+        unsigned = cls(VoteKind(kind), height, round_, block_hash, key.public)
+        return cls(
+            unsigned.kind,
+            height,
+            round_,
+            block_hash,
+            key.public,
+            key.sign(VOTE_DOMAIN, unsigned.signing_bytes()),
+        )
+
+    def verify(self) -> None:
+        signing.verify(self.voter, self.signature, VOTE_DOMAIN, self.signing_bytes())
+
+    @classmethod
+    def from_json(cls, doc: object) -> Vote:
+        doc = _mapping(doc, "vote")
+        try:
+            kind = VoteKind(doc.get("kind"))
+        except ValueError:
+            raise LedgerFormatError(f"unknown vote kind {doc.get('kind')!r}") from None
+        block = doc.get("block")
+        if block is not None:
+            _hex(block, 32, "block")
+        return cls(
+            kind,
+            _int(doc.get("height"), "height"),
+            _int(doc.get("round"), "round"),
+            block,
+            _hex(doc.get("voter"), signing.PUBLIC_KEY_BYTES, "voter"),
+            _hex(doc.get("signature"), signing.SIGNATURE_BYTES, "signature"),
+        )
+
+
+@dataclass(frozen=True)
+class CommitCertificate:
+    """2f+1 precommits of one round for one block hash: the proof that a block committed."""
+
+    height: int
+    round: int
+    block_hash: str
+    signatures: tuple[tuple[bytes, bytes], ...]  # (voter, signature), sorted by voter
+
+    def votes(self) -> list[Vote]:
+        return [
+            Vote(VoteKind.PRECOMMIT, self.height, self.round, self.block_hash, voter, sig)
+            for voter, sig in self.signatures
+        ]
+
+    def to_json(self) -> dict:
+        return {
+            "height": self.height,
+            "round": self.round,
+            "block": self.block_hash,
+            "signatures": [[v.hex(), s.hex()] for v, s in self.signatures],
+        }
+
+    @classmethod
+    def from_votes(cls, votes: Sequence[Vote]) -> CommitCertificate:
+        first = votes[0]
+        sigs = sorted({(v.voter, v.signature) for v in votes})
+        return cls(first.height, first.round, first.block_hash or "", tuple(sigs))
+
+    @classmethod
+    def from_json(cls, doc: object) -> CommitCertificate:
+        doc = _mapping(doc, "certificate")
+        sigs = doc.get("signatures")
+        if not isinstance(sigs, list):
+            raise LedgerFormatError("certificate signatures must be a list")
+        pairs = []
+        for item in sigs:
+            if not isinstance(item, list) or len(item) != 2:
+                raise LedgerFormatError("certificate signature entries are [voter, signature]")
+            pairs.append(
+                (
+                    _hex(item[0], signing.PUBLIC_KEY_BYTES, "voter"),
+                    _hex(item[1], signing.SIGNATURE_BYTES, "signature"),
+                )
+            )
+        block = doc.get("block")
+        _hex(block, 32, "block")
+        return cls(
+            _int(doc.get("height"), "height"), _int(doc.get("round"), "round"), block, tuple(pairs)
+        )
+
+
+def certificate_signers(
+    cert: CommitCertificate, committee: Sequence[bytes], block_hash: str, height: int
+) -> set[bytes]:
+    """The distinct committee members whose precommit signatures in ``cert`` verify."""
+    if cert.block_hash != block_hash or cert.height != height:
+        return set()
+    members = set(committee)
+    return {
+        vote.voter
+        for vote in cert.votes()
+        if vote.voter in members
+        and signing.is_valid(vote.voter, vote.signature, VOTE_DOMAIN, vote.signing_bytes())
+    }
+
+
+def quorum(size: int) -> int:
+    """Votes needed in a committee of ``size`` = 3f+1 members: 2f+1 (⌊2n/3⌋ + 1)."""
+    return 2 * size // 3 + 1
+
+
+# --- blocks -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BlockHeader:
+    height: int
+    prev_hash: str
+    merkle_root: str
+    state_root: str
+    last_commit_hash: str
+    epoch: int
+    proposer: bytes
+    timestamp_ms: int
+
+    def to_json(self) -> dict:
+        return {
+            "height": self.height,
+            "prev": self.prev_hash,
+            "merkle_root": self.merkle_root,
+            "state_root": self.state_root,
+            "last_commit": self.last_commit_hash,
+            "epoch": self.epoch,
+            "proposer": self.proposer.hex(),
+            "time_ms": self.timestamp_ms,
+        }
+
+    @property
+    def hash(self) -> str:
+        return digest_hex(canonical(self.to_json()))
+
+    @classmethod
+    def from_json(cls, doc: object) -> BlockHeader:
+        doc = _mapping(doc, "header")
+        for name in ("prev", "merkle_root", "state_root", "last_commit"):
+            _hex(doc.get(name), 32, name)
+        return cls(
+            _int(doc.get("height"), "height"),
+            doc["prev"],
+            doc["merkle_root"],
+            doc["state_root"],
+            doc["last_commit"],
+            _int(doc.get("epoch"), "epoch"),
+            _hex(doc.get("proposer"), signing.PUBLIC_KEY_BYTES, "proposer"),
+            _int(doc.get("time_ms"), "time_ms"),
+        )
+
+
+@dataclass(frozen=True)
+class Block:
+    """Header, transactions, the canonical certificate of the previous block (``last_commit``,
+    hashed into the header so every node applies the same reputation update) and this
+    block's own commit certificate (which may differ between nodes: any 2f+1 precommits)."""
+
+    header: BlockHeader
+    txs: tuple[Tx, ...]
+    last_commit: CommitCertificate | None = None
+    certificate: CommitCertificate | None = field(default=None)
+
+    @property
+    def hash(self) -> str:
+        return self.header.hash
+
+    @property
+    def height(self) -> int:
+        return self.header.height
+
+    def tx_merkle_root(self) -> str:
+        return merkle_root_hex(self.txs)
+
+    def to_json(self) -> dict:
+        return {
+            "header": self.header.to_json(),
+            "txs": [tx.to_json() for tx in self.txs],
+            "last_commit": None if self.last_commit is None else self.last_commit.to_json(),
+            "certificate": None if self.certificate is None else self.certificate.to_json(),
+        }
+
+    def encode(self) -> bytes:
+        return canonical(self.to_json())
+
+    def with_certificate(self, cert: CommitCertificate) -> Block:
+        return Block(self.header, self.txs, self.last_commit, cert)
+
+    @classmethod
+    def from_json(cls, doc: object) -> Block:
+        doc = _mapping(doc, "block")
+        txs = doc.get("txs")
+        if not isinstance(txs, list):
+            raise LedgerFormatError("block txs must be a list")
+        last, cert = doc.get("last_commit"), doc.get("certificate")
+        return cls(
+            BlockHeader.from_json(doc.get("header")),
+            tuple(Tx.from_json(t) for t in txs),
+            None if last is None else CommitCertificate.from_json(last),
+            None if cert is None else CommitCertificate.from_json(cert),
+        )
+
+
+def merkle_root_hex(txs: Sequence[Tx]) -> str:
+    return merkle.merkle_root([tx.encode() for tx in txs]).hex()
+
+
+def certificate_hash(cert: CommitCertificate | None) -> str:
+    """What a header commits to for its ``last_commit`` (zero hash for none)."""
+    return ZERO_HASH if cert is None else digest_hex(canonical(cert.to_json()))
+
+
+# --- evidence -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Equivocation:
+    """Two signed votes of one voter for different blocks at the same height, round and kind."""
+
+    first: Vote
+    second: Vote
+
+    def check(self) -> None:
+        a, b = self.first, self.second
+        same_slot = (a.kind, a.height, a.round, a.voter) == (b.kind, b.height, b.round, b.voter)
+        if not same_slot or a.block_hash == b.block_hash:
+            raise LedgerFormatError("the two votes do not conflict")
+        a.verify()
+        b.verify()
+
+    def to_body(self) -> dict:
+        return {
+            "offender": self.first.voter.hex(),
+            "kind": "equivocation",
+            "proof": [self.first.to_json(), self.second.to_json()],
+        }
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> Equivocation:
+        proof = body.get("proof")
+        if body.get("kind") != "equivocation" or not isinstance(proof, list) or len(proof) != 2:
+            raise LedgerFormatError("not equivocation evidence")
+        return cls(Vote.from_json(proof[0]), Vote.from_json(proof[1]))

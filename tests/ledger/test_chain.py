@@ -1,0 +1,154 @@
+"""Chain rules: what a valid next block is, enforced on every path."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from chainkit import Kit
+
+from medshare.crypto.signing import SigningKey
+from medshare.ledger import chain, election
+from medshare.ledger.types import (
+    Block,
+    CommitCertificate,
+    Equivocation,
+    Tx,
+    TxKind,
+    Vote,
+    VoteKind,
+)
+
+
+def test_blocks_apply_and_state_advances() -> None:
+    kit = Kit.new()
+    for _ in range(3):
+        kit.next_block([kit.tx(0), kit.tx(1)])
+    assert kit.state.height == 3
+    assert kit.state.next_nonce(kit.keys[0].public) == 3
+
+
+def test_replayed_transaction_is_dropped_by_proposer_and_rejected_in_block() -> None:
+    kit = Kit.new()
+    tx = kit.tx(0)
+    kit.next_block([tx])
+    block, dropped = chain.build_block(
+        kit.state, [tx], kit.state.committee[0], kit.state.head_time_ms + 5, kit.last_commit
+    )
+    assert dropped == [tx] and block.txs == ()
+    forced = Block(
+        dataclasses.replace(block.header, merkle_root=chain.merkle_root_hex([tx])),
+        (tx,),
+        block.last_commit,
+    )
+    with pytest.raises(chain.InvalidBlock, match="nonce"):
+        chain.apply_block(kit.state, forced, require_certificate=False)
+
+
+def test_forged_signature_is_rejected() -> None:
+    kit = Kit.new()
+    tx = kit.tx(0)
+    forged = Tx(tx.kind, tx.sender, tx.nonce, {**tx.body, "digest": "cd" * 32}, tx.signature)
+    state = kit.state.clone()
+    with pytest.raises(chain.TxRejected, match="invalid signature"):
+        chain.apply_tx(state, forged)
+    assert state.next_nonce(tx.sender) == 0  # nothing applied
+
+
+def test_certificate_needs_a_quorum_of_the_committee() -> None:
+    kit = Kit.new()
+    with pytest.raises(chain.InvalidBlock, match="needs 3"):
+        kit.next_block([kit.tx(0)], signers=2)
+
+
+def test_certificate_from_outsiders_does_not_count() -> None:
+    kit = Kit.new()
+    block, _ = chain.build_block(
+        kit.state, [], kit.state.committee[0], kit.state.head_time_ms + 5, None
+    )
+    outsiders = [SigningKey.generate() for _ in range(3)]
+    votes = [Vote.create(VoteKind.PRECOMMIT, 1, 0, block.hash, k) for k in outsiders]
+    with pytest.raises(chain.InvalidBlock, match="0 valid committee signatures"):
+        chain.apply_block(kit.state, block.with_certificate(CommitCertificate.from_votes(votes)))
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"height": 5}, "expected height"),
+        ({"prev_hash": "11" * 32}, "does not extend"),
+        ({"state_root": "22" * 32}, "state root"),
+        ({"merkle_root": "33" * 32}, "Merkle root"),
+        ({"epoch": 7}, "epoch"),
+        ({"proposer": bytes(32)}, "proposer"),
+        ({"timestamp_ms": 0}, "time"),
+        ({"last_commit_hash": "44" * 32}, "last-commit"),
+    ],
+)
+def test_header_rules(change: dict, message: str) -> None:
+    kit = Kit.new()
+    block, _ = chain.build_block(
+        kit.state, [kit.tx(0)], kit.state.committee[0], kit.state.head_time_ms + 5, None
+    )
+    bad = Block(dataclasses.replace(block.header, **change), block.txs, block.last_commit)
+    with pytest.raises(chain.InvalidBlock, match=message):
+        chain.apply_block(kit.state, bad, require_certificate=False)
+
+
+def test_epoch_boundary_elects_a_new_committee_from_all_validators() -> None:
+    kit = Kit.new(nodes=7, committee=4, epoch_length=3)
+    committees = set()
+    for _ in range(12):
+        kit.next_block([])
+        committees.add(kit.state.committee)
+        assert len(kit.state.committee) == 4
+    assert len(committees) > 1  # 4 epochs over 7 validators: re-elected at least once
+
+
+def test_reputation_rewards_signers_and_penalises_absentees() -> None:
+    kit = Kit.new()
+    kit.next_block([])
+    kit.next_block([])  # applies block 1's certificate (3 of 4 signed)
+    by_key = {v.public: v.reputation for v in kit.state.validators}
+    committee = kit.state.committee
+    absent = committee[3]
+    assert by_key[absent] < 1000
+    assert all(by_key[m] > 1000 for m in committee[:3])
+
+
+def test_equivocation_evidence_ejects_the_offender() -> None:
+    kit = Kit.new(nodes=5, committee=4, epoch_length=2)
+    offender = kit.keys[1]
+    a = Vote.create(VoteKind.PREVOTE, 3, 0, "aa" * 32, offender)
+    b = Vote.create(VoteKind.PREVOTE, 3, 0, "bb" * 32, offender)
+    evidence = Equivocation(a, b).to_body()
+    kit.next_block([kit.tx(0, TxKind.EVIDENCE, evidence)])
+    validator = kit.state.validator(offender.public)
+    assert validator is not None and validator.ejected and validator.reputation == 0
+    for _ in range(6):
+        kit.next_block([])
+        assert offender.public not in kit.state.committee
+
+
+def test_evidence_that_does_not_conflict_is_rejected() -> None:
+    kit = Kit.new()
+    a = Vote.create(VoteKind.PREVOTE, 3, 0, "aa" * 32, kit.keys[1])
+    body = Equivocation(a, a).to_body()
+    state = kit.state.clone()
+    with pytest.raises(chain.TxRejected, match="invalid evidence"):
+        chain.apply_tx(state, kit.tx(0, TxKind.EVIDENCE, body))
+
+
+def test_register_node_needs_an_active_validator() -> None:
+    kit = Kit.new()
+    newcomer = SigningKey.generate()
+    outsider_tx = Tx.create(
+        TxKind.REGISTER_NODE, {"node": newcomer.public.hex(), "name": "x"}, 0, newcomer
+    )
+    with pytest.raises(chain.TxRejected, match="active validator"):
+        chain.apply_tx(kit.state.clone(), outsider_tx)
+    kit.next_block(
+        [kit.tx(0, TxKind.REGISTER_NODE, {"node": newcomer.public.hex(), "name": "lab"})]
+    )
+    joined = kit.state.validator(newcomer.public)
+    assert joined == election.Validator(newcomer.public, "lab", 1000)

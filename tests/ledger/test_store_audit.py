@@ -1,0 +1,156 @@
+"""Node storage, full-chain verification, inclusion proofs, and the ``medshare ledger`` CLI."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+from chainkit import Kit
+from typer.testing import CliRunner
+
+from medshare.cli.main import app
+from medshare.ledger import audit
+from medshare.ledger.store import MemoryStore, SQLiteStore, StoreCorrupted
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> tuple[Path, list]:
+    path = tmp_path / "node.db"
+    store = SQLiteStore(path)
+    txs = Kit.new(nodes=5, committee=4, epoch_length=3).fill(store, blocks=8, txs_per_block=3)
+    store.close()
+    return path, txs
+
+
+@pytest.mark.parametrize("make", [MemoryStore, lambda: SQLiteStore(":memory:")])
+def test_store_appends_in_order_and_indexes_txs(make) -> None:
+    store = make()
+    txs = Kit.new().fill(store, blocks=3)
+    assert store.height() == 3
+    assert [b.height for b in store.blocks()] == [0, 1, 2, 3]
+    assert store.find_tx(txs[-1].txid) == (3, 1)
+    assert store.find_tx("00" * 32) is None
+    with pytest.raises(ValueError, match="cannot append block 2"):
+        store.append(store.get(2))
+    store.put_meta("wal", b"x")
+    store.put_meta("wal", b"y")
+    assert store.get_meta("wal") == b"y"
+
+
+def test_sqlite_store_survives_reopen(db: tuple[Path, list]) -> None:
+    path, txs = db
+    store = SQLiteStore(path)
+    assert store.height() == 8
+    assert store.find_tx(txs[0].txid) == (1, 0)
+    assert store.get_meta(audit.CONFIG_KEY) is not None
+    assert sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_verify_accepts_an_intact_chain(db: tuple[Path, list]) -> None:
+    report = audit.verify_chain(SQLiteStore(db[0]))
+    assert report.ok and report.height == 8 and report.first_bad_height is None
+
+
+def _flip_byte(path: Path, height: int, needle: bytes) -> None:
+    con = sqlite3.connect(path)
+    (data,) = con.execute("SELECT data FROM blocks WHERE height = ?", (height,)).fetchone()
+    at = data.index(needle)
+    changed = data[:at] + bytes([data[at] ^ 0x01]) + data[at + 1 :]
+    con.execute("UPDATE blocks SET data = ? WHERE height = ?", (changed, height))
+    con.commit()
+    con.close()
+
+
+@pytest.mark.parametrize(
+    "needle",
+    [b'"digest":"ab', b'"state_root":"', b'"signature":"', b'"time_ms":', b'{"certificate"'],
+)
+def test_verify_names_the_first_altered_height(db: tuple[Path, list], needle: bytes) -> None:
+    path, _ = db
+    _flip_byte(path, 5, needle)
+    report = audit.verify_chain(SQLiteStore(path))
+    assert not report.ok
+    assert report.first_bad_height == 5
+    assert report.height == 4
+
+
+def test_verify_detects_a_deleted_block(db: tuple[Path, list]) -> None:
+    path, _ = db
+    con = sqlite3.connect(path)
+    con.execute("DELETE FROM blocks WHERE height = 3")
+    con.commit()
+    report = audit.verify_chain(SQLiteStore(path))
+    assert report.first_bad_height == 3 and "missing" in report.reason
+
+
+def test_verify_detects_a_swapped_chain_config(db: tuple[Path, list]) -> None:
+    path, _ = db
+    store = SQLiteStore(path)
+    config = json.loads(store.get_meta(audit.CONFIG_KEY))
+    config["epoch_length"] = 4
+    store.put_meta(audit.CONFIG_KEY, json.dumps(config).encode())
+    report = audit.verify_chain(store)
+    assert not report.ok and report.first_bad_height == 0
+
+
+def test_proof_round_trip_and_tampering(db: tuple[Path, list]) -> None:
+    path, txs = db
+    proof = audit.make_proof(SQLiteStore(path), txs[7].txid)
+    summary = audit.check_proof(proof)
+    assert summary["ok"] and summary["height"] == 3 and summary["signers"] >= 3
+    bad_tx = json.loads(json.dumps(proof))
+    bad_tx["tx"]["body"]["digest"] = "cd" * 32
+    with pytest.raises(audit.ProofError, match="txid"):
+        audit.check_proof(bad_tx)
+    bad_path = json.loads(json.dumps(proof))
+    bad_path["merkle"]["path"][0] = "00" * 32
+    with pytest.raises(audit.ProofError, match="Merkle"):
+        audit.check_proof(bad_path)
+    short_cert = json.loads(json.dumps(proof))
+    short_cert["certificate"]["signatures"] = short_cert["certificate"]["signatures"][:2]
+    with pytest.raises(audit.ProofError, match="needs 3"):
+        audit.check_proof(short_cert)
+    with pytest.raises(audit.ProofError, match="not a medshare"):
+        audit.check_proof({"type": "x"})
+
+
+def test_replay_raises_on_corruption(db: tuple[Path, list]) -> None:
+    path, _ = db
+    _flip_byte(path, 2, b'"time_ms":')
+    with pytest.raises(StoreCorrupted, match="block 2"):
+        audit.replay(SQLiteStore(path))
+
+
+def test_cli_verify_prove_check(db: tuple[Path, list], tmp_path: Path) -> None:
+    path, txs = db
+    runner = CliRunner()
+    result = runner.invoke(app, ["ledger", "verify", "--db", str(path)])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["verified_height"] == 8
+    result = runner.invoke(app, ["ledger", "prove", "--db", str(path), "--tx", txs[4].txid])
+    assert result.exit_code == 0, result.output
+    proof_file = tmp_path / "proof.json"
+    proof_file.write_text(result.stdout)
+    result = runner.invoke(app, ["ledger", "check-proof", str(proof_file)])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["txid"] == txs[4].txid
+    _flip_byte(path, 6, b'"digest":"ab')
+    result = runner.invoke(app, ["ledger", "verify", "--db", str(path)])
+    assert result.exit_code == 1
+    assert json.loads(result.stdout)["first_bad_height"] == 6
+
+
+def test_cli_errors_are_clear(tmp_path: Path) -> None:
+    runner = CliRunner()
+    result = runner.invoke(app, ["ledger", "verify", "--db", str(tmp_path / "none.db")])
+    assert result.exit_code == 2 and "no such database" in result.output
+    empty = tmp_path / "empty.db"
+    SQLiteStore(empty).close()
+    result = runner.invoke(app, ["ledger", "prove", "--db", str(empty), "--tx", "ab" * 32])
+    assert result.exit_code in (1, 2) and "Traceback" not in result.output
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    result = runner.invoke(app, ["ledger", "check-proof", str(bad)])
+    assert result.exit_code == 2 and "not JSON" in result.output
