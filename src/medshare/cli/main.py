@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from medshare import __version__
-from medshare.cli import bench, crypto, ledger
+from medshare.cli import anchor, bench, crypto, ledger
 
 app = typer.Typer(
     help="medshare: accountable, patient-controlled sharing of medical records.",
@@ -17,6 +17,7 @@ app = typer.Typer(
 )
 app.add_typer(crypto.app, name="crypto")
 app.add_typer(ledger.app, name="ledger")
+app.add_typer(anchor.app, name="anchor")
 app.add_typer(bench.app, name="bench")
 
 
