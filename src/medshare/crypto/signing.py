@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import dataclass
+from functools import cached_property
 
 from cryptography.exceptions import InvalidSignature as _BackendInvalidSignature
 from cryptography.hazmat.primitives import serialization
@@ -57,11 +58,11 @@ class SigningKey:
     def generate(cls) -> SigningKey:
         return cls(os.urandom(SEED_BYTES))
 
-    @property
+    @cached_property
     def _private(self) -> Ed25519PrivateKey:
         return Ed25519PrivateKey.from_private_bytes(self.seed)
 
-    @property
+    @cached_property
     def public(self) -> bytes:
         return self._private.public_key().public_bytes(
             serialization.Encoding.Raw, serialization.PublicFormat.Raw

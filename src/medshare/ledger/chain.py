@@ -12,8 +12,9 @@ Order of work when block ``h+1`` is applied to the state after block ``h``:
    reputation is updated from it (proposer of ``h`` +, signers +, absent members −).
    Using the certificate *inside* the next block, rather than each node's own copy,
    keeps reputation identical on every node.
-2. At an epoch boundary the committee is elected afresh, seeded by the hash of the
-   previous epoch's final block (block ``h``).
+2. At an epoch boundary the committee is elected afresh from the reputations committed
+   after block ``h`` (before step 1's update, so the choice of certificate cannot change
+   it), seeded by the hash of the previous epoch's final block (block ``h``).
 3. The header is checked: height, previous hash, epoch, proposer ∈ committee,
    strictly increasing time, Merkle root.
 4. Transactions apply in order: signature, per-sender nonce (anti-replay), kind rules
@@ -265,8 +266,11 @@ def begin_block(state: ChainState, last_commit: CommitCertificate | None) -> Cha
         raise InvalidBlock("block 1 must not carry a last commit")
     E = state.config.epoch_length
     if height > 1 and election.epoch_of(height, E) != election.epoch_of(height - 1, E):
+        # Elect from the committed reputations, not from the ones just updated by
+        # ``last_commit``: two valid certificates for one block may name different signers,
+        # and the committee must be known before anyone votes on this height.
         nxt.committee = election.elect(
-            nxt.validators, bytes.fromhex(state.head_hash), state.config.committee_size
+            state.validators, bytes.fromhex(state.head_hash), state.config.committee_size
         )
     return nxt
 

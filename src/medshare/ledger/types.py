@@ -18,6 +18,7 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from functools import cached_property
 from typing import Any
 
 import rfc8785
@@ -124,15 +125,24 @@ class Tx:
         }
 
     def signing_bytes(self) -> bytes:
+        return self._signing_bytes
+
+    @cached_property
+    def _signing_bytes(self) -> bytes:
         return canonical(self.unsigned_json())
 
     def to_json(self) -> dict:
         return {**self.unsigned_json(), "signature": self.signature.hex()}
 
     def encode(self) -> bytes:
+        """Canonical bytes of the signed tx (computed once: txs are immutable by contract)."""
+        return self._encoded
+
+    @cached_property
+    def _encoded(self) -> bytes:
         return canonical(self.to_json())
 
-    @property
+    @cached_property
     def txid(self) -> str:
         """SHA-256 of the canonical signed transaction, hex."""
         return digest_hex(self.encode())

@@ -1,0 +1,354 @@
+"""The in-process cluster: replication, epochs, Byzantine members, crash and restart.
+
+Everything is real: Ed25519 signatures, the chain rules of ``chain.py`` and (for the
+crash tests) SQLite stores. Safety is checked on every run: at every height, all honest
+stores hold the same block.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections import Counter
+
+import pytest
+
+from medshare.crypto.signing import SigningKey
+from medshare.ledger import audit, chain, election
+from medshare.ledger.cluster import Behaviour, InProcessCluster, LivenessError, Mempool
+from medshare.ledger.consensus import WAL_KEY, Broadcast, Commit, ConsensusConfig
+from medshare.ledger.store import BlockStore, MemoryStore, SQLiteStore
+from medshare.ledger.types import Equivocation, Tx, TxKind, Vote, VoteKind
+
+KEYS = [SigningKey(bytes([i + 1]) * 32) for i in range(7)]
+CLIENTS = [SigningKey(bytes([100 + i]) * 32) for i in range(10)]
+
+
+def config(nodes: int, committee: int, epoch_length: int = 5) -> chain.ChainConfig:
+    validators = tuple(
+        election.Validator(k.public, f"n{i}", 1000) for i, k in enumerate(KEYS[:nodes])
+    )
+    return chain.ChainConfig(
+        "cluster-test", validators, epoch_length=epoch_length, committee_size=committee
+    )
+
+
+def anchor(client: SigningKey, nonce: int, tag: str = "") -> Tx:
+    body = {"record": f"r{nonce}{tag}", "patient": "p", "dept": "0304", "digest": "ab" * 32}
+    return Tx.create(TxKind.ANCHOR_RECORD, body, nonce, client)
+
+
+def committed(store: BlockStore) -> Counter[str]:
+    """Committed client transactions (evidence txs of the nodes themselves left out)."""
+    return Counter(
+        tx.txid for block in store.blocks() for tx in block.txs if tx.kind is not TxKind.EVIDENCE
+    )
+
+
+def committees(store: BlockStore, cfg: chain.ChainConfig) -> dict[int, tuple[bytes, ...]]:
+    """The committee that certified each stored height (replaying the chain rules)."""
+    state, out = chain.genesis(cfg)[1], {}
+    for block in store.blocks(1):
+        state = chain.apply_block(state, block)
+        out[block.height] = state.head_committee
+    return out
+
+
+def assert_replicated(cluster: InProcessCluster, height: int) -> None:
+    cluster.check_safety()
+    heads = {head for head, node in zip(cluster.heads(), cluster.nodes, strict=True) if node.honest}
+    assert len(heads) == 1 and next(iter(heads))[0] >= height
+    for node in cluster.honest():
+        assert audit.verify_chain(node.store).ok  # every certificate, from genesis
+
+
+# --- honest replication -------------------------------------------------------------------------
+
+
+def test_four_nodes_commit_200_txs_in_20_blocks_once_each() -> None:
+    cluster = InProcessCluster(config(4, 4), KEYS[:4], consensus=ConsensusConfig(max_block_txs=10))
+    txs = [anchor(c, n) for n in range(20) for c in CLIENTS[:9]]
+    txs += [anchor(CLIENTS[9], n) for n in range(19)]
+    for i, tx in enumerate(txs):
+        assert cluster.submit(tx, node=i % 4)
+    # Two well-signed txs with the same sender and nonce: both admitted, one can commit.
+    twins = [anchor(CLIENTS[9], 19, tag) for tag in ("-a", "-b")]
+    assert cluster.submit(twins[0], node=1) and cluster.submit(twins[1], node=2)
+    forged = dataclasses.replace(anchor(CLIENTS[0], 20), signature=bytes(64))
+    assert not cluster.submit(forged)
+    assert not cluster.submit(txs[0])  # duplicate
+    cluster.run_until_height(2)
+    replay = anchor(CLIENTS[0], 0, tag="-replayed")  # nonce 0 of a sender already used
+    assert not cluster.submit(replay)
+    cluster.run_until_height(25)  # ≥ 20 blocks of at most 10 txs
+    assert_replicated(cluster, 25)
+    assert not cluster.submit(txs[5])  # already committed
+    for node in cluster.nodes:
+        counts = committed(node.store)
+        assert len(txs) + 1 == 200 and sum(counts.values()) == 200
+        assert set(counts.values()) == {1}  # nothing twice
+        assert {tx.txid for tx in txs} < set(counts)
+        assert len({t.txid for t in twins} & set(counts)) == 1
+        for bad in (forged, replay):
+            assert bad.txid not in counts and node.store.find_tx(bad.txid) is None
+        assert len(node.mempool) == 0  # the losing twin was purged with its stale nonce
+    sizes = [len(b.txs) for b in cluster.node(0).store.blocks(1)]
+    assert max(sizes) == 10 and sum(1 for size in sizes if size) >= 20  # spread over blocks
+
+
+def test_idle_cluster_makes_empty_blocks_as_the_clock_advances() -> None:
+    cluster = InProcessCluster(config(4, 4), KEYS[:4])
+    cluster.run_for(1000)
+    heights = {n.state.height for n in cluster.nodes}
+    assert len(heights) == 1 and 5 <= heights.pop() <= 25  # about one per 50 ms interval
+    assert cluster.now_ms == 1000
+
+
+def test_committee_of_4_of_7_non_members_replicate_and_epochs_reelect() -> None:
+    cfg = config(7, 4, epoch_length=5)
+    cluster = InProcessCluster(cfg, KEYS[:7])
+    for n in range(12):
+        cluster.submit(anchor(CLIENTS[0], n), node=n % 7)
+    cluster.run_until_height(16)
+    assert_replicated(cluster, 16)
+    history = committees(cluster.node(6).store, cfg)
+    by_epoch: dict[int, set[tuple[bytes, ...]]] = {}
+    for height, members in history.items():
+        by_epoch.setdefault(election.epoch_of(height, 5), set()).add(members)
+    assert all(len(c) == 1 for c in by_epoch.values())  # fixed within an epoch
+    elected = [next(iter(by_epoch[e])) for e in sorted(by_epoch)]
+    assert len(set(elected)) > 1  # re-elected at a boundary
+    signers = set()
+    for block in cluster.node(0).store.blocks(1):
+        voters = {v for v, _ in block.certificate.signatures}
+        assert voters <= set(history[block.height])  # only that height's committee signs
+        signers |= voters
+    outsiders = {k.public for k in KEYS[:7]} - {m for c in elected for m in c}
+    assert not signers & outsiders
+    assert len(committed(cluster.node(3).store)) == 12
+
+
+SWEEP = [
+    (4, {1: Behaviour.DOUBLE_VOTER}),
+    (4, {2: Behaviour.EQUIVOCATING_PROPOSER}),
+    (7, {1: Behaviour.DOUBLE_VOTER, 4: Behaviour.EQUIVOCATING_PROPOSER}),
+    (7, {0: Behaviour.SILENT, 3: Behaviour.INVALID_BLOCK}),
+]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_seeded_reordering_is_still_safe_and_live(seed: int) -> None:
+    """Random (seeded, replayable) delivery order with Byzantine members: a failure names
+    its seed in the test id."""
+    for nodes, byzantine in SWEEP:
+        cluster = InProcessCluster(
+            config(nodes, nodes), KEYS[:nodes], byzantine=byzantine, seed=seed, shuffle=True
+        )
+        for n in range(12):
+            cluster.submit(anchor(CLIENTS[n % 3], n // 3), node=n % nodes)
+        cluster.run_until_height(6, max_steps=100_000)
+        assert_replicated(cluster, 6)
+        assert len(committed(cluster.honest()[0].store)) == 12
+
+
+# --- Byzantine committee members ----------------------------------------------------------------
+
+
+def evidence_offenders(store: BlockStore) -> dict[bytes, int]:
+    """Offender -> height at which the first evidence against it committed."""
+    out: dict[bytes, int] = {}
+    for block in store.blocks(1):
+        for tx in block.txs:
+            if tx.kind is TxKind.EVIDENCE:
+                Equivocation.from_body(tx.body).check()
+                out.setdefault(bytes.fromhex(tx.body["offender"]), block.height)
+    return out
+
+
+def assert_ejected_and_not_reelected(
+    cluster: InProcessCluster, cfg: chain.ChainConfig, offender: bytes
+) -> None:
+    store = cluster.honest()[0].store
+    caught_at = evidence_offenders(store)[offender]
+    validator = cluster.honest()[0].state.validator(offender)
+    assert validator.ejected and validator.reputation == 0
+    next_epoch = election.epoch_start(election.epoch_of(caught_at, cfg.epoch_length) + 1, 5)
+    history = committees(store, cfg)
+    assert offender in history[1]
+    assert next_epoch in history
+    assert all(offender not in history[h] for h in history if h >= next_epoch)
+
+
+@pytest.mark.parametrize("behaviour", list(Behaviour))
+def test_one_byzantine_member_of_four(behaviour: Behaviour) -> None:
+    cfg = config(5, 4, epoch_length=5)
+    first_committee = chain.genesis(cfg)[1].committee
+    byz = next(i for i, k in enumerate(KEYS) if k.public == first_committee[1])
+    cluster = InProcessCluster(cfg, KEYS[:5], byzantine={byz: behaviour})
+    for n in range(20):
+        cluster.submit(anchor(CLIENTS[n % 2], n // 2), node=n % 5)
+    cluster.run_until_height(12)  # liveness, across two epoch boundaries
+    assert_replicated(cluster, 12)
+    offender = KEYS[byz].public
+    store = cluster.honest()[0].store
+    assert len(committed(store)) == 20
+    if behaviour in (Behaviour.DOUBLE_VOTER, Behaviour.EQUIVOCATING_PROPOSER):
+        assert_ejected_and_not_reelected(cluster, cfg, offender)
+    else:
+        assert offender not in evidence_offenders(store)  # no false accusation
+    if behaviour is Behaviour.SILENT:
+        validator = cluster.honest()[0].state.validator(offender)
+        honest = [cluster.honest()[0].state.validator(m) for m in first_committee]
+        assert validator.reputation < min(v.reputation for v in honest if v.public != offender)
+        assert all(
+            offender not in {v for v, _ in b.certificate.signatures} for b in store.blocks(1)
+        )
+    if behaviour is Behaviour.INVALID_BLOCK:
+        assert all(b.header.proposer != offender for b in store.blocks(1))
+        reasons = " ".join(r for n in cluster.honest() for r in n.core.rejected.values())
+        assert "state root mismatch" in reasons and "invalid signature" in reasons
+    if behaviour is Behaviour.EQUIVOCATING_PROPOSER:
+        assert any(type(e).__name__ == "ConflictingProposals" for _, e in cluster.evidence)
+
+
+@pytest.mark.parametrize(
+    "behaviours",
+    [
+        (Behaviour.DOUBLE_VOTER, Behaviour.EQUIVOCATING_PROPOSER),
+        (Behaviour.SILENT, Behaviour.INVALID_BLOCK),
+    ],
+    ids=["equivocators", "silent+invalid"],
+)
+def test_two_byzantine_members_of_seven(behaviours: tuple[Behaviour, Behaviour]) -> None:
+    cfg = config(7, 7, epoch_length=5)
+    byzantine = {1: behaviours[0], 4: behaviours[1]}
+    cluster = InProcessCluster(cfg, KEYS[:7], byzantine=byzantine)
+    for n in range(14):
+        cluster.submit(anchor(CLIENTS[0], n), node=n % 7)
+    cluster.run_until_height(11)
+    assert_replicated(cluster, 11)
+    store = cluster.honest()[0].store
+    assert len(committed(store)) == 14
+    caught = evidence_offenders(store)
+    for index, behaviour in byzantine.items():
+        offender = KEYS[index].public
+        if behaviour in (Behaviour.DOUBLE_VOTER, Behaviour.EQUIVOCATING_PROPOSER):
+            assert_ejected_and_not_reelected(cluster, cfg, offender)
+        else:
+            assert offender not in caught
+
+
+def test_three_faulty_members_of_four_cannot_fork_and_stall_visibly() -> None:
+    """Beyond f: with 2 of 4 silent there is no quorum. Nothing commits, nothing forks."""
+    cluster = InProcessCluster(
+        config(4, 4), KEYS[:4], byzantine={0: Behaviour.SILENT, 1: Behaviour.SILENT}
+    )
+    with pytest.raises(LivenessError):
+        cluster.run_until_height(1, max_steps=3000)
+    assert cluster.check_safety() == 1  # genesis only
+
+
+# --- crash and restart ------------------------------------------------------------------------
+
+
+def sqlite_stores(tmp_path, n: int) -> list[SQLiteStore]:
+    return [SQLiteStore(tmp_path / f"node{i}.db") for i in range(n)]
+
+
+def test_crash_during_commit_restart_from_sqlite_catches_up(tmp_path) -> None:
+    cfg = config(4, 4)
+    stores = sqlite_stores(tmp_path, 4)
+    cluster = InProcessCluster(cfg, KEYS[:4], stores=stores, consensus=ConsensusConfig(5))
+    txs = [anchor(CLIENTS[n % 4], n // 4) for n in range(60)]
+    for tx in txs[:30]:
+        cluster.submit(tx)
+    cluster.run_until_height(3)
+    victim = 2
+    cluster.node(victim).crash_before = lambda action: isinstance(action, Commit)
+    cluster.run_until_height(4)
+    assert not cluster.node(victim).alive
+    crashed_at = stores[victim].height()
+    record = json.loads(stores[victim].get_meta(WAL_KEY))
+    assert record["height"] == crashed_at + 1  # precommitted that height, never appended it
+    assert any(v["kind"] == "precommit" and v["block"] for v in record["votes"])
+    for tx in txs[30:]:
+        cluster.submit(tx, node=1)
+    cluster.run_until_height(9)  # three live nodes are a quorum
+    stores[victim].close()
+    reopened = SQLiteStore(tmp_path / f"node{victim}.db")
+    cluster.restart(victim, store=reopened)
+    cluster.run_until_height(12)
+    assert_replicated(cluster, 12)
+    assert set(committed(reopened)) == {tx.txid for tx in txs}
+    assert not [e for _, e in cluster.evidence if isinstance(e, Equivocation)]
+
+
+def test_wal_lets_a_needed_node_resume_without_double_signing(tmp_path) -> None:
+    """One member is silent, so the other three are all needed. One of them crashes right
+    after persisting its precommit and before sending it: nothing can commit until it is
+    back, and after restart it re-sends exactly the votes it had signed."""
+    cfg = config(4, 4)
+    stores = sqlite_stores(tmp_path, 4)
+    cluster = InProcessCluster(cfg, KEYS[:4], stores=stores, byzantine={3: Behaviour.SILENT})
+    for n in range(8):
+        cluster.submit(anchor(CLIENTS[0], n))
+    cluster.run_until_height(2)
+    victim = 1
+    signed: list[Vote] = []
+
+    def crash_before_sending_precommit(action) -> bool:
+        if isinstance(action, Broadcast) and isinstance(action.message, Vote):
+            signed.append(action.message)
+            return action.message.kind is VoteKind.PRECOMMIT
+        return False
+
+    cluster.node(victim).crash_before = crash_before_sending_precommit
+    height = cluster.node(0).state.height
+    cluster.run_for(20_000)
+    assert not cluster.node(victim).alive
+    assert cluster.node(0).state.height <= height + 1  # stuck without the victim
+    stuck_at = cluster.node(0).state.height
+    stores[victim].close()
+    cluster.restart(victim, store=SQLiteStore(tmp_path / f"node{victim}.db"))
+    cluster.run_until_height(stuck_at + 3)
+    assert_replicated(cluster, stuck_at + 3)
+    mine = [
+        e
+        for _, e in cluster.evidence
+        if isinstance(e, Equivocation) and e.first.voter == KEYS[victim].public
+    ]
+    assert mine == []
+    assert len(committed(cluster.node(victim).store)) == 8
+
+
+def test_restart_in_memory_replays_store_and_keeps_running() -> None:
+    stores = [MemoryStore() for _ in range(4)]
+    cluster = InProcessCluster(config(4, 4), KEYS[:4], stores=stores)
+    cluster.run_until_height(3)
+    cluster.crash(0)
+    cluster.run_until_height(6)
+    cluster.restart(0)
+    cluster.run_until_height(8)
+    assert_replicated(cluster, 8)
+
+
+# --- mempool ------------------------------------------------------------------------------------
+
+
+def test_mempool_verifies_once_and_forgets_stale_nonces() -> None:
+    pool, nonces = Mempool(), {CLIENTS[0].public: 0}
+
+    def next_nonce(sender: bytes) -> int:
+        return nonces.get(sender, 0)
+
+    txs = [anchor(CLIENTS[0], n) for n in range(3)]
+    assert all(pool.admit(tx, tx.txid, next_nonce) for tx in txs)
+    assert not pool.admit(txs[0], txs[0].txid, next_nonce)
+    assert all(pool.is_verified(tx) for tx in txs)
+    forged = dataclasses.replace(anchor(CLIENTS[0], 3), signature=bytes(64))
+    assert not pool.admit(forged, forged.txid, next_nonce) and not pool.is_verified(forged)
+    assert [tx.nonce for tx in pool.take(2, next_nonce)] == [0, 1]
+    nonces[CLIENTS[0].public] = 2
+    pool.purge(next_nonce)
+    assert len(pool) == 1 and txs[2].txid in pool
+    assert not pool.admit(anchor(CLIENTS[0], 1, "-late"), "x", next_nonce)  # stale nonce
