@@ -12,6 +12,7 @@ issues and will join this story.)
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,6 +24,11 @@ from rich.table import Table
 
 from medshare.crypto import abe, group, issuance, kac
 from medshare.crypto.errors import DecryptionFailed, PolicyNotSatisfied
+from medshare.crypto.signing import SigningKey
+from medshare.ledger import audit, chain, election
+from medshare.ledger.cluster import InProcessCluster
+from medshare.ledger.store import SQLiteStore
+from medshare.ledger.types import Tx, TxKind
 
 POLICY = "hospital:H001 and dept:0304 and (role:physician or role:chief)"
 CLINICIANS = {
@@ -31,6 +37,8 @@ CLINICIANS = {
     "dr.chen@H002": ("hospital:H002", "dept:0304", "role:physician"),
 }
 KAC_CLASSES = 64
+LEDGER_NODES = ("H001-a", "H001-b", "H002-a", "H002-b", "H003-a", "H003-b", "regulator")
+COMMITTEE = 4
 
 
 @dataclass(frozen=True)
@@ -48,6 +56,9 @@ class Story:
     keys: dict | None = None
     registry: list | None = None
     ciphertext: abe.AbeCiphertext | None = None
+    trace_result: abe.AuditResult | None = None
+    ledger_dbs: list[Path] | None = None
+    ledger_txs: list[Tx] | None = None
 
 
 def _record(i: int, code: str, text: str) -> bytes:
@@ -131,6 +142,7 @@ def step_trace(story: Story) -> Outcome:
     leaked_path.write_bytes(story.keys["dr.wang@H001"].to_bytes())
     leaked = abe.AbeUserKey.from_bytes(leaked_path.read_bytes())
     result = abe.audit(public, leaked, story.registry)
+    story.trace_result = result
     ok = result.verdict is abe.Verdict.USER and result.identity == "dr.wang@H001"
     return Outcome(ok, f"leaked key → {result.verdict.value}: {result.identity}")
 
@@ -168,6 +180,73 @@ def _try_kac(params: kac.KacParams, key: kac.AggregateKey, ct: kac.KacCiphertext
     return True
 
 
+def step_ledger(story: Story) -> Outcome:
+    """Key tags and the trace verdict go on a 7-node ledger run by an elected committee."""
+    keys = [SigningKey.generate() for _ in LEDGER_NODES]
+    validators = tuple(
+        election.Validator(k.public, name, 1000) for k, name in zip(keys, LEDGER_NODES, strict=True)
+    )
+    config = chain.ChainConfig(
+        "medshare-demo", validators, epoch_length=5, committee_size=COMMITTEE
+    )
+    folder = story.out / "ledger"
+    folder.mkdir(exist_ok=True)
+    story.ledger_dbs = [folder / f"{name}.db" for name in LEDGER_NODES]
+    for path in story.ledger_dbs:
+        path.unlink(missing_ok=True)
+    stores = [SQLiteStore(path) for path in story.ledger_dbs]
+    cluster = InProcessCluster(config, keys, stores)
+    authority = keys[-1]  # the regulator's node signs on behalf of the authority here
+    bodies = [
+        (TxKind.REGISTER_KEY_TAG, {"identity": reg.identity, "tag": reg.tag().hex()})
+        for reg in story.registry
+    ]
+    bodies.append(
+        (TxKind.TRACE_VERDICT, {"verdict": story.trace_result.as_dict(), "evidence": "leaked-key"})
+    )
+    story.ledger_txs = [
+        Tx.create(kind, body, n, authority) for n, (kind, body) in enumerate(bodies)
+    ]
+    for tx in story.ledger_txs:
+        cluster.submit(tx)
+    while not all(s.find_tx(tx.txid) for s in stores for tx in story.ledger_txs):
+        cluster.run_until_height(cluster.node(0).state.height + 1)
+    reports = [audit.verify_chain(store) for store in stores]
+    proof = audit.make_proof(stores[0], story.ledger_txs[-1].txid)
+    checked = audit.check_proof(proof)
+    (story.out / "trace-verdict-proof.json").write_text(json.dumps(proof, indent=1))
+    committee = [v.name for v in validators if v.public in cluster.node(0).state.committee]
+    for store in stores:
+        store.close()
+    ok = all(r.ok for r in reports) and checked["ok"]
+    return Outcome(
+        ok,
+        f"{len(stores)} nodes, elected committee {', '.join(committee)}; "
+        f"{len(bodies)} txs committed, chain verified from genesis on every node, "
+        f"verdict proof signed by {checked['signers']}/{checked['committee']}",
+    )
+
+
+def step_ledger_tamper(story: Story) -> Outcome:
+    """One changed byte in a node's database is found by re-verification."""
+    original = story.ledger_dbs[2]
+    tampered = original.with_name("tampered.db")
+    tampered.write_bytes(original.read_bytes())
+    store = SQLiteStore(tampered)
+    height = store.find_tx(story.ledger_txs[0].txid)[0]
+    data = store.raw(height)
+    store.close()
+    at = data.index(b'"identity":"') + len(b'"identity":"')
+    changed = data[:at] + bytes([data[at] ^ 0x01]) + data[at + 1 :]
+    with sqlite3.connect(tampered) as db:  # an attacker with file access, not the node API
+        db.execute("UPDATE blocks SET data = ? WHERE height = ?", (changed, height))
+    store = SQLiteStore(tampered)
+    report = audit.verify_chain(store)
+    store.close()
+    ok = not report.ok and report.first_bad_height == height
+    return Outcome(ok, f"altered byte in block {height} found: {report.reason}")
+
+
 STEPS: tuple[tuple[str, Callable[[Story], Outcome]], ...] = (
     ("attribute authority", step_authority),
     ("accountable key issuance", step_issue),
@@ -176,6 +255,8 @@ STEPS: tuple[tuple[str, Callable[[Story], Outcome]], ...] = (
     ("collusion of two users", step_collusion),
     ("leaked key traced", step_trace),
     ("forged key blamed on authority", step_forgery),
+    ("verdict and key tags on the ledger", step_ledger),
+    ("tampered ledger byte detected", step_ledger_tamper),
     ("patient shares a set, one key", step_patient_share),
 )
 
