@@ -29,7 +29,6 @@ from medshare.ledger.consensus import (
     TxsAvailable,
     VoteReceived,
     WalCorrupted,
-    conflicting_proposals_offender,
 )
 from medshare.ledger.types import (
     Block,
@@ -40,6 +39,7 @@ from medshare.ledger.types import (
     TxKind,
     Vote,
     VoteKind,
+    conflicting_proposals_offender,
 )
 
 PV, PC = VoteKind.PREVOTE, VoteKind.PRECOMMIT

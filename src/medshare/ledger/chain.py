@@ -46,6 +46,7 @@ from medshare.ledger.types import (
     canonical,
     certificate_hash,
     certificate_signers,
+    conflicting_proposals_offender,
     digest_hex,
     merkle_root_hex,
     quorum,
@@ -171,15 +172,28 @@ def genesis(config: ChainConfig) -> tuple[Block, ChainState]:
 # --- transactions -------------------------------------------------------------------------------
 
 
+def _equivocating_voter(body: Mapping[str, Any]) -> bytes:
+    evidence = Equivocation.from_body(body)
+    evidence.check()
+    return evidence.first.voter
+
+
+# Evidence kinds the chain accepts: each checks its proof on its own (signatures over
+# conflicting statements) and names the offender.
+_EVIDENCE_CHECKS: Mapping[str, Callable[[Mapping[str, Any]], bytes]] = {
+    "equivocation": _equivocating_voter,
+    "conflicting_proposals": conflicting_proposals_offender,
+}
+
+
 def _apply_evidence(state: ChainState, tx: Tx) -> None:
-    if tx.body.get("kind") != "equivocation":
+    check = _EVIDENCE_CHECKS.get(str(tx.body.get("kind")))
+    if check is None:
         raise TxRejected(f"unknown evidence kind {tx.body.get('kind')!r}")
     try:
-        evidence = Equivocation.from_body(tx.body)
-        evidence.check()
+        offender = check(tx.body)
     except (LedgerFormatError, signing.InvalidSignature) as exc:
         raise TxRejected(f"invalid evidence: {exc}") from None
-    offender = evidence.first.voter
     if state.validator(offender) is None:
         raise TxRejected("evidence names an unknown validator")
     state.validators = election.eject(state.validators, {offender})

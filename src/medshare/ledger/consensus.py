@@ -59,6 +59,7 @@ from medshare.crypto import signing
 from medshare.ledger import chain, election
 from medshare.ledger.chain import ChainState
 from medshare.ledger.types import (
+    PROPOSAL_DOMAIN,
     VOTE_DOMAIN,
     Block,
     CommitCertificate,
@@ -68,10 +69,10 @@ from medshare.ledger.types import (
     Vote,
     VoteKind,
     canonical,
+    proposal_signing_bytes,
     quorum,
 )
 
-PROPOSAL_DOMAIN = b"medshare/proposal/v1"
 WAL_KEY = "consensus/wal"
 WAL_VERSION = 1
 MAX_ROUNDS_AHEAD = 64  # votes/proposals further ahead of our round are dropped (memory bound)
@@ -126,20 +127,6 @@ class ConsensusConfig:
 
 
 # --- proposals ----------------------------------------------------------------------------------
-
-
-def proposal_signing_bytes(
-    height: int, round_: int, block_hash: str, pol_round: int, proposer: bytes
-) -> bytes:
-    return canonical(
-        {
-            "height": height,
-            "round": round_,
-            "block": block_hash,
-            "pol_round": pol_round,
-            "proposer": proposer.hex(),
-        }
-    )
 
 
 @dataclass(frozen=True)
@@ -244,41 +231,6 @@ class ConflictingProposals:
             "kind": "conflicting_proposals",
             "proof": [self.first.proof(), self.second.proof()],
         }
-
-
-def conflicting_proposals_offender(body: Any) -> bytes:
-    """Check an EVIDENCE body made by :meth:`ConflictingProposals.to_body` (signed proposal
-    headers only, no blocks) and return the offender's key. Raises
-    :class:`~medshare.ledger.types.LedgerFormatError` or ``signing.InvalidSignature``."""
-    proof = body.get("proof") if isinstance(body, dict) else None
-    if body.get("kind") != "conflicting_proposals" or not isinstance(proof, list):
-        raise LedgerFormatError("not conflicting-proposals evidence")
-    if len(proof) != 2 or not all(isinstance(p, dict) for p in proof):
-        raise LedgerFormatError("conflicting-proposals evidence needs two proposals")
-    try:
-        slots = [(p["height"], p["round"], p["proposer"]) for p in proof]
-        hashes = [str(p["block"]) for p in proof]
-        proposer = bytes.fromhex(proof[0]["proposer"])
-        signed = [
-            (
-                bytes.fromhex(p["signature"]),
-                proposal_signing_bytes(
-                    _nat(p["height"]),
-                    _nat(p["round"]),
-                    str(p["block"]),
-                    int(p["pol_round"]),
-                    proposer,
-                ),
-            )
-            for p in proof
-        ]
-    except (KeyError, TypeError, ValueError) as exc:
-        raise LedgerFormatError(f"malformed proposal proof: {exc}") from None
-    if slots[0] != slots[1] or hashes[0] == hashes[1] or body.get("offender") != proposer.hex():
-        raise LedgerFormatError("the two proposals do not conflict")
-    for signature, message in signed:
-        signing.verify(proposer, signature, PROPOSAL_DOMAIN, message)
-    return proposer
 
 
 # --- events -------------------------------------------------------------------------------------

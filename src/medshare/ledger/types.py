@@ -28,6 +28,7 @@ from medshare.ledger import merkle
 
 TX_DOMAIN = b"medshare/tx/v1"
 VOTE_DOMAIN = b"medshare/vote/v1"
+PROPOSAL_DOMAIN = b"medshare/proposal/v1"
 MAX_TX_BYTES = 64 * 1024
 ZERO_HASH = "00" * 32
 
@@ -488,3 +489,56 @@ class Equivocation:
         if body.get("kind") != "equivocation" or not isinstance(proof, list) or len(proof) != 2:
             raise LedgerFormatError("not equivocation evidence")
         return cls(Vote.from_json(proof[0]), Vote.from_json(proof[1]))
+
+
+# --- proposals (signed by the round's proposer; the block travels beside) ----------------------
+
+
+def proposal_signing_bytes(
+    height: int, round_: int, block_hash: str, pol_round: int, proposer: bytes
+) -> bytes:
+    return canonical(
+        {
+            "height": height,
+            "round": round_,
+            "block": block_hash,
+            "pol_round": pol_round,
+            "proposer": proposer.hex(),
+        }
+    )
+
+
+def conflicting_proposals_offender(body: Any) -> bytes:
+    """Check a ``conflicting_proposals`` EVIDENCE body (two signed proposal headers of one
+    proposer for one height and round, different blocks; no blocks needed) and return the
+    offender's key. Raises
+    :class:`LedgerFormatError` or ``signing.InvalidSignature``."""
+    proof = body.get("proof") if isinstance(body, dict) else None
+    if body.get("kind") != "conflicting_proposals" or not isinstance(proof, list):
+        raise LedgerFormatError("not conflicting-proposals evidence")
+    if len(proof) != 2 or not all(isinstance(p, dict) for p in proof):
+        raise LedgerFormatError("conflicting-proposals evidence needs two proposals")
+    try:
+        slots = [(p["height"], p["round"], p["proposer"]) for p in proof]
+        hashes = [str(p["block"]) for p in proof]
+        proposer = bytes.fromhex(proof[0]["proposer"])
+        signed = [
+            (
+                bytes.fromhex(p["signature"]),
+                proposal_signing_bytes(
+                    _int(p["height"], "height"),
+                    _int(p["round"], "round"),
+                    str(p["block"]),
+                    int(p["pol_round"]),
+                    proposer,
+                ),
+            )
+            for p in proof
+        ]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise LedgerFormatError(f"malformed proposal proof: {exc}") from None
+    if slots[0] != slots[1] or hashes[0] == hashes[1] or body.get("offender") != proposer.hex():
+        raise LedgerFormatError("the two proposals do not conflict")
+    for signature, message in signed:
+        signing.verify(proposer, signature, PROPOSAL_DOMAIN, message)
+    return proposer
