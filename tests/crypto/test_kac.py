@@ -702,3 +702,18 @@ def test_setup_1024_powers():
     k = extract(p, patient, {1, 512, n})
     for i in (1, 512, n):
         assert decrypt(p, k, encrypt(p, patient.public, i, b"big")) == b"big"
+
+
+def test_context_is_bound_into_the_associated_data(params, alice, key):
+    """A ciphertext sealed with a context opens only with exactly that context."""
+    ct = encrypt(params, alice.public, 5, MESSAGE, context=b"record-1")
+    assert decrypt(params, key, ct, context=b"record-1") == MESSAGE
+    for wrong in (b"", b"record-2", b"record-1\x00"):
+        with pytest.raises(DecryptionFailed):
+            decrypt(params, key, ct, context=wrong)
+    plain = encrypt(params, alice.public, 5, MESSAGE)
+    assert decrypt(params, key, plain) == MESSAGE  # the empty context is the plain scheme
+    with pytest.raises(DecryptionFailed):
+        decrypt(params, key, plain, context=b"record-1")
+    with pytest.raises(TypeError):
+        encrypt(params, alice.public, 5, MESSAGE, context="record-1")  # type: ignore[arg-type]

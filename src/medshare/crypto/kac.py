@@ -10,7 +10,9 @@ Properties and limits:
 * **CPA only.** The scheme is used as a KEM: the pairing value ``e(g_1, g_n)^t`` is hashed
   into an AES-256-GCM key (:mod:`medshare.crypto.hybrid`). The AEAD gives integrity, and its
   associated data binds the class index, the header ``(c1, c2)``, the patient id and the
-  parameter fingerprint, which the KAC header does not authenticate by itself.
+  parameter fingerprint, which the KAC header does not authenticate by itself, plus an
+  optional caller ``context`` (H-KAC passes the record id) that is not stored in the
+  ciphertext and must be supplied again to decrypt.
 * **Trust in setup.** ``α`` exists only inside :func:`setup`: whoever keeps it can compute
   ``g_{n+1}`` and open every ciphertext of every patient. Parameters are therefore made in a
   documented ceremony and ``α`` is discarded (here it is a local variable that is never
@@ -490,19 +492,36 @@ def keygen(params: KacParams) -> KacPatientSecret:
     return KacPatientSecret(gamma, KacPatientPublic(_g1_table().mul(gamma)))
 
 
-def _aad(params: KacParams, class_index: int, c1: G1, c2: G1, patient_id: str) -> bytes:
+def _aad(
+    params: KacParams, class_index: int, c1: G1, c2: G1, patient_id: str, context: bytes = b""
+) -> bytes:
+    """The AEAD associated data; a non-empty ``context`` is appended with its length.
+
+    Every field before it has a fixed or prefixed length, so an empty context gives exactly
+    the associated data of a context-free ciphertext and a non-empty one can never collide.
+    """
     pid = patient_id.encode("utf-8")
-    return b"".join(
-        (
-            _AAD_TAG,
-            class_index.to_bytes(4, "big"),
-            encode_g1(c1),
-            encode_g1(c2),
-            len(pid).to_bytes(2, "big"),
-            pid,
-            params.fingerprint,
-        )
-    )
+    parts = [
+        _AAD_TAG,
+        class_index.to_bytes(4, "big"),
+        encode_g1(c1),
+        encode_g1(c2),
+        len(pid).to_bytes(2, "big"),
+        pid,
+        params.fingerprint,
+    ]
+    if context:
+        parts += [len(context).to_bytes(4, "big"), context]
+    return b"".join(parts)
+
+
+def _check_context(context: object) -> bytes:
+    if not isinstance(context, bytes | bytearray | memoryview):
+        raise TypeError(f"context must be bytes, not {type(context).__name__}")
+    context = bytes(context)
+    if len(context) >= 1 << 32:
+        raise ValueError("context is too long")
+    return context
 
 
 def _encapsulate(params: KacParams, public: KacPatientPublic, i: int, t: int) -> tuple:
@@ -520,14 +539,25 @@ def _decapsulate(params: KacParams, key: AggregateKey, i: int, c1: G1, c2: G1) -
 
 
 def encrypt(
-    params: KacParams, public: KacPatientPublic, class_index: int, plaintext: bytes
+    params: KacParams,
+    public: KacPatientPublic,
+    class_index: int,
+    plaintext: bytes,
+    *,
+    context: bytes = b"",
 ) -> KacCiphertext:
-    """Encrypt(params, pk, i, m): KEM header to class ``i`` plus the AES-256-GCM payload."""
+    """Encrypt(params, pk, i, m): KEM header to class ``i`` plus the AES-256-GCM payload.
+
+    ``context`` (e.g. a record id) is bound into the AEAD's associated data but not stored
+    in the ciphertext: :func:`decrypt` must be given the same bytes, so a ciphertext moved to
+    another context fails. The default (empty) context is the plain scheme.
+    """
     i = _check_class(class_index, params.n)
+    context = _check_context(context)
     c1, c2, secret = _encapsulate(params, public, i, random_scalar())
     key = derive_key(gt_to_bytes(secret), info=KDF_INFO)
     patient = public.patient_id
-    sealed = seal(key, bytes(plaintext), aad=_aad(params, i, c1, c2, patient))
+    sealed = seal(key, bytes(plaintext), aad=_aad(params, i, c1, c2, patient, context))
     return KacCiphertext(i, c1, c2, patient, sealed)
 
 
@@ -545,8 +575,13 @@ def extract(params: KacParams, secret: KacPatientSecret, classes: Iterable[int])
     )
 
 
-def decrypt(params: KacParams, key: AggregateKey, ciphertext: KacCiphertext) -> bytes:
+def decrypt(
+    params: KacParams, key: AggregateKey, ciphertext: KacCiphertext, *, context: bytes = b""
+) -> bytes:
     """Decrypt(K_S, S, i, C): the plaintext, if ``i ∈ S`` and nothing was tampered with.
+
+    ``context`` must equal the one given to :func:`encrypt` (:class:`DecryptionFailed`
+    otherwise).
 
     Raises :class:`PolicyNotSatisfied` (before any pairing) if the class is not in the key's
     set, :class:`InvalidKey` for a key whose classes do not fit the parameters, and
@@ -562,6 +597,7 @@ def decrypt(params: KacParams, key: AggregateKey, ciphertext: KacCiphertext) -> 
         isinstance(j, int) and not isinstance(j, bool) and 1 <= j <= params.n for j in key.classes
     ):
         raise InvalidKey(f"the aggregate key's classes are not a non-empty subset of 1..{params.n}")
+    context = _check_context(context)
     i = ciphertext.class_index
     if i not in key.classes:
         raise PolicyNotSatisfied(
@@ -574,5 +610,5 @@ def decrypt(params: KacParams, key: AggregateKey, ciphertext: KacCiphertext) -> 
         )
     secret = _decapsulate(params, key, i, ciphertext.c1, ciphertext.c2)
     aead_key = derive_key(gt_to_bytes(secret), info=KDF_INFO)
-    aad = _aad(params, i, ciphertext.c1, ciphertext.c2, ciphertext.patient_id)
+    aad = _aad(params, i, ciphertext.c1, ciphertext.c2, ciphertext.patient_id, context)
     return open_sealed(aead_key, ciphertext.sealed, aad=aad)
