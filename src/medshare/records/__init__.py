@@ -9,5 +9,6 @@ Modules (import them directly; this package re-exports nothing so that importing
 * :mod:`~medshare.records.references` — reference parsing, patient/encounter fields;
 * :mod:`~medshare.records.classify` — which department a resource belongs to, and why;
 * :mod:`~medshare.records.canonical` — the one byte form and the salted ledger digest;
+* :mod:`~medshare.records.blobstore` — encrypted blobs, content-addressed and replicated;
 * :mod:`~medshare.records.synthetic` — seeded Synthea-style test data.
 """
