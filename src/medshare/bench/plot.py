@@ -42,3 +42,59 @@ def plot_crypto(report: dict, out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
     plt.close(fig)
+
+
+def plot_ledger(report: dict, out: Path) -> None:
+    """Left: committed tx/s vs N, one line per (mode, committee, block size), log-log.
+    Right: messages per block vs N (log), same lines. Colour = block size; solid =
+    all-node BFT (m = N), dashed = committee of 7, dotted = committee of 4."""
+    rows = report["sim"]
+    sizes = sorted({r["block_txs"] for r in rows})
+    colours = {size: f"C{i}" for i, size in enumerate(sizes)}
+    styles = {"all-node": "-", 7: "--", 4: ":"}
+    series: dict[tuple[str, int, int], list[dict]] = {}
+    for row in rows:
+        committee = 0 if row["mode"] == "all-node" else row["committee"]
+        series.setdefault((row["mode"], committee, row["block_txs"]), []).append(row)
+    ns = sorted({r["nodes"] for r in rows})
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
+    for (mode, committee, block_txs), points in sorted(series.items()):
+        points.sort(key=lambda r: r["nodes"])
+        xs = [r["nodes"] for r in points]
+        label = f"{'all-node (m = N)' if mode == 'all-node' else f'committee m = {committee}'}"
+        label += f", {block_txs} tx/block"
+        style = dict(
+            color=colours[block_txs],
+            linestyle=styles["all-node" if mode == "all-node" else committee],
+            marker="o" if mode == "all-node" else "s",
+            markersize=4,
+            label=label,
+        )
+        left.plot(xs, [r["tps"] for r in points], **style)
+        right.plot(xs, [r["messages_per_block"] for r in points], **style)
+    costs = report["costs"]
+    links = report["links"]
+    bandwidth_max = links["bandwidth_mbps_max"] or links["bandwidth_mbps"]
+    note = (
+        f"verify {costs['verify_us']:.0f} µs, sign {costs['sign_us']:.0f} µs, "
+        f"SHA-256 {costs['hash_us_per_kb']:.2f} µs/KiB; links "
+        f"{links['latency_ms_min']:.0f}–{links['latency_ms_max']:.0f} ms, "
+        f"{links['bandwidth_mbps']:.0f}–{bandwidth_max:.0f} Mbit/s"
+    )
+    for axis, ylabel, title in (
+        (left, "committed tx/s (simulated, log)", "Throughput vs N"),
+        (right, "messages per block (log)", "Messages per block vs N"),
+    ):
+        axis.set_xscale("log", base=2)
+        axis.set_xticks(ns, [str(n) for n in ns])
+        axis.set_yscale("log")
+        axis.set_xlabel("nodes N (log scale)")
+        axis.set_ylabel(ylabel)
+        axis.set_title(title)
+        axis.grid(alpha=0.3, which="both")
+    left.legend(fontsize=7)
+    fig.suptitle(f"Elected committee vs all-node BFT — {note}", fontsize=9)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)

@@ -51,3 +51,54 @@ def crypto(
     Console().print(table)
     Console().print(f"sizes: {json.dumps(report['sizes'])}")
     typer.echo(f"report written to {json_out}" + (f", plot to {plot}" if plot else ""))
+
+
+@app.command("ledger")
+def ledger(
+    json_out: Annotated[Path, typer.Option("--json", help="Where to write the JSON report.")],
+    plot: Annotated[Path | None, typer.Option(help="Where to write a PNG plot.")] = None,
+    quick: Annotated[
+        bool, typer.Option(help="N up to 64, block-size curve at N = 64 only (under a minute).")
+    ] = False,
+) -> None:
+    """Elected committee vs all-node BFT on the simulated network, and the in-process rate."""
+    from medshare.bench import ledger as bench_ledger
+
+    console = Console(stderr=True)
+    with console.status("benchmarking") as status:
+        report = bench_ledger.run(quick, progress=lambda msg: status.update(msg))
+    write_file(json_out, json.dumps(report, indent=1).encode() + b"\n")
+    if plot is not None:
+        from medshare.bench.plot import plot_ledger
+
+        plot_ledger(report, plot)
+    costs = report["costs"]
+    Console().print(
+        "calibrated costs (this machine, this run): "
+        f"verify {costs['verify_us']:.1f} µs, sign {costs['sign_us']:.1f} µs, "
+        f"SHA-256 {costs['hash_us_per_kb']:.2f} µs/KiB, "
+        f"per message {costs['per_message_us']:.1f} µs"
+    )
+    table = Table(title="medshare bench ledger (simulated; same seed, links and costs)")
+    columns = ("mode", "N", "m", "block txs", "tx/s", "latency ms", "msgs/block", "KB/block")
+    for column in columns:
+        table.add_column(column, justify="left" if column == "mode" else "right")
+    for row in report["sim"]:
+        table.add_row(
+            row["mode"],
+            str(row["nodes"]),
+            str(row["committee"]),
+            str(row["block_txs"]),
+            f"{row['tps']:.1f}",
+            f"{row['latency_ms']:.1f}",
+            f"{row['messages_per_block']:.0f}",
+            f"{row['bytes_per_block'] / 1024:.0f}",
+        )
+    Console().print(table)
+    local = report["inprocess"]
+    Console().print(
+        f"in-process cluster ({local['nodes']} nodes, SQLite, real signatures): "
+        f"{local['tps']:.0f} tx/s ({local['txs']} txs in blocks of {local['block_txs']})"
+    )
+    Console().print(f"summary: {json.dumps(report['summary'])}")
+    typer.echo(f"report written to {json_out}" + (f", plot to {plot}" if plot else ""))

@@ -9,6 +9,7 @@ import typer
 
 from medshare import __version__
 from medshare.cli import anchor, bench, crypto, ledger
+from medshare.cli.node import net_app, run_node
 
 app = typer.Typer(
     help="medshare: accountable, patient-controlled sharing of medical records.",
@@ -19,6 +20,8 @@ app.add_typer(crypto.app, name="crypto")
 app.add_typer(ledger.app, name="ledger")
 app.add_typer(anchor.app, name="anchor")
 app.add_typer(bench.app, name="bench")
+app.add_typer(net_app, name="net")
+app.command("node")(run_node)
 
 
 @app.command()

@@ -1,0 +1,238 @@
+"""``medshare bench ledger``: elected committee vs all-node BFT, and the real in-process rate.
+
+Simulated part (DESIGN §4, §7): :func:`medshare.ledger.sim.runner.run` drives real
+consensus cores over the simulated institution network, charging every node the CPU a
+message costs (Ed25519 verify/sign and SHA-256, calibrated in this run by
+:func:`~medshare.ledger.sim.calibrate` and printed with the results) and every byte its
+uplink. Both modes run the same code, the same dissemination, the same per-tx costs, the
+same seed and the same links; only the committee size differs (``m = N`` is the
+all-node baseline). The whole curve is reported — N × block size × mode — with
+``block_txs`` in every row, and the ratios the DESIGN asks about in ``summary``.
+
+In-process part: committed tx/s of the real :class:`~medshare.ledger.cluster.InProcessCluster`
+(4 nodes, one SQLite store each in a temporary directory, real signatures verified on
+admission, the cluster's default settings), from the first submission to the last commit
+on every node, with ``time.perf_counter``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from medshare.crypto.signing import SigningKey
+from medshare.ledger import chain, election
+from medshare.ledger.sim import CostModel, calibrate
+from medshare.ledger.sim.runner import INSTITUTION_LINKS, Scenario, SimReport, tx_pool
+from medshare.ledger.sim.runner import run as simulate
+
+SEED = 7
+BLOCK_SIZES = (10, 100, 1000)
+COMMITTEES = (4, 7)
+QUICK_NODES = (4, 16, 32, 64)
+FULL_NODES = (4, 16, 32, 64, 128, 256)
+KEY_NODES = 64  # the DESIGN's comparison point: 7 of 64 vs all 64
+EPOCH_LENGTH = 4  # every run crosses at least one epoch change (new committee)
+QUICK_BLOCKS = {10: 8, 100: 6, 1000: 5}  # heights decided per run, by block size
+FULL_BLOCKS = {10: 20, 100: 15, 1000: 8}
+
+INPROCESS_NODES = 4
+INPROCESS_TXS = 5000
+INPROCESS_BLOCK_TXS = 500
+
+
+@dataclass(frozen=True)
+class Plan:
+    nodes: tuple[int, ...]
+    calibration_samples: int
+    inprocess_repeats: int
+    quick: bool
+
+    @classmethod
+    def for_mode(cls, quick: bool) -> Plan:
+        if quick:
+            return cls(QUICK_NODES, 200, 1, True)
+        return cls(FULL_NODES, 1000, 3, False)
+
+    def block_sizes(self, nodes: int) -> tuple[int, ...]:
+        """Quick: 10-tx blocks for every N, the whole size curve at N = 64 only."""
+        if self.quick and nodes != KEY_NODES:
+            return (BLOCK_SIZES[0],)
+        return BLOCK_SIZES
+
+    def blocks(self, nodes: int, block_txs: int) -> int:
+        """Heights to decide per run (Python time grows ~N² per block in all-node mode)."""
+        base = (QUICK_BLOCKS if self.quick else FULL_BLOCKS)[block_txs]
+        if nodes > 128:
+            return max(6, base // 3)
+        return base if nodes <= 64 else max(6, base // 2)
+
+    def committees(self, nodes: int) -> tuple[int, ...]:
+        """Committee sizes below N, then N itself (all-node; at N = 4 that is m = 4)."""
+        return (*[m for m in COMMITTEES if m < nodes], nodes)
+
+
+def sim_rows(
+    plan: Plan, costs: CostModel, progress: Callable[[str], None] = lambda _: None
+) -> list[dict]:
+    rows: list[dict] = []
+    for nodes in plan.nodes:
+        for block_txs in plan.block_sizes(nodes):
+            for committee in plan.committees(nodes):
+                scenario = Scenario(
+                    seed=SEED,
+                    nodes=nodes,
+                    committee=committee,
+                    epoch_length=EPOCH_LENGTH,
+                    block_txs=block_txs,
+                    blocks=plan.blocks(nodes, block_txs),
+                    links=INSTITUTION_LINKS,
+                    costs=costs,
+                )
+                progress(f"simulating {scenario.mode} m={committee} of N={nodes}, {block_txs} tx")
+                start = time.perf_counter()
+                report = simulate(scenario)
+                rows.append(_row(report, scenario, time.perf_counter() - start))
+    return rows
+
+
+def _row(report: SimReport, scenario: Scenario, wall_s: float) -> dict:
+    if not report.safe:
+        raise AssertionError(f"safety violated (seed {report.seed}): {report.safety_violations}")
+    cpu = report.cpu_utilisation
+    return {
+        "mode": report.mode,
+        "nodes": report.nodes,
+        "committee": report.committee,
+        "block_txs": report.block_txs,
+        "blocks": report.committed_blocks,
+        "blocks_requested": scenario.blocks,
+        "tps": round(report.tps, 2),
+        "latency_ms": round(report.latency_ms, 2),
+        "messages_per_block": round(report.messages_per_block, 1),
+        "bytes_per_block": round(report.bytes_per_block),
+        "messages_by_kind": dict(report.messages_by_kind),
+        "view_changes": report.view_changes,
+        "cpu_max": round(max(cpu), 4),
+        "cpu_mean": round(sum(cpu) / len(cpu), 4),
+        "sim_ms": round(report.sim_ms, 1),
+        "safe": report.safe,
+        "seed": report.seed,
+        "trace_digest": report.trace_digest,
+        "wall_s": round(wall_s, 2),
+    }
+
+
+def summary(rows: list[dict]) -> dict:
+    """The DESIGN §7 ratios at N = 64: committee of 7 vs all 64, per block size."""
+
+    def find(mode: str, committee: int, block_txs: int) -> dict | None:
+        return next(
+            (
+                r
+                for r in rows
+                if (r["mode"], r["nodes"], r["committee"], r["block_txs"])
+                == (mode, KEY_NODES, committee, block_txs)
+            ),
+            None,
+        )
+
+    tps_ratio: dict[str, float] = {}
+    msg_ratio: dict[str, float] = {}
+    for block_txs in BLOCK_SIZES:
+        small, full = find("committee", 7, block_txs), find("all-node", KEY_NODES, block_txs)
+        if small is None or full is None:
+            continue
+        tps_ratio[str(block_txs)] = round(small["tps"] / full["tps"], 3)
+        msg_ratio[str(block_txs)] = round(
+            full["messages_per_block"] / small["messages_per_block"], 2
+        )
+    head = str(BLOCK_SIZES[0])
+    out = {
+        "committee7_vs_all_at_64_tps_ratio": tps_ratio.get(head),
+        "messages_ratio_at_64": msg_ratio.get(head),
+        "tps_ratio_at_64_by_block_txs": tps_ratio,
+        "messages_ratio_at_64_by_block_txs": msg_ratio,
+        "targets": {"tps_ratio_min": 5.0, "messages_ratio_min": 10.0},
+    }
+    out["targets"]["tps_ratio_met"] = (tps_ratio.get(head) or 0.0) >= 5.0
+    out["targets"]["messages_ratio_met"] = (msg_ratio.get(head) or 0.0) >= 10.0
+    return out
+
+
+def inprocess(repeats: int = 1, txs: int = INPROCESS_TXS) -> dict:
+    """Committed tx/s of the real in-process cluster (best of ``repeats``)."""
+    from medshare.ledger.cluster import InProcessCluster
+    from medshare.ledger.consensus import ConsensusConfig
+    from medshare.ledger.store import SQLiteStore
+
+    pool = list(tx_pool(txs)[:txs])  # signed before the clock starts
+    keys = [
+        SigningKey(hashlib.sha256(f"medshare.bench/inprocess/{i}".encode()).digest())
+        for i in range(INPROCESS_NODES)
+    ]
+    validators = tuple(election.Validator(k.public, f"inst{i}", 1000) for i, k in enumerate(keys))
+    config = chain.ChainConfig(
+        "medshare-bench", validators, epoch_length=10, committee_size=INPROCESS_NODES
+    )
+    best: float | None = None
+    height = 0
+    for _ in range(repeats):
+        with tempfile.TemporaryDirectory(prefix="medshare-bench-") as tmp:
+            stores = [SQLiteStore(Path(tmp) / f"node{i}.db") for i in range(INPROCESS_NODES)]
+            try:
+                consensus = ConsensusConfig(max_block_txs=INPROCESS_BLOCK_TXS)
+                cluster = InProcessCluster(config, keys, stores, consensus=consensus)
+                start = time.perf_counter()
+                for i, tx in enumerate(pool):
+                    if not cluster.submit(tx, node=i % INPROCESS_NODES):
+                        raise RuntimeError("the cluster refused a valid transaction")
+                while min(n.committed_txs for n in cluster.nodes) < txs:
+                    if not cluster.step():
+                        raise RuntimeError("the in-process cluster stalled")
+                elapsed = time.perf_counter() - start
+                cluster.check_safety()
+                height = cluster.heads()[0][0]  # type: ignore[index]
+            finally:
+                for store in stores:
+                    store.close()
+        best = elapsed if best is None else min(best, elapsed)
+    assert best is not None
+    return {
+        "nodes": INPROCESS_NODES,
+        "txs": txs,
+        "block_txs": INPROCESS_BLOCK_TXS,
+        "blocks": height,
+        "seconds": round(best, 3),
+        "tps": round(txs / best, 1),
+        "repeats": repeats,
+        "store": "sqlite",
+    }
+
+
+def run(quick: bool, progress: Callable[[str], None] = lambda _: None) -> dict:
+    """Calibrate, simulate the curve, measure the in-process cluster; the JSON report."""
+    plan = Plan.for_mode(quick)
+    progress("calibrating Ed25519 and SHA-256")
+    costs = calibrate(plan.calibration_samples)
+    progress(f"costs: {costs.as_dict()}")
+    start = time.perf_counter()
+    rows = sim_rows(plan, costs, progress)
+    sim_wall = time.perf_counter() - start
+    progress("in-process cluster")
+    local = inprocess(plan.inprocess_repeats)
+    return {
+        "quick": quick,
+        "costs": {**costs.as_dict(), "calibrated": True, "samples": plan.calibration_samples},
+        "links": asdict(INSTITUTION_LINKS),
+        "seed": SEED,
+        "epoch_length": EPOCH_LENGTH,
+        "sim": rows,
+        "sim_wall_s": round(sim_wall, 1),
+        "inprocess": local,
+        "summary": summary(rows),
+    }

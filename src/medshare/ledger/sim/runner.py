@@ -1,0 +1,984 @@
+"""Real consensus cores on the simulated network: the committee-vs-all-node experiment.
+
+:func:`run` builds ``N`` nodes, each running a real :class:`~medshare.ledger.consensus.Consensus`
+core (the real chain rules of ``chain.py``, real Ed25519 votes and proposals) and drives
+them with a lean driver whose actions go to a :class:`~medshare.ledger.sim.Simulator`.
+``committee == nodes`` is the all-node BFT baseline; ``committee < nodes`` elects a
+committee of ``m`` per epoch. Everything else is the same code and the same rules in
+both modes, so the baseline is fair (DESIGN §4, §7).
+
+Dissemination (same in both modes, no relay, no gossip)
+-------------------------------------------------------
+* A proposal goes directly from its proposer to all other ``N − 1`` nodes — the members of
+  that height's committee first, then the other nodes in index order (the nodes that
+  vote are served first; in all-node mode every node is a member). Non-members need the
+  block to replicate the chain.
+* A vote goes directly from a committee member to the other committee members only.
+* A node that does not see the votes learns that height ``h`` committed from a certificate:
+  the first f+1 members of ``h``'s committee (at least one of them honest and alive), on
+  committing ``h``, each send a small *commit notice* (the 2f+1-precommit certificate) to
+  every node outside the committee, and every next proposal carries the certificate of
+  the block before it as ``last_commit``. The node checks it against the block it holds
+  from the proposal (a notice that overtakes its proposal waits for it). In all-node mode
+  there is nobody outside the committee, so the notice costs nothing there; in committee
+  mode it costs (f+1)(N − m) small messages per block, counted like every other message.
+  A node that holds another block for that slot asks one peer (the sender of the
+  certificate) for certified blocks at once; a node that is otherwise behind
+  (``RequestBlocks``: e.g. the proposal of h+1, carrying h's certificate, overtook the
+  proposal of h from a slower uplink) waits one propose timeout for the block in flight,
+  then asks the sender of the last proposal it got (else a committee member).
+* Retransmission: direct sends are never repeated, so after a partition heals the votes
+  sent during it are lost. Every node has a slow driver tick (twice the propose timeout,
+  at least 6 s); if its (height, round, step) did not change since the previous tick it
+  re-sends its own votes (and proposal) of the current round and asks a committee member
+  for blocks. Healthy runs decide a height well within one tick, so the tick never sends.
+
+Transactions
+------------
+Pre-generated, validly signed by a few client keys (generated once per process, outside
+any measurement) and assumed already gossiped to every mempool before the run: a
+proposer takes the next ``block_txs`` of one shared, nonce-ordered pool. Tx gossip is
+thus not counted (it is the same ``O(N)`` per tx in both modes).
+
+What each node is charged (simulated CPU, :class:`~medshare.ledger.sim.CostModel`)
+---------------------------------------------------------------------------------
+* ``per_message_us`` for every message it receives (the simulator's fixed cost).
+* ``verify_us`` for every Ed25519 verification its core (or its chain rules) actually
+  performs — vote and proposal signatures, commit-certificate signatures, proof-of-lock
+  votes — counted once per node per distinct signed message (a node remembers what it
+  verified, as a real node would cache it; a restarted node forgets). Stale votes the
+  core drops unread cost only ``per_message_us``.
+* ``verify_us`` once per transaction, the first time its chain rules apply a block
+  containing it (received in a proposal or a sync reply, or built by itself as proposer):
+  the same per-tx cost in both modes.
+* SHA-256 of the block bytes (``hash_us_per_kb``) for every proposal or synced block it
+  receives, and for the block it builds.
+* ``sign_us`` for every signature it makes (own votes and proposals, Byzantine twins).
+* Uplink bandwidth for every byte it sends (by the simulator). Message sizes are the real
+  canonical JSON sizes: a vote ≈ 330 B; a proposal = the canonical block (header,
+  transactions, ``last_commit`` certificate) plus the proposal's signature fields.
+
+Python-side shortcuts (what is real and what is charged)
+--------------------------------------------------------
+Signatures are real but, to keep 64 cores in one process fast, verification is memoised
+per run: while :func:`run` executes, ``medshare.crypto.signing.verify`` is replaced by a
+wrapper that really verifies each distinct (key, signature, domain, message) once, reuses
+the result (a pure function of its inputs) and counts, per node, the verifications to
+charge. Transaction signatures of the pre-generated pool are skipped through the core's
+``verified=`` callback (they were valid when signed) but charged as above; any other
+transaction (e.g. a Byzantine forgery) is really verified. The simulator charges
+everything, so the shortcuts change the wall time, not the simulated time.
+
+Latency is measured from the first proposal of a height to the time the 2f+1-th honest
+member of that height's committee commits it (the decision point; non-members learn the
+block at the latest one notice later). Safety: no two honest nodes commit different
+blocks at one height. Evidence: what the cores report (double votes seen directly,
+proof-of-lock votes), plus two driver checks that replace relay: every certificate a node
+receives is compared with the votes it received itself (a vote sent in two versions to
+two halves meets its twin there), and a node that receives a vote for a block other than
+the proposal it holds for that round fetches that proposal from the voter (two signed
+proposals for one slot are evidence; an honest run never fetches). Evidence is reported,
+not turned into EVIDENCE transactions (no ejection during a run).
+
+Determinism: one seed drives the network (the simulator's RNG), the node keys and hence
+the committees; a run is reproducible from ``(Scenario, CostModel)`` and
+:attr:`SimReport.trace_digest` summarises it. A failing test prints the seed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import itertools
+import math
+from collections import Counter, deque
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from medshare.crypto import signing
+from medshare.ledger import chain, election
+from medshare.ledger.consensus import (
+    Action,
+    Broadcast,
+    Commit,
+    Committed,
+    ConflictingProposals,
+    Consensus,
+    ConsensusConfig,
+    EvidenceFound,
+    Persist,
+    Proposal,
+    RequestBlocks,
+    RequestTxs,
+    ScheduleTimeout,
+    Start,
+    Timeout,
+    TxsAvailable,
+    VoteReceived,
+)
+from medshare.ledger.node import Behaviour
+from medshare.ledger.sim.byzantine import Adversary
+from medshare.ledger.sim.costs import CostModel
+from medshare.ledger.sim.network import LinkModel, Simulator
+from medshare.ledger.types import (
+    Block,
+    CommitCertificate,
+    Equivocation,
+    Tx,
+    TxKind,
+    Vote,
+    VoteKind,
+    canonical,
+    quorum,
+)
+
+__all__ = [
+    "INSTITUTION_LINKS",
+    "SIM_CONSENSUS",
+    "Behaviour",
+    "Crash",
+    "PartitionEvent",
+    "Scenario",
+    "SimReport",
+    "initial_committee",
+    "node_keys",
+    "run",
+    "sim_consensus",
+    "tx_pool",
+]
+
+#: Institution links: 5–80 ms one way, 0–2 ms jitter, uplinks 100 Mbit/s – 1 Gbit/s.
+INSTITUTION_LINKS = LinkModel(
+    latency_ms_min=5.0,
+    latency_ms_max=80.0,
+    jitter_ms=2.0,
+    bandwidth_mbps=100.0,
+    bandwidth_mbps_max=1000.0,
+)
+
+#: Timeouts for the simulated WAN when a scenario does not derive them (see
+#: :func:`sim_consensus`).
+SIM_CONSENSUS = ConsensusConfig(
+    propose_timeout_ms=3000,
+    propose_delta_ms=1000,
+    prevote_timeout_ms=1000,
+    prevote_delta_ms=500,
+    precommit_timeout_ms=1000,
+    precommit_delta_ms=500,
+)
+#: Rough canonical size of one pool transaction and of a block's fixed part, for timeouts.
+_TX_BYTES_ESTIMATE, _BLOCK_BYTES_ESTIMATE = 400, 4000
+
+
+def sim_consensus(nodes: int, block_txs: int, links: LinkModel) -> ConsensusConfig:
+    """Timeouts for a scenario, the same formula in both modes (they depend on N and the
+    block size, never on the committee size): the propose timeout is at least 3 s and at
+    least twice the time the slowest uplink needs to send a block to all N − 1 nodes (a
+    1,000-tx block to 255 nodes takes ~8 s at 100 Mbit/s)."""
+    block_bytes = _BLOCK_BYTES_ESTIMATE + _TX_BYTES_ESTIMATE * block_txs
+    fan_out_ms = (nodes - 1) * block_bytes * 8 / (links.bandwidth_mbps * 1000.0)
+    propose = max(3000, math.ceil(2 * fan_out_ms))
+    return replace(
+        SIM_CONSENSUS,
+        propose_timeout_ms=propose,
+        propose_delta_ms=propose // 3,
+        max_block_txs=block_txs,
+    )
+
+
+SYNC_BATCH = 16
+CLIENTS = 8
+_SYNC_REQUEST_BYTES = 64
+
+# message kinds on the simulated wire: (kind, src, payload)
+_PROPOSAL, _VOTE = "proposal", "vote"
+_SYNC_REQ, _SYNC_REPLY = "sync_request", "sync_reply"
+_FETCH, _FETCHED = "proposal_request", "proposal_reply"
+_NOTICE = "commit_notice"
+
+
+class _Tick:
+    """The driver's retransmission timer (one shared instance; see the module docstring)."""
+
+
+_TICK = _Tick()
+
+
+@dataclass(frozen=True)
+class _SyncDue:
+    """The driver's deferred block request: still missing ``height`` when it fires?"""
+
+    height: int
+
+
+@dataclass(frozen=True)
+class Crash:
+    """Node ``node`` dies at ``at_ms`` (simulated) and, if ``recover_ms`` is set, restarts
+    then from its simulated disk (committed blocks and consensus WAL)."""
+
+    node: int
+    at_ms: float
+    recover_ms: float | None = None
+
+
+@dataclass(frozen=True)
+class PartitionEvent:
+    """From ``at_ms`` only nodes of the same group talk (unlisted nodes are isolated);
+    healed at ``heal_ms`` if given."""
+
+    groups: tuple[frozenset[int], ...]
+    at_ms: float
+    heal_ms: float | None = None
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One simulated run. ``committee == nodes`` is all-node BFT.
+
+    The run stops when ``blocks`` heights are decided (2f+1 honest committee members
+    committed them), or at ``duration_ms`` if ``blocks`` is None, and in any case at
+    ``max_sim_ms`` (a liveness failure then shows as fewer committed blocks)."""
+
+    seed: int = 0
+    nodes: int = 4
+    committee: int = 4
+    epoch_length: int = 10
+    block_txs: int = 10
+    blocks: int | None = 10
+    duration_ms: float | None = None
+    max_sim_ms: float = 600_000.0
+    links: LinkModel = INSTITUTION_LINKS
+    costs: CostModel = field(default_factory=CostModel.fixed)
+    byzantine: Mapping[int, Behaviour] = field(default_factory=dict)
+    crashes: tuple[Crash, ...] = ()
+    partitions: tuple[PartitionEvent, ...] = ()
+    consensus: ConsensusConfig | None = None  # None: sim_consensus(nodes, block_txs, links)
+
+    def __post_init__(self) -> None:
+        for name in ("seed", "nodes", "committee", "epoch_length", "block_txs"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"{name} must be an int")
+        if self.nodes < 1 or not 1 <= self.committee <= self.nodes:
+            raise ValueError("need 1 <= committee <= nodes")
+        if self.epoch_length < 1 or self.block_txs < 0:
+            raise ValueError("epoch_length must be >= 1 and block_txs >= 0")
+        if self.blocks is None and self.duration_ms is None:
+            raise ValueError("give blocks or duration_ms")
+        if self.blocks is not None and self.blocks < 1:
+            raise ValueError("blocks must be >= 1")
+        for index, behaviour in self.byzantine.items():
+            if not 0 <= index < self.nodes:
+                raise ValueError(f"byzantine node {index} out of range")
+            Behaviour(behaviour)
+        for crash in self.crashes:
+            if not 0 <= crash.node < self.nodes:
+                raise ValueError(f"crashed node {crash.node} out of range")
+
+    @property
+    def mode(self) -> str:
+        return "all-node" if self.committee == self.nodes else "committee"
+
+
+@dataclass(frozen=True)
+class SimReport:
+    """What one run measured (simulated time throughout).
+
+    ``committed_blocks``: heights 1..k decided (2f+1 honest members of the height's
+    committee committed it); ``sim_ms``: when the last requested height was decided (or
+    when the run stopped); ``tps`` = committed txs / ``sim_ms``; ``latency_ms``: mean over
+    decided heights of (first proposal sent → decided); ``messages_per_block`` and
+    ``bytes_per_block``: everything sent (proposals, votes, notices, sync, retransmissions)
+    per decided height, bytes as put on uplinks; ``cpu_utilisation[i]``: node i's busy time
+    / ``sim_ms``; ``view_changes``: decided heights whose certificate is from round > 0."""
+
+    seed: int
+    mode: str
+    nodes: int
+    committee: int
+    block_txs: int
+    committed_blocks: int
+    committed_txs: int
+    sim_ms: float
+    tps: float
+    latency_ms: float
+    messages_per_block: float
+    bytes_per_block: float
+    messages_by_kind: Mapping[str, int]
+    cpu_utilisation: tuple[float, ...]
+    view_changes: int
+    safe: bool
+    safety_violations: tuple[str, ...]
+    evidence: tuple[tuple[int, str, int], ...]  # (finder, kind, offender), in order found
+    honest_heights: tuple[int, ...]  # committed height of each honest node (-1: crashed)
+    trace_digest: str
+
+
+# --- keys, transactions, configuration -----------------------------------------------------------
+
+
+def node_keys(seed: int, nodes: int) -> list[signing.SigningKey]:
+    """The nodes' Ed25519 keys, derived from the seed (so the seed also drives elections)."""
+    return [
+        signing.SigningKey(hashlib.sha256(f"medshare.sim/{seed}/node/{i}".encode()).digest())
+        for i in range(nodes)
+    ]
+
+
+def chain_config(scenario: Scenario, keys: list[signing.SigningKey]) -> chain.ChainConfig:
+    validators = tuple(
+        election.Validator(k.public, f"inst{i:03d}", 1000) for i, k in enumerate(keys)
+    )
+    return chain.ChainConfig(
+        f"medshare-sim-{scenario.seed}",
+        validators,
+        epoch_length=scenario.epoch_length,
+        committee_size=scenario.committee,
+    )
+
+
+def initial_committee(scenario: Scenario) -> tuple[int, ...]:
+    """Node indices of the committee elected at genesis (height 1 onwards, first epoch)."""
+    keys = node_keys(scenario.seed, scenario.nodes)
+    index = {k.public: i for i, k in enumerate(keys)}
+    _, state = chain.genesis(chain_config(scenario, keys))
+    return tuple(index[p] for p in state.committee)
+
+
+_CLIENT_KEYS = [
+    signing.SigningKey(hashlib.sha256(f"medshare.sim/client/{c}".encode()).digest())
+    for c in range(CLIENTS)
+]
+_POOL: list[Tx] = []
+
+
+def tx_pool(count: int) -> list[Tx]:
+    """At least ``count`` signed txs; ``pool[i]`` is client ``i % C``'s nonce ``i // C``, so
+    any committed prefix of length k leaves exactly ``pool[k:]`` applicable. Generated once
+    per process (Ed25519 signing is deterministic) and extended on demand."""
+    while len(_POOL) < count:
+        i = len(_POOL)
+        client, nonce = _CLIENT_KEYS[i % CLIENTS], i // CLIENTS
+        body = {"record": f"sim-{i:07d}", "patient": f"p{i % 997}", "dept": "0304",
+                "digest": hashlib.sha256(i.to_bytes(8, "big")).hexdigest()}  # fmt: skip
+        _POOL.append(Tx.create(TxKind.ANCHOR_RECORD, body, nonce, client))
+    return _POOL
+
+
+class _TxSource:
+    """The shared, pre-gossiped mempool: a proposer takes the next txs its state allows."""
+
+    def __init__(self, count: int) -> None:
+        pool = tx_pool(count)
+        self.txs = pool
+        self.ids = {id(tx) for tx in pool}
+        self.clients = [k.public for k in _CLIENT_KEYS]
+
+    def take(self, state: chain.ChainState, limit: int) -> tuple[Tx, ...]:
+        start = sum(state.next_nonce(c) for c in self.clients)
+        return tuple(self.txs[start : start + limit])
+
+
+# --- metered signature verification ---------------------------------------------------------------
+
+
+class _SignatureMeter:
+    """Memoised ``signing.verify`` that counts, per node, the verifications to charge."""
+
+    def __init__(self, real: Callable[[bytes, bytes, bytes, bytes], None]) -> None:
+        self._real = real
+        self._cache: dict[tuple[bytes, bytes, bytes, bytes], tuple[int, bool]] = {}
+        self.node: _Node | None = None
+
+    def verify(self, public: bytes, signature: bytes, domain: bytes, message: bytes) -> None:
+        key = (public, signature, domain, message)
+        entry = self._cache.get(key)
+        if entry is None:
+            try:
+                self._real(public, signature, domain, message)
+                ok = True
+            except signing.InvalidSignature:
+                ok = False
+            entry = (len(self._cache), ok)
+            self._cache[key] = entry
+        node = self.node
+        if node is not None and entry[0] not in node.verified_sigs:
+            node.verified_sigs.add(entry[0])
+            node.pending_verifies += 1
+        if not entry[1]:
+            raise signing.InvalidSignature("signature does not verify")
+
+
+_ACTIVE = False
+
+
+@contextmanager
+def _metered_signatures() -> Iterator[_SignatureMeter]:
+    global _ACTIVE
+    if _ACTIVE:
+        raise RuntimeError("simulated runs do not nest")
+    real = signing.verify
+    meter = _SignatureMeter(real)
+    signing.verify = meter.verify  # type: ignore[assignment]
+    _ACTIVE = True
+    try:
+        yield meter
+    finally:
+        signing.verify = real  # type: ignore[assignment]
+        _ACTIVE = False
+
+
+# --- sizes ----------------------------------------------------------------------------------------
+
+
+def _txs_bytes(txs: tuple[Tx, ...]) -> int:
+    """Bytes the txs add to a canonical JSON list: each encoding plus the commas."""
+    return sum(len(tx.encode()) for tx in txs) + max(0, len(txs) - 1)
+
+
+def _shell(block: Block) -> dict:
+    return Block(block.header, (), block.last_commit, block.certificate).to_json()
+
+
+def _block_bytes(block: Block) -> int:
+    return len(canonical(_shell(block))) + _txs_bytes(block.txs)
+
+
+def _proposal_bytes(p: Proposal) -> int:
+    doc = {**p.proof(), "block": _shell(p.block), "pol_votes": [v.to_json() for v in p.pol_votes]}
+    return len(canonical(doc)) + _txs_bytes(p.block.txs)
+
+
+# --- the driver -----------------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class _Node:
+    index: int
+    key: signing.SigningKey
+    adversary: Adversary | None
+    core: Consensus | None = None
+    blocks: list[Block] = field(default_factory=list)  # committed, heights 1..
+    wal: bytes | None = None
+    verified_sigs: set[int] = field(default_factory=set)
+    verified_txs: set[int] = field(default_factory=set)
+    pending_verifies: int = 0
+    pending_txs: int = 0
+    signed: set[bytes] = field(default_factory=set)
+    seen_votes: dict[int, dict[tuple[bytes, int, VoteKind], Vote]] = field(default_factory=dict)
+    last_peer: int | None = None
+    reported: set[tuple[Any, ...]] = field(default_factory=set)
+    proposals: dict[tuple[int, int], Proposal] = field(default_factory=dict)  # first per slot
+    fetched: set[tuple[int, int, str]] = field(default_factory=set)
+    pending_notice: CommitCertificate | None = None  # arrived before its proposal
+    sync_due: int | None = None  # a deferred block request is pending for this height
+    tick_mark: tuple[int, int, str] | None = None
+    ticks: int = 0
+
+    @property
+    def honest(self) -> bool:
+        return self.adversary is None
+
+    @property
+    def height(self) -> int:
+        return len(self.blocks)
+
+
+class _Run:
+    def __init__(self, scenario: Scenario, meter: _SignatureMeter) -> None:
+        s = scenario
+        self.s = s
+        self.meter = meter
+        self.sim = Simulator(s.nodes, s.links, s.costs, seed=s.seed)
+        self.costs = s.costs
+        keys = node_keys(s.seed, s.nodes)
+        self.index_of = {k.public: i for i, k in enumerate(keys)}
+        self.config = chain_config(s, keys)
+        base = s.consensus or sim_consensus(s.nodes, s.block_txs, s.links)
+        self.consensus = replace(base, max_block_txs=s.block_txs)
+        self.tick_ms = max(6000.0, 2.0 * self.consensus.propose_timeout_ms)
+        self.sync_delay_ms = float(self.consensus.propose_timeout_ms)
+        target = s.blocks if s.blocks is not None else 200
+        self.source = _TxSource((target + 4) * s.block_txs)
+        _, self.genesis_state = chain.genesis(self.config)
+        self.nodes = [
+            _Node(i, k, Adversary(s.byzantine[i], k) if i in s.byzantine else None)
+            for i, k in enumerate(keys)
+        ]
+        self.committees: dict[int, tuple[int, ...]] = {}
+        self.sizes: dict[bytes, int] = {}
+        self.hashes: dict[bytes, str] = {}
+        self.kinds: Counter[str] = Counter()
+        self.proposed_at: dict[int, float] = {}
+        self.member_commits: dict[int, int] = {}
+        self.decided_at: dict[int, float] = {}
+        self.decided_round: dict[int, int] = {}
+        self.canonical: dict[int, Block] = {}
+        self.violations: list[str] = []
+        self.evidence: list[tuple[int, str, int]] = []
+
+    # --- running ---------------------------------------------------------------------------
+
+    def go(self) -> SimReport:
+        s, sim = self.s, self.sim
+        for node in self.nodes:
+            self._boot(node)
+        faults: list[tuple[float, int, str, Any]] = []
+        seq = itertools.count()
+        for crash in s.crashes:
+            faults.append((crash.at_ms, next(seq), "crash", crash.node))
+            if crash.recover_ms is not None:
+                faults.append((crash.recover_ms, next(seq), "recover", crash.node))
+        for part in s.partitions:
+            faults.append((part.at_ms, next(seq), "partition", part.groups))
+            if part.heal_ms is not None:
+                faults.append((part.heal_ms, next(seq), "heal", None))
+        heapq.heapify(faults)
+        stop = s.max_sim_ms if s.duration_ms is None else min(s.max_sim_ms, s.duration_ms)
+        handler = self._handle
+        while s.blocks is None or s.blocks not in self.decided_at:
+            until = min(faults[0][0], stop) if faults else stop
+            if sim.run(handler, until_ms=until, max_events=1):
+                continue
+            if faults and sim.now_ms >= faults[0][0]:
+                _, _, kind, arg = heapq.heappop(faults)
+                self._fault(kind, arg)
+                continue
+            break  # idle, or the time limit
+        return self._report()
+
+    def _fault(self, kind: str, arg: Any) -> None:
+        if kind == "crash":
+            node = self.nodes[arg]
+            self.sim.crash(arg)
+            node.core = None  # memory lost; blocks and WAL (the disk) survive
+            node.verified_sigs, node.verified_txs = set(), set()
+            node.seen_votes, node.pending_verifies, node.pending_txs = {}, 0, 0
+            node.sync_due, node.pending_notice = None, None
+            node.proposals, node.fetched, node.tick_mark = {}, set(), None
+        elif kind == "recover":
+            node = self.nodes[arg]
+            if node.core is None:
+                self.sim.recover(arg)
+                self._boot(node)
+                peers = [i for i in self._committee(node.core.height) if i != arg]  # type: ignore[union-attr]
+                if peers:
+                    self._send(node, peers[0], _SYNC_REQ, node.height + 1)
+        elif kind == "partition":
+            self.sim.partition([set(g) for g in arg])
+        else:
+            self.sim.heal()
+
+    def _boot(self, node: _Node) -> None:
+        """Start (or restart from the simulated disk) a node's core."""
+        state, last_commit = self.genesis_state, None
+        self.meter.node = node
+        try:
+            for block in node.blocks:  # replay the disk (charged: certificates, txs)
+                state = chain.apply_block(state, block, verified=self._verifier(node))
+                last_commit = block.certificate
+        finally:
+            self.meter.node = None
+        node.core = Consensus(
+            node.key,
+            state,
+            self.consensus,
+            last_commit=last_commit,
+            wal=node.wal,
+            verified=self._verifier(node),
+        )
+        self._charge(node)
+        node.tick_mark = None
+        self.sim.schedule(node.index, self.tick_ms, _TICK)
+        self._execute(node, self._step(node, Start()))
+
+    def _verifier(self, node: _Node) -> Callable[[Tx], bool]:
+        ids = self.source.ids
+
+        def verified(tx: Tx) -> bool:
+            key = id(tx)
+            if key not in ids:
+                return False  # not from the pool: really verified (and metered)
+            if key not in node.verified_txs:
+                node.verified_txs.add(key)
+                node.pending_txs += 1
+            return True
+
+        return verified
+
+    # --- stepping a core and executing its actions -----------------------------------------
+
+    def _charge(self, node: _Node) -> None:
+        count = node.pending_verifies + node.pending_txs
+        node.pending_verifies = node.pending_txs = 0
+        if count:
+            self.sim.charge(node.index, count * self.costs.verify_us)
+
+    def _step(self, node: _Node, event: Any) -> list[Action]:
+        core = node.core
+        assert core is not None
+        self._note_committee(core)
+        self.meter.node = node
+        try:
+            actions = core.step(event)
+        finally:
+            self.meter.node = None
+        self._charge(node)
+        self._note_committee(core)
+        return actions
+
+    def _note_committee(self, core: Consensus) -> None:
+        if core.height not in self.committees:
+            self.committees[core.height] = tuple(self.index_of[p] for p in core.committee)
+
+    def _committee(self, height: int) -> tuple[int, ...]:
+        members = self.committees.get(height)
+        if members is None:  # never seen by any core: cannot happen for a message of h
+            raise RuntimeError(f"no committee known for height {height}")
+        return members
+
+    def _execute(self, node: _Node, actions: list[Action]) -> None:
+        work = deque(actions)
+        while work and node.core is not None:
+            action = work.popleft()
+            if isinstance(action, Broadcast):
+                self._broadcast(node, action.message)
+            elif isinstance(action, Persist):
+                node.wal = action.value  # the simulated disk (write cost not modelled)
+            elif isinstance(action, ScheduleTimeout):
+                timeout = Timeout(action.height, action.round, action.step)
+                self.sim.schedule(node.index, action.delay_ms, timeout)
+            elif isinstance(action, RequestTxs):
+                txs = self.source.take(node.core.state, action.max_txs)
+                now = int(self.sim.node_time(node.index))
+                event = TxsAvailable(action.height, action.round, txs, now)
+                work.extend(self._step(node, event))
+            elif isinstance(action, Commit):
+                self._on_commit(node, action.block)
+            elif isinstance(action, EvidenceFound):
+                self._on_evidence(node, action.evidence)
+            elif isinstance(action, RequestBlocks):
+                self._request_blocks(node, action.from_height)
+            else:  # pragma: no cover - the Action union is closed
+                raise TypeError(f"unknown action {action!r}")
+
+    # --- the wire ----------------------------------------------------------------------------
+
+    def _broadcast(self, node: _Node, msg: Proposal | Vote) -> None:
+        i = node.index
+        members = [d for d in self._committee(msg.height) if d != i]
+        if isinstance(msg, Proposal):
+            member_set = set(members)
+            others = [d for d in range(self.s.nodes) if d != i and d not in member_set]
+            self.proposed_at.setdefault(msg.height, self.sim.node_time(i))
+            node.proposals.setdefault((msg.height, msg.round), msg)
+        else:
+            others = []
+        if node.adversary is not None and node.core is not None:
+            out = node.adversary.outgoing(node.core, msg, members, others)
+        else:
+            out = [(d, msg) for d in (*members, *others)]
+        for dst, payload in out:
+            self._pay_signature(node, payload)
+            kind = _PROPOSAL if isinstance(payload, Proposal) else _VOTE
+            self._send(node, dst, kind, payload)
+
+    def _pay_signature(self, node: _Node, msg: Proposal | Vote) -> None:
+        """Charge the signature (and, for a block it built, the hashing) once per message."""
+        if msg.signature in node.signed:
+            return
+        node.signed.add(msg.signature)
+        cost = self.costs.sign_us
+        if isinstance(msg, Proposal) and msg.block.header.proposer == node.key.public:
+            cost += self.costs.hash_us(self._size(msg))
+        self.sim.charge(node.index, cost)
+
+    def _hash_of(self, p: Proposal) -> str:
+        """The proposal's block hash, computed once (a header hash is canonical JSON)."""
+        block_hash = self.hashes.get(p.signature)
+        if block_hash is None:
+            block_hash = self.hashes[p.signature] = p.block.hash
+        return block_hash
+
+    def _size(self, msg: Proposal | Vote) -> int:
+        size = self.sizes.get(msg.signature)
+        if size is None:
+            if isinstance(msg, Proposal):
+                size = _proposal_bytes(msg)
+            else:
+                size = len(canonical(msg.to_json()))
+            self.sizes[msg.signature] = size
+        return size
+
+    def _send(self, node: _Node, dst: int, kind: str, payload: Any) -> None:
+        if kind in (_PROPOSAL, _VOTE, _FETCHED):
+            size = self._size(payload)
+            cpu = 0.0 if kind == _VOTE else self.costs.hash_us(size)
+        elif kind == _NOTICE:
+            size, cpu = len(canonical(payload.to_json())), 0.0
+        elif kind == _SYNC_REPLY:
+            size = sum(_block_bytes(b) for b in payload) + 2
+            cpu = self.costs.hash_us(size)
+        else:
+            size, cpu = _SYNC_REQUEST_BYTES, 0.0
+        self.kinds[kind] += 1
+        self.sim.send(node.index, dst, (kind, node.index, payload), size, cpu)
+
+    def _handle(self, i: int, payload: Any, sim: Simulator) -> None:
+        node = self.nodes[i]
+        if node.core is None:
+            return
+        if isinstance(payload, Timeout):
+            self._execute(node, self._step(node, payload))
+            return
+        if payload is _TICK:
+            self._tick(node)
+            return
+        if isinstance(payload, _SyncDue):
+            node.sync_due = None
+            if node.height < payload.height:
+                self._request_blocks(node, payload.height, now=True)
+            return
+        kind, src, msg = payload
+        if kind == _VOTE:
+            self._remember_vote(node, msg)
+            self._execute(node, self._step(node, VoteReceived(msg)))
+        elif kind == _PROPOSAL:
+            node.last_peer = src
+            node.proposals.setdefault((msg.height, msg.round), msg)
+            self._check_certificate(node, msg.block.last_commit)
+            self._execute(node, self._step(node, msg))
+            notice = node.pending_notice
+            if notice is not None and (notice.height, notice.round) == (msg.height, msg.round):
+                node.pending_notice = None
+                self._on_notice(node, src, notice)
+        elif kind == _FETCH:
+            held = node.proposals.get(msg[:2])
+            if held is not None and self._hash_of(held) == msg[2]:
+                self._send(node, src, _FETCHED, held)
+        elif kind == _FETCHED:
+            self._check_proposals(node, msg)
+        elif kind == _NOTICE:
+            self._on_notice(node, src, msg)
+        elif kind == _SYNC_REQ:
+            blocks = tuple(node.blocks[msg - 1 : msg - 1 + SYNC_BATCH])
+            if blocks:
+                self._send(node, src, _SYNC_REPLY, blocks)
+        else:  # _SYNC_REPLY
+            for block in msg:
+                if node.core is None:
+                    return
+                self._check_certificate(node, block.last_commit)
+                self._check_certificate(node, block.certificate)
+                self._execute(node, self._step(node, Committed(block)))
+            if len(msg) == SYNC_BATCH and node.core is not None:
+                self._send(node, src, _SYNC_REQ, node.height + 1)
+
+    def _tick(self, node: _Node) -> None:
+        core = node.core
+        assert core is not None
+        self.sim.schedule(node.index, self.tick_ms, _TICK)
+        mark = (core.height, core.round, str(core.step_name))
+        stalled, node.tick_mark = mark == node.tick_mark, mark
+        if not stalled:
+            return
+        node.ticks += 1
+        if core.is_member:
+            own = node.proposals.get((core.height, core.round))
+            if own is not None and own.proposer == node.key.public:
+                self._broadcast(node, own)
+            for kind in (VoteKind.PREVOTE, VoteKind.PRECOMMIT):
+                vote = core.own_vote(core.round, kind)
+                if vote is not None:
+                    self._broadcast(node, vote)
+        peers = [d for d in self._committee(core.height) if d != node.index]
+        if peers:
+            self._send(node, peers[node.ticks % len(peers)], _SYNC_REQ, node.height + 1)
+
+    def _send_notices(self, node: _Node, block: Block) -> None:
+        """First f+1 members of the block's committee: the certificate to everyone else."""
+        members = self._committee(block.height)
+        senders = members[: len(members) - quorum(len(members)) + 1]
+        silent = node.adversary is not None and node.adversary.behaviour is Behaviour.SILENT
+        if node.index not in senders or silent:
+            return
+        inside = set(members)
+        for dst in range(self.s.nodes):
+            if dst not in inside:
+                self._send(node, dst, _NOTICE, block.certificate)
+
+    def _on_notice(self, node: _Node, src: int, cert: CommitCertificate) -> None:
+        core = node.core
+        assert core is not None
+        if cert.height < core.height:
+            return
+        held = node.proposals.get((cert.height, cert.round))
+        if cert.height == core.height and held is None:
+            node.pending_notice = cert  # the proposal is still on its way: apply it then
+            return
+        if cert.height > core.height:
+            self._request_blocks(node, core.height)  # the blocks may still be on their way
+            return
+        if held is None or self._hash_of(held) != cert.block_hash:
+            node.last_peer = src
+            self._request_blocks(node, core.height, now=True)  # we hold another block
+            return
+        block = held.block.with_certificate(cert)
+        self._execute(node, self._step(node, Committed(block)))
+
+    def _request_blocks(self, node: _Node, from_height: int, *, now: bool = False) -> None:
+        if not now:
+            if node.sync_due is None:
+                node.sync_due = from_height
+                self.sim.schedule(node.index, self.sync_delay_ms, _SyncDue(from_height))
+            return
+        peer = node.last_peer
+        if peer is None or peer == node.index:
+            members = [d for d in self._committee(from_height) if d != node.index]
+            peer = members[0] if members else None
+        if peer is not None:
+            self._send(node, peer, _SYNC_REQ, max(from_height, node.height + 1))
+
+    # --- commits, safety, evidence ---------------------------------------------------------
+
+    def _on_commit(self, node: _Node, block: Block) -> None:
+        h = block.height
+        node.blocks.append(block)
+        assert node.height == h, (node.height, h)
+        self._send_notices(node, block)
+        for old in [k for k in node.seen_votes if k < h - 1]:
+            del node.seen_votes[old]
+        for old_slot in [k for k in node.proposals if k[0] < h - 1]:
+            del node.proposals[old_slot]
+        if not node.honest:
+            return
+        first = self.canonical.setdefault(h, block)
+        if first.hash != block.hash:
+            self.violations.append(
+                f"height {h}: {first.hash[:12]} and {block.hash[:12]} (node {node.index})"
+            )
+        members = self._committee(h)
+        if node.index in members and h not in self.decided_at:
+            count = self.member_commits.get(h, 0) + 1
+            self.member_commits[h] = count
+            if count >= quorum(len(members)):
+                self.decided_at[h] = self.sim.node_time(node.index)
+                assert block.certificate is not None
+                self.decided_round[h] = block.certificate.round
+
+    def _remember_vote(self, node: _Node, vote: Vote) -> None:
+        """Keep the vote for the certificate check; if it is for another block than the
+        proposal this node holds for its round, fetch that proposal from the voter (as a
+        node fetches a block it sees votes for): two signed proposals for one slot are
+        evidence. Never happens in an honest run (one proposal per height and round)."""
+        slot = (vote.voter, vote.round, vote.kind)
+        node.seen_votes.setdefault(vote.height, {}).setdefault(slot, vote)
+        if vote.block_hash is None or not node.honest:
+            return
+        held = node.proposals.get((vote.height, vote.round))
+        if held is None or self._hash_of(held) == vote.block_hash:
+            return
+        want = (vote.height, vote.round, vote.block_hash)
+        if want not in node.fetched:
+            node.fetched.add(want)
+            self._send(node, self.index_of[vote.voter], _FETCH, want)
+
+    def _check_proposals(self, node: _Node, fetched: Proposal) -> None:
+        held = node.proposals.get((fetched.height, fetched.round))
+        slot = ("proposal", fetched.height, fetched.round)
+        if held is None or self._hash_of(held) == self._hash_of(fetched) or slot in node.reported:
+            return
+        evidence = ConflictingProposals(held, fetched)
+        self.meter.node = node
+        try:
+            evidence.check()
+        except (signing.InvalidSignature, ValueError):
+            return
+        finally:
+            self.meter.node = None
+            self._charge(node)
+        node.reported.add(slot)
+        self._on_evidence(node, evidence)
+
+    def _check_certificate(self, node: _Node, cert: CommitCertificate | None) -> None:
+        """Compare a certificate's signed precommits with the precommits this node received
+        itself: the same member, slot and a different block is a double vote."""
+        if cert is None or not node.honest:
+            return
+        seen = node.seen_votes.get(cert.height)
+        if not seen:
+            return
+        for vote in cert.votes():
+            prior = seen.get((vote.voter, vote.round, vote.kind))
+            if prior is None or prior.block_hash == vote.block_hash:
+                continue
+            slot = (vote.voter, vote.height, vote.round, vote.kind)
+            if slot in node.reported:
+                continue
+            evidence = Equivocation(prior, vote)
+            self.meter.node = node
+            try:
+                evidence.check()
+            except (signing.InvalidSignature, ValueError):
+                continue
+            finally:
+                self.meter.node = None
+                self._charge(node)
+            node.reported.add(slot)
+            self._on_evidence(node, evidence)
+
+    def _on_evidence(self, node: _Node, evidence: Equivocation | ConflictingProposals) -> None:
+        if isinstance(evidence, Equivocation):
+            kind, offender = "equivocation", evidence.first.voter
+        else:
+            kind, offender = "conflicting_proposals", evidence.offender
+        self.evidence.append((node.index, kind, self.index_of.get(offender, -1)))
+
+    # --- the report ------------------------------------------------------------------------
+
+    def _report(self) -> SimReport:
+        s, sim = self.s, self.sim
+        committed = 0  # heights 1..k decided (heights decide in order)
+        while committed + 1 in self.decided_at:
+            committed += 1
+        finished = committed and s.blocks is not None
+        duration = self.decided_at[committed] if finished else sim.now_ms
+        txs = sum(len(self.canonical[h].txs) for h in range(1, committed + 1))
+        latencies = [self.decided_at[h] - self.proposed_at[h] for h in range(1, committed + 1)]
+        stats = sim.stats()
+        per_block = max(committed, 1)
+        seconds = duration / 1000.0
+        return SimReport(
+            seed=s.seed,
+            mode=s.mode,
+            nodes=s.nodes,
+            committee=s.committee,
+            block_txs=s.block_txs,
+            committed_blocks=committed,
+            committed_txs=txs,
+            sim_ms=duration,
+            tps=txs / seconds if seconds > 0 else 0.0,
+            latency_ms=math.fsum(latencies) / len(latencies) if latencies else math.nan,
+            messages_per_block=stats.messages_sent / per_block,
+            bytes_per_block=stats.bytes_sent / per_block,
+            messages_by_kind=dict(sorted(self.kinds.items())),
+            cpu_utilisation=tuple(
+                busy / duration if duration > 0 else 0.0 for busy in stats.cpu_busy_ms
+            ),
+            view_changes=sum(1 for h in range(1, committed + 1) if self.decided_round[h] > 0),
+            safe=not self.violations,
+            safety_violations=tuple(self.violations),
+            evidence=tuple(self.evidence),
+            honest_heights=tuple(
+                n.height if n.core is not None else -1 for n in self.nodes if n.honest
+            ),
+            trace_digest=sim.trace_digest(),
+        )
+
+
+def run(scenario: Scenario) -> SimReport:
+    """Run one scenario on the simulated network and report what it measured."""
+    with _metered_signatures() as meter:
+        return _Run(scenario, meter).go()

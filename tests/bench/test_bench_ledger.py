@@ -1,0 +1,89 @@
+"""``medshare bench ledger --quick`` writes the report the DESIGN asks for, and a plot."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from medshare.bench.ledger import Plan, summary
+from medshare.cli.main import app
+
+ROW_KEYS = {
+    "mode",
+    "nodes",
+    "committee",
+    "block_txs",
+    "tps",
+    "latency_ms",
+    "messages_per_block",
+    "bytes_per_block",
+}
+
+
+def test_quick_plan_always_holds_the_key_comparison() -> None:
+    plan = Plan.for_mode(quick=True)
+    assert plan.nodes == (4, 16, 32, 64)
+    for nodes in plan.nodes:
+        assert 10 in plan.block_sizes(nodes)
+    assert plan.block_sizes(64) == (10, 100, 1000)
+    assert plan.committees(64) == (4, 7, 64)
+    assert plan.committees(4) == (4,)  # m = 4 at N = 4 is the all-node run
+    full = Plan.for_mode(quick=False)
+    assert full.nodes[-2:] == (128, 256)
+    assert all(full.block_sizes(n) == (10, 100, 1000) for n in full.nodes)
+
+
+def test_summary_ratios() -> None:
+    rows = [
+        {"mode": "committee", "nodes": 64, "committee": 7, "block_txs": 10, "tps": 500.0,
+         "messages_per_block": 300.0},
+        {"mode": "all-node", "nodes": 64, "committee": 64, "block_txs": 10, "tps": 100.0,
+         "messages_per_block": 8100.0},
+    ]  # fmt: skip
+    out = summary(rows)
+    assert out["committee7_vs_all_at_64_tps_ratio"] == 5.0
+    assert out["messages_ratio_at_64"] == 27.0
+    assert out["targets"]["tps_ratio_met"] and out["targets"]["messages_ratio_met"]
+    assert out["tps_ratio_at_64_by_block_txs"] == {"10": 5.0}
+
+
+@pytest.mark.slow
+def test_bench_ledger_quick_report_shape(tmp_path: Path) -> None:
+    out, plot = tmp_path / "ledger.json", tmp_path / "ledger.png"
+    result = CliRunner().invoke(
+        app, ["bench", "ledger", "--quick", "--json", str(out), "--plot", str(plot)]
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    costs = report["costs"]
+    for name in ("verify_us", "sign_us", "hash_us_per_kb", "per_message_us"):
+        assert costs[name] > 0
+    assert "calibrated costs" in result.output  # printed with the results
+    assert report["links"]["latency_ms_min"] == 5.0 and report["links"]["latency_ms_max"] == 80.0
+    rows = report["sim"]
+    for row in rows:
+        assert set(row) >= ROW_KEYS, row
+        assert row["safe"] and row["tps"] > 0 and row["blocks"] == row["blocks_requested"], row
+    index = {(r["mode"], r["nodes"], r["committee"], r["block_txs"]) for r in rows}
+    for nodes in (4, 16, 32, 64):
+        assert ("all-node", nodes, nodes, 10) in index
+    for block_txs in (10, 100, 1000):
+        assert ("committee", 64, 7, block_txs) in index
+        assert ("all-node", 64, 64, block_txs) in index
+    by_key = {(r["mode"], r["nodes"], r["committee"], r["block_txs"]): r for r in rows}
+    small, full = by_key[("committee", 64, 7, 10)], by_key[("all-node", 64, 64, 10)]
+    summary_ = report["summary"]
+    assert summary_["committee7_vs_all_at_64_tps_ratio"] == pytest.approx(
+        small["tps"] / full["tps"], rel=0.01
+    )
+    assert summary_["messages_ratio_at_64"] == pytest.approx(
+        full["messages_per_block"] / small["messages_per_block"], rel=0.01
+    )
+    assert summary_["messages_ratio_at_64"] >= 10  # O(N²) vs O(m² + N)
+    local = report["inprocess"]
+    assert {"nodes", "tps", "txs", "block_txs"} <= set(local)
+    assert local["nodes"] == 4 and local["txs"] == 5000 and local["tps"] > 0
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
