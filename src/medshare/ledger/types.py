@@ -232,6 +232,10 @@ class Vote:
         }
 
     def signing_bytes(self) -> bytes:
+        return self._signing_bytes
+
+    @cached_property
+    def _signing_bytes(self) -> bytes:
         return canonical(self.unsigned_json())
 
     def to_json(self) -> dict:
@@ -377,8 +381,9 @@ class BlockHeader:
             "time_ms": self.timestamp_ms,
         }
 
-    @property
+    @cached_property
     def hash(self) -> str:
+        """SHA-256 of the canonical header (computed once: headers are immutable)."""
         return digest_hex(canonical(self.to_json()))
 
     @classmethod
