@@ -10,7 +10,6 @@ from typing import Annotated
 import typer
 
 from medshare.cli.errors import EXIT_DENIED, fail, user_errors
-from medshare.ledger import anchor, checkpoints
 from medshare.ledger.store import SQLiteStore, StoreCorrupted
 
 app = typer.Typer(help="Anchor ledger checkpoints on a public EVM chain.", no_args_is_help=True)
@@ -41,6 +40,8 @@ def publish(
     Signs with the private key in $MEDSHARE_ANCHOR_KEY, or the node's first unlocked
     account (development chains only).
     """
+    from medshare.ledger import anchor, checkpoints  # web3 takes ~1 s to import: load on use
+
     with user_errors():
         store = _store(db)
         try:
@@ -76,6 +77,8 @@ def verify(
     contract: Annotated[str, typer.Option(help="CheckpointRegistry address.")],
 ) -> None:
     """Check that the local chain matches every anchored checkpoint. Exit 1 if not."""
+    from medshare.ledger import anchor, checkpoints
+
     with user_errors():
         store = _store(db)
         try:
