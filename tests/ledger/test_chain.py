@@ -178,3 +178,21 @@ def test_unknown_evidence_kind_is_rejected() -> None:
     body = {"offender": "00" * 32, "kind": "gossip", "proof": []}
     with pytest.raises(chain.TxRejected, match="unknown evidence kind"):
         chain.apply_tx(kit.state.clone(), kit.tx(0, TxKind.EVIDENCE, body))
+
+
+def test_block_time_is_capped_so_the_chain_cannot_be_halted() -> None:
+    kit = Kit.new()
+    block, _ = chain.build_block(
+        kit.state, [], kit.state.committee[0], chain.MAX_TIMESTAMP_MS + 1, None
+    )
+    with pytest.raises(chain.InvalidBlock, match="time is beyond"):
+        chain.apply_block(kit.state, block, require_certificate=False)
+
+
+def test_equivocation_evidence_must_name_the_signer() -> None:
+    kit = Kit.new()
+    a = Vote.create(VoteKind.PREVOTE, 3, 0, "aa" * 32, kit.keys[1])
+    b = Vote.create(VoteKind.PREVOTE, 3, 0, "bb" * 32, kit.keys[1])
+    body = {**Equivocation(a, b).to_body(), "offender": kit.keys[2].public.hex()}
+    with pytest.raises(chain.TxRejected, match="another offender"):
+        chain.apply_tx(kit.state.clone(), kit.tx(0, TxKind.EVIDENCE, body))

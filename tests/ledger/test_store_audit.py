@@ -154,3 +154,43 @@ def test_cli_errors_are_clear(tmp_path: Path) -> None:
     bad.write_text("{not json")
     result = runner.invoke(app, ["ledger", "check-proof", str(bad)])
     assert result.exit_code == 2 and "not JSON" in result.output
+
+
+def test_verify_opens_read_only_and_refuses_foreign_files(tmp_path: Path) -> None:
+    runner = CliRunner()
+    text = tmp_path / "notes.txt"
+    text.write_text("not a database")
+    result = runner.invoke(app, ["ledger", "verify", "--db", str(text)])
+    assert result.exit_code == 2 and "not a medshare node database" in result.output
+    assert text.read_text() == "not a database"  # untouched
+    foreign = tmp_path / "foreign.db"
+    with sqlite3.connect(foreign) as con:
+        con.execute("CREATE TABLE blocks (x INTEGER)")
+    size = foreign.stat().st_size
+    for command in (["verify"], ["prove", "--tx", "ab" * 32]):
+        result = runner.invoke(app, ["ledger", *command[:1], "--db", str(foreign), *command[1:]])
+        assert result.exit_code == 2 and "Traceback" not in result.output
+    assert foreign.stat().st_size == size
+
+
+def test_proof_after_an_ejection_names_the_signing_committee(tmp_path: Path) -> None:
+    from medshare.ledger.types import Equivocation, TxKind, Vote, VoteKind
+
+    kit = Kit.new(nodes=5, committee=4, epoch_length=50)
+    store = MemoryStore()
+    kit.fill(store, blocks=1)
+    offender = kit.key(kit.state.committee[1])
+    a = Vote.create(VoteKind.PREVOTE, 9, 0, "aa" * 32, offender)
+    b = Vote.create(VoteKind.PREVOTE, 9, 0, "bb" * 32, offender)
+    neighbour = kit.tx(3)
+    block = kit.next_block([kit.tx(0, TxKind.EVIDENCE, Equivocation(a, b).to_body()), neighbour])
+    store.append(block)
+    assert offender.public not in kit.state.committee  # re-elected after the evidence
+    assert audit.check_proof(audit.make_proof(store, neighbour.txid))["ok"]
+
+
+def test_prove_on_a_chain_that_does_not_verify_is_a_clear_error(db: tuple[Path, list]) -> None:
+    path, txs = db
+    _flip_byte(path, 2, b'"time_ms":')
+    result = CliRunner().invoke(app, ["ledger", "prove", "--db", str(path), "--tx", txs[-1].txid])
+    assert result.exit_code == 1 and "database is corrupted: block 2" in result.output

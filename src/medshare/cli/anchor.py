@@ -22,7 +22,10 @@ KEY_ENV = "MEDSHARE_ANCHOR_KEY"
 def _store(db: Path) -> SQLiteStore:
     if not db.is_file():
         raise fail(f"no such database: {db}")
-    return SQLiteStore(db)
+    try:
+        return SQLiteStore(db, readonly=True)
+    except StoreCorrupted as exc:
+        raise fail(str(exc)) from None
 
 
 @app.command("publish")

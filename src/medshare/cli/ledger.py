@@ -20,7 +20,10 @@ DbOption = Annotated[Path, typer.Option("--db", help="A node's SQLite database."
 def _open(db: Path) -> SQLiteStore:
     if not db.is_file():
         raise fail(f"no such database: {db}")
-    return SQLiteStore(db)
+    try:
+        return SQLiteStore(db, readonly=True)
+    except StoreCorrupted as exc:
+        raise fail(str(exc)) from None
 
 
 @app.command("verify")

@@ -123,8 +123,8 @@ _PK_G2 = ("w2", "v2", "u2", "h2")
 class AbeMasterKey:
     """The authority's secrets ``α`` and ``a``, with its public key."""
 
-    alpha: int
-    a: int
+    alpha: int = field(repr=False)
+    a: int = field(repr=False)
     public: AbePublicKey
 
     def to_bytes(self) -> bytes:
@@ -161,7 +161,7 @@ class AbeUserKey:
     issuance). ``components[τ] = (K_{τ,1}, K_{τ,2})``.
     """
 
-    k_prime: int
+    k_prime: int = field(repr=False)
     K: G2
     L: G2
     L_prime: G2

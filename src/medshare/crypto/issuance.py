@@ -235,8 +235,8 @@ class AuthorityKeys:
     """Everything an attribute authority keeps secret: the ABE master key and its Paillier key."""
 
     master: abe.AbeMasterKey
-    paillier_p: int
-    paillier_q: int
+    paillier_p: int = field(repr=False)
+    paillier_q: int = field(repr=False)
 
     @classmethod
     def generate(cls) -> AuthorityKeys:

@@ -151,7 +151,7 @@ def make_proof(store: BlockStore, txid: str) -> dict[str, Any]:
         "header": block.header.to_json(),
         "merkle": {"index": proof.index, "size": proof.size, "path": [p.hex() for p in proof.path]},
         "certificate": block.certificate.to_json(),
-        "committee": [member.hex() for member in state.committee],
+        "committee": [member.hex() for member in state.head_committee],
     }
 
 
@@ -161,7 +161,10 @@ def replay_to(store: BlockStore, height: int) -> chain.ChainState:
     for block in store.blocks(1):
         if block.height > height:
             break
-        state = chain.apply_block(state, block)
+        try:
+            state = chain.apply_block(state, block)
+        except chain.InvalidBlock as exc:
+            raise StoreCorrupted(f"chain does not verify: {exc}") from None
     return state
 
 

@@ -53,6 +53,10 @@ from medshare.ledger.types import (
 )
 
 GENESIS_PROPOSER = bytes(32)
+# Block times are ms since the epoch. The cap keeps every later time encodable in RFC 8785
+# (|n| < 2^53): without it one Byzantine proposer could certify a time after which no
+# successor block can be written, halting the chain.
+MAX_TIMESTAMP_MS = 2**52
 
 
 class InvalidBlock(Exception):
@@ -175,6 +179,8 @@ def genesis(config: ChainConfig) -> tuple[Block, ChainState]:
 def _equivocating_voter(body: Mapping[str, Any]) -> bytes:
     evidence = Equivocation.from_body(body)
     evidence.check()
+    if body.get("offender") != evidence.first.voter.hex():
+        raise LedgerFormatError("the evidence names another offender than the votes' signer")
     return evidence.first.voter
 
 
@@ -313,6 +319,8 @@ def apply_block(
         raise InvalidBlock(f"block {h.height} proposer is not in the elected committee")
     if h.timestamp_ms <= state.head_time_ms:
         raise InvalidBlock(f"block {h.height} time does not increase")
+    if h.timestamp_ms > MAX_TIMESTAMP_MS:
+        raise InvalidBlock(f"block {h.height} time is beyond {MAX_TIMESTAMP_MS} ms")
     if h.merkle_root != block.tx_merkle_root():
         raise InvalidBlock(f"block {h.height} Merkle root does not match its transactions")
     for tx in block.txs:

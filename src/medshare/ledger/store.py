@@ -99,14 +99,26 @@ CREATE TABLE IF NOT EXISTS meta (
 class SQLiteStore:
     """One node's durable store (SQLite, WAL, synchronous=FULL)."""
 
-    def __init__(self, path: Path | str) -> None:
+    def __init__(self, path: Path | str, *, readonly: bool = False) -> None:
+        """Open (creating if needed) a node's database; ``readonly`` opens an existing file
+        without writing anything to it (for audits of someone else's database)."""
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(_SCHEMA)
-        row = self._db.execute("SELECT MAX(height) FROM blocks").fetchone()
+        try:
+            if readonly:
+                uri = f"{self.path.resolve().as_uri()}?mode=ro"
+                self._db = sqlite3.connect(uri, uri=True, check_same_thread=False)
+            else:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=FULL")
+                self._db.executescript(_SCHEMA)
+            tables = {name for (name,) in self._db.execute("SELECT name FROM sqlite_master")}
+            if not {"blocks", "txs", "meta"} <= tables:
+                raise sqlite3.DatabaseError("the blocks, txs and meta tables are missing")
+            row = self._db.execute("SELECT MAX(height) FROM blocks").fetchone()
+        except sqlite3.DatabaseError as exc:
+            raise StoreCorrupted(f"{self.path} is not a medshare node database ({exc})") from None
         self._height = -1 if row[0] is None else int(row[0])
 
     def height(self) -> int:
