@@ -54,6 +54,7 @@ class Story:
     out: Path
     authority: issuance.AuthorityKeys | None = None
     keys: dict | None = None
+    identities: dict[str, SigningKey] | None = None
     registry: list | None = None
     ciphertext: abe.AbeCiphertext | None = None
     trace_result: abe.AuditResult | None = None
@@ -92,9 +93,12 @@ def step_authority(story: Story) -> Outcome:
 def step_issue(story: Story) -> Outcome:
     issuer = issuance.IssuanceAuthority(story.authority)
     public = story.authority.master.public
-    story.keys, story.registry = {}, []
+    story.keys, story.registry, story.identities = {}, [], {}
     for who, attrs in CLINICIANS.items():
-        key, registration = issuance.issue_key(issuer, public, who, attrs)
+        story.identities[who] = SigningKey.generate()  # the clinician's own identity key
+        key, registration = issuance.issue_key(
+            issuer, public, who, attrs, identity_key=story.identities[who]
+        )
         story.keys[who] = key
         story.registry.append(registration)
         (story.out / "keys").mkdir(exist_ok=True)
@@ -141,7 +145,8 @@ def step_trace(story: Story) -> Outcome:
     leaked_path = story.out / "leaked-key.json"
     leaked_path.write_bytes(story.keys["dr.wang@H001"].to_bytes())
     leaked = abe.AbeUserKey.from_bytes(leaked_path.read_bytes())
-    result = abe.audit(public, leaked, story.registry)
+    trusted = {who: key.public for who, key in story.identities.items()}
+    result = abe.audit(public, leaked, story.registry, trusted)
     story.trace_result = result
     ok = result.verdict is abe.Verdict.USER and result.identity == "dr.wang@H001"
     return Outcome(ok, f"leaked key → {result.verdict.value}: {result.identity}")
@@ -197,16 +202,19 @@ def step_ledger(story: Story) -> Outcome:
     stores = [SQLiteStore(path) for path in story.ledger_dbs]
     cluster = InProcessCluster(config, keys, stores)
     authority = keys[-1]  # the regulator's node signs on behalf of the authority here
-    bodies = [
-        (TxKind.REGISTER_KEY_TAG, {"identity": reg.identity, "tag": reg.tag().hex()})
+    # Each clinician registers its own key tag with its identity key (the authority
+    # cannot), so the ledger is where auditors find whose identity key is whose.
+    story.ledger_txs = [
+        Tx.create(
+            TxKind.REGISTER_KEY_TAG,
+            {"identity": reg.identity, "tag": reg.tag().hex(), "R": reg.R_hex()},
+            0,
+            story.identities[reg.identity],
+        )
         for reg in story.registry
     ]
-    bodies.append(
-        (TxKind.TRACE_VERDICT, {"verdict": story.trace_result.as_dict(), "evidence": "leaked-key"})
-    )
-    story.ledger_txs = [
-        Tx.create(kind, body, n, authority) for n, (kind, body) in enumerate(bodies)
-    ]
+    verdict = {"verdict": story.trace_result.as_dict(), "evidence": "leaked-key"}
+    story.ledger_txs.append(Tx.create(TxKind.TRACE_VERDICT, verdict, 0, authority))
     for tx in story.ledger_txs:
         cluster.submit(tx)
     while not all(s.find_tx(tx.txid) for s in stores for tx in story.ledger_txs):
@@ -222,7 +230,7 @@ def step_ledger(story: Story) -> Outcome:
     return Outcome(
         ok,
         f"{len(stores)} nodes, elected committee {', '.join(committee)}; "
-        f"{len(bodies)} txs committed, chain verified from genesis on every node, "
+        f"{len(story.ledger_txs)} txs committed, chain verified from genesis on every node, "
         f"verdict proof signed by {checked['signers']}/{checked['committee']}",
     )
 

@@ -281,3 +281,26 @@ def test_kac_extract_bad_classes(kac_dir: Path, classes: str, message: str) -> N
 def test_kac_setup_rejects_bad_class_count(tmp_path: Path) -> None:
     assert_fails(crypto("kac-setup", classes=0, out=tmp_path), 2, "n")
     assert not (tmp_path / "params.json").exists()
+
+
+def test_keygen_saves_the_identity_key_and_trace_checks_it(authority: Path) -> None:
+    identity = json.loads((authority / "bob.identity.json").read_text())
+    assert identity["type"] == "identity-key"
+    assert stat.S_IMODE((authority / "bob.identity.json").stat().st_mode) == 0o600
+    trusted = authority / "identities.json"
+    trusted.write_text(json.dumps({"bob": identity["public"]}))
+    result = crypto(
+        "abe-trace", authority=authority, key=authority / "bob.json", identities=trusted
+    )
+    assert_ok(result)
+    assert json.loads(result.stdout)["identity"] == "bob"
+    trusted.write_text(json.dumps({"bob": "00" * 32}))  # the ledger says bob's key is another
+    result = crypto(
+        "abe-trace", authority=authority, key=authority / "bob.json", identities=trusted
+    )
+    assert json.loads(result.stdout)["verdict"] == "authority"
+    trusted.write_text("[1, 2]")
+    result = crypto(
+        "abe-trace", authority=authority, key=authority / "bob.json", identities=trusted
+    )
+    assert_fails(result, 2, "must be a JSON object")

@@ -28,6 +28,7 @@ from medshare.crypto.issuance import (
     prove_dlog,
     verify_dlog,
 )
+from medshare.crypto.signing import SigningKey
 
 ATTRS = ("hospital:H001", "role:physician")
 POLICY = "hospital:H001 and role:physician"
@@ -293,9 +294,49 @@ def test_registration_with_bad_proof(authority, public) -> None:
 
 def test_registration_replayed_under_other_identity(authority, public) -> None:
     request = IssuanceUser(public, "frank").registration()
-    stolen = RegistrationRequest("mallory", request.R, request.proof)
+    stolen = dataclasses.replace(request, identity="mallory")
     with pytest.raises(ProtocolError):
         authority.offer(stolen, ATTRS)
+
+
+def test_registration_must_be_signed_by_the_identity_key(authority, public) -> None:
+    request = IssuanceUser(public, "hana").registration()
+    other = SigningKey.generate()
+    forged = dataclasses.replace(request, identity_key=other.public)
+    with pytest.raises(ProtocolError, match="identity key"):
+        authority.offer(forged, ATTRS)
+    assert RegistrationRequest.from_bytes(request.to_bytes()) == request
+
+
+def test_authority_cannot_frame_a_user_with_its_own_registry_row(authority, public) -> None:
+    """DESIGN §3.1: the registry is the authority's; a row the user never signed, or one
+    signed by a key that is not the user's identity key, blames the authority."""
+    from medshare.crypto import abe
+
+    alice = SigningKey.generate()
+    _, genuine = issue_key(authority, public, "alice", ATTRS, identity_key=alice)
+    k2, c2 = random_scalar(), random_scalar()
+    fake_R = mul(g1(), k2)
+    forged_key = abe.keygen(authority._keys.master, c2 + k2, ATTRS)
+    unsigned = abe.Registration("alice", c2, fake_R, ATTRS)
+    result = audit(public, forged_key, [genuine, unsigned])
+    assert result.verdict is Verdict.AUTHORITY and result.identity is None
+    impostor = SigningKey.generate()
+    message = abe.registration_message("alice", fake_R)
+    signed_by_impostor = abe.Registration(
+        "alice",
+        c2,
+        fake_R,
+        ATTRS,
+        impostor.public,
+        impostor.sign(abe.REGISTRATION_DOMAIN, message),
+    )
+    assert audit(public, forged_key, [signed_by_impostor]).verdict is Verdict.USER
+    trusted = {"alice": alice.public}
+    framed = audit(public, forged_key, [signed_by_impostor], trusted_identities=trusted)
+    assert framed.verdict is Verdict.AUTHORITY
+    honest_key, honest_reg = issue_key(authority, public, "alice", ATTRS, identity_key=alice)
+    assert audit(public, honest_key, [honest_reg], trusted_identities=trusted).identity == "alice"
 
 
 def test_offer_rejects_empty_attributes(authority, public) -> None:

@@ -10,7 +10,7 @@ import typer
 
 from medshare.cli.errors import EXIT_BAD_INPUT, fail, user_errors
 from medshare.cli.files import read_file, write_file
-from medshare.crypto import abe, issuance, kac
+from medshare.crypto import abe, encoding, issuance, kac, signing
 from medshare.crypto.errors import InvalidEncoding
 
 app = typer.Typer(
@@ -53,6 +53,10 @@ def abe_keygen(
     id: Annotated[str, typer.Option("--id", help="Identity of the key holder.")],
     attrs: Annotated[str, typer.Option(help='Comma-separated attributes, e.g. "a,b,c".')],
     out: OutFile,
+    identity_key: Annotated[
+        Path | None,
+        typer.Option(help="The holder's Ed25519 identity key (default: new, saved beside OUT)."),
+    ] = None,
 ) -> None:
     """Issue a key by running both sides of the accountable two-party issuance."""
     with user_errors():
@@ -60,11 +64,36 @@ def abe_keygen(
         if not attributes:
             raise ValueError("--attrs names no attribute")
         keys, registry = _load_authority(authority)
+        if identity_key is None:
+            holder = signing.SigningKey.generate()
+            identity_key = out.with_name(out.name.removesuffix(".json") + ".identity.json")
+            write_file(identity_key, _identity_doc(holder), secret=True)
+        else:
+            holder = _load_identity(identity_key)
         issuer = issuance.IssuanceAuthority(keys)
-        key, registration = issuance.issue_key(issuer, keys.master.public, id, attributes)
+        key, registration = issuance.issue_key(
+            issuer, keys.master.public, id, attributes, identity_key=holder
+        )
         write_file(out, key.to_bytes(), secret=True)
         write_file(authority / REGISTRY, abe.registry_to_bytes([*registry, registration]))
     typer.echo(f"key for {id} with {len(attributes)} attribute(s) written to {out}")
+
+
+def _identity_doc(key: signing.SigningKey) -> bytes:
+    return encoding.dumps("identity-key", 1, {"seed": key.seed.hex(), "public": key.public.hex()})
+
+
+def _load_identity(path: Path) -> signing.SigningKey:
+    doc = encoding.loads(read_file(path), "identity-key")
+    return signing.SigningKey(encoding.field(doc, "seed", bytes.fromhex))
+
+
+def _load_identities(path: Path) -> dict[str, bytes]:
+    try:
+        doc = json.loads(read_file(path))
+        return {str(name): bytes.fromhex(str(public)) for name, public in doc.items()}
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError, ValueError):
+        raise fail(f'{path} must be a JSON object {{"identity": "hex Ed25519 key"}}') from None
 
 
 @app.command("abe-encrypt")
@@ -102,18 +131,26 @@ def abe_decrypt(
 def abe_trace(
     authority: Annotated[Path, typer.Option(help="Authority directory (public key and registry).")],
     key: Annotated[Path, typer.Option(help="The leaked key file.")],
+    identities: Annotated[
+        Path | None,
+        typer.Option(
+            help='JSON {"identity": "hex Ed25519 key"} from a source the authority '
+            "does not control (e.g. the ledger); rows signed by other keys blame it."
+        ),
+    ] = None,
 ) -> None:
     """Trace a leaked key; prints {"verdict": user|authority|malformed, "identity", "reason"}."""
     with user_errors():
         pk = abe.AbePublicKey.from_bytes(read_file(authority / PUBLIC))
         registry = abe.registry_from_bytes(read_file(authority / REGISTRY))
+        trusted = None if identities is None else _load_identities(identities)
         data = read_file(key)
     try:
         leaked = abe.AbeUserKey.from_bytes(data)
     except InvalidEncoding as exc:
         result = abe.AuditResult(abe.Verdict.MALFORMED, None, f"not a well-formed key: {exc}")
     else:
-        result = abe.audit(pk, leaked, registry)
+        result = abe.audit(pk, leaked, registry, trusted)
     typer.echo(json.dumps(result.as_dict()))
 
 

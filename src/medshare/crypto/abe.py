@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import cached_property
 
-from medshare.crypto import encoding, fields, group, hybrid
+from medshare.crypto import encoding, fields, group, hybrid, signing
 from medshare.crypto import policy as policy_mod
 from medshare.crypto.errors import InvalidEncoding, InvalidKey, PolicyNotSatisfied
 from medshare.crypto.group import G1, G2, ORDER
@@ -41,6 +41,7 @@ from medshare.crypto.group import G1, G2, ORDER
 ATTRIBUTE_DST = b"medshare/abe/v1/attribute"
 KEM_INFO = b"medshare/abe/v1/kem"
 HEADER_DST = b"medshare/abe/v1/header"
+REGISTRATION_DOMAIN = b"medshare/abe/v1/registration"
 MAX_ATTRIBUTES = 4096
 MAX_ROWS = 1024
 _WEIGHT_BITS = 128
@@ -335,22 +336,45 @@ class Verdict(StrEnum):
     MALFORMED = "malformed"
 
 
+def registration_message(identity: str, R: G1) -> bytes:
+    """What a user signs with its identity key to claim the commitment ``R``."""
+    name = identity.encode("utf-8")
+    return len(name).to_bytes(2, "big") + name + group.encode_g1(R)
+
+
 @dataclass(frozen=True)
 class Registration:
     """A registry entry: who holds the key with tag ``g1^{c} · R``.
 
     ``R = g1^k`` is the user's registered commitment; ``c`` the authority's fresh value
     for this key. Anyone can recompute the tag from ``(c, R)``, so the registry itself
-    is auditable.
+    is auditable. The registry is kept by the authority, so a row alone proves nothing
+    against a user: the holder signs ``(identity, R)`` with its own Ed25519 identity key
+    (``identity_key``), which the authority does not have. A row without that signature
+    cannot blame anyone but the authority.
     """
 
     identity: str
     c: int
     R: G1
     attributes: tuple[str, ...] = field(default=())
+    identity_key: bytes = b""
+    identity_signature: bytes = b""
 
     def tag(self) -> bytes:
         return group.encode_g1(group.mul(group.g1(), self.c) + self.R)
+
+    def R_hex(self) -> str:
+        """The commitment ``R``, compressed, hex (as published on the ledger)."""
+        return group.encode_g1(self.R).hex()
+
+    def signed_by_holder(self) -> bool:
+        return signing.is_valid(
+            self.identity_key,
+            self.identity_signature,
+            REGISTRATION_DOMAIN,
+            registration_message(self.identity, self.R),
+        )
 
 
 @dataclass(frozen=True)
@@ -363,12 +387,20 @@ class AuditResult:
         return {"verdict": self.verdict.value, "identity": self.identity, "reason": self.reason}
 
 
-def audit(public: AbePublicKey, key: AbeUserKey, registry: Iterable[Registration]) -> AuditResult:
+def audit(
+    public: AbePublicKey,
+    key: AbeUserKey,
+    registry: Iterable[Registration],
+    trusted_identities: Mapping[str, bytes] | None = None,
+) -> AuditResult:
     """Trace and publicly audit a leaked key.
 
     * fails the sanity check → ``malformed`` (it cannot decrypt; nobody is blamed);
-    * ``g1^{K'}`` equals a registered ``g1^c · R`` → ``user``: that holder leaked it;
-    * well-formed but matches no registration → ``authority``: only the master-key holder
+    * ``g1^{K'}`` equals a registered ``g1^c · R`` whose ``(identity, R)`` the holder signed
+      with its identity key → ``user``: that holder leaked it;
+    * well-formed but matching no registration, or only one the holder never signed (or
+      signed with a key other than ``trusted_identities[identity]``, e.g. the key that
+      registered the identity on the ledger) → ``authority``: only the master-key holder
       can make a well-formed key, and it never learns a user's ``k``.
     """
     try:
@@ -377,10 +409,29 @@ def audit(public: AbePublicKey, key: AbeUserKey, registry: Iterable[Registration
         return AuditResult(Verdict.MALFORMED, None, f"key fails the public sanity check: {exc}")
     tag = key.tag()
     for reg in registry:
-        if reg.tag() == tag:
+        if reg.tag() != tag:
+            continue
+        if not reg.signed_by_holder():
             return AuditResult(
-                Verdict.USER, reg.identity, "K' matches the registered commitment g^c·R"
+                Verdict.AUTHORITY,
+                None,
+                f"K' matches a registration of {reg.identity!r} that the holder never signed: "
+                "only the authority could have made this key and its registry row",
             )
+        trusted = None if trusted_identities is None else trusted_identities.get(reg.identity)
+        if trusted_identities is not None and trusted != reg.identity_key:
+            return AuditResult(
+                Verdict.AUTHORITY,
+                None,
+                f"K' matches a registration signed by a key that is not {reg.identity!r}'s "
+                "identity key: only the authority could have made it",
+            )
+        return AuditResult(
+            Verdict.USER,
+            reg.identity,
+            "K' matches the commitment g^c·R that the holder signed with identity key "
+            f"{reg.identity_key.hex()[:16]}…",
+        )
     return AuditResult(
         Verdict.AUTHORITY,
         None,
@@ -544,6 +595,8 @@ def registry_to_bytes(entries: Iterable[Registration]) -> bytes:
             "R": fields.g1_text(reg.R),
             "tag": encoding.b64e(reg.tag()),
             "attributes": list(reg.attributes),
+            "identity_key": reg.identity_key.hex(),
+            "identity_signature": reg.identity_signature.hex(),
         }
         for reg in entries
     ]
@@ -568,8 +621,19 @@ def _registry_rows(value: object) -> list[Registration]:
             c=encoding.field(row, "c", fields.scalar_value),
             R=encoding.field(row, "R", fields.g1_value),
             attributes=encoding.field(row, "attributes", encoding.string_list),
+            identity_key=encoding.field(row, "identity_key", _hex_bytes),
+            identity_signature=encoding.field(row, "identity_signature", _hex_bytes),
         )
         if encoding.b64e(reg.tag()) != row.get("tag"):
             raise InvalidEncoding(f"registry tag of {reg.identity!r} does not match g^c·R")
         out.append(reg)
     return out
+
+
+def _hex_bytes(value: object) -> bytes:
+    if not isinstance(value, str) or len(value) > 256:
+        raise InvalidEncoding("expected lower-case hex")
+    try:
+        return bytes.fromhex(value)
+    except ValueError:
+        raise InvalidEncoding("expected lower-case hex") from None

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 import phe
 from phe.util import powmod
 
-from medshare.crypto import abe, encoding, fields, group
+from medshare.crypto import abe, encoding, fields, group, signing
 from medshare.crypto.errors import InvalidEncoding, InvalidKey, ProtocolError
 from medshare.crypto.group import G1, G2, ORDER
 
@@ -97,14 +97,20 @@ def _proof(value: object) -> DlogProof:
 
 @dataclass(frozen=True)
 class RegistrationRequest:
-    """User → authority: ``R = g1^k`` with a proof of knowledge of ``k``, bound to the identity."""
+    """User → authority: ``R = g1^k`` with a proof of knowledge of ``k``, bound to the
+    identity, and signed with the user's own Ed25519 identity key (so the authority's
+    registry cannot attribute an ``R`` to a user who never claimed it)."""
 
     identity: str
     R: G1
     proof: DlogProof
+    identity_key: bytes
+    identity_signature: bytes
 
     def to_bytes(self) -> bytes:
         body = {"identity": self.identity, "R": fields.g1_text(self.R)}
+        body["identity_key"] = self.identity_key.hex()
+        body["identity_signature"] = self.identity_signature.hex()
         return encoding.dumps("abe-registration", 1, {**body, "proof": _proof_doc(self.proof)})
 
     @classmethod
@@ -114,6 +120,8 @@ class RegistrationRequest:
             identity=encoding.field(doc, "identity", encoding.identity_text),
             R=encoding.field(doc, "R", fields.g1_value),
             proof=encoding.field(doc, "proof", _proof),
+            identity_key=encoding.field(doc, "identity_key", bytes.fromhex),
+            identity_signature=encoding.field(doc, "identity_signature", bytes.fromhex),
         )
 
 
@@ -273,10 +281,17 @@ class AuthorityKeys:
 
 @dataclass(frozen=True)
 class _Pending:
-    identity: str
+    request: RegistrationRequest
     c: int
-    R: G1
     attributes: tuple[str, ...]
+
+    @property
+    def identity(self) -> str:
+        return self.request.identity
+
+    @property
+    def R(self) -> G1:
+        return self.request.R
 
 
 class IssuanceAuthority:
@@ -293,11 +308,18 @@ class IssuanceAuthority:
             group.g1(), request.R, request.proof, _registration_context(request.identity)
         ):
             raise ProtocolError("registration proof of knowledge of k does not verify")
+        if not signing.is_valid(
+            request.identity_key,
+            request.identity_signature,
+            abe.REGISTRATION_DOMAIN,
+            abe.registration_message(request.identity, request.R),
+        ):
+            raise ProtocolError("registration is not signed by the user's identity key")
         attrs = tuple(sorted(set(attributes)))
         abe.check_attributes(attrs)
         session = secrets.token_hex(16)
         c = group.random_scalar()
-        self._pending[session] = _Pending(request.identity, c, request.R, attrs)
+        self._pending[session] = _Pending(request, c, attrs)
         enc = self._paillier_public.raw_encrypt((self._keys.master.a + c) % ORDER)
         return IssuanceOffer(session, request.identity, c, attrs, self._paillier_public.n, enc)
 
@@ -319,7 +341,15 @@ class IssuanceAuthority:
             raise ProtocolError("proof of knowledge of the blinding factor does not verify")
         r_tilde = group.random_scalar()
         big_k, big_l, l_prime, comps = abe.issue_components(master, x, r_tilde, pending.attributes)
-        registration = abe.Registration(pending.identity, pending.c, pending.R, pending.attributes)
+        request = pending.request
+        registration = abe.Registration(
+            request.identity,
+            pending.c,
+            request.R,
+            pending.attributes,
+            request.identity_key,
+            request.identity_signature,
+        )
         return IssuedKey(response.session, big_k, big_l, l_prime, comps), registration
 
 
@@ -329,9 +359,15 @@ class IssuanceAuthority:
 class IssuanceUser:
     """The user's side: owns ``k`` (never sent) and the blinding factor ``ρ`` of one session."""
 
-    def __init__(self, public: abe.AbePublicKey, identity: str) -> None:
+    def __init__(
+        self,
+        public: abe.AbePublicKey,
+        identity: str,
+        identity_key: signing.SigningKey | None = None,
+    ) -> None:
         self._public = public
         self._identity = encoding.identity_text(identity)
+        self._identity_key = identity_key or signing.SigningKey.generate()
         self._k = group.random_scalar()
         self._rho: int | None = None
         self._offer: IssuanceOffer | None = None
@@ -339,7 +375,9 @@ class IssuanceUser:
     def registration(self) -> RegistrationRequest:
         R = group.mul(group.g1(), self._k)
         proof = prove_dlog(group.g1(), self._k, _registration_context(self._identity))
-        return RegistrationRequest(self._identity, R, proof)
+        message = abe.registration_message(self._identity, R)
+        signature = self._identity_key.sign(abe.REGISTRATION_DOMAIN, message)
+        return RegistrationRequest(self._identity, R, proof, self._identity_key.public, signature)
 
     def respond(self, offer: IssuanceOffer) -> IssuanceResponse:
         """Blind ``a + c`` homomorphically into ``Enc(ρ(a + c + k) + p·δ)``."""
@@ -388,9 +426,12 @@ def issue_key(
     public: abe.AbePublicKey,
     identity: str,
     attributes: Iterable[str],
+    identity_key: signing.SigningKey | None = None,
 ) -> tuple[abe.AbeUserKey, abe.Registration]:
-    """Run both sides in one process, passing every message through its byte encoding."""
-    user = IssuanceUser(public, identity)
+    """Run both sides in one process, passing every message through its byte encoding.
+
+    ``identity_key`` is the user's Ed25519 identity key (a fresh one if omitted)."""
+    user = IssuanceUser(public, identity, identity_key)
     request = RegistrationRequest.from_bytes(user.registration().to_bytes())
     offer = IssuanceOffer.from_bytes(authority.offer(request, attributes).to_bytes())
     response = IssuanceResponse.from_bytes(user.respond(offer).to_bytes())
