@@ -194,3 +194,28 @@ def test_prove_on_a_chain_that_does_not_verify_is_a_clear_error(db: tuple[Path, 
     _flip_byte(path, 2, b'"time_ms":')
     result = CliRunner().invoke(app, ["ledger", "prove", "--db", str(path), "--tx", txs[-1].txid])
     assert result.exit_code == 1 and "database is corrupted: block 2" in result.output
+
+
+def test_check_proof_against_the_chain_refuses_an_invented_committee(
+    db: tuple[Path, list], tmp_path: Path
+) -> None:
+    from medshare.crypto.signing import SigningKey
+    from medshare.ledger.types import CommitCertificate, Vote, VoteKind
+
+    path, txs = db
+    proof = audit.make_proof(SQLiteStore(path), txs[2].txid)
+    assert audit.check_proof(proof)["committee_trusted"] is False
+    trusted = audit.committee_at(SQLiteStore(path), proof["height"])
+    assert audit.check_proof(proof, trusted)["committee_trusted"] is True
+    # a forger signs the real header alone and lists itself as the committee
+    forger = SigningKey.generate()
+    vote = Vote.create(VoteKind.PRECOMMIT, proof["height"], 0, proof["block_hash"], forger)
+    forged = {**proof, "committee": [forger.public.hex()]}
+    forged["certificate"] = CommitCertificate.from_votes([vote]).to_json()
+    assert audit.check_proof(forged)["ok"]  # self-consistent, but…
+    with pytest.raises(audit.ProofError, match="not the one that certified"):
+        audit.check_proof(forged, trusted)
+    forged_file = tmp_path / "forged.json"
+    forged_file.write_text(json.dumps(forged))
+    result = CliRunner().invoke(app, ["ledger", "check-proof", str(forged_file), "--db", str(path)])
+    assert result.exit_code == 1 and "not the one that certified" in result.output

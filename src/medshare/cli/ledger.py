@@ -61,15 +61,29 @@ def prove(
 @app.command("check-proof")
 def check_proof(
     proof: Annotated[Path, typer.Argument(help="A proof from `medshare ledger prove`.")],
+    db: Annotated[
+        Path | None, typer.Option("--db", help="Check the committee against this chain.")
+    ] = None,
 ) -> None:
-    """Check an inclusion proof with nothing but the proof itself. Exit 1 if it fails."""
+    """Check an inclusion proof: the tx against the header, the header against 2f+1 signatures
+    of the committee in the proof. Exit 1 if it fails. Without --db the committee itself is
+    taken on trust (the output says so); with --db it must be the chain's own."""
     with user_errors():
         try:
             doc = json.loads(proof.read_bytes())
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise fail(f"{proof} is not JSON") from None
+        trusted = None
+        if db is not None:
+            store = _open(db)
+            try:
+                trusted = audit.committee_at(store, int(doc.get("height", -1)))
+            except (StoreCorrupted, ValueError, TypeError) as exc:
+                raise fail(f"cannot read the committee from {db}: {exc}", EXIT_DENIED) from None
+            finally:
+                store.close()
         try:
-            summary = audit.check_proof(doc)
+            summary = audit.check_proof(doc, trusted)
         except audit.ProofError as exc:
             raise fail(f"proof does not check: {exc}", EXIT_DENIED) from None
     typer.echo(json.dumps(summary))

@@ -168,8 +168,22 @@ def replay_to(store: BlockStore, height: int) -> chain.ChainState:
     return state
 
 
-def check_proof(doc: Any) -> dict[str, Any]:
-    """Check a proof from :func:`make_proof`; returns a summary or raises :class:`ProofError`."""
+def committee_digest(committee: list[str]) -> str:
+    """SHA-256 of the canonical list of committee keys (hex), as proofs report it."""
+    return digest_hex(canonical(committee))
+
+
+def committee_at(store: BlockStore, height: int) -> list[str]:
+    """The committee that certified block ``height``, from a chain verified from genesis."""
+    return [member.hex() for member in replay_to(store, height).head_committee]
+
+
+def check_proof(doc: Any, trusted_committee: list[str] | None = None) -> dict[str, Any]:
+    """Check a proof from :func:`make_proof`; returns a summary or raises :class:`ProofError`.
+
+    The proof carries the committee that signed the block, which anyone could invent: the
+    result says ``"committee_trusted": true`` only when ``trusted_committee`` (from a
+    verified chain, or an anchored checkpoint's committee) is given and matches."""
     if not isinstance(doc, dict) or doc.get("type") != "medshare-inclusion-proof":
         raise ProofError("not a medshare inclusion proof")
     if doc.get("version") != 1:
@@ -195,6 +209,9 @@ def check_proof(doc: Any) -> dict[str, Any]:
             f"certificate has {len(signers)} valid signatures of the {len(committee)}-member "
             f"committee; needs {quorum(len(committee))}"
         )
+    digest = committee_digest(doc["committee"])
+    if trusted_committee is not None and committee_digest(trusted_committee) != digest:
+        raise ProofError("the proof's committee is not the one that certified this height")
     return {
         "ok": True,
         "txid": tx.txid,
@@ -202,5 +219,6 @@ def check_proof(doc: Any) -> dict[str, Any]:
         "block_hash": header.hash,
         "signers": len(signers),
         "committee": len(committee),
-        "committee_digest": digest_hex(canonical(doc["committee"])),
+        "committee_digest": digest,
+        "committee_trusted": trusted_committee is not None,
     }
