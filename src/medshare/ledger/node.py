@@ -63,6 +63,7 @@ from medshare.ledger.consensus import (
 from medshare.ledger.store import BlockStore
 from medshare.ledger.types import (
     Block,
+    CommitCertificate,
     Equivocation,
     LedgerFormatError,
     Tx,
@@ -132,7 +133,24 @@ class SyncReply:
         return cls(tuple(Block.from_json(block) for block in blocks))
 
 
-Message = Proposal | Vote | TxGossip | SyncRequest | SyncReply
+@dataclass(frozen=True)
+class CommitNotice:
+    """The certificate of a block the sender committed, for nodes that hold the block (from
+    its proposal) but do not see the votes (e.g. outside the committee)."""
+
+    certificate: CommitCertificate
+
+    def to_json(self) -> dict:
+        return {"certificate": self.certificate.to_json()}
+
+    @classmethod
+    def from_json(cls, doc: object) -> CommitNotice:
+        if not isinstance(doc, dict):
+            raise LedgerFormatError("commit notice must be an object")
+        return cls(CommitCertificate.from_json(doc.get("certificate")))
+
+
+Message = Proposal | Vote | TxGossip | SyncRequest | SyncReply | CommitNotice
 
 _MESSAGE_TYPES: dict[str, Any] = {
     "proposal": Proposal,
@@ -140,6 +158,7 @@ _MESSAGE_TYPES: dict[str, Any] = {
     "tx": TxGossip,
     "sync_request": SyncRequest,
     "sync_reply": SyncReply,
+    "commit_notice": CommitNotice,
 }
 _TYPE_NAMES = {cls: name for name, cls in _MESSAGE_TYPES.items()}
 
@@ -192,6 +211,10 @@ class Transport(Protocol):
     def send(self, dest: Address, payload: Message) -> None: ...
     def broadcast(self, payload: Message) -> None: ...  # to every peer
     def peers(self) -> Sequence[Address]: ...  # every other node, in a fixed order
+
+
+# Optional transport method ``recipients(message) -> Sequence[Address]``: who a broadcast of
+# ``message`` reaches (default: every peer); Byzantine rewriting splits those.
 
 
 class Clock(Protocol):
@@ -285,7 +308,10 @@ class NodeRuntime:
     the proposer waits is proposed that long after (otherwise only a full block or the
     interval ends the wait). With ``regossip_ms`` set, a node that has committed nothing
     for that long re-sends its own messages of the current height (needed over a lossy
-    transport; the in-process queue loses nothing).
+    transport; the in-process queue loses nothing). With ``sync_wait_ms`` set, a node that
+    finds itself behind waits that long for blocks in flight before asking a peer.
+    ``mempool`` replaces the default :class:`Mempool`; ``notify(block)`` names the peers
+    to send a :class:`CommitNotice` after committing ``block``.
 
     Hooks: ``on_commit(block)``, ``on_evidence(evidence)``, and ``crash_before(action)``,
     a fault injector: when it returns True the runtime halts before that action and calls
@@ -307,6 +333,9 @@ class NodeRuntime:
         batch_wait_ms: int | None = None,
         sync_retry_ms: int = 1000,
         regossip_ms: int | None = None,
+        sync_wait_ms: int | None = None,
+        mempool: Mempool | None = None,
+        notify: Callable[[Block], Sequence[Address]] | None = None,
         on_commit: Callable[[Block], None] | None = None,
         on_evidence: Callable[[Equivocation | ConflictingProposals], None] | None = None,
         on_halt: Callable[[], None] | None = None,
@@ -321,14 +350,17 @@ class NodeRuntime:
         self.batch_wait_ms = batch_wait_ms
         self.sync_retry_ms = sync_retry_ms
         self.regossip_ms = regossip_ms
+        self.sync_wait_ms, self.notify = sync_wait_ms, notify
         self.on_commit, self.on_evidence, self.on_halt = on_commit, on_evidence, on_halt
         self.crash_before: Callable[[Action], bool] | None = None
-        self.mempool = Mempool()
+        self.mempool = mempool if mempool is not None else Mempool()
         self.halted = False
         self.evidence: list[Equivocation | ConflictingProposals] = []
         self._core: Consensus | None = None
         self._seen: dict[int, set[bytes]] = {}  # height -> message signatures
         self._own: dict[bytes, Proposal | Vote] = {}  # what we signed at the current height
+        self._proposals: dict[tuple[int, int], Proposal] = {}  # first per (height, round)
+        self._notice: CommitCertificate | None = None  # arrived before its proposal
         self._commits = 0
         self._commits_at_tick = -1
         self._reported: set[bytes] = set()
@@ -412,8 +444,20 @@ class NodeRuntime:
                     if peer != src:
                         self.transport.send(peer, payload)
             self._known_height = max(self._known_height, payload.height - 1)
-            event = payload if isinstance(payload, Proposal) else VoteReceived(payload)
-            self._execute(self.core.step(event), src)
+            if isinstance(payload, Vote):
+                self._execute(self.core.step(VoteReceived(payload)), src)
+                return
+            self._proposals.setdefault((payload.height, payload.round), payload)
+            self._execute(self.core.step(payload), src)
+            notice = self._notice
+            if notice is not None and (notice.height, notice.round) == (
+                payload.height,
+                payload.round,
+            ):
+                self._notice = None
+                self._on_notice(src, notice)
+        elif isinstance(payload, CommitNotice):
+            self._on_notice(src, payload.certificate)
         elif isinstance(payload, TxGossip):
             self._admit(payload.tx, payload.txid)
         elif isinstance(payload, SyncRequest):
@@ -498,7 +542,7 @@ class NodeRuntime:
             elif isinstance(action, EvidenceFound):
                 self._on_evidence(action.evidence)
             elif isinstance(action, RequestBlocks):
-                self._request_sync(action.from_height, src)
+                self._behind(action.from_height, src)
             else:  # pragma: no cover - the Action union is closed
                 raise TypeError(f"unknown action {action!r}")
 
@@ -506,11 +550,42 @@ class NodeRuntime:
         self.store.append(block)
         self._commits += 1
         self._own = {s: m for s, m in self._own.items() if m.height > block.height}
+        self._proposals = {k: p for k, p in self._proposals.items() if k[0] >= block.height}
         self.mempool.purge(self.core.state.next_nonce)
         for height in [h for h in self._seen if h < block.height]:
             del self._seen[height]
+        if self.notify is not None and block.certificate is not None:
+            notice = CommitNotice(block.certificate)
+            for dest in self.notify(block):
+                self.transport.send(dest, notice)
         if self.on_commit is not None:
             self.on_commit(block)
+
+    def _on_notice(self, src: Address, cert: CommitCertificate) -> None:
+        """Commit from a peer's certificate if we hold its block; else wait or sync."""
+        height = self.core.height
+        if cert.height < height:
+            return
+        held = self._proposals.get((cert.height, cert.round))
+        if cert.height > height:
+            self._behind(height, src)  # the blocks may still be on their way
+        elif held is None:
+            self._notice = cert  # the proposal is still on its way: apply it then
+        elif held.block.hash != cert.block_hash:
+            self._request_sync(height, src)  # we hold another block
+        else:
+            block = held.block.with_certificate(cert)
+            self._execute(self.core.step(Committed(block)), src)
+
+    def _behind(self, from_height: int, src: Address | None) -> None:
+        """Ask for blocks now, or after ``sync_wait_ms`` if still behind then."""
+        if self.sync_wait_ms is None:
+            self._request_sync(from_height, src)
+            return
+        self._known_height = max(self._known_height, from_height)
+        if not self._sync_retry_armed:
+            self._sync_retry_armed = True
+            self.clock.schedule(self.sync_wait_ms, SyncRetry(from_height))
 
     def _answer_txs(self, request: RequestTxs, *, deferred: bool) -> list[Action]:
         """Propose now if there is something to propose, else after the empty-block interval
@@ -572,6 +647,8 @@ class NodeRuntime:
 
     def _broadcast(self, message: Proposal | Vote) -> None:
         self._seen.setdefault(message.height, set()).add(message.signature)
+        if isinstance(message, Proposal):
+            self._proposals.setdefault((message.height, message.round), message)
         if self.regossip_ms is not None and message.height >= self.core.height:
             self._own[message.signature] = message
         self._send_out(message)
@@ -584,17 +661,20 @@ class NodeRuntime:
             self.transport.send(dest, payload)
 
     def _byzantine(self, msg: Proposal | Vote) -> list[tuple[Address, Proposal | Vote]]:
-        peers = list(self.transport.peers())
+        route = getattr(self.transport, "recipients", None)
+        peers = list(route(msg) if route is not None else self.transport.peers())
         everyone = [(p, msg) for p in peers]
-        half = len(peers) // 2
-        first, second = peers[:half], peers[half:]
         kind, key = self.behaviour, self.key
+
+        def split(twin: Proposal | Vote) -> list[tuple[Address, Proposal | Vote]]:
+            return [(p, twin if k % 2 else msg) for k, p in enumerate(peers)]
+
         if kind is Behaviour.SILENT:
             return [] if isinstance(msg, Vote) else everyone
         if kind is Behaviour.DOUBLE_VOTER and isinstance(msg, Vote):
             other = None if msg.block_hash is not None else digest_hex(msg.signature)
             twin = Vote.create(msg.kind, msg.height, msg.round, other, key)
-            return [(p, msg) for p in first] + [(p, twin) for p in second]
+            return split(twin)
         if kind is Behaviour.EQUIVOCATING_PROPOSER:
             if isinstance(msg, Proposal):
                 header = msg.block.header
@@ -604,13 +684,15 @@ class NodeRuntime:
                     msg.block.last_commit,
                 )
                 self._twins[msg.block.hash] = block.hash
-                twin = Proposal.create(msg.height, msg.round, block, msg.pol_round, key)
-                return [(p, msg) for p in first] + [(p, twin) for p in second]
+                twin = Proposal.create(
+                    msg.height, msg.round, block, msg.pol_round, key, msg.pol_votes
+                )
+                return split(twin)
             if msg.block_hash in self._twins:
                 twin_vote = Vote.create(
                     msg.kind, msg.height, msg.round, self._twins[msg.block_hash], key
                 )
-                return [(p, msg) for p in first] + [(p, twin_vote) for p in second]
+                return split(twin_vote)
         if kind is Behaviour.INVALID_BLOCK and isinstance(msg, Proposal):
             bad = self._invalid_block(msg)
             forged = Proposal.create(msg.height, msg.round, bad, msg.pol_round, key)

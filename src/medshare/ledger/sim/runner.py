@@ -1,8 +1,10 @@
 """Real consensus cores on the simulated network: the committee-vs-all-node experiment.
 
 :func:`run` builds ``N`` nodes, each running a real :class:`~medshare.ledger.consensus.Consensus`
-core (the real chain rules of ``chain.py``, real Ed25519 votes and proposals) and drives
-them with a lean driver whose actions go to a :class:`~medshare.ledger.sim.Simulator`.
+core (the real chain rules of ``chain.py``, real Ed25519 votes and proposals) inside a
+real :class:`~medshare.ledger.node.NodeRuntime` (which performs the core's actions and the
+Byzantine rewriting), plugged into a :class:`~medshare.ledger.sim.Simulator` through a
+simulator-backed ``Transport`` and ``Clock`` that charge sizes and CPU.
 ``committee == nodes`` is the all-node BFT baseline; ``committee < nodes`` elects a
 committee of ``m`` per epoch. Everything else is the same code and the same rules in
 both modes, so the baseline is fair (DESIGN §4, §7).
@@ -26,12 +28,12 @@ Dissemination (same in both modes, no relay, no gossip)
   certificate) for certified blocks at once; a node that is otherwise behind
   (``RequestBlocks``: e.g. the proposal of h+1, carrying h's certificate, overtook the
   proposal of h from a slower uplink) waits one propose timeout for the block in flight,
-  then asks the sender of the last proposal it got (else a committee member).
+  then asks a peer (committee members first).
 * Retransmission: direct sends are never repeated, so after a partition heals the votes
-  sent during it are lost. Every node has a slow driver tick (twice the propose timeout,
-  at least 6 s); if its (height, round, step) did not change since the previous tick it
-  re-sends its own votes (and proposal) of the current round and asks a committee member
-  for blocks. Healthy runs decide a height well within one tick, so the tick never sends.
+  sent during it are lost. Every node regossips on a slow tick (twice the propose timeout,
+  at least 6 s): if it committed nothing since the previous tick it re-sends its own
+  votes (and proposal) of the current height; a lost sync request is retried elsewhere.
+  Healthy runs decide a height well within one tick, so the tick never sends.
 
 Transactions
 ------------
@@ -91,7 +93,7 @@ import hashlib
 import heapq
 import itertools
 import math
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -99,29 +101,21 @@ from typing import Any
 
 from medshare.crypto import signing
 from medshare.ledger import chain, election
-from medshare.ledger.consensus import (
-    Action,
-    Broadcast,
-    Commit,
-    Committed,
-    ConflictingProposals,
-    Consensus,
-    ConsensusConfig,
-    EvidenceFound,
-    Persist,
-    Proposal,
-    RequestBlocks,
-    RequestTxs,
-    ScheduleTimeout,
-    Start,
-    Timeout,
-    TxsAvailable,
-    VoteReceived,
+from medshare.ledger.consensus import ConflictingProposals, ConsensusConfig, Proposal
+from medshare.ledger.node import (
+    Behaviour,
+    CommitNotice,
+    Mempool,
+    Message,
+    NodeRuntime,
+    SyncReply,
+    SyncRequest,
+    TimerEvent,
+    TxGossip,
 )
-from medshare.ledger.node import Behaviour
-from medshare.ledger.sim.byzantine import Adversary
 from medshare.ledger.sim.costs import CostModel
 from medshare.ledger.sim.network import LinkModel, Simulator
+from medshare.ledger.store import MemoryStore
 from medshare.ledger.types import (
     Block,
     CommitCertificate,
@@ -188,29 +182,8 @@ def sim_consensus(nodes: int, block_txs: int, links: LinkModel) -> ConsensusConf
     )
 
 
-SYNC_BATCH = 16
 CLIENTS = 8
-_SYNC_REQUEST_BYTES = 64
-
-# message kinds on the simulated wire: (kind, src, payload)
-_PROPOSAL, _VOTE = "proposal", "vote"
-_SYNC_REQ, _SYNC_REPLY = "sync_request", "sync_reply"
-_FETCH, _FETCHED = "proposal_request", "proposal_reply"
-_NOTICE = "commit_notice"
-
-
-class _Tick:
-    """The driver's retransmission timer (one shared instance; see the module docstring)."""
-
-
-_TICK = _Tick()
-
-
-@dataclass(frozen=True)
-class _SyncDue:
-    """The driver's deferred block request: still missing ``height`` when it fires?"""
-
-    height: int
+_SMALL_MESSAGE_BYTES = 64  # a sync request or a proposal request
 
 
 @dataclass(frozen=True)
@@ -368,17 +341,38 @@ def tx_pool(count: int) -> list[Tx]:
 
 
 class _TxSource:
-    """The shared, pre-gossiped mempool: a proposer takes the next txs its state allows."""
+    """The shared, pre-gossiped pool: a proposer takes the next txs its state allows."""
 
     def __init__(self, count: int) -> None:
-        pool = tx_pool(count)
-        self.txs = pool
-        self.ids = {id(tx) for tx in pool}
+        self.txs = tx_pool(count)
+        self.ids = {id(tx) for tx in self.txs}
         self.clients = [k.public for k in _CLIENT_KEYS]
 
-    def take(self, state: chain.ChainState, limit: int) -> tuple[Tx, ...]:
-        start = sum(state.next_nonce(c) for c in self.clients)
-        return tuple(self.txs[start : start + limit])
+
+class _PoolMempool(Mempool):
+    """One node's view of the pre-gossiped pool: admits nothing, proposes the next txs its
+    state allows, and charges each pool tx one verification the first time this node's
+    chain rules apply it (any other tx is really verified, and metered)."""
+
+    def __init__(self, source: _TxSource, node: _Node) -> None:
+        super().__init__()
+        self._source, self._node = source, node
+
+    def offer(self, tx: Tx, txid: str, next_nonce: Callable[[bytes], int]) -> str | None:
+        return "the simulated mempool is pre-gossiped"
+
+    def take(self, limit: int, next_nonce: Callable[[bytes], int]) -> tuple[Tx, ...]:
+        start = sum(next_nonce(c) for c in self._source.clients)
+        return tuple(self._source.txs[start : start + limit])
+
+    def is_verified(self, tx: Tx) -> bool:
+        key, node = id(tx), self._node
+        if key not in self._source.ids:
+            return False
+        if key not in node.verified_txs:
+            node.verified_txs.add(key)
+            node.pending_txs += 1
+        return True
 
 
 # --- metered signature verification ---------------------------------------------------------------
@@ -451,39 +445,101 @@ def _proposal_bytes(p: Proposal) -> int:
     return len(canonical(doc)) + _txs_bytes(p.block.txs)
 
 
-# --- the driver -----------------------------------------------------------------------------------
+# --- the driver: NodeRuntime instances on simulator-backed ports ----------------------------------
+
+
+@dataclass(frozen=True)
+class _Fetch:
+    """Driver check: send me your proposal for (height, round) if it is for ``block_hash``."""
+
+    height: int
+    round: int
+    block_hash: str
+
+
+@dataclass(frozen=True)
+class _Fetched:
+    proposal: Proposal
+
+
+_KINDS: dict[type, str] = {
+    Proposal: "proposal",
+    Vote: "vote",
+    CommitNotice: "commit_notice",
+    SyncRequest: "sync_request",
+    SyncReply: "sync_reply",
+    TxGossip: "tx",
+    _Fetch: "proposal_request",
+    _Fetched: "proposal_reply",
+}
 
 
 @dataclass(eq=False)
 class _Node:
     index: int
     key: signing.SigningKey
-    adversary: Adversary | None
-    core: Consensus | None = None
-    blocks: list[Block] = field(default_factory=list)  # committed, heights 1..
-    wal: bytes | None = None
+    behaviour: Behaviour | None
+    store: MemoryStore = field(default_factory=MemoryStore)  # the simulated disk
+    runtime: NodeRuntime | None = None  # None while crashed
     verified_sigs: set[int] = field(default_factory=set)
     verified_txs: set[int] = field(default_factory=set)
     pending_verifies: int = 0
     pending_txs: int = 0
     signed: set[bytes] = field(default_factory=set)
     seen_votes: dict[int, dict[tuple[bytes, int, VoteKind], Vote]] = field(default_factory=dict)
-    last_peer: int | None = None
     reported: set[tuple[Any, ...]] = field(default_factory=set)
     proposals: dict[tuple[int, int], Proposal] = field(default_factory=dict)  # first per slot
     fetched: set[tuple[int, int, str]] = field(default_factory=set)
-    pending_notice: CommitCertificate | None = None  # arrived before its proposal
-    sync_due: int | None = None  # a deferred block request is pending for this height
-    tick_mark: tuple[int, int, str] | None = None
-    ticks: int = 0
 
     @property
     def honest(self) -> bool:
-        return self.adversary is None
+        return self.behaviour is None
 
     @property
     def height(self) -> int:
-        return len(self.blocks)
+        return self.store.height()
+
+
+class _SimTransport:
+    """Node ``node``'s uplink: proposals to the height's committee first, then the others;
+    votes to the committee only; everything through :meth:`_Run.send` (sizes, CPU)."""
+
+    def __init__(self, run: _Run, node: _Node) -> None:
+        self._run, self._node = run, node
+
+    def send(self, dest: int | bytes, payload: Message) -> None:
+        self._run.send(self._node, int(dest), payload)  # type: ignore[arg-type]
+
+    def broadcast(self, payload: Message) -> None:
+        for dest in self.recipients(payload):
+            self._run.send(self._node, dest, payload)
+
+    def recipients(self, payload: Message) -> list[int]:
+        height = payload.height if isinstance(payload, Proposal | Vote) else None
+        members = self._run.members(self._node, height)
+        if isinstance(payload, Vote):
+            return members
+        inside = set(members)
+        return members + [
+            d for d in range(self._run.s.nodes) if d != self._node.index and d not in inside
+        ]
+
+    def peers(self) -> list[int]:
+        return self.recipients(SyncRequest(0))
+
+
+class _SimClock:
+    def __init__(self, run: _Run, node: _Node) -> None:
+        self._run, self._index = run, node.index
+        self._node = node
+
+    def now_ms(self) -> int:
+        self._run.charge(self._node)
+        return int(self._run.sim.node_time(self._index))
+
+    def schedule(self, delay_ms: int, event: TimerEvent) -> None:
+        self._run.charge(self._node)
+        self._run.sim.schedule(self._index, delay_ms, event)
 
 
 class _Run:
@@ -498,15 +554,10 @@ class _Run:
         self.config = chain_config(s, keys)
         base = s.consensus or sim_consensus(s.nodes, s.block_txs, s.links)
         self.consensus = replace(base, max_block_txs=s.block_txs)
-        self.tick_ms = max(6000.0, 2.0 * self.consensus.propose_timeout_ms)
-        self.sync_delay_ms = float(self.consensus.propose_timeout_ms)
+        self.tick_ms = max(6000, 2 * self.consensus.propose_timeout_ms)
         target = s.blocks if s.blocks is not None else 200
         self.source = _TxSource((target + 4) * s.block_txs)
-        _, self.genesis_state = chain.genesis(self.config)
-        self.nodes = [
-            _Node(i, k, Adversary(s.byzantine[i], k) if i in s.byzantine else None)
-            for i, k in enumerate(keys)
-        ]
+        self.nodes = [_Node(i, k, s.byzantine.get(i)) for i, k in enumerate(keys)]
         self.committees: dict[int, tuple[int, ...]] = {}
         self.sizes: dict[bytes, int] = {}
         self.hashes: dict[bytes, str] = {}
@@ -524,7 +575,7 @@ class _Run:
     def go(self) -> SimReport:
         s, sim = self.s, self.sim
         for node in self.nodes:
-            self._boot(node)
+            self._boot(node, catch_up=False)
         faults: list[tuple[float, int, str, Any]] = []
         seq = itertools.count()
         for crash in s.crashes:
@@ -553,83 +604,95 @@ class _Run:
         if kind == "crash":
             node = self.nodes[arg]
             self.sim.crash(arg)
-            node.core = None  # memory lost; blocks and WAL (the disk) survive
+            if node.runtime is not None:
+                node.runtime.halt()
+            node.runtime = None  # memory lost; the store (blocks and WAL) survives
             node.verified_sigs, node.verified_txs = set(), set()
             node.seen_votes, node.pending_verifies, node.pending_txs = {}, 0, 0
-            node.sync_due, node.pending_notice = None, None
-            node.proposals, node.fetched, node.tick_mark = {}, set(), None
+            node.proposals, node.fetched = {}, set()
         elif kind == "recover":
             node = self.nodes[arg]
-            if node.core is None:
+            if node.runtime is None:
                 self.sim.recover(arg)
-                self._boot(node)
-                peers = [i for i in self._committee(node.core.height) if i != arg]  # type: ignore[union-attr]
-                if peers:
-                    self._send(node, peers[0], _SYNC_REQ, node.height + 1)
+                self._boot(node, catch_up=True)
         elif kind == "partition":
             self.sim.partition([set(g) for g in arg])
         else:
             self.sim.heal()
 
-    def _boot(self, node: _Node) -> None:
-        """Start (or restart from the simulated disk) a node's core."""
-        state, last_commit = self.genesis_state, None
+    def _boot(self, node: _Node, *, catch_up: bool) -> None:
+        """Start (or restart from the simulated disk, re-verified and charged) a node."""
+        node.runtime = runtime = NodeRuntime(
+            node.key,
+            self.config,
+            node.store,
+            _SimTransport(self, node),
+            _SimClock(self, node),
+            consensus=self.consensus,
+            behaviour=node.behaviour,
+            relay=False,
+            empty_block_interval_ms=0,
+            sync_wait_ms=self.consensus.propose_timeout_ms,
+            regossip_ms=self.tick_ms,
+            mempool=_PoolMempool(self.source, node),
+            notify=lambda block: self._notice_targets(node, block),
+            on_commit=lambda block: self._on_commit(node, block),
+            on_evidence=lambda evidence: self._on_evidence(node, evidence),
+        )
         self.meter.node = node
         try:
-            for block in node.blocks:  # replay the disk (charged: certificates, txs)
-                state = chain.apply_block(state, block, verified=self._verifier(node))
-                last_commit = block.certificate
+            runtime.start(catch_up=catch_up)
         finally:
             self.meter.node = None
-        node.core = Consensus(
-            node.key,
-            state,
-            self.consensus,
-            last_commit=last_commit,
-            wal=node.wal,
-            verified=self._verifier(node),
-        )
-        self._charge(node)
-        node.tick_mark = None
-        self.sim.schedule(node.index, self.tick_ms, _TICK)
-        self._execute(node, self._step(node, Start()))
+        self.charge(node)
 
-    def _verifier(self, node: _Node) -> Callable[[Tx], bool]:
-        ids = self.source.ids
+    def _handle(self, i: int, item: Any, sim: Simulator) -> None:
+        node = self.nodes[i]
+        runtime = node.runtime
+        if runtime is None:
+            return
+        self._note_committee(runtime)
+        self.meter.node = node
+        try:
+            if isinstance(item, tuple):
+                self._deliver(node, runtime, *item)
+            else:
+                runtime.fire(item)
+        finally:
+            self.meter.node = None
+        self.charge(node)
 
-        def verified(tx: Tx) -> bool:
-            key = id(tx)
-            if key not in ids:
-                return False  # not from the pool: really verified (and metered)
-            if key not in node.verified_txs:
-                node.verified_txs.add(key)
-                node.pending_txs += 1
-            return True
+    def _deliver(self, node: _Node, runtime: NodeRuntime, src: int, msg: Any) -> None:
+        if isinstance(msg, _Fetch):
+            held = node.proposals.get((msg.height, msg.round))
+            if held is not None and self._hash_of(held) == msg.block_hash:
+                self.send(node, src, _Fetched(held))
+            return
+        if isinstance(msg, _Fetched):
+            self._check_proposals(node, msg.proposal)
+            return
+        if isinstance(msg, Vote):
+            self._remember_vote(node, msg)
+        elif isinstance(msg, Proposal):
+            node.proposals.setdefault((msg.height, msg.round), msg)
+            self._check_certificate(node, msg.block.last_commit)
+        elif isinstance(msg, SyncReply):
+            for block in msg.blocks:
+                self._check_certificate(node, block.last_commit)
+                self._check_certificate(node, block.certificate)
+        runtime.receive(src, msg)
 
-        return verified
+    # --- the ports: committees, CPU and the wire --------------------------------------------
 
-    # --- stepping a core and executing its actions -----------------------------------------
-
-    def _charge(self, node: _Node) -> None:
+    def charge(self, node: _Node) -> None:
+        """Charge the verifications counted so far (before the node sends or schedules)."""
         count = node.pending_verifies + node.pending_txs
         node.pending_verifies = node.pending_txs = 0
         if count:
             self.sim.charge(node.index, count * self.costs.verify_us)
 
-    def _step(self, node: _Node, event: Any) -> list[Action]:
-        core = node.core
-        assert core is not None
-        self._note_committee(core)
-        self.meter.node = node
-        try:
-            actions = core.step(event)
-        finally:
-            self.meter.node = None
-        self._charge(node)
-        self._note_committee(core)
-        return actions
-
-    def _note_committee(self, core: Consensus) -> None:
+    def _note_committee(self, runtime: NodeRuntime) -> None:
+        core = runtime.core
         if core.height not in self.committees:
             self.committees[core.height] = tuple(self.index_of[p] for p in core.committee)
 
@@ -639,61 +702,13 @@ class _Run:
             raise RuntimeError(f"no committee known for height {height}")
         return members
 
-    def _execute(self, node: _Node, actions: list[Action]) -> None:
-        work = deque(actions)
-        while work and node.core is not None:
-            action = work.popleft()
-            if isinstance(action, Broadcast):
-                self._broadcast(node, action.message)
-            elif isinstance(action, Persist):
-                node.wal = action.value  # the simulated disk (write cost not modelled)
-            elif isinstance(action, ScheduleTimeout):
-                timeout = Timeout(action.height, action.round, action.step)
-                self.sim.schedule(node.index, action.delay_ms, timeout)
-            elif isinstance(action, RequestTxs):
-                txs = self.source.take(node.core.state, action.max_txs)
-                now = int(self.sim.node_time(node.index))
-                event = TxsAvailable(action.height, action.round, txs, now)
-                work.extend(self._step(node, event))
-            elif isinstance(action, Commit):
-                self._on_commit(node, action.block)
-            elif isinstance(action, EvidenceFound):
-                self._on_evidence(node, action.evidence)
-            elif isinstance(action, RequestBlocks):
-                self._request_blocks(node, action.from_height)
-            else:  # pragma: no cover - the Action union is closed
-                raise TypeError(f"unknown action {action!r}")
-
-    # --- the wire ----------------------------------------------------------------------------
-
-    def _broadcast(self, node: _Node, msg: Proposal | Vote) -> None:
-        i = node.index
-        members = [d for d in self._committee(msg.height) if d != i]
-        if isinstance(msg, Proposal):
-            member_set = set(members)
-            others = [d for d in range(self.s.nodes) if d != i and d not in member_set]
-            self.proposed_at.setdefault(msg.height, self.sim.node_time(i))
-            node.proposals.setdefault((msg.height, msg.round), msg)
-        else:
-            others = []
-        if node.adversary is not None and node.core is not None:
-            out = node.adversary.outgoing(node.core, msg, members, others)
-        else:
-            out = [(d, msg) for d in (*members, *others)]
-        for dst, payload in out:
-            self._pay_signature(node, payload)
-            kind = _PROPOSAL if isinstance(payload, Proposal) else _VOTE
-            self._send(node, dst, kind, payload)
-
-    def _pay_signature(self, node: _Node, msg: Proposal | Vote) -> None:
-        """Charge the signature (and, for a block it built, the hashing) once per message."""
-        if msg.signature in node.signed:
-            return
-        node.signed.add(msg.signature)
-        cost = self.costs.sign_us
-        if isinstance(msg, Proposal) and msg.block.header.proposer == node.key.public:
-            cost += self.costs.hash_us(self._size(msg))
-        self.sim.charge(node.index, cost)
+    def members(self, node: _Node, height: int | None) -> list[int]:
+        """The committee of ``height`` (default: the node's current height) but the node."""
+        if node.runtime is not None:
+            self._note_committee(node.runtime)
+            height = node.runtime.core.height if height is None else height
+        assert height is not None
+        return [d for d in self._committee(height) if d != node.index]
 
     def _hash_of(self, p: Proposal) -> str:
         """The proposal's block hash, computed once (a header hash is canonical JSON)."""
@@ -712,142 +727,51 @@ class _Run:
             self.sizes[msg.signature] = size
         return size
 
-    def _send(self, node: _Node, dst: int, kind: str, payload: Any) -> None:
-        if kind in (_PROPOSAL, _VOTE, _FETCHED):
-            size = self._size(payload)
-            cpu = 0.0 if kind == _VOTE else self.costs.hash_us(size)
-        elif kind == _NOTICE:
-            size, cpu = len(canonical(payload.to_json())), 0.0
-        elif kind == _SYNC_REPLY:
-            size = sum(_block_bytes(b) for b in payload) + 2
+    def send(self, node: _Node, dst: int, payload: Any) -> None:
+        """Put ``payload`` on the node's uplink: real size, the receiver's hashing, and the
+        sender's signature (and block hash) once per message it signed."""
+        self.charge(node)
+        if isinstance(payload, Proposal | Vote):
+            signer = payload.proposer if isinstance(payload, Proposal) else payload.voter
+            if signer == node.key.public and payload.signature not in node.signed:
+                if isinstance(payload, Proposal):
+                    self.proposed_at.setdefault(payload.height, self.sim.node_time(node.index))
+                    node.proposals.setdefault((payload.height, payload.round), payload)
+                node.signed.add(payload.signature)
+                cost = self.costs.sign_us
+                if isinstance(payload, Proposal) and payload.block.header.proposer == signer:
+                    cost += self.costs.hash_us(self._size(payload))
+                self.sim.charge(node.index, cost)
+        if isinstance(payload, Proposal | Vote | _Fetched):
+            inner = payload.proposal if isinstance(payload, _Fetched) else payload
+            size = self._size(inner)
+            cpu = 0.0 if isinstance(payload, Vote) else self.costs.hash_us(size)
+        elif isinstance(payload, CommitNotice):
+            size, cpu = len(canonical(payload.certificate.to_json())), 0.0
+        elif isinstance(payload, SyncReply):
+            size = sum(_block_bytes(b) for b in payload.blocks) + 2
             cpu = self.costs.hash_us(size)
+        elif isinstance(payload, TxGossip):
+            size, cpu = len(payload.tx.encode()), 0.0
         else:
-            size, cpu = _SYNC_REQUEST_BYTES, 0.0
-        self.kinds[kind] += 1
-        self.sim.send(node.index, dst, (kind, node.index, payload), size, cpu)
+            size, cpu = _SMALL_MESSAGE_BYTES, 0.0
+        self.kinds[_KINDS[type(payload)]] += 1
+        self.sim.send(node.index, dst, (node.index, payload), size, cpu)
 
-    def _handle(self, i: int, payload: Any, sim: Simulator) -> None:
-        node = self.nodes[i]
-        if node.core is None:
-            return
-        if isinstance(payload, Timeout):
-            self._execute(node, self._step(node, payload))
-            return
-        if payload is _TICK:
-            self._tick(node)
-            return
-        if isinstance(payload, _SyncDue):
-            node.sync_due = None
-            if node.height < payload.height:
-                self._request_blocks(node, payload.height, now=True)
-            return
-        kind, src, msg = payload
-        if kind == _VOTE:
-            self._remember_vote(node, msg)
-            self._execute(node, self._step(node, VoteReceived(msg)))
-        elif kind == _PROPOSAL:
-            node.last_peer = src
-            node.proposals.setdefault((msg.height, msg.round), msg)
-            self._check_certificate(node, msg.block.last_commit)
-            self._execute(node, self._step(node, msg))
-            notice = node.pending_notice
-            if notice is not None and (notice.height, notice.round) == (msg.height, msg.round):
-                node.pending_notice = None
-                self._on_notice(node, src, notice)
-        elif kind == _FETCH:
-            held = node.proposals.get(msg[:2])
-            if held is not None and self._hash_of(held) == msg[2]:
-                self._send(node, src, _FETCHED, held)
-        elif kind == _FETCHED:
-            self._check_proposals(node, msg)
-        elif kind == _NOTICE:
-            self._on_notice(node, src, msg)
-        elif kind == _SYNC_REQ:
-            blocks = tuple(node.blocks[msg - 1 : msg - 1 + SYNC_BATCH])
-            if blocks:
-                self._send(node, src, _SYNC_REPLY, blocks)
-        else:  # _SYNC_REPLY
-            for block in msg:
-                if node.core is None:
-                    return
-                self._check_certificate(node, block.last_commit)
-                self._check_certificate(node, block.certificate)
-                self._execute(node, self._step(node, Committed(block)))
-            if len(msg) == SYNC_BATCH and node.core is not None:
-                self._send(node, src, _SYNC_REQ, node.height + 1)
-
-    def _tick(self, node: _Node) -> None:
-        core = node.core
-        assert core is not None
-        self.sim.schedule(node.index, self.tick_ms, _TICK)
-        mark = (core.height, core.round, str(core.step_name))
-        stalled, node.tick_mark = mark == node.tick_mark, mark
-        if not stalled:
-            return
-        node.ticks += 1
-        if core.is_member:
-            own = node.proposals.get((core.height, core.round))
-            if own is not None and own.proposer == node.key.public:
-                self._broadcast(node, own)
-            for kind in (VoteKind.PREVOTE, VoteKind.PRECOMMIT):
-                vote = core.own_vote(core.round, kind)
-                if vote is not None:
-                    self._broadcast(node, vote)
-        peers = [d for d in self._committee(core.height) if d != node.index]
-        if peers:
-            self._send(node, peers[node.ticks % len(peers)], _SYNC_REQ, node.height + 1)
-
-    def _send_notices(self, node: _Node, block: Block) -> None:
+    def _notice_targets(self, node: _Node, block: Block) -> list[int]:
         """First f+1 members of the block's committee: the certificate to everyone else."""
         members = self._committee(block.height)
         senders = members[: len(members) - quorum(len(members)) + 1]
-        silent = node.adversary is not None and node.adversary.behaviour is Behaviour.SILENT
-        if node.index not in senders or silent:
-            return
+        if node.index not in senders or node.behaviour is Behaviour.SILENT:
+            return []
         inside = set(members)
-        for dst in range(self.s.nodes):
-            if dst not in inside:
-                self._send(node, dst, _NOTICE, block.certificate)
-
-    def _on_notice(self, node: _Node, src: int, cert: CommitCertificate) -> None:
-        core = node.core
-        assert core is not None
-        if cert.height < core.height:
-            return
-        held = node.proposals.get((cert.height, cert.round))
-        if cert.height == core.height and held is None:
-            node.pending_notice = cert  # the proposal is still on its way: apply it then
-            return
-        if cert.height > core.height:
-            self._request_blocks(node, core.height)  # the blocks may still be on their way
-            return
-        if held is None or self._hash_of(held) != cert.block_hash:
-            node.last_peer = src
-            self._request_blocks(node, core.height, now=True)  # we hold another block
-            return
-        block = held.block.with_certificate(cert)
-        self._execute(node, self._step(node, Committed(block)))
-
-    def _request_blocks(self, node: _Node, from_height: int, *, now: bool = False) -> None:
-        if not now:
-            if node.sync_due is None:
-                node.sync_due = from_height
-                self.sim.schedule(node.index, self.sync_delay_ms, _SyncDue(from_height))
-            return
-        peer = node.last_peer
-        if peer is None or peer == node.index:
-            members = [d for d in self._committee(from_height) if d != node.index]
-            peer = members[0] if members else None
-        if peer is not None:
-            self._send(node, peer, _SYNC_REQ, max(from_height, node.height + 1))
+        return [d for d in range(self.s.nodes) if d not in inside]
 
     # --- commits, safety, evidence ---------------------------------------------------------
 
     def _on_commit(self, node: _Node, block: Block) -> None:
         h = block.height
-        node.blocks.append(block)
         assert node.height == h, (node.height, h)
-        self._send_notices(node, block)
         for old in [k for k in node.seen_votes if k < h - 1]:
             del node.seen_votes[old]
         for old_slot in [k for k in node.proposals if k[0] < h - 1]:
@@ -883,7 +807,7 @@ class _Run:
         want = (vote.height, vote.round, vote.block_hash)
         if want not in node.fetched:
             node.fetched.add(want)
-            self._send(node, self.index_of[vote.voter], _FETCH, want)
+            self.send(node, self.index_of[vote.voter], _Fetch(*want))
 
     def _check_proposals(self, node: _Node, fetched: Proposal) -> None:
         held = node.proposals.get((fetched.height, fetched.round))
@@ -891,14 +815,10 @@ class _Run:
         if held is None or self._hash_of(held) == self._hash_of(fetched) or slot in node.reported:
             return
         evidence = ConflictingProposals(held, fetched)
-        self.meter.node = node
         try:
             evidence.check()
         except (signing.InvalidSignature, ValueError):
             return
-        finally:
-            self.meter.node = None
-            self._charge(node)
         node.reported.add(slot)
         self._on_evidence(node, evidence)
 
@@ -918,14 +838,10 @@ class _Run:
             if slot in node.reported:
                 continue
             evidence = Equivocation(prior, vote)
-            self.meter.node = node
             try:
                 evidence.check()
             except (signing.InvalidSignature, ValueError):
                 continue
-            finally:
-                self.meter.node = None
-                self._charge(node)
             node.reported.add(slot)
             self._on_evidence(node, evidence)
 
@@ -941,8 +857,8 @@ class _Run:
     def _report(self) -> SimReport:
         s, sim = self.s, self.sim
         committed = 0  # heights 1..k decided (heights decide in order)
-        while committed + 1 in self.decided_at:
-            committed += 1
+        while committed + 1 in self.decided_at and committed != s.blocks:
+            committed += 1  # (a sync reply may decide several heights past the last asked)
         finished = committed and s.blocks is not None
         duration = self.decided_at[committed] if finished else sim.now_ms
         txs = sum(len(self.canonical[h].txs) for h in range(1, committed + 1))
@@ -972,7 +888,7 @@ class _Run:
             safety_violations=tuple(self.violations),
             evidence=tuple(self.evidence),
             honest_heights=tuple(
-                n.height if n.core is not None else -1 for n in self.nodes if n.honest
+                n.height if n.runtime is not None else -1 for n in self.nodes if n.honest
             ),
             trace_digest=sim.trace_digest(),
         )
