@@ -435,6 +435,14 @@ class NodeRuntime:
         if self.halted:
             return
         if isinstance(payload, Proposal | Vote):
+            if payload.height > self.core.height + 1:
+                # Far ahead: we are behind, or someone is flooding us with made-up heights.
+                # Only a validly signed message of a known validator may start a catch-up;
+                # it is neither remembered nor relayed (memory and bandwidth stay bounded).
+                if self._credible(payload):
+                    self._known_height = max(self._known_height, payload.height - 1)
+                    self._execute(self.core.step(_as_event(payload)), src)
+                return
             seen = self._seen.setdefault(payload.height, set())
             if payload.signature in seen:
                 return
@@ -474,6 +482,16 @@ class NodeRuntime:
                 self._request_sync(self.core.height, src)
         else:  # pragma: no cover - the Message union is closed
             raise TypeError(f"unknown message {payload!r}")
+
+    def _credible(self, message: Proposal | Vote) -> bool:
+        signer = message.proposer if isinstance(message, Proposal) else message.voter
+        if self.core.state.validator(signer) is None:
+            return False
+        try:
+            message.verify()
+        except signing.InvalidSignature:
+            return False
+        return True
 
     def fire(self, event: TimerEvent) -> None:
         """A timer scheduled through the clock came due."""
@@ -719,3 +737,7 @@ class NodeRuntime:
             verified=lambda _tx: True,
         )
         return bad
+
+
+def _as_event(message: Proposal | Vote) -> Proposal | VoteReceived:
+    return message if isinstance(message, Proposal) else VoteReceived(message)
