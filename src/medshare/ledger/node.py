@@ -435,18 +435,22 @@ class NodeRuntime:
         if self.halted:
             return
         if isinstance(payload, Proposal | Vote):
-            if payload.height > self.core.height + 1:
-                # Far ahead: we are behind, or someone is flooding us with made-up heights.
-                # Only a validly signed message of a known validator may start a catch-up;
-                # it is neither remembered nor relayed (memory and bandwidth stay bounded).
-                if self._credible(payload):
-                    self._known_height = max(self._known_height, payload.height - 1)
-                    self._execute(self.core.step(_as_event(payload)), src)
+            far_ahead = payload.height > self.core.height + 1
+            # Far ahead: we are behind, or someone floods us with made-up heights. Only a
+            # validly signed message of a known validator is remembered (once) and may
+            # start a catch-up; it is not relayed. Forged ones cost one check and vanish.
+            if far_ahead and payload.signature in self._seen.get(payload.height, ()):
+                return
+            if far_ahead and not self._credible(payload):
                 return
             seen = self._seen.setdefault(payload.height, set())
             if payload.signature in seen:
                 return
             seen.add(payload.signature)
+            if far_ahead:
+                self._known_height = max(self._known_height, payload.height - 1)
+                self._execute(self.core.step(_as_event(payload)), src)
+                return
             if self.relay:
                 for peer in self.transport.peers():
                     if peer != src:
