@@ -10,22 +10,14 @@ from typing import Annotated
 import typer
 
 from medshare.cli.errors import EXIT_DENIED, fail, user_errors
-from medshare.ledger.store import SQLiteStore, StoreCorrupted
+from medshare.cli.files import open_node_db
+from medshare.ledger.store import StoreCorrupted
 
 app = typer.Typer(help="Anchor ledger checkpoints on a public EVM chain.", no_args_is_help=True)
 
 DbOption = Annotated[Path, typer.Option("--db", help="A node's SQLite database.")]
 RpcOption = Annotated[str, typer.Option("--rpc", help="JSON-RPC URL of the EVM node.")]
 KEY_ENV = "MEDSHARE_ANCHOR_KEY"
-
-
-def _store(db: Path) -> SQLiteStore:
-    if not db.is_file():
-        raise fail(f"no such database: {db}")
-    try:
-        return SQLiteStore(db, readonly=True)
-    except StoreCorrupted as exc:
-        raise fail(str(exc)) from None
 
 
 @app.command("publish")
@@ -46,7 +38,7 @@ def publish(
     from medshare.ledger import anchor, checkpoints  # web3 takes ~1 s to import: load on use
 
     with user_errors():
-        store = _store(db)
+        store = open_node_db(db)
         try:
             signer = anchor.Anchorer(rpc, private_key=os.environ.get(KEY_ENV) or None)
             if deploy:
@@ -83,7 +75,7 @@ def verify(
     from medshare.ledger import anchor, checkpoints
 
     with user_errors():
-        store = _store(db)
+        store = open_node_db(db)
         try:
             report = anchor.verify_against_chain(checkpoints.local_rows(store), rpc, contract)
         except anchor.AnchorError as exc:

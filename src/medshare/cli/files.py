@@ -5,6 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from medshare.cli.errors import fail
+from medshare.ledger.store import SQLiteStore, StoreCorrupted
+
 
 def write_file(path: Path, data: bytes, *, secret: bool = False) -> None:
     """Write via a temporary file and rename, so a crash never leaves half a key behind."""
@@ -27,3 +30,13 @@ def write_file(path: Path, data: bytes, *, secret: bool = False) -> None:
 
 def read_file(path: Path) -> bytes:
     return path.read_bytes()
+
+
+def open_node_db(db: Path) -> SQLiteStore:
+    """Open a node's database read-only for auditing, or exit with a clear message."""
+    if not db.is_file():
+        raise fail(f"no such database: {db}")
+    try:
+        return SQLiteStore(db, readonly=True)
+    except StoreCorrupted as exc:
+        raise fail(str(exc)) from None

@@ -9,28 +9,20 @@ from typing import Annotated
 import typer
 
 from medshare.cli.errors import EXIT_DENIED, fail, user_errors
+from medshare.cli.files import open_node_db
 from medshare.ledger import audit
-from medshare.ledger.store import SQLiteStore, StoreCorrupted
+from medshare.ledger.store import StoreCorrupted
 
 app = typer.Typer(help="Verify a ledger database and prove transactions.", no_args_is_help=True)
 
 DbOption = Annotated[Path, typer.Option("--db", help="A node's SQLite database.")]
 
 
-def _open(db: Path) -> SQLiteStore:
-    if not db.is_file():
-        raise fail(f"no such database: {db}")
-    try:
-        return SQLiteStore(db, readonly=True)
-    except StoreCorrupted as exc:
-        raise fail(str(exc)) from None
-
-
 @app.command("verify")
 def verify(db: DbOption) -> None:
     """Re-verify the whole chain from genesis; names the first bad height. Exit 1 if bad."""
     with user_errors():
-        store = _open(db)
+        store = open_node_db(db)
         try:
             report = audit.verify_chain(store)
         finally:
@@ -46,7 +38,7 @@ def prove(
 ) -> None:
     """Print a JSON inclusion proof for a committed transaction."""
     with user_errors():
-        store = _open(db)
+        store = open_node_db(db)
         try:
             proof = audit.make_proof(store, tx.strip().lower())
         except KeyError as exc:
@@ -75,7 +67,7 @@ def check_proof(
             raise fail(f"{proof} is not JSON") from None
         trusted = None
         if db is not None:
-            store = _open(db)
+            store = open_node_db(db)
             try:
                 trusted = audit.committee_at(store, int(doc.get("height", -1)))
             except (StoreCorrupted, ValueError, TypeError) as exc:

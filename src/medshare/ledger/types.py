@@ -16,10 +16,10 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from functools import cached_property
-from typing import Any
+from typing import Any, TypeVar
 
 import rfc8785
 
@@ -31,6 +31,7 @@ VOTE_DOMAIN = b"medshare/vote/v1"
 PROPOSAL_DOMAIN = b"medshare/proposal/v1"
 MAX_TX_BYTES = 64 * 1024
 ZERO_HASH = "00" * 32
+E = TypeVar("E", bound=StrEnum)
 
 
 class LedgerFormatError(ValueError):
@@ -65,6 +66,13 @@ def _int(value: object, name: str, low: int = 0) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
         raise LedgerFormatError(f"{name} must be an integer ≥ {low}")
     return value
+
+
+def _kind(enum: type[E], value: object, name: str) -> E:
+    try:
+        return enum(value)
+    except ValueError:
+        raise LedgerFormatError(f"unknown {name} kind {value!r}") from None
 
 
 def _mapping(value: object, name: str) -> dict:
@@ -154,13 +162,7 @@ class Tx:
     ) -> Tx:
         unsigned = cls(TxKind(kind), key.public, nonce, dict(body))
         check_body(unsigned.kind, unsigned.body)
-        return cls(
-            unsigned.kind,
-            key.public,
-            nonce,
-            unsigned.body,
-            key.sign(TX_DOMAIN, unsigned.signing_bytes()),
-        )
+        return replace(unsigned, signature=key.sign(TX_DOMAIN, unsigned.signing_bytes()))
 
     def verify(self) -> None:
         """Raise :class:`signing.InvalidSignature` unless the sender signed exactly this tx."""
@@ -169,10 +171,7 @@ class Tx:
     @classmethod
     def from_json(cls, doc: object) -> Tx:
         doc = _mapping(doc, "transaction")
-        try:
-            kind = TxKind(doc.get("kind"))
-        except ValueError:
-            raise LedgerFormatError(f"unknown transaction kind {doc.get('kind')!r}") from None
+        kind = _kind(TxKind, doc.get("kind"), "transaction")
         body = _mapping(doc.get("body"), "body")
         check_body(kind, body)
         tx = cls(
@@ -251,14 +250,7 @@ class Vote:
         key: signing.SigningKey,
     ) -> Vote:
         unsigned = cls(VoteKind(kind), height, round_, block_hash, key.public)
-        return cls(
-            unsigned.kind,
-            height,
-            round_,
-            block_hash,
-            key.public,
-            key.sign(VOTE_DOMAIN, unsigned.signing_bytes()),
-        )
+        return replace(unsigned, signature=key.sign(VOTE_DOMAIN, unsigned.signing_bytes()))
 
     def verify(self) -> None:
         signing.verify(self.voter, self.signature, VOTE_DOMAIN, self.signing_bytes())
@@ -266,10 +258,7 @@ class Vote:
     @classmethod
     def from_json(cls, doc: object) -> Vote:
         doc = _mapping(doc, "vote")
-        try:
-            kind = VoteKind(doc.get("kind"))
-        except ValueError:
-            raise LedgerFormatError(f"unknown vote kind {doc.get('kind')!r}") from None
+        kind = _kind(VoteKind, doc.get("kind"), "vote")
         block = doc.get("block")
         if block is not None:
             _hex(block, 32, "block")
