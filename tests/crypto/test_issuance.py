@@ -24,7 +24,6 @@ from medshare.crypto.issuance import (
     IssuedKey,
     RegistrationRequest,
     issue_key,
-    key_digest,
     prove_dlog,
     verify_dlog,
 )
@@ -179,14 +178,6 @@ def test_keys_blamed_on_authority_when_unregistered(authority, public, keys) -> 
     forged = abe.keygen(keys.master, random_scalar(), ["role:nurse"])
     assert audit(public, forged, []).verdict is Verdict.AUTHORITY
     assert audit(public, key, []).verdict is Verdict.AUTHORITY  # not registered → authority
-
-
-def test_key_digest(completed: Run) -> None:
-    assert completed.key is not None
-    digest = key_digest(completed.key)
-    assert len(digest) == 16
-    int(digest, 16)
-    assert digest == key_digest(abe.AbeUserKey.from_bytes(completed.key.to_bytes()))
 
 
 # --- Schnorr proofs ----------------------------------------------------------------------------

@@ -25,7 +25,6 @@ Paillier: the ``phe`` package (with ``gmpy2``), modulus 3072 bits.
 
 from __future__ import annotations
 
-import hashlib
 import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -438,8 +437,3 @@ def issue_key(
     issued, registration = authority.issue(response)
     key = user.finish(IssuedKey.from_bytes(issued.to_bytes()))
     return key, registration
-
-
-def key_digest(key: abe.AbeUserKey) -> str:
-    """A short, non-secret name for a key file in logs: SHA-256 of its tag, 16 hex chars."""
-    return hashlib.sha256(key.tag()).hexdigest()[:16]
