@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -17,6 +18,20 @@ app = typer.Typer(
 )
 
 
+def _run_and_save(
+    run: Callable[..., dict], plotter: str, quick: bool, json_out: Path, plot: Path | None
+) -> dict:
+    """Run a benchmark with a progress line, write its JSON report and, if asked, its plot."""
+    with Console(stderr=True).status("benchmarking") as status:
+        report = run(quick, progress=lambda msg: status.update(msg))
+    write_file(json_out, json.dumps(report, indent=1).encode() + b"\n")
+    if plot is not None:
+        from medshare.bench import plot as plots  # matplotlib loads only when plotting
+
+        getattr(plots, plotter)(report, plot)
+    return report
+
+
 @app.command("crypto")
 def crypto(
     json_out: Annotated[Path, typer.Option("--json", help="Where to write the JSON report.")],
@@ -26,14 +41,7 @@ def crypto(
     """CP-ABE and KAC: each operation vs its bare group-operation bound."""
     from medshare.bench import crypto as bench_crypto
 
-    console = Console(stderr=True)
-    with console.status("benchmarking") as status:
-        report = bench_crypto.run(quick, progress=lambda msg: status.update(msg))
-    write_file(json_out, json.dumps(report, indent=1).encode() + b"\n")
-    if plot is not None:
-        from medshare.bench.plot import plot_crypto
-
-        plot_crypto(report, plot)
+    report = _run_and_save(bench_crypto.run, "plot_crypto", quick, json_out, plot)
     table = Table(title=f"medshare bench crypto ({report['backend']})")
     for column in ("scheme", "op", "size", "ms", "bound ms", "ratio"):
         table.add_column(column, justify="right" if column not in ("scheme", "op") else "left")
@@ -64,14 +72,7 @@ def ledger(
     """Elected committee vs all-node BFT on the simulated network, and the in-process rate."""
     from medshare.bench import ledger as bench_ledger
 
-    console = Console(stderr=True)
-    with console.status("benchmarking") as status:
-        report = bench_ledger.run(quick, progress=lambda msg: status.update(msg))
-    write_file(json_out, json.dumps(report, indent=1).encode() + b"\n")
-    if plot is not None:
-        from medshare.bench.plot import plot_ledger
-
-        plot_ledger(report, plot)
+    report = _run_and_save(bench_ledger.run, "plot_ledger", quick, json_out, plot)
     costs = report["costs"]
     Console().print(
         "calibrated costs (this machine, this run): "
