@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from medshare import __version__
-from medshare.cli import anchor, bench, crypto, ledger
+from medshare.cli import anchor, bench, crypto, ledger, records
 from medshare.cli.node import net_app, run_node
 
 app = typer.Typer(
@@ -22,6 +22,7 @@ app.add_typer(anchor.app, name="anchor")
 app.add_typer(bench.app, name="bench")
 app.add_typer(net_app, name="net")
 app.command("node")(run_node)
+records.register(app)
 
 
 @app.command()

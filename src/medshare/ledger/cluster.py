@@ -168,6 +168,7 @@ class InProcessCluster:
         shuffle: bool = False,
         empty_block_interval_ms: int = 50,
         regossip_ms: int | None = None,
+        start_ms: int | None = None,
     ) -> None:
         if stores is not None and len(stores) != len(keys):
             raise ValueError("need one store per key")
@@ -177,7 +178,9 @@ class InProcessCluster:
         self.relay, self.shuffle = relay, shuffle
         self.empty_block_interval_ms = empty_block_interval_ms
         self.regossip_ms = regossip_ms
-        self.now_ms = config.genesis_time_ms
+        # A cluster re-opened over existing stores starts its clock later than genesis
+        # (``start_ms``), so block times keep increasing across runs.
+        self.now_ms = config.genesis_time_ms if start_ms is None else start_ms
         self._queue: deque[tuple[int, int, Message]] = deque()
         self._timers: list[tuple[int, int, int, int, TimerEvent]] = []
         self._seq = itertools.count()

@@ -1,0 +1,125 @@
+"""Service configuration: one JSON file per data directory, read once, passed explicitly.
+
+Nothing here is secret: secrets live in :mod:`medshare.service.wallets`. The database is
+SQLite inside the data directory unless ``database_url`` names another SQLAlchemy URL
+(``postgresql+psycopg://…``), which is how a hospital points the service at PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+CONFIG_FILE = "medshare.json"
+CONFIG_VERSION = 1
+
+
+class ConfigError(ValueError):
+    """A data directory without a usable configuration."""
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    """What a consortium is made of and how the service stores things.
+
+    ``hospitals`` are the codes of the member hospitals (each runs an attribute authority
+    and holds blob replicas); ``nodes`` is the number of ledger nodes spread over them (plus
+    a regulator node when there are more nodes than hospitals × 2); ``committee`` is the
+    elected committee size m = 3f+1; ``replication`` is how many hospitals keep a copy of
+    every encrypted blob; ``kac_classes`` is the KAC parameter size n (classes per block);
+    ``slab_size`` is the classes a department reserves at a time.
+    """
+
+    data_dir: Path
+    hospitals: tuple[str, ...] = ("H001", "H002", "H003")
+    nodes: int = 7
+    committee: int = 4
+    replication: int = 2
+    kac_classes: int = 256
+    slab_size: int = 32
+    database_url: str | None = None
+    referral_days: int = 30
+    break_glass_minutes: int = 60
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.hospitals:
+            raise ConfigError("a consortium needs at least one hospital")
+        if len(set(self.hospitals)) != len(self.hospitals):
+            raise ConfigError(f"hospital codes must be unique: {list(self.hospitals)}")
+        for code in self.hospitals:
+            if not code.isalnum() or len(code) > 16:
+                raise ConfigError(f"hospital code {code!r} must be 1-16 letters or digits")
+        if self.committee < 1 or self.nodes < self.committee:
+            raise ConfigError(
+                f"need 1 <= committee <= nodes, got committee {self.committee}, nodes {self.nodes}"
+            )
+        if not 1 <= self.replication <= len(self.hospitals):
+            raise ConfigError(
+                f"replication {self.replication} needs that many hospitals "
+                f"(have {len(self.hospitals)})"
+            )
+        if self.kac_classes % self.slab_size:
+            raise ConfigError("slab_size must divide kac_classes")
+
+    # -- derived paths -------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'medshare.db'}"
+
+    @property
+    def ledger_dir(self) -> Path:
+        return self.data_dir / "ledger"
+
+    @property
+    def wallet_dir(self) -> Path:
+        return self.data_dir / "wallets"
+
+    def replica_dir(self, hospital: str) -> Path:
+        return self.data_dir / "blobs" / hospital
+
+    @property
+    def kac_params_file(self) -> Path:
+        return self.data_dir / "kac-params.bin"
+
+    # -- persistence ---------------------------------------------------------------------
+
+    def to_json(self) -> dict[str, Any]:
+        doc = asdict(self)
+        doc.pop("data_dir")
+        doc["hospitals"] = list(self.hospitals)
+        return {"version": CONFIG_VERSION, **doc}
+
+    def save(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        text = json.dumps(self.to_json(), indent=2, sort_keys=True) + "\n"
+        (self.data_dir / CONFIG_FILE).write_text(text, encoding="utf-8")
+
+    @classmethod
+    def load(cls, data_dir: Path) -> ServiceConfig:
+        path = data_dir / CONFIG_FILE
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(
+                f"{data_dir} is not a medshare data directory (no {CONFIG_FILE}); "
+                f"run `medshare init --data-dir {data_dir}` first"
+            ) from None
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"cannot read {path}: {exc}") from None
+        if not isinstance(doc, dict) or doc.get("version") != CONFIG_VERSION:
+            raise ConfigError(f"{path}: unsupported configuration version")
+        known = {f.name for f in fields(cls)} - {"data_dir"}
+        unknown = set(doc) - known - {"version"}
+        if unknown:
+            raise ConfigError(f"{path}: unknown settings {sorted(unknown)}")
+        values = {k: v for k, v in doc.items() if k in known}
+        if "hospitals" in values:
+            values["hospitals"] = tuple(values["hospitals"])
+        try:
+            return cls(data_dir=data_dir, **values)
+        except TypeError as exc:
+            raise ConfigError(f"{path}: {exc}") from None

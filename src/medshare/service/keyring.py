@@ -1,0 +1,75 @@
+"""Issuing CP-ABE keys through the accountable two-party protocol, and tracing leaks.
+
+The authority and the user run :mod:`medshare.crypto.issuance` as two separate objects
+exchanging its typed messages, exactly as they would over a network: the user's secret
+``k`` never reaches the authority, so a key whose ``K'`` matches a user's registered
+commitment can only have come from that user. The user then registers the key's public
+tag on the ledger with *their own* identity key; tracing trusts that ledger mapping, not
+the authority's registry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from medshare.crypto import abe, issuance
+from medshare.crypto.signing import SigningKey
+
+
+@dataclass(frozen=True)
+class IssuedKey:
+    key: abe.AbeUserKey
+    registration: abe.Registration
+
+
+def issue(
+    authority: issuance.AuthorityKeys,
+    holder: str,
+    identity: SigningKey,
+    attributes: Iterable[str],
+) -> IssuedKey:
+    """Run the issuance protocol for ``holder`` with ``attributes``; both sides check."""
+    public = authority.master.public
+    user = issuance.IssuanceUser(public, holder, identity)
+    side = issuance.IssuanceAuthority(authority)
+    offer = side.offer(user.registration(), attributes)
+    issued, registration = side.issue(user.respond(offer))
+    return IssuedKey(user.finish(issued), registration)
+
+
+@dataclass(frozen=True)
+class TraceResult:
+    verdict: abe.Verdict
+    authority: str | None
+    identity: str | None
+    reason: str
+
+    def as_dict(self) -> dict[str, str | None]:
+        return {
+            "verdict": self.verdict.value,
+            "authority": self.authority,
+            "identity": self.identity,
+            "reason": self.reason,
+        }
+
+
+def trace(
+    key: abe.AbeUserKey,
+    publics: Mapping[str, abe.AbePublicKey],
+    registries: Mapping[str, list[abe.Registration]],
+    trusted_identities: Mapping[str, bytes],
+) -> TraceResult:
+    """Audit a leaked key against every authority; the first that recognises it answers.
+
+    A key passes the public sanity check under at most one authority's public key (the
+    check pairs it against that authority's ``g^α``); if none does, it is ``malformed``.
+    """
+    last = None
+    for code, public in publics.items():
+        result = abe.audit(public, key, registries.get(code, []), trusted_identities)
+        if result.verdict != abe.Verdict.MALFORMED:
+            return TraceResult(result.verdict, code, result.identity, result.reason)
+        last = result
+    reason = last.reason if last else "no authority to audit against"
+    return TraceResult(abe.Verdict.MALFORMED, None, None, reason)

@@ -1,0 +1,130 @@
+"""What each party keeps on its own device, kept in one directory for the embedded mode.
+
+In a deployment a clinician's identity and CP-ABE keys live on their workstation, a
+patient's 32-byte seed on their phone (with Shamir recovery shares at trusted contacts),
+an authority's master key in its HSM. The embedded consortium of ``medshare init`` keeps
+them side by side under ``<data-dir>/wallets/`` so the whole story runs on one machine;
+each file is written atomically and 0600, and the service only reads a party's file when
+acting *as* that party. Nothing in the database is secret.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+from medshare.crypto import abe, issuance
+from medshare.crypto.hkac import PatientSeed
+from medshare.crypto.signing import SigningKey
+from medshare.fileio import write_file
+
+_PRINCIPAL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@:+\-]{0,127}")
+
+
+class WalletError(LookupError):
+    """A party whose key material is not in this data directory."""
+
+
+def check_principal(who: str) -> str:
+    """A principal id: letters, digits and ``. _ @ : + -``, at most 128 characters."""
+    if not isinstance(who, str) or not _PRINCIPAL.fullmatch(who):
+        raise ValueError(
+            f"{who!r} is not a valid name: use letters, digits and . _ @ : + - "
+            "(at most 128 characters, starting with a letter or digit)"
+        )
+    return who
+
+
+@dataclass(frozen=True)
+class Wallets:
+    """Key files under ``root``: one folder per principal, one per authority."""
+
+    root: Path
+
+    def _folder(self, who: str) -> Path:
+        return self.root / quote(check_principal(who), safe="@.+-_")
+
+    def _authority_folder(self, hospital: str) -> Path:
+        return self.root / "authorities" / quote(hospital, safe="")
+
+    @staticmethod
+    def _read(path: Path, what: str) -> bytes:
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            raise WalletError(f"no {what} in this data directory") from None
+
+    # -- identities ------------------------------------------------------------------------
+
+    def create_identity(self, who: str) -> SigningKey:
+        path = self._folder(who) / "identity.key"
+        if path.exists():
+            raise WalletError(f"{who} already has an identity")
+        key = SigningKey.generate()
+        write_file(path, key.seed, secret=True)
+        return key
+
+    def identity(self, who: str) -> SigningKey:
+        return SigningKey(self._read(self._folder(who) / "identity.key", f"identity for {who}"))
+
+    def has_identity(self, who: str) -> bool:
+        return (self._folder(who) / "identity.key").is_file()
+
+    # -- CP-ABE user keys ------------------------------------------------------------------
+
+    def save_abe_key(self, who: str, authority: str, key: abe.AbeUserKey) -> None:
+        write_file(self._folder(who) / f"abe-{authority}.key", key.to_bytes(), secret=True)
+
+    def abe_key(self, who: str, authority: str) -> abe.AbeUserKey:
+        data = self._read(
+            self._folder(who) / f"abe-{authority}.key", f"{authority} key held by {who}"
+        )
+        return abe.AbeUserKey.from_bytes(data)
+
+    def drop_abe_key(self, who: str, authority: str) -> None:
+        (self._folder(who) / f"abe-{authority}.key").unlink(missing_ok=True)
+
+    # -- patients --------------------------------------------------------------------------
+
+    def save_seed(self, patient: str, seed: PatientSeed) -> None:
+        write_file(
+            self._folder(patient_principal(patient)) / "seed", seed.secret_bytes(), secret=True
+        )
+
+    def seed(self, patient: str) -> PatientSeed:
+        data = self._read(
+            self._folder(patient_principal(patient)) / "seed", f"seed for patient {patient}"
+        )
+        return PatientSeed(data)
+
+    # -- authorities -----------------------------------------------------------------------
+
+    def save_authority(self, hospital: str, keys: issuance.AuthorityKeys) -> None:
+        write_file(self._authority_folder(hospital) / "authority.key", keys.to_bytes(), secret=True)
+
+    def authority(self, hospital: str) -> issuance.AuthorityKeys:
+        data = self._read(
+            self._authority_folder(hospital) / "authority.key", f"authority key of {hospital}"
+        )
+        return issuance.AuthorityKeys.from_bytes(data)
+
+    def save_kek_seed(self, hospital: str, seed: bytes) -> None:
+        write_file(self._authority_folder(hospital) / "kek.seed", seed, secret=True)
+
+    def kek_seed(self, hospital: str) -> bytes:
+        return self._read(self._authority_folder(hospital) / "kek.seed", f"KEK seed of {hospital}")
+
+    def save_study_secret(self, study: str, secret: bytes) -> None:
+        write_file(self.root / "studies" / quote(study, safe="") / "secret", secret, secret=True)
+
+    def study_secret(self, study: str) -> bytes:
+        return self._read(
+            self.root / "studies" / quote(study, safe="") / "secret", f"study {study}"
+        )
+
+
+def patient_principal(patient_id: str) -> str:
+    """The principal id a patient acts as: ``patient:<id>``."""
+    return f"patient:{patient_id}"
