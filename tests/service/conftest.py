@@ -42,9 +42,7 @@ def write_bundle(directory: Path, seed: int, index: int, records: int = 30) -> P
 def consortium(tmp_path_factory):
     """(service, bundle paths): two hospitals, 4 nodes, two patients ingested at H001."""
     root = tmp_path_factory.mktemp("consortium")
-    config = ServiceConfig(
-        data_dir=root / "data", hospitals=("H001", "H002"), nodes=4, committee=4
-    )
+    config = ServiceConfig(data_dir=root / "data", hospitals=("H001", "H002"), nodes=4, committee=4)
     clock = Clock(1_800_000_000_000)
     service = init(config, roster=ROSTER, clock=clock)
     bundles = [write_bundle(root, 7, i) for i in range(2)]

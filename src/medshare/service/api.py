@@ -14,6 +14,7 @@ out wraps only to requests it has logged.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import secrets
@@ -406,13 +407,19 @@ class MedShare:
             return row
         hosp = self._hospital(session, authority)
         text = self.templates.policy(area, epoch=hosp.epoch, **values)
+        return self._new_area_key(session, hosp, area, scope, text)
+
+    def _new_area_key(
+        self, session: Session, hosp: db.Hospital, area: Area, scope: str, text: str
+    ) -> db.AreaKey:
+        """A fresh KEK for ``scope``, published as a CP-ABE ciphertext under ``text``."""
         key_id = secrets.token_hex(16)
         public = abe.AbePublicKey.from_bytes(hosp.abe_public)
-        ct = abe.encrypt(public, text, self._kek(authority, key_id), context=key_id.encode())
+        ct = abe.encrypt(public, text, self._kek(hosp.code, key_id), context=key_id.encode())
         row = db.AreaKey(
             id=key_id,
             area=area.value,
-            authority=authority,
+            authority=hosp.code,
             scope=scope,
             policy=text,
             epoch=hosp.epoch,
@@ -565,6 +572,7 @@ class MedShare:
             raise InvalidInput("--until must be in the future")
         with db.transaction(self.sessions) as session:
             patient = self._patient(session, patient_id)
+            self._enroll_grantee(session, to)
             for rid in records:
                 if self._record(session, rid).patient != patient_id:
                     raise NotFound(f"record {rid} is not a record of patient {patient_id}")
@@ -596,6 +604,24 @@ class MedShare:
                 )
             )
         return share
+
+    def _enroll_grantee(self, session: Session, who: str) -> None:
+        """A person the patient shares with gets an identity on first share (their wallet
+        is where the share file goes), so their reads can be signed and logged."""
+        if session.get(db.Principal, who) is not None:
+            return
+        identity = self.wallets.create_identity(who)
+        session.add(
+            db.Principal(
+                id=who,
+                kind="person",
+                hospital=None,
+                roles=["grantee"],
+                dept=None,
+                identity_public=identity.public,
+                created_ms=self.clock(),
+            )
+        )
 
     def _make_share(self, patient, to, records, dept, now_ms, until_ms) -> hkac.Share:
         seed = self.wallets.seed(patient.id)
@@ -1138,7 +1164,7 @@ class MedShare:
     def verify(self, record_id: str | None = None) -> dict[str, Any]:
         """Check the ledger on every node and each record end to end (anchor, every blob
         copy, AEAD, salted digest via the holding hospital's own wrap); repair bad copies."""
-        nodes = [c.as_dict() for c in self.ledger.verify()]
+        nodes = [dataclasses.asdict(c) for c in self.ledger.verify()]
         problems: list[dict[str, str]] = []
         repaired: list[str] = []
         with self.sessions() as session:
