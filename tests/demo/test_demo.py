@@ -1,23 +1,36 @@
-"""``medshare demo`` runs every step and says where its outputs are."""
+"""``medshare demo`` runs the whole story and says where its outputs are."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from medshare.cli.main import app
 
 
+@pytest.mark.slow
 def test_demo_succeeds_and_writes_outputs(tmp_path: Path) -> None:
-    result = CliRunner().invoke(app, ["demo", "--data-dir", str(tmp_path / "out")])
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["demo", "--data-dir", str(out)])
     assert result.exit_code == 0, result.output
     assert "steps behaved as expected" in result.output
     assert "FAILED" not in result.output
-    registry = json.loads((tmp_path / "out" / "authority" / "registry.json").read_text())
-    assert len(registry["keys"]) == 3
-    assert (tmp_path / "out" / "patient-share.json").exists()
+    log = json.loads((out / "access-log.json").read_text())
+    outcomes = {e["resource"]["outcome"] for e in log["entry"]}
+    assert outcomes == {"0", "4"}  # successes and refusals are both in the patient's log
+    assert (out / "share-daughter.json").exists()
+    assert (out / "export.ndjson").read_bytes().count(b"\n") > 10
+
+
+def test_demo_refuses_a_non_empty_directory(tmp_path: Path) -> None:
+    (tmp_path / "keep.txt").write_text("precious")
+    result = CliRunner().invoke(app, ["demo", "--data-dir", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "not empty" in result.output
+    assert (tmp_path / "keep.txt").read_text() == "precious"
 
 
 def test_demo_reports_a_failing_step(tmp_path: Path, monkeypatch) -> None:
@@ -25,10 +38,10 @@ def test_demo_reports_a_failing_step(tmp_path: Path, monkeypatch) -> None:
     from medshare import demo
 
     broken = tuple(
-        (name, (lambda story: demo.Outcome(False, "forced")) if name == "leaked key traced" else fn)
+        (name, (lambda story: demo.Outcome(False, "forced")) if name == "consortium" else fn)
         for name, fn in demo.STEPS
     )
-    monkeypatch.setattr(demo, "STEPS", broken)
+    monkeypatch.setattr(demo, "STEPS", broken[:2])
     result = CliRunner().invoke(app, ["demo", "--data-dir", str(tmp_path / "out")])
     assert result.exit_code == 1
     assert "demo failed" in result.output

@@ -279,6 +279,7 @@ class MedShare:
                         }
                     )
                     continue
+                item = self._inherit_stored_encounter(session, item)
                 existing = session.get(db.Record, item.resource.key)
                 if existing is not None:
                     if _same_content(existing, item.resource.canonical):
@@ -296,6 +297,18 @@ class MedShare:
                 added.append(self._protect(session, hospital, item, seq))
                 report.records += 1
             self._anchor(session, hospital, added)
+
+    @staticmethod
+    def _inherit_stored_encounter(session: Session, item: _Prepared) -> _Prepared:
+        """A record added later to an Encounter ingested earlier goes to that Encounter's
+        department (the classifier only sees the Encounters of the current input)."""
+        res = item.resource
+        if res.resource_type == "Encounter" or not res.encounter:
+            return item
+        stored = session.get(db.Record, res.encounter)
+        if stored is None or stored.patient != item.patient_id:
+            return item
+        return _Prepared(res, item.patient_id, stored.dept)
 
     def _enroll(self, session: Session, res: fhir.Resource, hospital: str) -> None:
         """A new patient: a fresh seed in their wallet, an empty public directory."""
@@ -1324,13 +1337,25 @@ def _event_view(
     )
 
 
+def _consent_scope(scope: dict[str, Any]) -> dict[str, Any]:
+    """A grant's scope in the terms of a FHIR Consent provision."""
+    kind = scope.get("kind")
+    if kind == "records":
+        return {"kind": "records", "ids": list(scope["items"])}
+    if kind == "departments":
+        return {"kind": "departments", "codes": list(scope["items"])}
+    if kind is None and scope.get("dept"):  # a referral limited to a department sub-tree
+        return {"kind": "departments", "codes": [scope["dept"]]}
+    return {"kind": "all"}
+
+
 def _grant_view(grant: db.Grant) -> fhir_audit.GrantView:
     return fhir_audit.GrantView(
         grant_id=grant.id,
         patient_id=grant.patient or "",
         grantee=grant.grantee,
         area=grant.area,
-        scope={k: v for k, v in grant.scope.items() if k != "classes"},
+        scope=_consent_scope(grant.scope),
         created_ms=grant.created_ms,
         until_ms=grant.until_ms,
         revoked_ms=grant.revoked_ms,
