@@ -1,0 +1,44 @@
+"""The schema comes from Alembic migrations, and they match the models exactly."""
+
+from __future__ import annotations
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import inspect
+
+from medshare.service import db
+from medshare.service.config import ConfigError, ServiceConfig
+
+
+def test_migrations_create_the_models_schema(tmp_path):
+    engine = db.make_engine(f"sqlite:///{tmp_path / 'm.db'}")
+    db.migrate(engine)
+    db.migrate(engine)  # idempotent
+    with engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), db.Base.metadata)
+    assert diff == []
+    tables = set(inspect(engine).get_table_names())
+    assert {"records", "wraps", "area_keys", "grants", "alembic_version"} <= tables
+
+
+def test_sqlite_runs_with_foreign_keys_and_wal(tmp_path):
+    engine = db.make_engine(f"sqlite:///{tmp_path / 'm.db'}")
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+
+
+def test_config_round_trip_and_errors(tmp_path):
+    config = ServiceConfig(data_dir=tmp_path, hospitals=("H001", "H002"), nodes=4)
+    config.save()
+    assert ServiceConfig.load(tmp_path) == config
+    with pytest.raises(ConfigError, match="medshare init"):
+        ServiceConfig.load(tmp_path / "missing")
+    with pytest.raises(ConfigError, match="unique"):
+        ServiceConfig(data_dir=tmp_path, hospitals=("H001", "H001"))
+    with pytest.raises(ConfigError, match="committee"):
+        ServiceConfig(data_dir=tmp_path, nodes=3, committee=4)
+    (tmp_path / "medshare.json").write_text('{"version": 1, "colour": "red"}')
+    with pytest.raises(ConfigError, match="unknown settings"):
+        ServiceConfig.load(tmp_path)
