@@ -90,9 +90,22 @@ def test_unknown_reader_and_record(consortium):
 def test_department_share_opens_later_record_and_expires(consortium):
     service, clock, root = consortium
     pid = _patient(service)
-    dept = service.records_of(pid)[0]["dept"]
+    encounter = next(r for r in service.records_of(pid) if r["type"] == "Encounter")
+    dept = encounter["dept"]
     share = service.share(pid, "family:mother", dept=dept, until_ms=clock() + DAY)
     assert share.size_bytes == 96 * len(share.keys)
+    later = {
+        "resourceType": "Observation",
+        "id": "later-1",
+        "status": "final",
+        "code": {"text": "added after the share"},
+        "subject": {"reference": f"Patient/{pid}"},
+        "encounter": {"reference": encounter["id"]},
+    }
+    (root / "later.json").write_text(json.dumps(later))
+    assert service.ingest("H001", [root / "later.json"]).records == 1
+    got = service.read("family:mother", "Observation/later-1", area=Area.PERSONAL, share=share)
+    assert b"added after the share" in got.resource
     rid = next(r["id"] for r in service.records_of(pid) if r["dept"] == dept)
     assert service.read("family:mother", rid, area=Area.PERSONAL, share=share).resource
     other = next(r["id"] for r in service.records_of(pid) if r["dept"] != dept)
