@@ -235,6 +235,8 @@ class MedShare:
         report = IngestReport()
         with self.sessions() as session:
             self._hospital(session, hospital)
+        resources: list[fhir.Resource] = []
+        origin: dict[int, str] = {}
         for source in sources:
             name = source.name if isinstance(source, Path) else "<input>"
             try:
@@ -244,16 +246,24 @@ class MedShare:
                 continue
             for err in loaded.errors:
                 report.rejected.append({"item": name, "reason": str(err)})
-            self._ingest_loaded(hospital, name, loaded, report)
+            resources += loaded.resources
+            origin.update((id(res), name) for res in loaded.resources)
+        self._ingest_resources(hospital, resources, origin, report)
         return report
 
-    def _ingest_loaded(
-        self, hospital: str, name: str, loaded: fhir.Loaded, report: IngestReport
+    def _ingest_resources(
+        self,
+        hospital: str,
+        resources: list[fhir.Resource],
+        origin: dict[int, str],
+        report: IngestReport,
     ) -> None:
-        patients = {r.key: r for r in loaded.resources if r.resource_type == "Patient"}
+        """All sources of one call are classified together, so an NDJSON export's
+        Observations find their Encounters and Patients in the other files."""
+        patients = {r.key: r for r in resources if r.resource_type == "Patient"}
         prepared: list[_Prepared] = []
-        for res, decision in self.classifier.classify_all(loaded.resources):
-            where = f"{name} {res.location}".strip()
+        for res, decision in self.classifier.classify_all(resources):
+            where = f"{origin.get(id(res), '')} {res.location}".strip()
             pid = _patient_id(res)
             if pid is None or res.key is None:
                 report.rejected.append({"item": where, "reason": "no patient reference"})
@@ -273,7 +283,8 @@ class MedShare:
                 if session.get(db.Patient, item.patient_id) is None:
                     report.rejected.append(
                         {
-                            "item": f"{name} {item.resource.location}".strip(),
+                            "item": f"{origin.get(id(item.resource), '')} "
+                            f"{item.resource.location}".strip(),
                             "reason": f"patient {item.patient_id} is not enrolled "
                             "(ingest their Patient resource first)",
                         }
