@@ -1,0 +1,237 @@
+"""CP-ABE area keys and the users' keys: issue, wrap, revoke with an epoch bump, trace.
+
+A mixin of :class:`medshare.service.api.MedShare`: it uses the service's state (``sessions``,
+``ledger``, ``wallets``, ``blobs``, ``params``, ``clock``) and its lookups.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from medshare.crypto import abe
+from medshare.crypto.errors import CryptoError
+from medshare.ledger.types import TxKind
+from medshare.service import areas, db, keyring, protect
+from medshare.service.areas import Area, top_department
+from medshare.service.common import (
+    authority_principal,
+)
+from medshare.service.errors import InvalidInput, NotFound
+
+
+class AreaKeyMixin:
+    """CP-ABE area keys and the users' keys (a part of :class:`~medshare.service.api.MedShare`)."""
+
+    def _kek(self, hospital: str, area_key_id: str) -> bytes:
+        return protect.derive_kek(self.wallets.kek_seed(hospital), area_key_id)
+
+    def _area_key(
+        self, session: Session, area: Area, authority: str, scope: str, **values: Any
+    ) -> db.AreaKey:
+        """The live area key of a scope, created (and CP-ABE published) on first use."""
+        row = session.execute(
+            select(db.AreaKey).where(db.AreaKey.scope == scope, db.AreaKey.retired_ms.is_(None))
+        ).scalar_one_or_none()
+        if row is not None:
+            return row
+        hosp = self._hospital(session, authority)
+        text = self.templates.policy(area, epoch=hosp.epoch, **values)
+        return self._new_area_key(session, hosp, area, scope, text)
+
+    def _new_area_key(
+        self, session: Session, hosp: db.Hospital, area: Area, scope: str, text: str
+    ) -> db.AreaKey:
+        """A fresh KEK for ``scope``, published as a CP-ABE ciphertext under ``text``."""
+        key_id = secrets.token_hex(16)
+        public = abe.AbePublicKey.from_bytes(hosp.abe_public)
+        ct = abe.encrypt(public, text, self._kek(hosp.code, key_id), context=key_id.encode())
+        row = db.AreaKey(
+            id=key_id,
+            area=area.value,
+            authority=hosp.code,
+            scope=scope,
+            policy=text,
+            epoch=hosp.epoch,
+            abe_ciphertext=ct.to_bytes(),
+            created_ms=self.clock(),
+        )
+        session.add(row)
+        session.flush()
+        return row
+
+    def _write_keys(self, session: Session, hospital: str, dept: str) -> list[db.AreaKey]:
+        """The area keys a new record of ``hospital``/``dept`` is wrapped under at ingest."""
+        top = top_department(dept)
+        return [
+            self._area_key(
+                session,
+                Area.INSTITUTION,
+                hospital,
+                f"institution/{hospital}/{top}",
+                hospital=hospital,
+                dept=top,
+            ),
+            self._area_key(session, Area.EMERGENCY, hospital, f"emergency/{hospital}"),
+        ]
+
+    def _custodian_dek(self, session, record: db.Record) -> bytes:
+        """The holding hospital recovers a record's DEK through its own institution wrap."""
+        scope = f"institution/{record.hospital}/{top_department(record.dept)}"
+        area_key = session.execute(
+            select(db.AreaKey).where(db.AreaKey.scope == scope, db.AreaKey.retired_ms.is_(None))
+        ).scalar_one()
+        wrap = session.execute(
+            select(db.Wrap).where(db.Wrap.record == record.id, db.Wrap.area_key == area_key.id)
+        ).scalar_one()
+        kek = self._kek(record.hospital, area_key.id)
+        return protect.unwrap_dek(kek, wrap.wrapped, record.id, area_key.id)
+
+    def _add_wrap(self, session, record, area_key, dek, blob_id=None) -> None:
+        kek = self._kek(area_key.authority, area_key.id)
+        session.add(
+            db.Wrap(
+                record=record.id,
+                area_key=area_key.id,
+                blob_id=blob_id or record.blob_id,
+                wrapped=protect.wrap_dek(kek, dek, record.id, area_key.id),
+            )
+        )
+
+    def issue_key(self, who: str, authority: str, attributes: tuple[str, ...]) -> None:
+        """Issue ``who`` a key of ``authority`` (accountable protocol) and register its tag
+        on the ledger, signed by ``who``'s own identity key: what tracing later trusts."""
+        identity = self.wallets.identity(who)
+        issued = keyring.issue(self.wallets.authority(authority), who, identity, attributes)
+        body = {
+            "identity": who,
+            "tag": issued.registration.tag().hex(),
+            "R": issued.registration.R_hex(),
+            "authority": authority,
+            "attributes": list(attributes),
+        }
+        self._submit(identity, TxKind.REGISTER_KEY_TAG, [body])
+        self.wallets.save_abe_key(who, authority, issued.key)
+        with db.transaction(self.sessions) as session:
+            session.add(
+                db.AbeKey(
+                    principal=who,
+                    authority=authority,
+                    attributes=list(attributes),
+                    registration=abe.registry_to_bytes([issued.registration]),
+                    issued_ms=self.clock(),
+                )
+            )
+
+    def revoke_key(self, who: str, authority: str) -> dict[str, Any]:
+        """Revoke ``who``'s key of ``authority``: bump the epoch, re-wrap what it opened.
+
+        Area keys whose policy the revoked key satisfied get a fresh KEK and their records'
+        DEK wraps are re-wrapped (only those); the others keep their KEK, re-published under
+        the new epoch. Every other live key of the authority is re-issued at the new epoch.
+        """
+        with db.transaction(self.sessions) as session:
+            rows = self._live_keys(session, authority, who)
+            if not rows:
+                raise NotFound(f"{who} holds no live key of {authority}")
+            revoked_attrs = set().union(*(r.attributes for r in rows))
+            for row in rows:
+                row.revoked_ms = self.clock()
+            hosp = self._hospital(session, authority)
+            hosp.epoch += 1
+            rewrapped, republished = self._rekey_areas(session, hosp, revoked_attrs)
+            others = self._live_keys(session, authority, None)
+            reissue = [(r.principal, tuple(r.attributes)) for r in others]
+            for r in others:
+                r.revoked_ms = self.clock()
+            epoch = hosp.epoch
+        self.wallets.drop_abe_key(who, authority)
+        for holder, attrs in reissue:
+            self.issue_key(holder, authority, areas.with_epoch(attrs, epoch))
+        return {
+            "revoked": who,
+            "authority": authority,
+            "epoch": epoch,
+            "records_rewrapped": rewrapped,
+            "area_keys_republished": republished,
+            "keys_reissued": len(reissue),
+        }
+
+    def _live_keys(self, session: Session, authority: str, who: str | None) -> list[db.AbeKey]:
+        query = select(db.AbeKey).where(
+            db.AbeKey.authority == authority, db.AbeKey.revoked_ms.is_(None)
+        )
+        if who is not None:
+            query = query.where(db.AbeKey.principal == who)
+        return list(session.execute(query).scalars())
+
+    def _rekey_areas(
+        self, session: Session, hosp: db.Hospital, revoked_attrs: set[str]
+    ) -> tuple[int, int]:
+        rewrapped = republished = 0
+        public = abe.AbePublicKey.from_bytes(hosp.abe_public)
+        live = session.execute(
+            select(db.AreaKey).where(
+                db.AreaKey.authority == hosp.code, db.AreaKey.retired_ms.is_(None)
+            )
+        ).scalars()
+        for old in list(live):
+            text = areas.set_epoch(old.policy, hosp.epoch)
+            if not areas.satisfied_by(old.policy, tuple(revoked_attrs)):
+                kek = self._kek(hosp.code, old.id)
+                ct = abe.encrypt(public, text, kek, context=old.id.encode())
+                old.policy, old.epoch, old.abe_ciphertext = text, hosp.epoch, ct.to_bytes()
+                republished += 1
+                continue
+            new = self._new_area_key(session, hosp, Area(old.area), old.scope, text)
+            old.retired_ms = self.clock()
+            rewrapped += self._move_wraps(session, hosp.code, old.id, new.id)
+        return rewrapped, republished
+
+    def _move_wraps(self, session: Session, hospital: str, old_id: str, new_id: str) -> int:
+        old_kek, new_kek = self._kek(hospital, old_id), self._kek(hospital, new_id)
+        wraps = session.execute(select(db.Wrap).where(db.Wrap.area_key == old_id)).scalars()
+        count = 0
+        for wrap in list(wraps):
+            dek = protect.unwrap_dek(old_kek, wrap.wrapped, wrap.record, old_id)
+            wrap.wrapped = protect.wrap_dek(new_kek, dek, wrap.record, new_id)
+            wrap.area_key = new_id
+            count += 1
+        return count
+
+    def trace(self, key_bytes: bytes) -> dict[str, Any]:
+        """Audit a leaked key file, record the verdict on the ledger, revoke a guilty key."""
+        try:
+            key = abe.AbeUserKey.from_bytes(key_bytes)
+        except (CryptoError, ValueError) as exc:
+            raise InvalidInput(f"not a CP-ABE key file: {exc}") from None
+        with self.sessions() as session:
+            hospitals = list(session.execute(select(db.Hospital)).scalars())
+            publics = {h.code: abe.AbePublicKey.from_bytes(h.abe_public) for h in hospitals}
+            registries: dict[str, list[abe.Registration]] = {}
+            for row in session.execute(select(db.AbeKey)).scalars():
+                registries.setdefault(row.authority, []).extend(
+                    abe.registry_from_bytes(row.registration)
+                )
+        trusted = {
+            c.tx.body["identity"]: c.tx.sender for c in self.ledger.txs(TxKind.REGISTER_KEY_TAG)
+        }
+        result = keyring.trace(key, publics, registries, trusted)
+        signer_hospital = result.authority or self.config.hospitals[0]
+        evidence = {
+            "key_sha256": hashlib.sha256(key_bytes).hexdigest(),
+            "authority": result.authority,
+            "identity": result.identity,
+            "reason": result.reason,
+        }
+        signer = self.wallets.identity(authority_principal(signer_hospital))
+        body = {"verdict": result.verdict.value, "evidence": evidence}
+        tx = self._submit(signer, TxKind.TRACE_VERDICT, [body])[0]
+        out: dict[str, Any] = {**result.as_dict(), "txid": tx.tx.txid, "height": tx.height}
+        if result.verdict == abe.Verdict.USER and result.identity and result.authority:
+            out["revocation"] = self.revoke_key(result.identity, result.authority)
+        return out

@@ -1,0 +1,35 @@
+"""Small shared pieces of the service: clocks, service identities, time formatting."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+Clock = Callable[[], int]
+
+
+def wall_clock_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def service_principal(hospital: str) -> str:
+    """The identity a hospital's records service signs anchors and grants with."""
+    return f"records@{hospital}"
+
+
+def authority_principal(hospital: str) -> str:
+    """The identity a hospital's attribute authority signs trace verdicts with."""
+    return f"authority@{hospital}"
+
+
+def utc(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC)
+
+
+def iso(ms: int | None) -> str:
+    return "never" if ms is None else utc(ms).isoformat(timespec="seconds")
+
+
+def valid_at(until_ms: int | None, now_ms: int) -> bool:
+    return until_ms is None or now_ms < until_ms

@@ -1,0 +1,385 @@
+"""Grants: patient shares (H-KAC), referrals, studies and consents, break-glass, revocation.
+
+A mixin of :class:`medshare.service.api.MedShare`: it uses the service's state (``sessions``,
+``ledger``, ``wallets``, ``blobs``, ``params``, ``clock``) and its lookups.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from medshare.crypto import hkac, kac
+from medshare.ledger.types import TxKind
+from medshare.records import canonical, deidentify
+from medshare.records.departments import Taxonomy
+from medshare.service import areas, db, protect
+from medshare.service.areas import Area
+from medshare.service.common import (
+    service_principal,
+    utc,
+    valid_at,
+)
+from medshare.service.errors import AccessDenied, InvalidInput, NotFound
+from medshare.service.wallets import check_principal, patient_principal
+
+
+def referral_covers(scope: dict[str, Any], record: db.Record, taxonomy: Taxonomy) -> bool:
+    """A referral covers its hospital's records, within its department sub-tree if any."""
+    if scope.get("hospital") != record.hospital:
+        return False
+    dept = scope.get("dept")
+    return dept is None or taxonomy.is_within(record.dept, dept)
+
+
+class GrantMixin:
+    """Grants (a part of :class:`~medshare.service.api.MedShare`)."""
+
+    def share(
+        self,
+        patient_id: str,
+        to: str,
+        *,
+        records: Sequence[str] = (),
+        dept: str | None = None,
+        everything: bool = False,
+        until_ms: int | None = None,
+    ) -> hkac.Share:
+        """The patient shares records, a department (with its sub-tree) or everything.
+
+        Signed by the patient's identity and committed as a GRANT before the share exists.
+        """
+        check_principal(to)
+        if sum([bool(records), dept is not None, everything]) != 1:
+            raise InvalidInput("choose exactly one of --record, --dept or --all")
+        now = self.clock()
+        if until_ms is not None and until_ms <= now:
+            raise InvalidInput("--until must be in the future")
+        with db.transaction(self.sessions) as session:
+            patient = self._patient(session, patient_id)
+            self._enroll_grantee(session, to)
+            for rid in records:
+                if self._record(session, rid).patient != patient_id:
+                    raise NotFound(f"record {rid} is not a record of patient {patient_id}")
+            if dept is not None and dept not in self.taxonomy:
+                raise InvalidInput(f"unknown department code {dept!r}")
+            share = self._make_share(patient, to, records, dept, now, until_ms)
+            scope = {"kind": share.scope_kind, "items": list(share.scope)}
+            body = {
+                "grant": share.share_id,
+                "patient": patient_id,
+                "grantee": to,
+                "area": Area.PERSONAL.value,
+                "scope": scope,
+                "until": until_ms,
+            }
+            tx = self._patient_signs(patient_id, TxKind.GRANT, body)
+            classes = {str(b): sorted(c) for b, c in share.classes().items()}
+            session.add(
+                db.Grant(
+                    id=share.share_id,
+                    kind="share",
+                    area=Area.PERSONAL.value,
+                    patient=patient_id,
+                    grantee=to,
+                    scope={**scope, "classes": classes},
+                    created_ms=now,
+                    until_ms=until_ms,
+                    txid=tx.tx.txid,
+                )
+            )
+        return share
+
+    def _enroll_grantee(self, session: Session, who: str) -> None:
+        """A person the patient shares with gets an identity on first share (their wallet
+        is where the share file goes), so their reads can be signed and logged."""
+        if session.get(db.Principal, who) is not None:
+            return
+        identity = self.wallets.create_identity(who)
+        session.add(
+            db.Principal(
+                id=who,
+                kind="person",
+                hospital=None,
+                roles=["grantee"],
+                dept=None,
+                identity_public=identity.public,
+                created_ms=self.clock(),
+            )
+        )
+
+    def _make_share(self, patient, to, records, dept, now_ms, until_ms) -> hkac.Share:
+        seed = self.wallets.seed(patient.id)
+        directory = hkac.Directory.from_bytes(patient.directory)
+        times = {"now": utc(now_ms), "until": None if until_ms is None else utc(until_ms)}
+        if records:
+            return hkac.share_records(seed, self.params, directory, records, grantee=to, **times)
+        if dept is not None:
+            return hkac.share_department(
+                seed, self.params, directory, dept, self.taxonomy.subtree, grantee=to, **times
+            )
+        return hkac.share_all(seed, self.params, directory, grantee=to, **times)
+
+    def _patient_signs(self, patient_id: str, kind: TxKind, body: dict[str, Any]):
+        key = self.wallets.identity(patient_principal(patient_id))
+        return self._submit(key, kind, [body])[0]
+
+    def revoke(self, grant_id: str, *, reason: str = "revoked by the grantor") -> dict[str, Any]:
+        """End a grant: a REVOKE tx, then (for an H-KAC share) move the records it opened to
+        fresh slots so the revoked key opens no stored wrap."""
+        with db.transaction(self.sessions) as session:
+            grant = session.get(db.Grant, grant_id)
+            if grant is None:
+                raise NotFound(f"unknown grant {grant_id!r}")
+            if grant.revoked_ms is not None:
+                raise InvalidInput(f"grant {grant_id} is already revoked")
+            signer = (
+                self.wallets.identity(patient_principal(grant.patient))
+                if grant.area in (Area.PERSONAL.value, Area.RESEARCH.value) and grant.patient
+                else self.wallets.identity(service_principal(grant.scope.get("hospital", "")))
+            )
+            tx = self._submit(signer, TxKind.REVOKE, [{"grant": grant_id, "reason": reason}])[0]
+            grant.revoked_ms = self.clock()
+            moved = 0
+            if grant.kind == "share":
+                moved = self._reseal_shared(session, grant)
+        return {"grant": grant_id, "txid": tx.tx.txid, "records_resealed": moved}
+
+    def _reseal_shared(self, session: Session, grant: db.Grant) -> int:
+        """Move the records a revoked share opened to fresh H-KAC slots (patient side)."""
+        patient = self._patient(session, grant.patient)
+        classes = {int(b): frozenset(c) for b, c in grant.scope.get("classes", {}).items()}
+        directory = hkac.Directory.from_bytes(patient.directory)
+        plan = directory.records_in(classes)
+        if not plan:
+            return 0
+        seed = self.wallets.seed(patient.id)
+        own = hkac.share_all(seed, self.params, directory, grantee=patient_principal(patient.id))
+        deks = {}
+        for rid in plan:
+            row = self._record(session, rid)
+            ct = kac.KacCiphertext.from_bytes(row.kac_header)
+            deks[rid] = hkac.open_record(self.params, own, ct, rid)
+        directory = hkac.move_records(directory, plan)
+        patient.directory = directory.to_bytes()
+        for rid, dek in deks.items():
+            slot = directory.slot_of(rid)
+            public = self._block_public(patient, slot.block)
+            sealed = hkac.seal_record(self.params, {slot.block: public}, slot, dek, rid)
+            self._record(session, rid).kac_header = sealed.to_bytes()
+        return len(plan)
+
+    def _break_glass(self, session, who, record, reason, now) -> None:
+        """Reuse ``who``'s live break-glass for this patient, or commit a new one (reason
+        required): the tx is on the ledger, and so in the patient's log, before any read."""
+        rows = session.execute(
+            select(db.Grant).where(
+                db.Grant.kind == "break-glass",
+                db.Grant.patient == record.patient,
+                db.Grant.grantee == who,
+                db.Grant.revoked_ms.is_(None),
+            )
+        ).scalars()
+        if any(valid_at(g.until_ms, now) for g in rows):
+            return
+        if not reason or not reason.strip():
+            raise InvalidInput("break-glass needs a reason (--reason)")
+        until = now + self.config.break_glass_minutes * 60_000
+        body = {
+            "record": record.id,
+            "patient": record.patient,
+            "actor": who,
+            "reason": reason.strip()[:500],
+            "until": until,
+        }
+        tx = self._submit(self.wallets.identity(who), TxKind.BREAK_GLASS, [body])[0]
+        session.add(
+            db.Grant(
+                id=secrets.token_hex(16),
+                kind="break-glass",
+                area=Area.EMERGENCY.value,
+                patient=record.patient,
+                grantee=who,
+                scope={"hospital": record.hospital, "reason": body["reason"]},
+                created_ms=now,
+                until_ms=until,
+                txid=tx.tx.txid,
+            )
+        )
+        session.commit()
+
+    def refer(
+        self,
+        patient_id: str,
+        hospital: str,
+        to: str,
+        *,
+        dept: str | None = None,
+        until_ms: int | None = None,
+    ) -> str:
+        """``hospital`` refers the patient to a partner physician ``to``: a key with the
+        referral attribute from ``hospital``'s authority, a referral area key, and wraps
+        of the patient's records at ``hospital`` (within ``dept`` if given)."""
+        now = self.clock()
+        until = until_ms or now + self.config.referral_days * 86_400_000
+        if until <= now:
+            raise InvalidInput("the referral's end must be in the future")
+        referral = "R" + secrets.token_hex(6)
+        with db.transaction(self.sessions) as session:
+            self._patient(session, patient_id)
+            partner = self._principal(session, to)
+            if partner.hospital is None or partner.hospital == hospital:
+                raise InvalidInput(f"{to} is not a clinician of a partner hospital")
+            hosp = self._hospital(session, hospital)
+            if dept is not None and dept not in self.taxonomy:
+                raise InvalidInput(f"unknown department code {dept!r}")
+            scope = {"hospital": hospital, "partner": partner.hospital, "dept": dept}
+            body = {
+                "grant": referral,
+                "patient": patient_id,
+                "grantee": to,
+                "area": Area.COLLABORATION.value,
+                "scope": scope,
+                "until": until,
+            }
+            signer = self.wallets.identity(service_principal(hospital))
+            tx = self._submit(signer, TxKind.GRANT, [body])[0]
+            session.add(
+                db.Grant(
+                    id=referral,
+                    kind="referral",
+                    area=Area.COLLABORATION.value,
+                    patient=patient_id,
+                    grantee=to,
+                    scope=scope,
+                    created_ms=now,
+                    until_ms=until,
+                    txid=tx.tx.txid,
+                )
+            )
+            area_key = self._area_key(
+                session,
+                Area.COLLABORATION,
+                hospital,
+                f"referral/{referral}",
+                referral=referral,
+                partner=partner.hospital,
+            )
+            records = self._records_at(session, patient_id, hospital)
+            for record in records:
+                if referral_covers(scope, record, self.taxonomy):
+                    self._add_wrap(session, record, area_key, self._custodian_dek(session, record))
+            epoch = hosp.epoch
+        attrs = areas.partner_attributes(referral, partner.hospital, epoch)
+        self.issue_key(to, hospital, attrs)
+        return referral
+
+    def _records_at(self, session, patient_id: str, hospital: str) -> list[db.Record]:
+        return list(
+            session.execute(
+                select(db.Record).where(
+                    db.Record.patient == patient_id,
+                    db.Record.hospital == hospital,
+                    db.Record.shredded_ms.is_(None),
+                )
+            ).scalars()
+        )
+
+    def approve_study(self, study: str, hospital: str, researcher: str) -> None:
+        """An ethics approval at ``hospital``: the researcher gets ``ethics:<study>``."""
+        check_principal(study)
+        with db.transaction(self.sessions) as session:
+            self._principal(session, researcher)
+            hosp = self._hospital(session, hospital)
+            if session.get(db.Grant, f"study/{study}") is not None:
+                raise InvalidInput(f"study {study} already exists")
+            body = {
+                "grant": f"study/{study}",
+                "patient": "*",
+                "grantee": researcher,
+                "area": Area.RESEARCH.value,
+                "scope": {"hospital": hospital, "study": study},
+            }
+            signer = self.wallets.identity(service_principal(hospital))
+            tx = self._submit(signer, TxKind.GRANT, [body])[0]
+            session.add(
+                db.Grant(
+                    id=f"study/{study}",
+                    kind="study",
+                    area=Area.RESEARCH.value,
+                    patient=None,
+                    grantee=researcher,
+                    scope=body["scope"],
+                    created_ms=self.clock(),
+                    txid=tx.tx.txid,
+                )
+            )
+            epoch = hosp.epoch
+        self.wallets.save_study_secret(study, secrets.token_bytes(32))
+        self.issue_key(researcher, hospital, areas.researcher_attributes(study, epoch))
+
+    def _study_of(self, session, who: str) -> str:
+        rows = session.execute(
+            select(db.Grant).where(
+                db.Grant.kind == "study",
+                db.Grant.grantee == who,
+                db.Grant.revoked_ms.is_(None),
+            )
+        ).scalars()
+        studies = [g.scope["study"] for g in rows]
+        if not studies:
+            raise AccessDenied(f"{who} has no approved study")
+        return studies[-1]
+
+    def consent_research(self, patient_id: str, study: str) -> int:
+        """The patient consents to ``study``: de-identified copies of their records at the
+        study's hospital are made and wrapped for it. Returns how many."""
+        with db.transaction(self.sessions) as session:
+            self._patient(session, patient_id)
+            approval = session.get(db.Grant, f"study/{study}")
+            if approval is None or approval.revoked_ms is not None:
+                raise NotFound(f"unknown study {study!r}")
+            hospital = approval.scope["hospital"]
+            grant_id = f"consent/{study}/{patient_id}"
+            if session.get(db.Grant, grant_id) is not None:
+                raise InvalidInput(f"patient {patient_id} already consented to {study}")
+            body = {
+                "grant": grant_id,
+                "patient": patient_id,
+                "grantee": study,
+                "area": Area.RESEARCH.value,
+                "scope": {"study": study, "hospital": hospital},
+            }
+            tx = self._patient_signs(patient_id, TxKind.GRANT, body)
+            session.add(
+                db.Grant(
+                    id=grant_id,
+                    kind="consent",
+                    area=Area.RESEARCH.value,
+                    patient=patient_id,
+                    grantee=study,
+                    scope=body["scope"],
+                    created_ms=self.clock(),
+                    txid=tx.tx.txid,
+                )
+            )
+            area_key = self._area_key(
+                session, Area.RESEARCH, hospital, f"research/{study}/{hospital}", study=study
+            )
+            target = deidentify.Study(study, self.wallets.study_secret(study))
+            made = 0
+            for record in self._records_at(session, patient_id, hospital):
+                dek = self._custodian_dek(session, record)
+                plain = self._fetch(record, record.blob_id, dek)
+                copy = deidentify.deidentify(json.loads(plain), target, patient_id)
+                copy_dek = protect.new_dek()
+                data = canonical.canonical_bytes(copy)
+                blob_id = self.blobs.put(protect.seal_blob(copy_dek, data, record.id))
+                self._add_wrap(session, record, area_key, copy_dek, blob_id)
+                made += 1
+        return made

@@ -1,0 +1,288 @@
+"""Ingest: FHIR in, records protected, anchored on the ledger; crypto-shredding out.
+
+A mixin of :class:`medshare.service.api.MedShare`: it uses the service's state (``sessions``,
+``ledger``, ``wallets``, ``blobs``, ``params``, ``clock``) and its lookups.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from medshare.crypto import hkac, kac
+from medshare.ledger.types import TxKind
+from medshare.records import canonical, fhir
+from medshare.service import db, protect
+from medshare.service.common import (
+    service_principal,
+)
+from medshare.service.wallets import patient_principal
+
+
+@dataclass
+class IngestReport:
+    patients: int = 0
+    records: int = 0
+    rejected: list[dict[str, str]] = field(default_factory=list)
+    unchanged: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "patients": self.patients,
+            "records": self.records,
+            "unchanged": self.unchanged,
+            "rejected": self.rejected,
+        }
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """A parsed, classified record waiting to be protected and anchored."""
+
+    resource: fhir.Resource
+    patient_id: str
+    dept: str
+
+
+def _patient_id(res: fhir.Resource) -> str | None:
+    if res.resource_type == "Patient":
+        return res.id
+    ref = res.patient
+    if ref and ref.startswith("Patient/"):
+        return ref.split("/", 1)[1]
+    return None
+
+
+def _same_content(row: db.Record, data: bytes) -> bool:
+    return canonical.verify_salted_digest(data, row.salt, row.digest)
+
+
+def _display_name(patient: dict[str, Any]) -> str:
+    for name in patient.get("name") or ():
+        if isinstance(name, dict):
+            given = " ".join(g for g in name.get("given") or () if isinstance(g, str))
+            family = name.get("family") if isinstance(name.get("family"), str) else ""
+            text = f"{given} {family}".strip() or name.get("text")
+            if text:
+                return str(text)
+    return "(no name)"
+
+
+class IngestMixin:
+    """Ingest (a part of :class:`~medshare.service.api.MedShare`)."""
+
+    def ingest(self, hospital: str, sources: Iterable[Path | bytes]) -> IngestReport:
+        """Load FHIR (Bundles, NDJSON, single resources), protect and anchor every record.
+
+        A source that does not load is rejected whole with its reason; a resource that
+        cannot be attributed to a patient is rejected alone. Re-ingesting an identical
+        resource changes nothing; a different resource under an existing id is rejected
+        (records are never silently overwritten).
+        """
+        report = IngestReport()
+        with self.sessions() as session:
+            self._hospital(session, hospital)
+        resources: list[fhir.Resource] = []
+        origin: dict[int, str] = {}
+        for source in sources:
+            name = source.name if isinstance(source, Path) else "<input>"
+            try:
+                loaded = fhir.load_any(source)
+            except fhir.FhirError as exc:
+                report.rejected.append({"item": name, "reason": str(exc)})
+                continue
+            for err in loaded.errors:
+                report.rejected.append({"item": name, "reason": str(err)})
+            resources += loaded.resources
+            origin.update((id(res), name) for res in loaded.resources)
+        self._ingest_resources(hospital, resources, origin, report)
+        return report
+
+    def _ingest_resources(
+        self,
+        hospital: str,
+        resources: list[fhir.Resource],
+        origin: dict[int, str],
+        report: IngestReport,
+    ) -> None:
+        """All sources of one call are classified together, so an NDJSON export's
+        Observations find their Encounters and Patients in the other files."""
+        patients = {r.key: r for r in resources if r.resource_type == "Patient"}
+        prepared: list[_Prepared] = []
+        for res, decision in self.classifier.classify_all(resources):
+            where = f"{origin.get(id(res), '')} {res.location}".strip()
+            pid = _patient_id(res)
+            if pid is None or res.key is None:
+                report.rejected.append({"item": where, "reason": "no patient reference"})
+                continue
+            if res.id is None:
+                report.rejected.append({"item": where, "reason": "resource has no id"})
+                continue
+            prepared.append(_Prepared(res, pid, decision.code))
+        with db.transaction(self.sessions) as session:
+            for res in patients.values():
+                if res.id and session.get(db.Patient, res.id) is None:
+                    self._enroll(session, res, hospital)
+                    report.patients += 1
+            added: list[db.Record] = []
+            seq = session.execute(select(func.max(db.Record.seq))).scalar() or 0
+            for item in prepared:
+                if session.get(db.Patient, item.patient_id) is None:
+                    report.rejected.append(
+                        {
+                            "item": f"{origin.get(id(item.resource), '')} "
+                            f"{item.resource.location}".strip(),
+                            "reason": f"patient {item.patient_id} is not enrolled "
+                            "(ingest their Patient resource first)",
+                        }
+                    )
+                    continue
+                item = self._inherit_stored_encounter(session, item)
+                existing = session.get(db.Record, item.resource.key)
+                if existing is not None:
+                    if _same_content(existing, item.resource.canonical):
+                        report.unchanged += 1
+                    else:
+                        report.rejected.append(
+                            {
+                                "item": item.resource.key,
+                                "reason": "a different resource with this id is already "
+                                "stored; records are never overwritten",
+                            }
+                        )
+                    continue
+                seq += 1
+                added.append(self._protect(session, hospital, item, seq))
+                report.records += 1
+            self._anchor(session, hospital, added)
+
+    @staticmethod
+    def _inherit_stored_encounter(session: Session, item: _Prepared) -> _Prepared:
+        """A record added later to an Encounter ingested earlier goes to that Encounter's
+        department (the classifier only sees the Encounters of the current input)."""
+        res = item.resource
+        if res.resource_type == "Encounter" or not res.encounter:
+            return item
+        stored = session.get(db.Record, res.encounter)
+        if stored is None or stored.patient != item.patient_id:
+            return item
+        return _Prepared(res, item.patient_id, stored.dept)
+
+    def _enroll(self, session: Session, res: fhir.Resource, hospital: str) -> None:
+        """A new patient: a fresh seed in their wallet, an empty public directory."""
+        seed = hkac.PatientSeed.generate()
+        self.wallets.save_seed(res.id, seed)
+        if not self.wallets.has_identity(patient_principal(res.id)):
+            self.wallets.create_identity(patient_principal(res.id))
+        identity = self.wallets.identity(patient_principal(res.id))
+        session.add(
+            db.Principal(
+                id=patient_principal(res.id),
+                kind="patient",
+                hospital=None,
+                roles=["patient"],
+                dept=None,
+                identity_public=identity.public,
+                created_ms=self.clock(),
+            )
+        )
+        directory = hkac.Directory.for_params(self.params, self.config.slab_size)
+        session.add(
+            db.Patient(
+                id=res.id,
+                name=_display_name(res.original),
+                home_hospital=hospital,
+                directory=directory.to_bytes(),
+                block_publics={},
+                research_consent=False,
+                created_ms=self.clock(),
+            )
+        )
+
+    def _protect(self, session: Session, hospital: str, item: _Prepared, seq: int) -> db.Record:
+        res = item.resource
+        dek = protect.new_dek()
+        blob_id = self.blobs.put(protect.seal_blob(dek, res.canonical, res.key))
+        salt = canonical.new_salt()
+        patient = session.get(db.Patient, item.patient_id)
+        header = self._seal_personal(patient, item.dept, res.key, dek)
+        record = db.Record(
+            id=res.key,
+            patient=item.patient_id,
+            hospital=hospital,
+            dept=item.dept,
+            resource_type=res.resource_type,
+            blob_id=blob_id,
+            salt=salt,
+            digest=canonical.salted_digest(res.canonical, salt),
+            kac_header=header,
+            seq=seq,
+            anchor_txid="",
+            created_ms=self.clock(),
+        )
+        session.add(record)
+        for area_key in self._write_keys(session, hospital, item.dept):
+            kek = self._kek(hospital, area_key.id)
+            session.add(
+                db.Wrap(
+                    record=res.key,
+                    area_key=area_key.id,
+                    blob_id=blob_id,
+                    wrapped=protect.wrap_dek(kek, dek, res.key, area_key.id),
+                )
+            )
+        return record
+
+    def _seal_personal(self, patient: db.Patient, dept: str, record_id: str, dek: bytes) -> bytes:
+        """Give the record an H-KAC slot and seal its DEK there (the personal area)."""
+        directory = hkac.Directory.from_bytes(patient.directory)
+        directory, slot = hkac.assign(directory, dept, record_id)
+        public = self._block_public(patient, slot.block)
+        patient.directory = directory.to_bytes()
+        return hkac.seal_record(self.params, {slot.block: public}, slot, dek, record_id).to_bytes()
+
+    def _anchor(self, session: Session, hospital: str, pending: list[db.Record]) -> None:
+        """Anchor these new records on the ledger, in one batch of txs, before the SQL
+        transaction commits: a failed anchor rolls the ingest back."""
+        if not pending:
+            return
+        bodies = [
+            {
+                "record": r.id,
+                "patient": r.patient,
+                "dept": r.dept,
+                "digest": r.digest,
+                "blob": r.blob_id,
+                "hospital": hospital,
+            }
+            for r in pending
+        ]
+        key = self.wallets.identity(service_principal(hospital))
+        committed = self._submit(key, TxKind.ANCHOR_RECORD, bodies)
+        for record, tx in zip(pending, committed, strict=True):
+            record.anchor_txid = tx.tx.txid
+
+    def _block_public(self, patient: db.Patient, block: int) -> kac.KacPatientPublic:
+        """``v_b`` for a block; the patient's device publishes it on first use."""
+        publics = dict(patient.block_publics)
+        if str(block) not in publics:
+            seed = self.wallets.seed(patient.id)
+            publics[str(block)] = hkac.block_public(seed, block).to_bytes().hex()
+            patient.block_publics = publics
+        return kac.KacPatientPublic.from_bytes(bytes.fromhex(publics[str(block)]))
+
+    def shred(self, record_id: str) -> None:
+        """Crypto-shredding: destroy every wrap of the record's DEK; the digest stays."""
+        with db.transaction(self.sessions) as session:
+            record = self._record(session, record_id)
+            for wrap in session.execute(
+                select(db.Wrap).where(db.Wrap.record == record_id)
+            ).scalars():
+                session.delete(wrap)
+            record.kac_header = None
+            record.shredded_ms = self.clock()

@@ -1,0 +1,279 @@
+"""Reading: the storage gate of each area, verified fetch, access logging, export, verify.
+
+A mixin of :class:`medshare.service.api.MedShare`: it uses the service's state (``sessions``,
+``ledger``, ``wallets``, ``blobs``, ``params``, ``clock``) and its lookups.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select
+
+from medshare.crypto import abe, hkac, kac
+from medshare.crypto.errors import DecryptionFailed, PolicyNotSatisfied
+from medshare.crypto.signing import SigningKey
+from medshare.ledger.types import TxKind
+from medshare.records import canonical
+from medshare.records.blobstore import BlobStoreError
+from medshare.service import db, protect
+from medshare.service.areas import Area, top_department
+from medshare.service.common import (
+    iso,
+    valid_at,
+)
+from medshare.service.errors import AccessDenied, IntegrityError, InvalidInput, NotFound
+from medshare.service.grants import referral_covers
+from medshare.service.wallets import patient_principal
+
+
+@dataclass(frozen=True)
+class ReadResult:
+    """A served record: its canonical FHIR bytes and the committed access tx."""
+
+    record_id: str
+    area: Area
+    resource: bytes
+    txid: str
+
+
+class ReadingMixin:
+    """Reading (a part of :class:`~medshare.service.api.MedShare`)."""
+
+    def read(
+        self,
+        who: str,
+        record_id: str,
+        *,
+        area: Area,
+        share: hkac.Share | None = None,
+        reason: str | None = None,
+    ) -> ReadResult:
+        """Serve one record to ``who`` through ``area``, logging the attempt on the ledger.
+
+        Refusals (no grant, expired, revoked, wrong attributes, wrong key) raise
+        :class:`AccessDenied` after a committed ``access`` tx with outcome ``denied``.
+        """
+        with self.sessions() as session:
+            self._principal(session, who)
+            record = self._record(session, record_id)
+        if record.shredded_ms is not None:
+            raise NotFound(f"record {record_id} was deleted (crypto-shredded)")
+        identity = self.wallets.identity(who)
+        try:
+            dek, blob_id = self._gate(who, record, area, share, reason)
+            data = self._fetch(record, blob_id, dek)
+        except AccessDenied as exc:
+            self._log_access(identity, record, area, "denied", str(exc))
+            raise
+        committed = self._log_access(identity, record, area, "success", reason)
+        return ReadResult(record_id, area, data, committed.tx.txid)
+
+    def _log_access(self, identity, record: db.Record, area: Area, outcome: str, why):
+        body = {
+            "record": record.id,
+            "patient": record.patient,
+            "actor": self._who(identity),
+            "area": area.value,
+            "outcome": outcome,
+        }
+        if why:
+            body["reason"] = why
+        return self._submit(identity, TxKind.ACCESS, [body])[0]
+
+    def _who(self, identity: SigningKey) -> str:
+        with self.sessions() as session:
+            row = session.execute(
+                select(db.Principal).where(db.Principal.identity_public == identity.public)
+            ).scalar_one()
+            return row.id
+
+    def _gate(self, who, record, area, share, reason) -> tuple[bytes, str]:
+        """(DEK, blob id) for an allowed read; raises AccessDenied with the reason."""
+        if area is Area.PERSONAL:
+            return self._open_personal(who, record, share), record.blob_id
+        if share is not None:
+            raise InvalidInput("--key is for the personal area; drop --area or use --area personal")
+        with self.sessions() as session:
+            scope = self._scope_for(session, who, record, area, reason)
+            return self._open_area(session, who, record, scope)
+
+    def _open_personal(self, who: str, record: db.Record, share: hkac.Share | None) -> bytes:
+        if share is None:
+            raise InvalidInput("the personal area needs --key SHARE.json")
+        if share.grantee != who:
+            raise AccessDenied(f"this share was given to {share.grantee}, not to {who}")
+        with self.sessions() as session:
+            grant = session.get(db.Grant, share.share_id)
+        if grant is None or grant.patient != record.patient:
+            raise AccessDenied("this share was not granted by the record's patient")
+        if grant.revoked_ms is not None:
+            raise AccessDenied(f"share {share.share_id} was revoked")
+        if not valid_at(grant.until_ms, self.clock()):
+            raise AccessDenied(f"share {share.share_id} expired at {iso(grant.until_ms)}")
+        if record.kac_header is None:
+            raise AccessDenied("the record has no personal-area wrap")
+        ct = kac.KacCiphertext.from_bytes(record.kac_header)
+        try:
+            return hkac.open_record(self.params, share, ct, record.id)
+        except PolicyNotSatisfied as exc:
+            raise AccessDenied(f"the share does not cover this record ({exc})") from None
+        except DecryptionFailed:
+            raise AccessDenied("the share's key does not open this record") from None
+
+    def _scope_for(self, session, who, record, area, reason) -> str:
+        """Which area key a reader goes through, after the area's gate conditions."""
+        now = self.clock()
+        if area is Area.INSTITUTION:
+            return f"institution/{record.hospital}/{top_department(record.dept)}"
+        if area is Area.EMERGENCY:
+            self._break_glass(session, who, record, reason, now)
+            return f"emergency/{record.hospital}"
+        if area is Area.COLLABORATION:
+            grant = self._live_grant(session, "referral", record.patient, who, now)
+            if not referral_covers(grant.scope, record, self.taxonomy):
+                raise AccessDenied(f"referral {grant.id} does not cover this record")
+            return f"referral/{grant.id}"
+        if area is Area.RESEARCH:
+            study = self._study_of(session, who)
+            self._live_grant(session, "consent", record.patient, study, now)
+            return f"research/{study}/{record.hospital}"
+        raise InvalidInput(f"unknown area {area}")
+
+    def _live_grant(self, session, kind, patient, grantee, now) -> db.Grant:
+        rows = session.execute(
+            select(db.Grant).where(
+                db.Grant.kind == kind, db.Grant.patient == patient, db.Grant.grantee == grantee
+            )
+        ).scalars()
+        rows = list(rows)
+        live = [g for g in rows if g.revoked_ms is None and valid_at(g.until_ms, now)]
+        if live:
+            return live[-1]
+        if any(g.revoked_ms is not None for g in rows):
+            raise AccessDenied(f"the {kind} for {grantee} was revoked")
+        if rows:
+            raise AccessDenied(f"the {kind} for {grantee} expired at {iso(rows[-1].until_ms)}")
+        raise AccessDenied(f"no {kind} of patient {patient} for {grantee}")
+
+    def _open_area(self, session, who, record, scope) -> tuple[bytes, str]:
+        area_key = session.execute(
+            select(db.AreaKey).where(db.AreaKey.scope == scope, db.AreaKey.retired_ms.is_(None))
+        ).scalar_one_or_none()
+        wrap = None
+        if area_key is not None:
+            wrap = session.execute(
+                select(db.Wrap).where(db.Wrap.record == record.id, db.Wrap.area_key == area_key.id)
+            ).scalar_one_or_none()
+        if wrap is None:
+            raise AccessDenied(f"no wrap of this record in {scope}")
+        hosp = self._hospital(session, area_key.authority)
+        try:
+            key = self.wallets.abe_key(who, area_key.authority)
+        except LookupError:
+            raise AccessDenied(f"{who} holds no key of {area_key.authority}") from None
+        public = abe.AbePublicKey.from_bytes(hosp.abe_public)
+        ct = abe.AbeCiphertext.from_bytes(area_key.abe_ciphertext)
+        try:
+            kek = abe.decrypt(public, key, ct, context=area_key.id.encode())
+        except PolicyNotSatisfied:
+            raise AccessDenied(
+                f"{who}'s attributes do not satisfy the policy {area_key.policy}"
+            ) from None
+        except DecryptionFailed:
+            raise AccessDenied(f"{who}'s key does not decrypt the {scope} key") from None
+        return protect.unwrap_dek(kek, wrap.wrapped, record.id, area_key.id), wrap.blob_id
+
+    def _fetch(self, record: db.Record, blob_id: str, dek: bytes) -> bytes:
+        """The verified plaintext: anchor on the ledger, blob hash, AEAD, salted digest."""
+        self._check_anchor(record)
+        try:
+            blob = self.blobs.get(blob_id)
+        except BlobStoreError as exc:
+            raise IntegrityError(f"no intact copy of record {record.id}: {exc}") from None
+        try:
+            data = protect.open_blob(dek, blob, record.id)
+        except DecryptionFailed:
+            raise IntegrityError(f"record {record.id}: blob fails authentication") from None
+        if blob_id == record.blob_id and not canonical.verify_salted_digest(
+            data, record.salt, record.digest
+        ):
+            raise IntegrityError(f"record {record.id} does not match its ledger digest")
+        return data
+
+    def _check_anchor(self, record: db.Record) -> None:
+        anchored = self.ledger.find(record.anchor_txid)
+        body = anchored.tx.body if anchored is not None else {}
+        if (
+            anchored is None
+            or anchored.tx.kind != TxKind.ANCHOR_RECORD
+            or body.get("record") != record.id
+            or body.get("digest") != record.digest
+            or body.get("blob") != record.blob_id
+        ):
+            raise IntegrityError(f"record {record.id} does not match its ledger anchor")
+
+    def export(self, patient_id: str) -> bytes:
+        """The patient's records as NDJSON, opened with keys derived from the patient's own
+        seed (not the hospitals'), in ingest order; logged as one access."""
+        with self.sessions() as session:
+            patient = self._patient(session, patient_id)
+            rows = list(
+                session.execute(
+                    select(db.Record)
+                    .where(db.Record.patient == patient_id, db.Record.shredded_ms.is_(None))
+                    .order_by(db.Record.seq)
+                ).scalars()
+            )
+        seed = self.wallets.seed(patient_id)
+        directory = hkac.Directory.from_bytes(patient.directory)
+        own = hkac.share_all(seed, self.params, directory, grantee=patient_principal(patient_id))
+        lines = []
+        for record in rows:
+            ct = kac.KacCiphertext.from_bytes(record.kac_header)
+            dek = hkac.open_record(self.params, own, ct, record.id)
+            lines.append(self._fetch(record, record.blob_id, dek) + b"\n")
+        identity = self.wallets.identity(patient_principal(patient_id))
+        body = {
+            "record": "*",
+            "patient": patient_id,
+            "actor": patient_principal(patient_id),
+            "area": Area.PERSONAL.value,
+            "outcome": "success",
+            "action": "export",
+        }
+        self._submit(identity, TxKind.ACCESS, [body])
+        return b"".join(lines)
+
+    def verify(self, record_id: str | None = None) -> dict[str, Any]:
+        """Check the ledger on every node and each record end to end (anchor, every blob
+        copy, AEAD, salted digest via the holding hospital's own wrap); repair bad copies."""
+        nodes = [dataclasses.asdict(c) for c in self.ledger.verify()]
+        problems: list[dict[str, str]] = []
+        repaired: list[str] = []
+        with self.sessions() as session:
+            query = select(db.Record).where(db.Record.shredded_ms.is_(None))
+            if record_id is not None:
+                self._record(session, record_id)
+                query = query.where(db.Record.id == record_id)
+            rows = list(session.execute(query.order_by(db.Record.seq)).scalars())
+            for record in rows:
+                try:
+                    self._check_anchor(record)
+                    blob, report = self.blobs.get_with_report(record.blob_id)
+                    repaired += [f"{record.id} on {name}" for name in report.repaired]
+                    dek = self._custodian_dek(session, record)
+                    data = protect.open_blob(dek, blob, record.id)
+                    if not canonical.verify_salted_digest(data, record.salt, record.digest):
+                        raise IntegrityError("content does not match its ledger digest")
+                except (IntegrityError, BlobStoreError, DecryptionFailed) as exc:
+                    problems.append({"record": record.id, "problem": str(exc)})
+        return {
+            "ok": not problems and all(n["ok"] for n in nodes),
+            "ledger": nodes,
+            "records_checked": len(rows),
+            "problems": problems,
+            "repaired": repaired,
+        }
