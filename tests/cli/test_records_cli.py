@@ -544,9 +544,9 @@ def test_verify_repairs_a_corrupt_copy_from_the_other_replica(consortium: Consor
 
 @pytest.mark.xfail(
     strict=True,
-    reason="BUG: MedShare.verify (service/api.py) promises to check 'every blob copy' but "
-    "uses blobs.get_with_report, which stops at the first good copy in HRW order: a corrupt "
-    "copy on the lower-ranked replica is neither reported nor repaired",
+    reason="BUG: MedShare.verify (service/reading.py, was service/api.py) promises to check "
+    "'every blob copy' but calls blobs.get_with_report, which stops at the first good copy in "
+    "HRW order: a corrupt copy on the lower-ranked replica is neither reported nor repaired",
 )
 def test_verify_repairs_a_corrupt_copy_on_the_second_replica(consortium: Consortium) -> None:
     row = consortium.records(consortium.patients[1])[3]

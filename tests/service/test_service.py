@@ -270,3 +270,38 @@ def test_new_patient_file_adds_to_ledger(consortium):
     report = service.ingest("H002", [write_bundle(root, 9, 0, 5)])
     assert report.patients == 1 and report.records >= 5
     assert service.ledger.height() > before
+
+
+def test_department_share_extends_to_a_new_slab(consortium):
+    """More records than one slab holds: the share's grantee gets the new slab's key."""
+    service, _, root = consortium
+    pid = _patient(service, 1)
+    encounter = next(r for r in service.records_of(pid) if r["type"] == "Encounter")
+    share = service.share(pid, "family:son", dept=encounter["dept"])
+    slab = service.config.slab_size
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "collection",
+        "entry": [
+            {
+                "resource": {
+                    "resourceType": "Observation",
+                    "id": f"many-{i}",
+                    "status": "final",
+                    "code": {"text": f"reading {i}"},
+                    "subject": {"reference": f"Patient/{pid}"},
+                    "encounter": {"reference": encounter["id"]},
+                }
+            }
+            for i in range(slab + 2)
+        ],
+    }
+    (root / "many.json").write_text(json.dumps(bundle))
+    assert service.ingest("H001", [root / "many.json"]).records == slab + 2
+    last = f"Observation/many-{slab + 1}"
+    got = service.read("family:son", last, area=Area.PERSONAL, share=share)
+    assert f"reading {slab + 1}".encode() in got.resource
+    extensions = [
+        c for c in service.ledger.txs(TxKind.GRANT) if c.tx.body.get("grant") == share.share_id
+    ]
+    assert len(extensions) == 2 and extensions[-1].tx.body["extension"] >= 1

@@ -116,6 +116,7 @@ class ReadingMixin:
         if record.kac_header is None:
             raise AccessDenied("the record has no personal-area wrap")
         ct = kac.KacCiphertext.from_bytes(record.kac_header)
+        share = self.wallets.delivered_share(who, share.share_id) or share
         try:
             return hkac.open_record(self.params, share, ct, record.id)
         except PolicyNotSatisfied as exc:

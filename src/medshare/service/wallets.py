@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
-from medshare.crypto import abe, issuance
+from medshare.crypto import abe, hkac, issuance
 from medshare.crypto.hkac import PatientSeed
 from medshare.crypto.signing import SigningKey
 from medshare.fileio import write_file
@@ -98,6 +98,20 @@ class Wallets:
             self._folder(patient_principal(patient)) / "seed", f"seed for patient {patient}"
         )
         return PatientSeed(data)
+
+    # -- share inbox -----------------------------------------------------------------------
+
+    def deliver_share(self, grantee: str, share: hkac.Share) -> None:
+        """Put an extended share where its grantee picks it up (their device, in a real
+        deployment): the same share id with the keys for slabs reserved since issue."""
+        path = self._folder(grantee) / "inbox" / f"{share.share_id}.json"
+        write_file(path, share.to_bytes(), secret=True)
+
+    def delivered_share(self, grantee: str, share_id: str) -> hkac.Share | None:
+        path = self._folder(grantee) / "inbox" / f"{quote(share_id, safe='')}.json"
+        if not path.is_file():
+            return None
+        return hkac.Share.from_bytes(path.read_bytes())
 
     # -- authorities -----------------------------------------------------------------------
 
