@@ -455,11 +455,6 @@ def test_institution_area_follows_the_department(consortium: Consortium) -> None
     assert_fails(read(consortium, PHYSICIAN, row.id), 2, "--key")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: cli/records.py read() calls parse_area() outside service_errors(), so an "
-    "unknown --area escapes as an uncaught ValueError (exit 1, traceback) instead of exit 2",
-)
 def test_an_unknown_area_is_bad_input(consortium: Consortium) -> None:
     row = consortium.record_in(consortium.patients[0], "03")
     result = read(consortium, PHYSICIAN, row.id, "--area", "bogus")
@@ -536,25 +531,19 @@ def test_verify_repairs_a_corrupt_copy_from_the_other_replica(consortium: Consor
         assert hashlib.sha256(first.read_bytes()).hexdigest() != row.blob_id
         report = stdout_json(verify(consortium))
         assert report["ok"] is True and report["problems"] == []
-        assert report["repaired"] == [f"{row.id} on {name}"]
+        assert report["repaired"] == [f"{row.blob_id} on {name}"]
         assert hashlib.sha256(first.read_bytes()).hexdigest() == row.blob_id
     again = stdout_json(verify(consortium, "--record", row.id))
     assert again["ok"] is True and again["repaired"] == [] and again["records_checked"] == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: MedShare.verify (service/reading.py, was service/api.py) promises to check "
-    "'every blob copy' but calls blobs.get_with_report, which stops at the first good copy in "
-    "HRW order: a corrupt copy on the lower-ranked replica is neither reported nor repaired",
-)
 def test_verify_repairs_a_corrupt_copy_on_the_second_replica(consortium: Consortium) -> None:
     row = consortium.records(consortium.patients[1])[3]
     _, (name, second) = consortium.blob_copies(row.blob_id)
     with restored(second):
         flip_byte(second)
         report = stdout_json(verify(consortium, "--record", row.id))
-        assert report["repaired"] == [f"{row.id} on {name}"]
+        assert report["repaired"] == [f"{row.blob_id} on {name}"]
         assert hashlib.sha256(second.read_bytes()).hexdigest() == row.blob_id
 
 

@@ -305,3 +305,31 @@ def test_department_share_extends_to_a_new_slab(consortium):
         c for c in service.ledger.txs(TxKind.GRANT) if c.tx.body.get("grant") == share.share_id
     ]
     assert len(extensions) == 2 and extensions[-1].tx.body["extension"] >= 1
+
+
+def test_seed_recovery_from_shares(consortium, tmp_path):
+    service, _, _ = consortium
+    pid = _patient(service)
+    words = service.recovery_split(pid, 2, 3)
+    assert len(words) == 3
+    original = service.wallets.seed(pid).secret_bytes()
+    service.wallets.save_seed(pid, hkac.PatientSeed(bytes(32)))  # the phone is lost
+    with pytest.raises(InvalidInput, match="cannot rebuild"):
+        service.recovery_restore(pid, words[:1])
+    other = service.recovery_split(_patient(service, 1), 2, 3)
+    with pytest.raises(InvalidInput, match="different seed"):
+        service.recovery_restore(pid, other[:2])
+    assert service.recovery_restore(pid, [words[0], words[2]])["restored"]
+    assert service.wallets.seed(pid).secret_bytes() == original
+    assert service.export(pid)
+
+
+def test_hospital_adds_a_sub_department(consortium):
+    service, _, _ = consortium
+    service.add_department("030401", "0304", "心衰专病门诊", "Heart-failure clinic")
+    assert any(d["code"] == "030401" for d in service.departments())
+    with pytest.raises(InvalidInput, match="cannot add"):
+        service.add_department("9", "0304", "x", "bad code")
+    from medshare.service.patients import load_taxonomy
+
+    assert "030401" in load_taxonomy(service.config.data_dir)

@@ -82,8 +82,12 @@ def register(app: typer.Typer) -> None:
     """Add the records commands to the top-level app."""
     for command in (init, ingest, patients, export, share, read, log, verify, trace):
         app.command(command.__name__)(command)
-    for command in (refer, study, consent, revoke, consents):
+    for command in (refer, study, consent, revoke, consents, departments):
         app.command(command.__name__)(command)
+    recovery = typer.Typer(help="Back up and restore a patient's seed with Shamir shares.")
+    recovery.command("split")(recovery_split)
+    recovery.command("restore")(recovery_restore)
+    app.add_typer(recovery, name="recovery")
 
 
 def init(
@@ -189,8 +193,9 @@ def read(
     reason: Annotated[str | None, typer.Option(help="Break-glass reason (emergency).")] = None,
 ) -> None:
     """Read one record through an access area; prints the FHIR resource, or exits 1."""
-    chosen = parse_area(area) if area else Area.PERSONAL
     share_obj = None
+    with service_errors():
+        chosen = parse_area(area) if area else Area.PERSONAL
     if key is not None:
         with service_errors():
             try:
@@ -283,6 +288,48 @@ def revoke(
     """Revoke a grant; a share's records move to fresh slots so its key opens nothing."""
     with opened(data_dir) as service:
         _print_json(service.revoke(grant))
+
+
+def departments(
+    data_dir: DataDir,
+    add: Annotated[str | None, typer.Option(help="Add a sub-department with this code.")] = None,
+    parent: Annotated[str | None, typer.Option(help="Its parent department code.")] = None,
+    name_en: Annotated[str | None, typer.Option(help="English name.")] = None,
+    name_zh: Annotated[str | None, typer.Option(help="Chinese name.")] = None,
+) -> None:
+    """List the department catalogue, or add a hospital's sub-department to it."""
+    with opened(data_dir) as service:
+        if add is not None:
+            if not (parent and name_en):
+                raise fail("--add needs --parent and --name-en (and ideally --name-zh)")
+            service.add_department(add, parent, name_zh or name_en, name_en)
+        _print_json(service.departments())
+
+
+def recovery_split(
+    data_dir: DataDir,
+    patient: Patient,
+    threshold: Annotated[int, typer.Option(help="Shares needed to restore.")] = 2,
+    shares: Annotated[int, typer.Option(help="Shares to make (one per trusted contact).")] = 3,
+) -> None:
+    """Print SLIP-39 mnemonics of the patient's seed, one per line (give one to each contact)."""
+    with opened(data_dir) as service:
+        words = service.recovery_split(patient, threshold, shares)
+    typer.echo("\n".join(words))
+
+
+def recovery_restore(
+    data_dir: DataDir,
+    patient: Patient,
+    share_file: Annotated[
+        Path, typer.Option("--shares", help="A file with one mnemonic per line.")
+    ],
+) -> None:
+    """Rebuild the patient's seed from enough shares; checked against their published keys."""
+    with service_errors():
+        lines = [ln.strip() for ln in share_file.read_text().splitlines() if ln.strip()]
+    with opened(data_dir) as service:
+        _print_json(service.recovery_restore(patient, lines))
 
 
 __all__ = ["EXIT_BAD_INPUT", "register"]

@@ -40,7 +40,7 @@ import re
 import sqlite3
 import tempfile
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -455,8 +455,9 @@ class ReplicatedBlobStore:
             f"unavailable={unavailable}"
         )
 
-    def scrub(self) -> ScrubReport:
-        """Verify every copy of every blob any reachable replica holds, and heal.
+    def scrub(self, only: Iterable[str] | None = None) -> ScrubReport:
+        """Verify every copy of every blob any reachable replica holds (or only of the
+        blobs ``only`` names), and heal.
 
         For each blob: corrupt copies are overwritten with a good copy while fewer than
         ``replication`` good copies exist, and deleted otherwise; missing copies are added
@@ -468,8 +469,8 @@ class ReplicatedBlobStore:
         are shredded, and :meth:`delete` can be repeated.
         """
         report = ScrubReport()
-        all_ids: set[str] = set()
-        for replica in self.replicas:
+        all_ids: set[str] = {check_blob_id(b) for b in only} if only is not None else set()
+        for replica in self.replicas if only is None else ():
             try:
                 all_ids.update(replica.ids())
             except Exception as exc:

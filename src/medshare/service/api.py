@@ -27,7 +27,6 @@ from medshare.ledger.embedded import EmbeddedLedger
 from medshare.ledger.types import TxKind
 from medshare.records.blobstore import DirectoryReplica, ReplicatedBlobStore
 from medshare.records.classify import Classifier
-from medshare.records.departments import Taxonomy
 from medshare.service import db
 from medshare.service.area_keys import AreaKeyMixin
 from medshare.service.areas import AreaTemplates
@@ -37,11 +36,12 @@ from medshare.service.config import ServiceConfig
 from medshare.service.errors import NotFound
 from medshare.service.grants import GrantMixin
 from medshare.service.ingest import IngestMixin, IngestReport
+from medshare.service.patients import PatientKeyMixin, load_taxonomy
 from medshare.service.reading import ReadingMixin, ReadResult
 from medshare.service.wallets import Wallets
 
 
-class MedShare(IngestMixin, AreaKeyMixin, GrantMixin, ReadingMixin, AuditLogMixin):
+class MedShare(IngestMixin, AreaKeyMixin, GrantMixin, ReadingMixin, AuditLogMixin, PatientKeyMixin):
     """The service over one data directory; use :meth:`open` (or ``init`` in consortium)."""
 
     def __init__(
@@ -60,7 +60,7 @@ class MedShare(IngestMixin, AreaKeyMixin, GrantMixin, ReadingMixin, AuditLogMixi
         self.engine = db.make_engine(config.url)
         db.migrate(self.engine)
         self.sessions = db.session_factory(self.engine)
-        self.taxonomy = Taxonomy.default()
+        self.taxonomy = load_taxonomy(config.data_dir)
         self.classifier = Classifier(self.taxonomy)
         self.blobs = ReplicatedBlobStore(
             [DirectoryReplica(config.replica_dir(h), h) for h in config.hospitals],

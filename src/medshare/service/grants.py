@@ -355,19 +355,6 @@ class GrantMixin:
                 "area": Area.RESEARCH.value,
                 "scope": {"study": study, "hospital": hospital},
             }
-            tx = self._patient_signs(patient_id, TxKind.GRANT, body)
-            session.add(
-                db.Grant(
-                    id=grant_id,
-                    kind="consent",
-                    area=Area.RESEARCH.value,
-                    patient=patient_id,
-                    grantee=study,
-                    scope=body["scope"],
-                    created_ms=self.clock(),
-                    txid=tx.tx.txid,
-                )
-            )
             area_key = self._area_key(
                 session, Area.RESEARCH, hospital, f"research/{study}/{hospital}", study=study
             )
@@ -382,4 +369,19 @@ class GrantMixin:
                 blob_id = self.blobs.put(protect.seal_blob(copy_dek, data, record.id))
                 self._add_wrap(session, record, area_key, copy_dek, blob_id)
                 made += 1
+            # Logged last: a failure above (e.g. a blob with no intact copy) leaves neither
+            # a consent in the ledger nor derivatives behind.
+            tx = self._patient_signs(patient_id, TxKind.GRANT, body)
+            session.add(
+                db.Grant(
+                    id=grant_id,
+                    kind="consent",
+                    area=Area.RESEARCH.value,
+                    patient=patient_id,
+                    grantee=study,
+                    scope=body["scope"],
+                    created_ms=self.clock(),
+                    txid=tx.tx.txid,
+                )
+            )
         return made

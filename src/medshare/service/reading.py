@@ -249,26 +249,26 @@ class ReadingMixin:
         return b"".join(lines)
 
     def verify(self, record_id: str | None = None) -> dict[str, Any]:
-        """Check the ledger on every node and each record end to end (anchor, every blob
-        copy, AEAD, salted digest via the holding hospital's own wrap); repair bad copies."""
+        """Check the ledger on every node and each record end to end: its anchor, every
+        copy of its blob (bad copies repaired from a good one), then AEAD and salted digest
+        through the holding hospital's own wrap."""
         nodes = [dataclasses.asdict(c) for c in self.ledger.verify()]
         problems: list[dict[str, str]] = []
-        repaired: list[str] = []
         with self.sessions() as session:
             query = select(db.Record).where(db.Record.shredded_ms.is_(None))
             if record_id is not None:
                 self._record(session, record_id)
                 query = query.where(db.Record.id == record_id)
             rows = list(session.execute(query.order_by(db.Record.seq)).scalars())
+            scrub = self.blobs.scrub(only=None if record_id is None else [rows[0].blob_id])
+            lost = set(scrub.lost)
             for record in rows:
+                if record.blob_id in lost:
+                    problem = f"no intact copy of blob {record.blob_id} on any replica"
+                    problems.append({"record": record.id, "problem": problem})
+                    continue
                 try:
-                    self._check_anchor(record)
-                    blob, report = self.blobs.get_with_report(record.blob_id)
-                    repaired += [f"{record.id} on {name}" for name in report.repaired]
-                    dek = self._custodian_dek(session, record)
-                    data = protect.open_blob(dek, blob, record.id)
-                    if not canonical.verify_salted_digest(data, record.salt, record.digest):
-                        raise IntegrityError("content does not match its ledger digest")
+                    self._check_record(session, record)
                 except (IntegrityError, BlobStoreError, DecryptionFailed) as exc:
                     problems.append({"record": record.id, "problem": str(exc)})
         return {
@@ -276,5 +276,13 @@ class ReadingMixin:
             "ledger": nodes,
             "records_checked": len(rows),
             "problems": problems,
-            "repaired": repaired,
+            "repaired": [f"{blob} on {name}" for blob, name in scrub.repaired],
+            "removed_corrupt_copies": [f"{blob} on {name}" for blob, name in scrub.removed],
         }
+
+    def _check_record(self, session, record: db.Record) -> None:
+        self._check_anchor(record)
+        blob = self.blobs.get(record.blob_id)
+        data = protect.open_blob(self._custodian_dek(session, record), blob, record.id)
+        if not canonical.verify_salted_digest(data, record.salt, record.digest):
+            raise IntegrityError("content does not match its ledger digest")
