@@ -15,6 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from medshare.crypto import hkac, kac
+from medshare.crypto.signing import SigningKey
 from medshare.ledger.types import TxKind
 from medshare.records import canonical, deidentify
 from medshare.records.departments import Taxonomy
@@ -70,17 +71,10 @@ class GrantMixin:
                 raise InvalidInput(f"unknown department code {dept!r}")
             share = self._make_share(patient, to, records, dept, now, until_ms)
             scope = {"kind": share.scope_kind, "items": list(share.scope)}
-            body = {
-                "grant": share.share_id,
-                "patient": patient_id,
-                "grantee": to,
-                "area": Area.PERSONAL.value,
-                "scope": scope,
-                "until": until_ms,
-            }
-            tx = self._patient_signs(patient_id, TxKind.GRANT, body)
             classes = {str(b): sorted(c) for b, c in share.classes().items()}
-            session.add(
+            self._commit_grant(
+                session,
+                self.wallets.identity(patient_principal(patient_id)),
                 db.Grant(
                     id=share.share_id,
                     kind="share",
@@ -90,10 +84,29 @@ class GrantMixin:
                     scope={**scope, "classes": classes},
                     created_ms=now,
                     until_ms=until_ms,
-                    txid=tx.tx.txid,
-                )
+                ),
             )
         return share
+
+    def _commit_grant(self, session: Session, signer: SigningKey, grant: db.Grant) -> None:
+        """Commit a GRANT tx for ``grant`` (signed by ``signer``), then store the row.
+
+        The ledger body carries what an auditor needs to read the grant; the H-KAC class
+        map in a share's scope stays in the database (it is for re-wrapping only).
+        """
+        scope = {k: v for k, v in grant.scope.items() if k != "classes"}
+        body = {
+            "grant": grant.id,
+            "patient": grant.patient or "*",
+            "grantee": grant.grantee,
+            "area": grant.area,
+            "scope": scope,
+        }
+        if grant.until_ms is not None or grant.kind in ("share", "referral"):
+            body["until"] = grant.until_ms
+        committed = self._submit(signer, TxKind.GRANT, [body])[0]
+        grant.txid = committed.tx.txid
+        session.add(grant)
 
     def _enroll_grantee(self, session: Session, who: str) -> None:
         """A person the patient shares with gets an identity on first share (their wallet
@@ -239,17 +252,9 @@ class GrantMixin:
             if dept is not None and dept not in self.taxonomy:
                 raise InvalidInput(f"unknown department code {dept!r}")
             scope = {"hospital": hospital, "partner": partner.hospital, "dept": dept}
-            body = {
-                "grant": referral,
-                "patient": patient_id,
-                "grantee": to,
-                "area": Area.COLLABORATION.value,
-                "scope": scope,
-                "until": until,
-            }
-            signer = self.wallets.identity(service_principal(hospital))
-            tx = self._submit(signer, TxKind.GRANT, [body])[0]
-            session.add(
+            self._commit_grant(
+                session,
+                self.wallets.identity(service_principal(hospital)),
                 db.Grant(
                     id=referral,
                     kind="referral",
@@ -259,8 +264,7 @@ class GrantMixin:
                     scope=scope,
                     created_ms=now,
                     until_ms=until,
-                    txid=tx.tx.txid,
-                )
+                ),
             )
             area_key = self._area_key(
                 session,
@@ -298,26 +302,18 @@ class GrantMixin:
             hosp = self._hospital(session, hospital)
             if session.get(db.Grant, f"study/{study}") is not None:
                 raise InvalidInput(f"study {study} already exists")
-            body = {
-                "grant": f"study/{study}",
-                "patient": "*",
-                "grantee": researcher,
-                "area": Area.RESEARCH.value,
-                "scope": {"hospital": hospital, "study": study},
-            }
-            signer = self.wallets.identity(service_principal(hospital))
-            tx = self._submit(signer, TxKind.GRANT, [body])[0]
-            session.add(
+            self._commit_grant(
+                session,
+                self.wallets.identity(service_principal(hospital)),
                 db.Grant(
                     id=f"study/{study}",
                     kind="study",
                     area=Area.RESEARCH.value,
                     patient=None,
                     grantee=researcher,
-                    scope=body["scope"],
+                    scope={"hospital": hospital, "study": study},
                     created_ms=self.clock(),
-                    txid=tx.tx.txid,
-                )
+                ),
             )
             epoch = hosp.epoch
         self.wallets.save_study_secret(study, secrets.token_bytes(32))
@@ -348,13 +344,6 @@ class GrantMixin:
             grant_id = f"consent/{study}/{patient_id}"
             if session.get(db.Grant, grant_id) is not None:
                 raise InvalidInput(f"patient {patient_id} already consented to {study}")
-            body = {
-                "grant": grant_id,
-                "patient": patient_id,
-                "grantee": study,
-                "area": Area.RESEARCH.value,
-                "scope": {"study": study, "hospital": hospital},
-            }
             area_key = self._area_key(
                 session, Area.RESEARCH, hospital, f"research/{study}/{hospital}", study=study
             )
@@ -371,17 +360,17 @@ class GrantMixin:
                 made += 1
             # Logged last: a failure above (e.g. a blob with no intact copy) leaves neither
             # a consent in the ledger nor derivatives behind.
-            tx = self._patient_signs(patient_id, TxKind.GRANT, body)
-            session.add(
+            self._commit_grant(
+                session,
+                self.wallets.identity(patient_principal(patient_id)),
                 db.Grant(
                     id=grant_id,
                     kind="consent",
                     area=Area.RESEARCH.value,
                     patient=patient_id,
                     grantee=study,
-                    scope=body["scope"],
+                    scope={"study": study, "hospital": hospital},
                     created_ms=self.clock(),
-                    txid=tx.tx.txid,
-                )
+                ),
             )
         return made
