@@ -20,6 +20,8 @@ ROW_KEYS = {
     "latency_ms",
     "messages_per_block",
     "bytes_per_block",
+    "uplink_max",
+    "ceiling_tps",
 }
 
 
@@ -39,15 +41,16 @@ def test_quick_plan_always_holds_the_key_comparison() -> None:
 def test_summary_ratios() -> None:
     rows = [
         {"mode": "committee", "nodes": 64, "committee": 7, "block_txs": 10, "tps": 500.0,
-         "messages_per_block": 300.0},
+         "messages_per_block": 300.0, "ceiling_tps": 3600.0},
         {"mode": "all-node", "nodes": 64, "committee": 64, "block_txs": 10, "tps": 100.0,
-         "messages_per_block": 8100.0},
+         "messages_per_block": 8100.0, "ceiling_tps": 600.0},
     ]  # fmt: skip
     out = summary(rows)
     assert out["committee7_vs_all_at_64_tps_ratio"] == 5.0
     assert out["messages_ratio_at_64"] == 27.0
     assert out["targets"]["tps_ratio_met"] and out["targets"]["messages_ratio_met"]
     assert out["tps_ratio_at_64_by_block_txs"] == {"10": 5.0}
+    assert out["ceiling_tps_ratio_at_64_by_block_txs"] == {"10": 6.0}
 
 
 @pytest.mark.slow
@@ -87,3 +90,14 @@ def test_bench_ledger_quick_report_shape(tmp_path: Path) -> None:
     assert {"nodes", "tps", "txs", "block_txs"} <= set(local)
     assert local["nodes"] == 4 and local["txs"] == 5000 and local["tps"] > 0
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_uplink_time_is_counted_per_sender() -> None:
+    """A 1 Mbit/s uplink sending 125,000 bytes is busy 1 s; the receiver's is not."""
+    from medshare.ledger.sim.network import LinkModel, Simulator
+
+    links = LinkModel(latency_ms_min=10.0, latency_ms_max=10.0, bandwidth_mbps=1.0)
+    sim = Simulator(2, links, seed=1)
+    sim.send(0, 1, "hello", 125_000, 0.0)
+    busy = sim.stats().uplink_busy_ms
+    assert busy[0] == pytest.approx(1000.0) and busy[1] == 0.0

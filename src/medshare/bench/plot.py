@@ -98,3 +98,94 @@ def plot_ledger(report: dict, out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
     plt.close(fig)
+
+
+def plot_service(report: dict, out: Path) -> None:
+    """Left: the read breakdown per area (component medians, stacked) next to the bare crypto
+    bound, with the end-to-end median and the target. Right: H-KAC share key bytes against
+    one key per record covered (32 B AES, 96 B KAC) by the patient's record count, log-log."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
+    rows = report["read"]
+    xs = range(len(rows))
+    bottom = [0.0] * len(rows)
+    for part, colour in (("gate", "C0"), ("fetch", "C1"), ("log", "C2"), ("other", "C7")):
+        heights = [r[f"{part}_ms"] for r in rows]
+        label = {"log": "ledger log", "fetch": "fetch + verify"}.get(part, part)
+        left.bar([x - 0.18 for x in xs], heights, 0.34, bottom=bottom, color=colour, label=label)
+        bottom = [b + h for b, h in zip(bottom, heights, strict=True)]
+    left.bar(
+        [x + 0.2 for x in xs],
+        [r["bound_ms"] for r in rows],
+        0.2,
+        color="C0",
+        hatch="//",
+        alpha=0.5,
+        label="bare bound of the gate's crypto",
+    )
+    left.scatter(
+        [x - 0.18 for x in xs],
+        [r["median_ms"] for r in rows],
+        color="black",
+        marker="_",
+        s=600,
+        zorder=3,
+        label="end-to-end median",
+    )
+    target = rows[0]["target_ms"] if rows else 50
+    left.axhline(target, color="red", linestyle="--", linewidth=1, label=f"target {target:g} ms")
+    for x, r in zip(xs, rows, strict=True):
+        left.annotate(
+            f"gate {r['gate_ratio']:.1f}× bound",
+            (x + 0.2, r["bound_ms"]),
+            textcoords="offset points",
+            xytext=(0, 4),
+            ha="center",
+            fontsize=7,
+        )
+    left.set_xticks(list(xs), [f"{r['area']}\n({r['bound_op']})" for r in rows], fontsize=8)
+    left.set_ylabel("ms (medians)")
+    kb = rows[0]["record_kb"] if rows else 0
+    left.set_title(f"Read of a {kb:g} kB record, end to end")
+    left.legend(fontsize=7)
+    left.grid(alpha=0.3, axis="y")
+    measured = report["key_overhead"]["measured"]
+    ns = [m["n_records"] for m in measured]
+    labels = list(measured[0]["shares"]) if measured else []
+    for i, label in enumerate(labels):
+        colour = f"C{i}"
+        shares = [m["shares"][label] for m in measured]
+        right.plot(
+            ns, [s["size_bytes"] for s in shares], color=colour, marker="o", label=f"{label}: H-KAC"
+        )
+        right.plot(
+            ns,
+            [s["per_record_96B_bytes"] for s in shares],
+            color=colour,
+            linestyle="--",
+            marker=".",
+            label=f"{label}: 96 B / record",
+        )
+        right.plot(
+            ns,
+            [s["per_record_32B_bytes"] for s in shares],
+            color=colour,
+            linestyle=":",
+            marker=".",
+            label=f"{label}: 32 B / record",
+        )
+    right.plot(
+        ns, [m["patient_seed_bytes"] for m in measured], color="black", marker="s",
+        label="patient secret (seed)",
+    )  # fmt: skip
+    right.set_xscale("log")
+    right.set_yscale("log")
+    right.set_xticks(ns, [str(n) for n in ns])
+    right.set_xlabel("patient's records N (log)")
+    right.set_ylabel("key bytes sent (log)")
+    right.set_title("Share key bytes vs one key per record covered (real service)")
+    right.legend(fontsize=6, ncol=2)
+    right.grid(alpha=0.3, which="both")
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)

@@ -129,7 +129,8 @@ class SimStats:
     """Counters for the benchmark. ``messages_sent`` counts every send call, so once the
     simulator is idle ``messages_sent == messages_delivered + messages_dropped``.
     ``bytes_sent`` counts bytes put on an uplink (not loopback, not sends while crashed).
-    ``cpu_busy_ms[i]`` is node i's processing plus charged work."""
+    ``cpu_busy_ms[i]`` is node i's processing plus charged work; ``uplink_busy_ms[i]`` is
+    the time node i's uplink spent transmitting."""
 
     now_ms: float
     messages_sent: int
@@ -139,6 +140,7 @@ class SimStats:
     timers_fired: int
     timers_dropped: int
     cpu_busy_ms: tuple[float, ...]
+    uplink_busy_ms: tuple[float, ...] = ()
 
 
 class Simulator:
@@ -183,6 +185,7 @@ class Simulator:
         self._crash_at: dict[tuple[int, int], float] = {}
         self._group: list[int] | None = None
         self._cpu_busy_ms = [0.0] * n_nodes
+        self._uplink_busy_ms = [0.0] * n_nodes
         self._trace = hashlib.sha256(b"medshare.ledger.sim/1")
 
         self.messages_sent = 0
@@ -238,6 +241,7 @@ class Simulator:
             timers_fired=self.timers_fired,
             timers_dropped=self.timers_dropped,
             cpu_busy_ms=tuple(self._cpu_busy_ms),
+            uplink_busy_ms=tuple(self._uplink_busy_ms),
         )
 
     # ----------------------------------------------------------------- node actions
@@ -268,8 +272,10 @@ class Simulator:
         uplink = self._uplink_free[src]
         if uplink > start:
             start = uplink
-        tx_end = start + size_bytes * self._ms_per_byte[src]
+        on_wire = size_bytes * self._ms_per_byte[src]
+        tx_end = start + on_wire
         self._uplink_free[src] = tx_end
+        self._uplink_busy_ms[src] += on_wire
         self.bytes_sent += size_bytes
         links = self.links
         if links.loss > 0.0 and self._rng.random() < links.loss:
@@ -347,6 +353,7 @@ class Simulator:
             self._cpu_busy_ms[node] -= self._busy_until[node] - now
             self._busy_until[node] = now
         if self._uplink_free[node] > now:  # messages not yet out are lost (see _ARRIVE)
+            self._uplink_busy_ms[node] -= self._uplink_free[node] - now
             self._uplink_free[node] = now
 
     def recover(self, node: int) -> None:

@@ -265,7 +265,8 @@ class SimReport:
     decided heights of (first proposal sent → decided); ``messages_per_block`` and
     ``bytes_per_block``: everything sent (proposals, votes, notices, sync, retransmissions)
     per decided height, bytes as put on uplinks; ``cpu_utilisation[i]``: node i's busy time
-    / ``sim_ms``; ``view_changes``: decided heights whose certificate is from round > 0."""
+    / ``sim_ms``; ``uplink_utilisation[i]``: the time node i's uplink was transmitting /
+    ``sim_ms``; ``view_changes``: decided heights whose certificate is from round > 0."""
 
     seed: int
     mode: str
@@ -281,6 +282,7 @@ class SimReport:
     bytes_per_block: float
     messages_by_kind: Mapping[str, int]
     cpu_utilisation: tuple[float, ...]
+    uplink_utilisation: tuple[float, ...]
     view_changes: int
     safe: bool
     safety_violations: tuple[str, ...]
@@ -882,6 +884,9 @@ class _Run:
             messages_by_kind=dict(sorted(self.kinds.items())),
             cpu_utilisation=tuple(
                 busy / duration if duration > 0 else 0.0 for busy in stats.cpu_busy_ms
+            ),
+            uplink_utilisation=tuple(
+                busy / duration if duration > 0 else 0.0 for busy in stats.uplink_busy_ms
             ),
             view_changes=sum(1 for h in range(1, committed + 1) if self.decided_round[h] > 0),
             safe=not self.violations,
