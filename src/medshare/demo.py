@@ -41,7 +41,7 @@ from medshare.service.consortium import init
 from medshare.service.errors import AccessDenied, InvalidInput
 
 DAY_MS = 86_400_000
-PATIENTS_PER_HOSPITAL = 4
+PATIENTS_PER_HOSPITAL = 6
 RECORDS_PER_PATIENT = 30
 SEED = 2026
 
@@ -136,7 +136,8 @@ def step_ingest(story: Story) -> Outcome:
     story.patient = next(
         p["id"] for p in story.svc.patients() if _has_dept(story.svc, p["id"], "03", "H001")
     )
-    ok = total["rejected"] == 0 and refused.rejected and total["patients"] == 12
+    expected = PATIENTS_PER_HOSPITAL * len(story.svc.config.hospitals)
+    ok = total["rejected"] == 0 and refused.rejected and total["patients"] == expected
     return Outcome(
         bool(ok),
         f"{total['patients']} patients, {total['records']} records encrypted, replicated "
@@ -442,7 +443,8 @@ STEPS: tuple[tuple[str, Callable[[Story], Outcome]], ...] = (
 def run_demo(data_dir: Path | None, console: Console | None = None) -> int:
     """Run every step; print a summary table; return the process exit code."""
     console = console or Console()
-    out = (data_dir or Path.cwd() / "medshare-demo").resolve()
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    out = (data_dir or Path.cwd() / f"medshare-demo-{stamp}").resolve()
     if out.exists() and any(out.iterdir()):
         console.print(f"[bold red]error:[/] {out} is not empty; choose a new --data-dir")
         return 2

@@ -104,7 +104,7 @@ def plot_service(report: dict, out: Path) -> None:
     """Left: the read breakdown per area (component medians, stacked) next to the bare crypto
     bound, with the end-to-end median and the target. Right: H-KAC share key bytes against
     one key per record covered (32 B AES, 96 B KAC) by the patient's record count, log-log."""
-    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 6))
     rows = report["read"]
     xs = range(len(rows))
     bottom = [0.0] * len(rows)
@@ -146,7 +146,9 @@ def plot_service(report: dict, out: Path) -> None:
     left.set_ylabel("ms (medians)")
     kb = rows[0]["record_kb"] if rows else 0
     left.set_title(f"Read of a {kb:g} kB record, end to end")
-    left.legend(fontsize=7)
+    top = max([target, *(r["median_ms"] for r in rows), *bottom])
+    left.set_ylim(0, top * 1.35)
+    left.legend(fontsize=7, loc="upper right", ncol=2)
     left.grid(alpha=0.3, axis="y")
     measured = report["key_overhead"]["measured"]
     ns = [m["n_records"] for m in measured]
@@ -183,7 +185,7 @@ def plot_service(report: dict, out: Path) -> None:
     right.set_xlabel("patient's records N (log)")
     right.set_ylabel("key bytes sent (log)")
     right.set_title("Share key bytes vs one key per record covered (real service)")
-    right.legend(fontsize=6, ncol=2)
+    right.legend(fontsize=6, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.12))
     right.grid(alpha=0.3, which="both")
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)

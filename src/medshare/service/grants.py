@@ -189,7 +189,15 @@ class GrantMixin:
 
     def _break_glass(self, session, who, record, reason, now) -> None:
         """Reuse ``who``'s live break-glass for this patient, or commit a new one (reason
-        required): the tx is on the ledger, and so in the patient's log, before any read."""
+        required): the tx is on the ledger, and so in the patient's log, before any read.
+
+        Only emergency staff may break the glass; anyone else is refused here (and the
+        refusal logged by the caller), so no break-glass window is opened in their name.
+        CP-ABE is still what enforces it: the emergency area key needs the emergency role.
+        """
+        principal = session.get(db.Principal, who)
+        if principal is None or "emergency" not in (principal.roles or []):
+            raise AccessDenied(f"{who} is not emergency staff and cannot break the glass")
         rows = session.execute(
             select(db.Grant).where(
                 db.Grant.kind == "break-glass",
