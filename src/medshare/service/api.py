@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -39,6 +39,9 @@ from medshare.service.ingest import IngestMixin, IngestReport
 from medshare.service.patients import PatientKeyMixin, load_taxonomy
 from medshare.service.reading import ReadingMixin, ReadResult
 from medshare.service.wallets import Wallets
+
+T = TypeVar("T")
+DECODE_CACHE_ENTRIES = 256
 
 
 class MedShare(IngestMixin, AreaKeyMixin, GrantMixin, ReadingMixin, AuditLogMixin, PatientKeyMixin):
@@ -67,6 +70,7 @@ class MedShare(IngestMixin, AreaKeyMixin, GrantMixin, ReadingMixin, AuditLogMixi
             config.replication,
         )
         self._params: kac.KacParams | None = None
+        self._decoded: dict[tuple[type, bytes], Any] = {}
 
     @classmethod
     def open(cls, data_dir: Path, *, clock: Clock = wall_clock_ms) -> MedShare:
@@ -89,6 +93,22 @@ class MedShare(IngestMixin, AreaKeyMixin, GrantMixin, ReadingMixin, AuditLogMixi
         if self._params is None:
             self._params = kac.KacParams.from_bytes(self.config.kac_params_file.read_bytes())
         return self._params
+
+    def decoded(self, cls: type[T], data: bytes) -> T:
+        """``cls.from_bytes(data)``, decoded once per distinct bytes.
+
+        Decoding checks every group element (subgroup, canonical encoding), which costs
+        milliseconds for an ABE key or ciphertext; keyed by the bytes themselves, a changed
+        file or row is decoded and checked afresh. Bounded, oldest entries dropped first.
+        """
+        entry = (cls, data)
+        value = self._decoded.get(entry)
+        if value is None:
+            value = cls.from_bytes(data)
+            if len(self._decoded) >= DECODE_CACHE_ENTRIES:
+                self._decoded.pop(next(iter(self._decoded)))
+            self._decoded[entry] = value
+        return value
 
     # -- small lookups -------------------------------------------------------------------
 

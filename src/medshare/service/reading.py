@@ -172,11 +172,12 @@ class ReadingMixin:
             raise AccessDenied(f"no wrap of this record in {scope}")
         hosp = self._hospital(session, area_key.authority)
         try:
-            key = self.wallets.abe_key(who, area_key.authority)
+            key_bytes = self.wallets.abe_key_bytes(who, area_key.authority)
         except LookupError:
             raise AccessDenied(f"{who} holds no key of {area_key.authority}") from None
-        public = abe.AbePublicKey.from_bytes(hosp.abe_public)
-        ct = abe.AbeCiphertext.from_bytes(area_key.abe_ciphertext)
+        key = self.decoded(abe.AbeUserKey, key_bytes)
+        public = self.decoded(abe.AbePublicKey, hosp.abe_public)
+        ct = self.decoded(abe.AbeCiphertext, area_key.abe_ciphertext)
         try:
             kek = abe.decrypt(public, key, ct, context=area_key.id.encode())
         except PolicyNotSatisfied:

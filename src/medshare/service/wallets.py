@@ -78,10 +78,12 @@ class Wallets:
         write_file(self._folder(who) / f"abe-{authority}.key", key.to_bytes(), secret=True)
 
     def abe_key(self, who: str, authority: str) -> abe.AbeUserKey:
-        data = self._read(
+        return abe.AbeUserKey.from_bytes(self.abe_key_bytes(who, authority))
+
+    def abe_key_bytes(self, who: str, authority: str) -> bytes:
+        return self._read(
             self._folder(who) / f"abe-{authority}.key", f"{authority} key held by {who}"
         )
-        return abe.AbeUserKey.from_bytes(data)
 
     def drop_abe_key(self, who: str, authority: str) -> None:
         (self._folder(who) / f"abe-{authority}.key").unlink(missing_ok=True)
