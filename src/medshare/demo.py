@@ -398,8 +398,10 @@ def step_log_and_export(story: Story) -> Outcome:
     exported = svc.export(pid).splitlines()
     (story.out / "export.ndjson").write_bytes(b"\n".join(exported) + b"\n")
     original = _original_resources(story.bundles["H001"])
+    later = json.loads((story.out / "fhir" / "later-observation.json").read_text())
+    original[f"Observation/{later['id']}"] = canonical.canonical_bytes(later)
     same = sum(original.get(_key(line)) == line for line in exported)
-    ok = events and denied and same >= len(exported) - 1
+    ok = events and denied and same == len(exported)
     return Outcome(
         bool(ok),
         f"{len(events)} AuditEvents ({denied} refusals, the break-glass flagged), "
