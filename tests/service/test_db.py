@@ -42,3 +42,21 @@ def test_config_round_trip_and_errors(tmp_path):
     (tmp_path / "medshare.json").write_text('{"version": 1, "colour": "red"}')
     with pytest.raises(ConfigError, match="unknown settings"):
         ServiceConfig.load(tmp_path)
+
+
+def test_policy_templates_come_from_the_config(tmp_path):
+    from medshare.service.areas import Area, AreaTemplates
+
+    custom = "hospital:{hospital} and dept:{dept} and role:physician and epoch:{epoch}"
+    config = ServiceConfig(data_dir=tmp_path, policy_templates={"institution": custom})
+    config.save()
+    loaded = ServiceConfig.load(tmp_path)
+    templates = AreaTemplates.from_config(loaded.policy_templates)
+    text = templates.policy(Area.INSTITUTION, hospital="H001", dept="03", epoch=2)
+    assert "role:nurse" not in text and "epoch:2" in text
+    with pytest.raises(ValueError, match="epoch"):
+        AreaTemplates.from_config({"institution": "hospital:{hospital}"})
+    with pytest.raises(ValueError, match="unknown policy template"):
+        AreaTemplates.from_config({"personal": "x and epoch:{epoch}"})
+    with pytest.raises(ValueError):
+        AreaTemplates.from_config({"research": "ethics:{study} and and epoch:{epoch}"})

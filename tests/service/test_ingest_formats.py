@@ -10,7 +10,7 @@ from medshare.records import canonical, synthetic
 from medshare.service.areas import Area
 from medshare.service.config import ServiceConfig
 from medshare.service.consortium import init
-from medshare.service.errors import AccessDenied, NotFound
+from medshare.service.errors import AccessDenied, InvalidInput, NotFound
 from medshare.service.roster import StaffMember
 
 ROSTER = (StaffMember("dr.wang@H001", "H001", "03", "physician"),)
@@ -75,7 +75,13 @@ def test_crypto_shredding_keeps_the_digest_and_loses_the_content(service):
     pid = svc.patients()[0]["id"]
     rid = next(r["id"] for r in svc.records_of(pid) if r["type"] == "Observation")
     before = [c for c in svc.ledger.txs() if c.tx.body.get("record") == rid]
-    svc.shred(rid)
+    txid = svc.shred(rid, reason="patient asked for deletion")
+    deleted = svc.ledger.find(txid).tx.body
+    assert deleted["action"] == "delete" and deleted["record"] == rid
+    events = [e["resource"] for e in svc.log(pid)["entry"]]
+    assert any(e["action"] == "D" and txid in json.dumps(e) for e in events)
+    with pytest.raises(InvalidInput, match="already deleted"):
+        svc.shred(rid)
     with pytest.raises(NotFound, match="crypto-shredded"):
         svc.read("dr.wang@H001", rid, area=Area.INSTITUTION)
     anchors = [c for c in svc.ledger.txs() if c.tx.body.get("record") == rid]

@@ -82,7 +82,7 @@ def register(app: typer.Typer) -> None:
     """Add the records commands to the top-level app."""
     for command in (init, ingest, patients, export, share, read, log, verify, trace):
         app.command(command.__name__)(command)
-    for command in (refer, study, consent, revoke, consents, departments):
+    for command in (refer, study, consent, revoke, consents, departments, delete):
         app.command(command.__name__)(command)
     recovery = typer.Typer(help="Back up and restore a patient's seed with Shamir shares.")
     recovery.command("split")(recovery_split)
@@ -288,6 +288,17 @@ def revoke(
     """Revoke a grant; a share's records move to fresh slots so its key opens nothing."""
     with opened(data_dir) as service:
         _print_json(service.revoke(grant))
+
+
+def delete(
+    data_dir: DataDir,
+    record: Annotated[str, typer.Option(help="The record to delete.")],
+    reason: Annotated[str, typer.Option(help="Why (kept on the ledger).")] = "deletion requested",
+) -> None:
+    """Crypto-shred a record: its key wraps are destroyed, its ledger digest stays."""
+    with opened(data_dir) as service:
+        txid = service.shred(record, reason=reason)
+    _print_json({"record": record, "deleted": True, "txid": txid})
 
 
 def departments(

@@ -146,6 +146,7 @@ ACTIONS: Mapping[str, _Action] = {
     "export": _Action(_coding(DCM, "110106", "Export"), "R", None, _RECIPIENT),
     "grant": _Action(_REST, "C", "create", _AUTHOR),
     "revoke": _Action(_REST, "U", "update", _AUTHOR),
+    "delete": _Action(_PATIENT_RECORD, "D", "delete", _AUTHOR),
     "trace": _Action(
         _coding(DCM, "110113", "Security Alert"),
         "E",

@@ -58,7 +58,7 @@ class MedShare(IngestMixin, AreaKeyMixin, GrantMixin, ReadingMixin, AuditLogMixi
         self.config = config
         self.ledger = ledger
         self.clock = clock
-        self.templates = templates or AreaTemplates()
+        self.templates = templates or AreaTemplates.from_config(config.policy_templates)
         self.wallets = Wallets(config.wallet_dir)
         self.engine = db.make_engine(config.url)
         db.migrate(self.engine)

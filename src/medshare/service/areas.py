@@ -58,6 +58,21 @@ class AreaTemplates:
     research: str = "ethics:{study} and role:researcher and epoch:{epoch}"
     emergency: str = "area:emergency and role:emergency and epoch:{epoch}"
 
+    @classmethod
+    def from_config(cls, overrides: dict[str, str]) -> AreaTemplates:
+        """The defaults with a data directory's overrides; each override must parse and keep
+        the epoch placeholder (revocation depends on it)."""
+        unknown = set(overrides) - {"institution", "collaboration", "research", "emergency"}
+        if unknown:
+            raise ValueError(f"unknown policy template area(s): {sorted(unknown)}")
+        for area, text in overrides.items():
+            if "{epoch}" not in text:
+                raise ValueError(f"the {area} policy template must contain epoch:{{epoch}}")
+        templates = cls(**overrides)
+        for area in overrides:
+            templates.policy(Area(area), **_SAMPLE_VALUES)  # parses, placeholders known
+        return templates
+
     def policy(self, area: Area, **values: str | int) -> str:
         """The canonical policy text of ``area`` for these values (validated by parsing)."""
         template = getattr(self, area.value, None)
@@ -68,6 +83,16 @@ class AreaTemplates:
         except KeyError as exc:
             raise ValueError(f"the {area.value} policy needs a value for {exc}") from None
         return policy.canonical(policy.parse(text))
+
+
+_SAMPLE_VALUES = {
+    "hospital": "H001",
+    "dept": "03",
+    "referral": "R1",
+    "partner": "H002",
+    "study": "S1",
+    "epoch": 0,
+}
 
 
 def top_department(dept: str) -> str:

@@ -29,7 +29,10 @@ class ServiceConfig:
     a regulator node when there are more nodes than hospitals × 2); ``committee`` is the
     elected committee size m = 3f+1; ``replication`` is how many hospitals keep a copy of
     every encrypted blob; ``kac_classes`` is the KAC parameter size n (classes per block);
-    ``slab_size`` is the classes a department reserves at a time.
+    ``slab_size`` is the classes a department reserves at a time; ``policy_templates``
+    overrides the CP-ABE areas' policy templates (:class:`~medshare.service.areas.AreaTemplates`,
+    e.g. ``{"institution": "hospital:{hospital} and dept:{dept} and role:physician and
+    epoch:{epoch}"}``).
     """
 
     data_dir: Path
@@ -42,6 +45,7 @@ class ServiceConfig:
     database_url: str | None = None
     referral_days: int = 30
     break_glass_minutes: int = 60
+    policy_templates: dict[str, str] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

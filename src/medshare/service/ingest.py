@@ -19,6 +19,7 @@ from medshare.ledger.types import TxKind
 from medshare.records import canonical, fhir
 from medshare.service import db, protect
 from medshare.service.common import service_principal, utc, valid_at
+from medshare.service.errors import InvalidInput
 from medshare.service.wallets import patient_principal
 
 
@@ -321,13 +322,30 @@ class IngestMixin:
             patient.block_publics = publics
         return kac.KacPatientPublic.from_bytes(bytes.fromhex(publics[str(block)]))
 
-    def shred(self, record_id: str) -> None:
-        """Crypto-shredding: destroy every wrap of the record's DEK; the digest stays."""
+    def shred(self, record_id: str, *, reason: str = "deletion requested") -> str:
+        """Crypto-shredding: destroy every wrap of the record's DEK; the digest stays.
+
+        The holding hospital's records service logs it on the ledger (an ``access`` tx
+        with action ``delete``), so the patient's log shows who deleted what, and when.
+        Returns the txid.
+        """
         with db.transaction(self.sessions) as session:
             record = self._record(session, record_id)
-            for wrap in session.execute(
-                select(db.Wrap).where(db.Wrap.record == record_id)
-            ).scalars():
+            if record.shredded_ms is not None:
+                raise InvalidInput(f"record {record_id} is already deleted")
+            wraps = session.execute(select(db.Wrap).where(db.Wrap.record == record_id))
+            for wrap in wraps.scalars():
                 session.delete(wrap)
             record.kac_header = None
             record.shredded_ms = self.clock()
+            body = {
+                "record": record_id,
+                "patient": record.patient,
+                "actor": service_principal(record.hospital),
+                "area": "institution",
+                "outcome": "success",
+                "action": "delete",
+                "reason": reason,
+            }
+            key = self.wallets.identity(service_principal(record.hospital))
+            return self._submit(key, TxKind.ACCESS, [body])[0].tx.txid
