@@ -299,7 +299,7 @@ def step_break_glass(story: Story) -> Outcome:
 def step_trace(story: Story) -> Outcome:
     svc = story.svc
     rid = _record_in(svc, story.patient, "03", "H001")
-    leaked = svc.wallets.root / "nurse.chen@H001" / "abe-H001.key"
+    leaked = svc.wallets.abe_key_files("nurse.chen@H001", "H001")[-1]
     shutil.copy(leaked, story.out / "leaked-key.json")
     verdict = svc.trace((story.out / "leaked-key.json").read_bytes())
     after = _denied(lambda: svc.read("nurse.chen@H001", rid, area=Area.INSTITUTION))

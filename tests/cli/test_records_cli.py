@@ -585,7 +585,8 @@ def test_trace_a_leaked_nurse_key_names_and_revokes_her(
 ) -> None:
     row = consortium.record_in(consortium.patients[0], "03")
     assert_ok(read(consortium, NURSE, row.id, "--area", "institution"))
-    wallet = consortium.data_dir / "wallets" / quote(NURSE, safe="@.+-_") / "abe-H001.key"
+    folder = consortium.data_dir / "wallets" / quote(NURSE, safe="@.+-_")
+    wallet = sorted(folder.glob("abe-H001-*.key"))[-1]
     leaked = tmp_path / "leaked.key"
     shutil.copyfile(wallet, leaked)
 

@@ -230,7 +230,7 @@ def test_trace_leaked_key_revokes_and_rewraps(consortium):
     service, _, _ = consortium
     pid = _patient(service)
     rid = _record_in(service, pid, "03")
-    leaked = (service.wallets.root / "nurse.li@H001" / "abe-H001.key").read_bytes()
+    leaked = service.wallets.abe_key_files("nurse.li@H001", "H001")[-1].read_bytes()
     verdict = service.trace(leaked)
     assert verdict["verdict"] == "user" and verdict["identity"] == "nurse.li@H001"
     recorded = service.ledger.find(verdict["txid"]).tx
@@ -333,3 +333,20 @@ def test_hospital_adds_a_sub_department(consortium):
     from medshare.service.patients import load_taxonomy
 
     assert "030401" in load_taxonomy(service.config.data_dir)
+
+
+def test_two_referrals_from_one_hospital_both_work(consortium):
+    """A partner physician referred twice by the same hospital holds two keys of it."""
+    service, clock, _ = consortium
+    at_h001 = [
+        p["id"]
+        for p in service.patients()
+        if any(r["hospital"] == "H001" for r in service.records_of(p["id"]))
+    ]
+    first, second = at_h001[:2]
+    service.refer(first, "H001", "dr.chen@H002", until_ms=clock() + 10 * DAY)
+    service.refer(second, "H001", "dr.chen@H002", until_ms=clock() + 10 * DAY)
+    assert len(service.wallets.abe_key_files("dr.chen@H002", "H001")) >= 2
+    for pid in (first, second):
+        rid = next(r["id"] for r in service.records_of(pid) if r["hospital"] == "H001")
+        assert service.read("dr.chen@H002", rid, area=Area.COLLABORATION).resource

@@ -102,7 +102,7 @@ class AreaKeyMixin:
             )
         )
 
-    def issue_key(self, who: str, authority: str, attributes: tuple[str, ...]) -> None:
+    def issue_key(self, who: str, authority: str, attributes: tuple[str, ...]) -> bytes:
         """Issue ``who`` a key of ``authority`` (accountable protocol) and register its tag
         on the ledger, signed by ``who``'s own identity key: what tracing later trusts."""
         identity = self.wallets.identity(who)
@@ -126,32 +126,40 @@ class AreaKeyMixin:
                     issued_ms=self.clock(),
                 )
             )
+        return issued.key.tag()
 
-    def revoke_key(self, who: str, authority: str) -> dict[str, Any]:
-        """Revoke ``who``'s key of ``authority``: bump the epoch, re-wrap what it opened.
+    def revoke_key(self, who: str, authority: str, tag: bytes | None = None) -> dict[str, Any]:
+        """Revoke ``who``'s key of ``authority`` with public tag ``tag`` (every key of
+        ``who`` there if ``tag`` is None): bump the epoch, re-wrap what it opened.
 
         Area keys whose policy the revoked key satisfied get a fresh KEK and their records'
         DEK wraps are re-wrapped (only those); the others keep their KEK, re-published under
         the new epoch. Every other live key of the authority is re-issued at the new epoch.
         """
         with db.transaction(self.sessions) as session:
-            rows = self._live_keys(session, authority, who)
+            rows = [
+                r
+                for r in self._live_keys(session, authority, who)
+                if tag is None or _row_tag(r) == tag
+            ]
             if not rows:
-                raise NotFound(f"{who} holds no live key of {authority}")
-            revoked_attrs = set().union(*(r.attributes for r in rows))
+                raise NotFound(f"{who} holds no such live key of {authority}")
+            revoked = [(set(r.attributes), _row_tag(r)) for r in rows]
             for row in rows:
                 row.revoked_ms = self.clock()
             hosp = self._hospital(session, authority)
             hosp.epoch += 1
-            rewrapped, republished = self._rekey_areas(session, hosp, revoked_attrs)
+            rewrapped, republished = self._rekey_areas(session, hosp, [a for a, _ in revoked])
             others = self._live_keys(session, authority, None)
-            reissue = [(r.principal, tuple(r.attributes)) for r in others]
+            reissue = [(r.principal, tuple(r.attributes), _row_tag(r)) for r in others]
             for r in others:
                 r.revoked_ms = self.clock()
             epoch = hosp.epoch
-        self.wallets.drop_abe_key(who, authority)
-        for holder, attrs in reissue:
+        for _, old_tag in revoked:
+            self.wallets.drop_abe_key(who, authority, old_tag)
+        for holder, attrs, old_tag in reissue:
             self.issue_key(holder, authority, areas.with_epoch(attrs, epoch))
+            self.wallets.drop_abe_key(holder, authority, old_tag)
         return {
             "revoked": who,
             "authority": authority,
@@ -170,7 +178,7 @@ class AreaKeyMixin:
         return list(session.execute(query).scalars())
 
     def _rekey_areas(
-        self, session: Session, hosp: db.Hospital, revoked_attrs: set[str]
+        self, session: Session, hosp: db.Hospital, revoked: list[set[str]]
     ) -> tuple[int, int]:
         rewrapped = republished = 0
         public = abe.AbePublicKey.from_bytes(hosp.abe_public)
@@ -181,7 +189,7 @@ class AreaKeyMixin:
         ).scalars()
         for old in list(live):
             text = areas.set_epoch(old.policy, hosp.epoch)
-            if not areas.satisfied_by(old.policy, tuple(revoked_attrs)):
+            if not any(areas.satisfied_by(old.policy, tuple(attrs)) for attrs in revoked):
                 kek = self._kek(hosp.code, old.id)
                 ct = abe.encrypt(public, text, kek, context=old.id.encode())
                 old.policy, old.epoch, old.abe_ciphertext = text, hosp.epoch, ct.to_bytes()
@@ -233,5 +241,10 @@ class AreaKeyMixin:
         tx = self._submit(signer, TxKind.TRACE_VERDICT, [body])[0]
         out: dict[str, Any] = {**result.as_dict(), "txid": tx.tx.txid, "height": tx.height}
         if result.verdict == abe.Verdict.USER and result.identity and result.authority:
-            out["revocation"] = self.revoke_key(result.identity, result.authority)
+            out["revocation"] = self.revoke_key(result.identity, result.authority, key.tag())
         return out
+
+
+def _row_tag(row: db.AbeKey) -> bytes:
+    """The public tag of an issued key, from its registry row."""
+    return abe.registry_from_bytes(row.registration)[0].tag()

@@ -18,7 +18,7 @@ from medshare.crypto.signing import SigningKey
 from medshare.ledger.types import TxKind
 from medshare.records import canonical
 from medshare.records.blobstore import BlobStoreError
-from medshare.service import db, protect
+from medshare.service import areas, db, protect
 from medshare.service.areas import Area, top_department
 from medshare.service.common import (
     iso,
@@ -171,11 +171,7 @@ class ReadingMixin:
         if wrap is None:
             raise AccessDenied(f"no wrap of this record in {scope}")
         hosp = self._hospital(session, area_key.authority)
-        try:
-            key_bytes = self.wallets.abe_key_bytes(who, area_key.authority)
-        except LookupError:
-            raise AccessDenied(f"{who} holds no key of {area_key.authority}") from None
-        key = self.decoded(abe.AbeUserKey, key_bytes)
+        key = self._key_for(who, area_key)
         public = self.decoded(abe.AbePublicKey, hosp.abe_public)
         ct = self.decoded(abe.AbeCiphertext, area_key.abe_ciphertext)
         try:
@@ -187,6 +183,17 @@ class ReadingMixin:
         except DecryptionFailed:
             raise AccessDenied(f"{who}'s key does not decrypt the {scope} key") from None
         return protect.unwrap_dek(kek, wrap.wrapped, record.id, area_key.id), wrap.blob_id
+
+    def _key_for(self, who: str, area_key: db.AreaKey) -> abe.AbeUserKey:
+        """The key of ``who`` that satisfies the area key's policy (a person may hold
+        several keys of one authority); if none does, one of them, to be refused by
+        :func:`abe.decrypt` like any other."""
+        files = self.wallets.abe_key_files(who, area_key.authority)
+        if not files:
+            raise AccessDenied(f"{who} holds no key of {area_key.authority}")
+        keys = [self.decoded(abe.AbeUserKey, path.read_bytes()) for path in files]
+        fitting = [k for k in keys if areas.satisfied_by(area_key.policy, tuple(k.attributes))]
+        return (fitting or keys)[-1]
 
     def _fetch(self, record: db.Record, blob_id: str, dek: bytes) -> bytes:
         """The verified plaintext: anchor on the ledger, blob hash, AEAD, salted digest."""

@@ -74,19 +74,27 @@ class Wallets:
 
     # -- CP-ABE user keys ------------------------------------------------------------------
 
-    def save_abe_key(self, who: str, authority: str, key: abe.AbeUserKey) -> None:
-        write_file(self._folder(who) / f"abe-{authority}.key", key.to_bytes(), secret=True)
+    def save_abe_key(self, who: str, authority: str, key: abe.AbeUserKey) -> Path:
+        """Keep one more key of ``authority`` (a person may hold several: an institution
+        key and a referral key, or two referrals); the file is named by the key's tag."""
+        path = self._folder(who) / f"abe-{authority}-{_tag_id(key.tag())}.key"
+        write_file(path, key.to_bytes(), secret=True)
+        return path
+
+    def abe_key_files(self, who: str, authority: str) -> list[Path]:
+        """``who``'s key files of ``authority``, oldest first."""
+        files = self._folder(who).glob(f"abe-{quote(authority, safe='')}-*.key")
+        return sorted(files, key=lambda p: (p.stat().st_mtime_ns, p.name))
 
     def abe_key(self, who: str, authority: str) -> abe.AbeUserKey:
-        return abe.AbeUserKey.from_bytes(self.abe_key_bytes(who, authority))
+        """The newest key of ``authority`` that ``who`` holds."""
+        files = self.abe_key_files(who, authority)
+        if not files:
+            raise WalletError(f"no {authority} key held by {who} in this data directory")
+        return abe.AbeUserKey.from_bytes(files[-1].read_bytes())
 
-    def abe_key_bytes(self, who: str, authority: str) -> bytes:
-        return self._read(
-            self._folder(who) / f"abe-{authority}.key", f"{authority} key held by {who}"
-        )
-
-    def drop_abe_key(self, who: str, authority: str) -> None:
-        (self._folder(who) / f"abe-{authority}.key").unlink(missing_ok=True)
+    def drop_abe_key(self, who: str, authority: str, tag: bytes) -> None:
+        (self._folder(who) / f"abe-{authority}-{_tag_id(tag)}.key").unlink(missing_ok=True)
 
     # -- patients --------------------------------------------------------------------------
 
@@ -139,6 +147,11 @@ class Wallets:
         return self._read(
             self.root / "studies" / quote(study, safe="") / "secret", f"study {study}"
         )
+
+
+def _tag_id(tag: bytes) -> str:
+    """A key's file id: the first 8 bytes of its public tag ``g^{K'}``, hex."""
+    return tag[:8].hex()
 
 
 def patient_principal(patient_id: str) -> str:
