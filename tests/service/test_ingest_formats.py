@@ -71,8 +71,15 @@ def test_transaction_bundle_exports_every_resource_identically(service):
 
 
 def test_crypto_shredding_keeps_the_digest_and_loses_the_content(service):
-    svc, _ = service
-    pid = svc.patients()[0]["id"]
+    svc, root = service
+    path = root / "shred.json"
+    path.write_text(json.dumps(synthetic.generate_bundle(47, 0, 8)))
+    assert svc.ingest("H001", [path]).rejected == []
+    pid = next(
+        e["resource"]["id"]
+        for e in json.loads(path.read_text())["entry"]
+        if e["resource"]["resourceType"] == "Patient"
+    )
     rid = next(r["id"] for r in svc.records_of(pid) if r["type"] == "Observation")
     before = [c for c in svc.ledger.txs() if c.tx.body.get("record") == rid]
     txid = svc.shred(rid, reason="patient asked for deletion")

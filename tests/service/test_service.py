@@ -10,6 +10,7 @@ from medshare.crypto import hkac
 from medshare.ledger.types import TxKind
 from medshare.records import canonical
 from medshare.service.areas import Area
+from medshare.service.consortium import add_person
 from medshare.service.errors import AccessDenied, InvalidInput, NotFound
 
 from .conftest import write_bundle
@@ -350,3 +351,23 @@ def test_two_referrals_from_one_hospital_both_work(consortium):
     for pid in (first, second):
         rid = next(r["id"] for r in service.records_of(pid) if r["hospital"] == "H001")
         assert service.read("dr.chen@H002", rid, area=Area.COLLABORATION).resource
+
+
+def test_revoking_a_consent_destroys_the_patients_derivatives(consortium):
+    service, _, _ = consortium
+    pid = _patient(service)
+    rid = f"Patient/{pid}"
+    add_person(service, "researcher2@uni", "researcher", None, ["researcher"])
+    service.approve_study("S-old", "H001", "researcher2@uni")
+    service.approve_study("S-new", "H001", "researcher2@uni")
+    assert service.consent_research(pid, "S-old") > 0
+    assert service.consent_research(pid, "S-new") > 0
+    assert service.read("researcher2@uni", rid, area=Area.RESEARCH).resource
+    out = service.revoke(f"consent/S-new/{pid}")
+    assert out["wraps_destroyed"] > 0
+    # The researcher's other study still has the patient's consent and copies.
+    got = json.loads(service.read("researcher2@uni", rid, area=Area.RESEARCH).resource)
+    assert got["id"] != pid
+    service.revoke(f"consent/S-old/{pid}")
+    with pytest.raises(AccessDenied, match="revoked"):
+        service.read("researcher2@uni", rid, area=Area.RESEARCH)

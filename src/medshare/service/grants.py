@@ -158,10 +158,39 @@ class GrantMixin:
             )
             tx = self._submit(signer, TxKind.REVOKE, [{"grant": grant_id, "reason": reason}])[0]
             grant.revoked_ms = self.clock()
-            moved = 0
+            moved = shredded = 0
             if grant.kind == "share":
                 moved = self._reseal_shared(session, grant)
-        return {"grant": grant_id, "txid": tx.tx.txid, "records_resealed": moved}
+            elif grant.kind in ("referral", "consent"):
+                shredded = self._shred_grant_wraps(session, grant)
+        return {
+            "grant": grant_id,
+            "txid": tx.tx.txid,
+            "records_resealed": moved,
+            "wraps_destroyed": shredded,
+        }
+
+    def _shred_grant_wraps(self, session: Session, grant: db.Grant) -> int:
+        """A referral's or a research consent's wraps are destroyed with the grant: the
+        referral's area key is retired; the study keeps its key but loses this patient's
+        de-identified copies."""
+        if grant.kind == "referral":
+            scope = f"referral/{grant.id}"
+        else:
+            scope = f"research/{grant.scope['study']}/{grant.scope['hospital']}"
+        keys = session.execute(select(db.AreaKey).where(db.AreaKey.scope == scope)).scalars()
+        destroyed = 0
+        for area_key in list(keys):
+            wraps = session.execute(select(db.Wrap).where(db.Wrap.area_key == area_key.id))
+            for wrap in list(wraps.scalars()):
+                record = session.get(db.Record, wrap.record)
+                if grant.kind == "consent" and record.patient != grant.patient:
+                    continue
+                session.delete(wrap)
+                destroyed += 1
+            if grant.kind == "referral":
+                area_key.retired_ms = self.clock()
+        return destroyed
 
     def _reseal_shared(self, session: Session, grant: db.Grant) -> int:
         """Move the records a revoked share opened to fresh H-KAC slots (patient side)."""
@@ -327,7 +356,8 @@ class GrantMixin:
         self.wallets.save_study_secret(study, secrets.token_bytes(32))
         self.issue_key(researcher, hospital, areas.researcher_attributes(study, epoch))
 
-    def _study_of(self, session, who: str) -> str:
+    def _studies_of(self, session, who: str) -> list[str]:
+        """``who``'s live study approvals, oldest first."""
         rows = session.execute(
             select(db.Grant).where(
                 db.Grant.kind == "study",
@@ -335,10 +365,7 @@ class GrantMixin:
                 db.Grant.revoked_ms.is_(None),
             )
         ).scalars()
-        studies = [g.scope["study"] for g in rows]
-        if not studies:
-            raise AccessDenied(f"{who} has no approved study")
-        return studies[-1]
+        return [g.scope["study"] for g in rows]
 
     def consent_research(self, patient_id: str, study: str) -> int:
         """The patient consents to ``study``: de-identified copies of their records at the

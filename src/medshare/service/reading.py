@@ -138,10 +138,21 @@ class ReadingMixin:
                 raise AccessDenied(f"referral {grant.id} does not cover this record")
             return f"referral/{grant.id}"
         if area is Area.RESEARCH:
-            study = self._study_of(session, who)
-            self._live_grant(session, "consent", record.patient, study, now)
+            study = self._consented_study(session, who, record, now)
             return f"research/{study}/{record.hospital}"
         raise InvalidInput(f"unknown area {area}")
+
+    def _consented_study(self, session, who: str, record: db.Record, now: int) -> str:
+        """The newest of ``who``'s approved studies that this patient consented to."""
+        refusal = None
+        for study in reversed(self._studies_of(session, who)):
+            try:
+                self._live_grant(session, "consent", record.patient, study, now)
+            except AccessDenied as exc:
+                refusal = refusal or exc
+                continue
+            return study
+        raise refusal or AccessDenied(f"{who} has no approved study")
 
     def _live_grant(self, session, kind, patient, grantee, now) -> db.Grant:
         rows = session.execute(
