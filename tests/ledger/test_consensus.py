@@ -40,6 +40,8 @@ from medshare.ledger.types import (
     Vote,
     VoteKind,
     conflicting_proposals_offender,
+    invalid_block_body,
+    invalid_block_offender,
 )
 
 PV, PC = VoteKind.PREVOTE, VoteKind.PRECOMMIT
@@ -326,6 +328,52 @@ def test_conflicting_proposals_become_evidence(roles) -> None:
     body["proof"][1] = {**body["proof"][1], "block": "cd" * 32}  # signature no longer matches
     with pytest.raises(InvalidSignature):
         conflicting_proposals_offender(body)
+
+
+def _forged_proposal(state, key: SigningKey) -> tuple[Proposal, int]:
+    """A proposal whose block carries, between two good txs, one with a zeroed signature."""
+    forged = dataclasses.replace(anchor_tx(1), signature=bytes(64))
+    txs = [anchor_tx(0), forged, anchor_tx(2)]
+    block = chain.build_block(state, txs, key.public, 1000, None, verified=lambda _tx: True)[0]
+    assert block.txs == tuple(txs)
+    return propose(state, 0, block, key), 1
+
+
+def test_a_proposed_forged_transaction_is_provable_evidence(roles) -> None:
+    state, p, _ = roles
+    proposal, index = _forged_proposal(state, p[0])
+    with pytest.raises(chain.InvalidBlock, match="invalid signature"):
+        chain.apply_block(state, proposal.block, require_certificate=False)
+    body = json.loads(json.dumps(invalid_block_body(proposal.proof(), proposal.block, index)))
+    assert invalid_block_offender(body) == p[0].public
+    # The evidence is checked on its own: every part of it matters.
+    good_tx = invalid_block_body(proposal.proof(), proposal.block, 0)
+    with pytest.raises(LedgerFormatError, match="valid: no offence"):
+        invalid_block_offender(good_tx)
+    moved = json.loads(json.dumps(body))
+    moved["proof"]["index"] = 0
+    with pytest.raises(LedgerFormatError, match="not in the proposed block"):
+        invalid_block_offender(moved)
+    other_header = json.loads(json.dumps(body))
+    other_header["proof"]["header"]["time_ms"] += 1
+    with pytest.raises(LedgerFormatError, match="does not sign this block header"):
+        invalid_block_offender(other_header)
+    blamed = json.loads(json.dumps(body))
+    blamed["offender"] = blamed["proof"]["proposal"]["proposer"] = p[1].public.hex()
+    with pytest.raises(InvalidSignature):
+        invalid_block_offender(blamed)
+
+
+def test_invalid_block_evidence_ejects_the_proposer(roles) -> None:
+    state, p, _ = roles
+    proposal, index = _forged_proposal(state, p[0])
+    body = invalid_block_body(proposal.proof(), proposal.block, index)
+    reporter = p[1]
+    evidence = Tx.create(TxKind.EVIDENCE, body, 0, reporter)
+    nxt = chain.begin_block(state, None)
+    chain.apply_tx(nxt, evidence)
+    assert nxt.validator(p[0].public).ejected
+    assert p[0].public not in nxt.committee
 
 
 def test_timeouts_grow_with_the_round_and_nil_votes_follow(roles) -> None:

@@ -48,6 +48,7 @@ from medshare.ledger.types import (
     certificate_signers,
     conflicting_proposals_offender,
     digest_hex,
+    invalid_block_offender,
     merkle_root_hex,
     quorum,
 )
@@ -184,11 +185,14 @@ def _equivocating_voter(body: Mapping[str, Any]) -> bytes:
     return evidence.first.voter
 
 
-# Evidence kinds the chain accepts: each checks its proof on its own (signatures over
-# conflicting statements) and names the offender.
+# Evidence kinds the chain accepts: each checks its proof on its own, without the state
+# (signatures over conflicting statements, or a signed proposal of a block carrying a
+# transaction whose signature fails), and names the offender. A block invalid only against
+# the state (e.g. a wrong state root) is not provable this way: its proposer loses rounds.
 _EVIDENCE_CHECKS: Mapping[str, Callable[[Mapping[str, Any]], bytes]] = {
     "equivocation": _equivocating_voter,
     "conflicting_proposals": conflicting_proposals_offender,
+    "invalid_block": invalid_block_offender,
 }
 
 

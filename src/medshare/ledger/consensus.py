@@ -35,8 +35,9 @@ the recorded vote instead.
 
 Accountability: two validly signed votes of one committee member for the same slot and
 different blocks yield :class:`EvidenceFound` with a :class:`~medshare.ledger.types.Equivocation`;
-two signed proposals for one (height, round) yield :class:`ConflictingProposals` (not
-yet a chain evidence kind). Counting follows the paper: "2f+1 of anything" (timeouts,
+two signed proposals for one (height, round) yield :class:`ConflictingProposals`; the node
+driver turns both into EVIDENCE txs (and a proposal of a block with a forged transaction
+into ``invalid_block`` evidence). Counting follows the paper: "2f+1 of anything" (timeouts,
 round skips) counts each voter's first vote once, while "2f+1 for block B" counts every
 member who validly signed for B, so an equivocator's second vote still counts for its
 value (at most two values per voter and slot are kept). Quorum intersection keeps this
@@ -207,7 +208,7 @@ class Proposal:
 class ConflictingProposals:
     """Two signed proposals of one proposer for the same height and round, different blocks.
 
-    Evidence as data; ``chain.py`` does not accept it as an EVIDENCE tx kind yet."""
+    Evidence as data; ``to_body()`` is the ``conflicting_proposals`` EVIDENCE tx body."""
 
     first: Proposal
     second: Proposal

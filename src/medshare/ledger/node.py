@@ -62,6 +62,7 @@ from medshare.ledger.consensus import (
 )
 from medshare.ledger.store import BlockStore
 from medshare.ledger.types import (
+    TX_DOMAIN,
     Block,
     CommitCertificate,
     Equivocation,
@@ -70,6 +71,7 @@ from medshare.ledger.types import (
     TxKind,
     Vote,
     digest_hex,
+    invalid_block_body,
 )
 
 SYNC_BATCH = 64  # certified blocks per sync reply
@@ -461,6 +463,7 @@ class NodeRuntime:
                 return
             self._proposals.setdefault((payload.height, payload.round), payload)
             self._execute(self.core.step(payload), src)
+            self._check_forged_txs(payload)
             notice = self._notice
             if notice is not None and (notice.height, notice.round) == (
                 payload.height,
@@ -648,20 +651,40 @@ class NodeRuntime:
             self.clock.schedule(self.sync_retry_ms, SyncRetry(from_height))
 
     def _on_evidence(self, evidence: Equivocation | ConflictingProposals) -> None:
-        """Honest nodes turn vote equivocation into an EVIDENCE tx (the kind chain.py knows)."""
+        """Honest nodes turn vote equivocation and twin proposals into EVIDENCE txs."""
         self.evidence.append(evidence)
         if self.on_evidence is not None:
             self.on_evidence(evidence)
-        if not self.honest or not isinstance(evidence, Equivocation):
+        if not self.honest:
             return
-        offender = evidence.first.voter
+        if isinstance(evidence, Equivocation):
+            self._report(evidence.first.voter, evidence.to_body())
+        else:
+            self._report(evidence.offender, evidence.to_body())
+
+    def _check_forged_txs(self, proposal: Proposal) -> None:
+        """A proposal the core refused for a transaction with a bad signature is provable
+        misbehaviour on its own (``invalid_block`` evidence: the signed proposal, the header,
+        the transaction and its Merkle path). Only then are the block's txs checked again,
+        so honest traffic costs nothing extra."""
+        reason = self.core.rejected.get(proposal.block.hash, "")
+        if not self.honest or "invalid signature" not in reason:
+            return
+        for index, tx in enumerate(proposal.block.txs):
+            if not signing.is_valid(tx.sender, tx.signature, TX_DOMAIN, tx.signing_bytes()):
+                body = invalid_block_body(proposal.proof(), proposal.block, index)
+                self._report(proposal.proposer, body)
+                return
+
+    def _report(self, offender: bytes, body: dict) -> None:
+        """Submit one EVIDENCE tx against ``offender`` (once per offender per node)."""
         validator = self.state.validator(offender)
         if offender in self._reported or validator is None or validator.ejected:
             return
         self._reported.add(offender)
         nonce = max(self.state.next_nonce(self.public), self._next_own_nonce)
         self._next_own_nonce = nonce + 1
-        tx = Tx.create(TxKind.EVIDENCE, evidence.to_body(), nonce, self.key)
+        tx = Tx.create(TxKind.EVIDENCE, body, nonce, self.key)
         if self._admit(tx, tx.txid) is None:
             self.transport.broadcast(TxGossip(tx, tx.txid))
 

@@ -536,3 +536,64 @@ def conflicting_proposals_offender(body: Any) -> bytes:
     for signature, message in signed:
         signing.verify(proposer, signature, PROPOSAL_DOMAIN, message)
     return proposer
+
+
+# --- invalid blocks ------------------------------------------------------------------------------
+
+
+def invalid_block_body(proposal_proof: Mapping[str, Any], block: Block, index: int) -> dict:
+    """An ``invalid_block`` EVIDENCE body: a signed proposal (``Proposal.proof()``), its
+    block's header, and the transaction at ``index`` with its Merkle path, whose signature
+    does not verify. No state is needed to check it, so it stays valid at any later height;
+    blocks invalid only against the state (a wrong state root) cannot be proven this way."""
+    proof = merkle.prove([tx.encode() for tx in block.txs], index)
+    return {
+        "offender": str(proposal_proof["proposer"]),
+        "kind": "invalid_block",
+        "proof": {
+            "proposal": dict(proposal_proof),
+            "header": block.header.to_json(),
+            "tx": block.txs[index].to_json(),
+            "index": proof.index,
+            "size": proof.size,
+            "path": [p.hex() for p in proof.path],
+        },
+    }
+
+
+def invalid_block_offender(body: Any) -> bytes:
+    """Check an ``invalid_block`` EVIDENCE body and return the offender (the proposal's
+    signer). Raises :class:`LedgerFormatError` or ``signing.InvalidSignature``."""
+    proof = body.get("proof") if isinstance(body, dict) else None
+    if body.get("kind") != "invalid_block" or not isinstance(proof, dict):
+        raise LedgerFormatError("not invalid-block evidence")
+    try:
+        signed = proof["proposal"]
+        proposer = bytes.fromhex(signed["proposer"])
+        header = BlockHeader.from_json(proof["header"])
+        tx = Tx.from_json(proof["tx"])
+        inclusion = merkle.InclusionProof(
+            _int(proof["index"], "index"),
+            _int(proof["size"], "size"),
+            tuple(bytes.fromhex(p) for p in proof["path"]),
+        )
+        message = proposal_signing_bytes(
+            _int(signed["height"], "height"),
+            _int(signed["round"], "round"),
+            str(signed["block"]),
+            int(signed["pol_round"]),
+            proposer,
+        )
+        signature = bytes.fromhex(signed["signature"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise LedgerFormatError(f"malformed invalid-block proof: {exc}") from None
+    if body.get("offender") != proposer.hex() or signed["block"] != header.hash:
+        raise LedgerFormatError("the proposal does not sign this block header")
+    if header.height != signed["height"]:
+        raise LedgerFormatError("the header is not for the proposal's height")
+    if not merkle.verify_inclusion(tx.encode(), inclusion, bytes.fromhex(header.merkle_root)):
+        raise LedgerFormatError("the transaction is not in the proposed block")
+    if signing.is_valid(tx.sender, tx.signature, TX_DOMAIN, tx.signing_bytes()):
+        raise LedgerFormatError("the transaction's signature is valid: no offence")
+    signing.verify(proposer, signature, PROPOSAL_DOMAIN, message)
+    return proposer
