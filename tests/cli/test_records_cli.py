@@ -600,8 +600,12 @@ def test_trace_a_leaked_nurse_key_names_and_revokes_her(
     assert_fails(read(consortium, NURSE, row.id, "--area", "institution"), 1, "not allowed")
     # The department's other staff keep reading (their keys were re-issued).
     assert_ok(read(consortium, PHYSICIAN, row.id, "--area", "institution"))
-    # The leaked key is already revoked: tracing it again has nothing left to revoke.
-    assert_fails(medshare("trace", "--data-dir", consortium.data_dir, leaked), 1, NURSE)
+    # The leaked key is already revoked: tracing it again records the verdict again and
+    # says there was nothing left to revoke.
+    again = medshare("trace", "--data-dir", consortium.data_dir, leaked)
+    assert_ok(again)
+    repeat = stdout_json(again)
+    assert repeat["identity"] == NURSE and repeat["revocation"] == {"already_revoked": True}
 
 
 # -- refer, study, consent, revoke, consents -------------------------------------------------

@@ -360,6 +360,7 @@ class NodeRuntime:
         self.evidence: list[Equivocation | ConflictingProposals] = []
         self._core: Consensus | None = None
         self._seen: dict[int, set[bytes]] = {}  # height -> message signatures
+        self._early: dict[int, set[bytes]] = {}  # the same, for far-ahead messages
         self._own: dict[bytes, Proposal | Vote] = {}  # what we signed at the current height
         self._proposals: dict[tuple[int, int], Proposal] = {}  # first per (height, round)
         self._notice: CommitCertificate | None = None  # arrived before its proposal
@@ -437,22 +438,23 @@ class NodeRuntime:
         if self.halted:
             return
         if isinstance(payload, Proposal | Vote):
-            far_ahead = payload.height > self.core.height + 1
-            # Far ahead: we are behind, or someone floods us with made-up heights. Only a
-            # validly signed message of a known validator is remembered (once) and may
-            # start a catch-up; it is not relayed. Forged ones cost one check and vanish.
-            if far_ahead and payload.signature in self._seen.get(payload.height, ()):
-                return
-            if far_ahead and not self._credible(payload):
+            if payload.height > self.core.height + 1:
+                # Far ahead: we are behind, or someone floods us with made-up heights. Only a
+                # validly signed message of a known validator is remembered (once) and may
+                # start a catch-up; it is not relayed. Forged ones cost one check and vanish.
+                # The core does not keep it, so it is not "seen": re-sent (regossip) once we
+                # have caught up, it is handled like any other message.
+                early = self._early.get(payload.height, ())
+                if payload.signature in early or not self._credible(payload):
+                    return
+                self._early.setdefault(payload.height, set()).add(payload.signature)
+                self._known_height = max(self._known_height, payload.height - 1)
+                self._execute(self.core.step(_as_event(payload)), src)
                 return
             seen = self._seen.setdefault(payload.height, set())
             if payload.signature in seen:
                 return
             seen.add(payload.signature)
-            if far_ahead:
-                self._known_height = max(self._known_height, payload.height - 1)
-                self._execute(self.core.step(_as_event(payload)), src)
-                return
             if self.relay:
                 for peer in self.transport.peers():
                     if peer != src:
@@ -509,7 +511,10 @@ class NodeRuntime:
                 self._execute(self._answer_txs(event.request, deferred=True))
         elif isinstance(event, SyncRetry):
             self._sync_retry_armed = False
-            if self.core.height <= event.from_height <= self._known_height:
+            # Still behind, ask from where we are now: this node may have advanced past
+            # ``event.from_height`` since it was armed (a late proposal, notices) and
+            # still lack a block; no other retry could be armed meanwhile.
+            if self.core.height <= self._known_height:
                 self._request_sync(self.core.height)
         elif isinstance(event, Regossip):
             if self._commits == self._commits_at_tick:
@@ -579,6 +584,8 @@ class NodeRuntime:
         self.mempool.purge(self.core.state.next_nonce)
         for height in [h for h in self._seen if h < block.height]:
             del self._seen[height]
+        for height in [h for h in self._early if h <= block.height + 1]:
+            del self._early[height]  # no longer far ahead
         if self.notify is not None and block.certificate is not None:
             notice = CommitNotice(block.certificate)
             for dest in self.notify(block):

@@ -225,9 +225,12 @@ class AreaKeyMixin:
                 registries.setdefault(row.authority, []).extend(
                     abe.registry_from_bytes(row.registration)
                 )
-        trusted = {
-            c.tx.body["identity"]: c.tx.sender for c in self.ledger.txs(TxKind.REGISTER_KEY_TAG)
-        }
+        # Whose identity key is whose: the first registration of each identity on the
+        # ledger (made at enrolment, signed by the holder). Later claims to an identity
+        # already bound are ignored, so nobody can re-bind a colleague's name to their key.
+        trusted: dict[str, bytes] = {}
+        for committed in self.ledger.txs(TxKind.REGISTER_KEY_TAG):
+            trusted.setdefault(str(committed.tx.body["identity"]), committed.tx.sender)
         result = keyring.trace(key, publics, registries, trusted)
         signer_hospital = result.authority or self.config.hospitals[0]
         evidence = {
@@ -241,7 +244,10 @@ class AreaKeyMixin:
         tx = self._submit(signer, TxKind.TRACE_VERDICT, [body])[0]
         out: dict[str, Any] = {**result.as_dict(), "txid": tx.tx.txid, "height": tx.height}
         if result.verdict == abe.Verdict.USER and result.identity and result.authority:
-            out["revocation"] = self.revoke_key(result.identity, result.authority, key.tag())
+            try:
+                out["revocation"] = self.revoke_key(result.identity, result.authority, key.tag())
+            except NotFound:
+                out["revocation"] = {"already_revoked": True}
         return out
 
 

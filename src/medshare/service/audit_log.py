@@ -24,10 +24,17 @@ _ACTIONS = {
 
 
 def _event_view(
-    committed, patient_id: str, grants: dict[str, db.Grant]
+    committed, patient_id: str, grants: dict[str, db.Grant], names: dict[bytes, str]
 ) -> fhir_audit.AccessEventView | None:
-    """One ledger tx as an AuditEvent view, if it concerns this patient."""
+    """One ledger tx as an AuditEvent view, if it concerns this patient.
+
+    Anyone may submit a tx to the ledger, so only txs signed by a known principal count,
+    and who acted is the *signer* (``names``), never a name written in the body.
+    """
     tx, body = committed.tx, committed.tx.body
+    signer = names.get(tx.sender)
+    if signer is None:
+        return None
     if tx.kind == TxKind.REVOKE:
         grant = grants.get(body.get("grant"))
         if grant is None:
@@ -47,9 +54,9 @@ def _event_view(
             action = "denied-read"
     else:
         action, outcome = _ACTIONS[tx.kind], "success"
-    actor = body.get("actor") or body.get("hospital") or body.get("grantee") or tx.sender.hex()
+    actor = signer
     if tx.kind == TxKind.GRANT:
-        actor = body.get("grantee", actor)
+        actor = str(body.get("grantee", signer))
     if tx.kind == TxKind.BREAK_GLASS:
         area = Area.EMERGENCY.value
     return fhir_audit.AccessEventView(
@@ -64,6 +71,16 @@ def _event_view(
         outcome=outcome,
         detail=body.get("reason"),
     )
+
+
+def _renders(view: fhir_audit.AccessEventView) -> bool:
+    """False for an event no AuditEvent can express (unknown area or action): such a tx,
+    whoever submitted it, must not make the whole log unreadable."""
+    try:
+        fhir_audit.audit_event(view)
+    except ValueError:
+        return False
+    return True
 
 
 def _consent_scope(scope: dict[str, Any]) -> dict[str, Any]:
@@ -105,7 +122,14 @@ class AuditLogMixin:
                     select(db.Grant).where(db.Grant.patient == patient_id)
                 ).scalars()
             }
-        views = [v for c in self.ledger.txs() if (v := _event_view(c, patient_id, grants))]
+            names = {
+                p.identity_public: p.id for p in session.execute(select(db.Principal)).scalars()
+            }
+        views = []
+        for committed in self.ledger.txs():
+            view = _event_view(committed, patient_id, grants, names)
+            if view is not None and _renders(view):
+                views.append(view)
         return fhir_audit.audit_bundle(views, patient_id)
 
     def consents(self, patient_id: str) -> list[dict[str, Any]]:

@@ -156,13 +156,15 @@ class GrantMixin:
                 if grant.area in (Area.PERSONAL.value, Area.RESEARCH.value) and grant.patient
                 else self.wallets.identity(service_principal(grant.scope.get("hospital", "")))
             )
-            tx = self._submit(signer, TxKind.REVOKE, [{"grant": grant_id, "reason": reason}])[0]
             grant.revoked_ms = self.clock()
             moved = shredded = 0
             if grant.kind == "share":
                 moved = self._reseal_shared(session, grant)
             elif grant.kind in ("referral", "consent"):
                 shredded = self._shred_grant_wraps(session, grant)
+            # Logged last, inside the transaction: if anything above fails, neither the
+            # database nor the ledger says the grant was revoked.
+            tx = self._submit(signer, TxKind.REVOKE, [{"grant": grant_id, "reason": reason}])[0]
         return {
             "grant": grant_id,
             "txid": tx.tx.txid,
@@ -192,12 +194,64 @@ class GrantMixin:
                 area_key.retired_ms = self.clock()
         return destroyed
 
+    def _extend_shares(self, session: Session, patient_id: str, *, record_shares: bool) -> None:
+        """Bring the patient's live shares up to date with the directory: after an ingest
+        reserved new slabs, department and whole-record shares get the missing keys
+        (DESIGN §3.3's dynamic addition beyond one slab); after a revocation moved records
+        to fresh slots, the other shares covering them (``record_shares`` too) get the new
+        slots' keys. Delivered to each grantee and logged as a grant."""
+        patient = session.get(db.Patient, patient_id)
+        directory = hkac.Directory.from_bytes(patient.directory)
+        now = self.clock()
+        shares = session.execute(
+            select(db.Grant).where(
+                db.Grant.patient == patient_id,
+                db.Grant.kind == "share",
+                db.Grant.revoked_ms.is_(None),
+            )
+        ).scalars()
+        for grant in list(shares):
+            if not valid_at(grant.until_ms, now):
+                continue
+            if grant.scope["kind"] == "records" and not record_shares:
+                continue
+            held = {int(b): frozenset(c) for b, c in grant.scope["classes"].items()}
+            stub = hkac.Share(
+                grant.id,
+                grant.grantee,
+                grant.scope["kind"],
+                tuple(grant.scope["items"]),
+                utc(grant.created_ms),
+                None if grant.until_ms is None else utc(grant.until_ms),
+                (),
+            )
+            full, _ = hkac.extend_share(self.wallets.seed(patient_id), self.params, directory, stub)
+            if full.classes() == held:
+                continue
+            self.wallets.deliver_share(grant.grantee, full)
+            classes = {str(b): sorted(c) for b, c in full.classes().items()}
+            grant.scope = {**grant.scope, "classes": classes}
+            body = {
+                "grant": grant.id,
+                "patient": patient_id,
+                "grantee": grant.grantee,
+                "area": grant.area,
+                "scope": {"kind": grant.scope["kind"], "items": grant.scope["items"]},
+                "until": grant.until_ms,
+                "extension": len(full.keys),
+            }
+            self._patient_signs(patient_id, TxKind.GRANT, body)
+
     def _reseal_shared(self, session: Session, grant: db.Grant) -> int:
         """Move the records a revoked share opened to fresh H-KAC slots (patient side)."""
         patient = self._patient(session, grant.patient)
         classes = {int(b): frozenset(c) for b, c in grant.scope.get("classes", {}).items()}
         directory = hkac.Directory.from_bytes(patient.directory)
-        plan = directory.records_in(classes)
+        plan = [
+            rid
+            for rid in directory.records_in(classes)
+            if self._record(session, rid).kac_header is not None  # shredded: nothing to move
+        ]
         if not plan:
             return 0
         seed = self.wallets.seed(patient.id)
@@ -214,6 +268,7 @@ class GrantMixin:
             public = self._block_public(patient, slot.block)
             sealed = hkac.seal_record(self.params, {slot.block: public}, slot, dek, rid)
             self._record(session, rid).kac_header = sealed.to_bytes()
+        self._extend_shares(session, patient.id, record_shares=True)
         return len(plan)
 
     def _break_glass(self, session, who, record, reason, now) -> None:

@@ -18,7 +18,7 @@ from medshare.crypto import hkac, kac
 from medshare.ledger.types import TxKind
 from medshare.records import canonical, fhir
 from medshare.service import db, protect
-from medshare.service.common import service_principal, utc, valid_at
+from medshare.service.common import service_principal
 from medshare.service.errors import InvalidInput
 from medshare.service.wallets import patient_principal
 
@@ -160,7 +160,7 @@ class IngestMixin:
                 report.records += 1
             self._anchor(session, hospital, added)
             for patient_id in sorted({r.patient for r in added}):
-                self._extend_shares(session, patient_id)
+                self._extend_shares(session, patient_id, record_shares=False)
 
     @staticmethod
     def _inherit_stored_encounter(session: Session, item: _Prepared) -> _Prepared:
@@ -247,50 +247,6 @@ class IngestMixin:
         patient.directory = directory.to_bytes()
 
         return hkac.seal_record(self.params, {slot.block: public}, slot, dek, record_id).to_bytes()
-
-    def _extend_shares(self, session: Session, patient_id: str) -> None:
-        """After an ingest: if new slabs were reserved, every live department or
-        whole-record share that covers them gets the missing keys (DESIGN §3.3's dynamic
-        addition beyond one slab), delivered to its grantee and logged as a grant."""
-        patient = session.get(db.Patient, patient_id)
-        directory = hkac.Directory.from_bytes(patient.directory)
-        now = self.clock()
-        shares = session.execute(
-            select(db.Grant).where(
-                db.Grant.patient == patient_id,
-                db.Grant.kind == "share",
-                db.Grant.revoked_ms.is_(None),
-            )
-        ).scalars()
-        for grant in list(shares):
-            if not valid_at(grant.until_ms, now) or grant.scope["kind"] == "records":
-                continue
-            held = {int(b): frozenset(c) for b, c in grant.scope["classes"].items()}
-            stub = hkac.Share(
-                grant.id,
-                grant.grantee,
-                grant.scope["kind"],
-                tuple(grant.scope["items"]),
-                utc(grant.created_ms),
-                None if grant.until_ms is None else utc(grant.until_ms),
-                (),
-            )
-            full, _ = hkac.extend_share(self.wallets.seed(patient_id), self.params, directory, stub)
-            if full.classes() == held:
-                continue
-            self.wallets.deliver_share(grant.grantee, full)
-            classes = {str(b): sorted(c) for b, c in full.classes().items()}
-            grant.scope = {**grant.scope, "classes": classes}
-            body = {
-                "grant": grant.id,
-                "patient": patient_id,
-                "grantee": grant.grantee,
-                "area": grant.area,
-                "scope": {"kind": grant.scope["kind"], "items": grant.scope["items"]},
-                "until": grant.until_ms,
-                "extension": len(full.keys),
-            }
-            self._patient_signs(patient_id, TxKind.GRANT, body)
 
     def _anchor(self, session: Session, hospital: str, pending: list[db.Record]) -> None:
         """Anchor these new records on the ledger, in one batch of txs, before the SQL

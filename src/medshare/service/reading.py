@@ -22,6 +22,7 @@ from medshare.service import areas, db, protect
 from medshare.service.areas import Area, top_department
 from medshare.service.common import (
     iso,
+    service_principal,
     valid_at,
 )
 from medshare.service.errors import AccessDenied, IntegrityError, InvalidInput, NotFound
@@ -101,22 +102,33 @@ class ReadingMixin:
             return self._open_area(session, who, record, scope)
 
     def _open_personal(self, who: str, record: db.Record, share: hkac.Share | None) -> bytes:
+        """The gate of the personal area: the presented share must be exactly a live share
+        of this record's patient to ``who``, and its keys within what that grant issued
+        (so keys of an expired or broader share cannot ride on another share's id)."""
         if share is None:
             raise InvalidInput("the personal area needs --key SHARE.json")
         if share.grantee != who:
             raise AccessDenied(f"this share was given to {share.grantee}, not to {who}")
         with self.sessions() as session:
             grant = session.get(db.Grant, share.share_id)
-        if grant is None or grant.patient != record.patient:
-            raise AccessDenied("this share was not granted by the record's patient")
+        if (
+            grant is None
+            or grant.kind != "share"
+            or grant.patient != record.patient
+            or grant.grantee != who
+        ):
+            raise AccessDenied("this is not a share of the record's patient to this reader")
         if grant.revoked_ms is not None:
             raise AccessDenied(f"share {share.share_id} was revoked")
         if not valid_at(grant.until_ms, self.clock()):
             raise AccessDenied(f"share {share.share_id} expired at {iso(grant.until_ms)}")
+        share = self.wallets.delivered_share(who, share.share_id) or share
+        issued = {int(b): set(c) for b, c in grant.scope.get("classes", {}).items()}
+        if any(not set(c) <= issued.get(b, set()) for b, c in share.classes().items()):
+            raise AccessDenied(f"the keys presented are not those of share {grant.id}")
         if record.kac_header is None:
             raise AccessDenied("the record has no personal-area wrap")
         ct = kac.KacCiphertext.from_bytes(record.kac_header)
-        share = self.wallets.delivered_share(who, share.share_id) or share
         try:
             return hkac.open_record(self.params, share, ct, record.id)
         except PolicyNotSatisfied as exc:
@@ -224,11 +236,17 @@ class ReadingMixin:
         return data
 
     def _check_anchor(self, record: db.Record) -> None:
+        """The record's anchor on the ledger: signed by its hospital's records service and
+        naming exactly this record, digest and blob."""
         anchored = self.ledger.find(record.anchor_txid)
         body = anchored.tx.body if anchored is not None else {}
+        with self.sessions() as session:
+            anchorer = session.get(db.Principal, service_principal(record.hospital))
+        anchorer = anchorer.identity_public if anchorer is not None else None
         if (
             anchored is None
             or anchored.tx.kind != TxKind.ANCHOR_RECORD
+            or anchored.tx.sender != anchorer
             or body.get("record") != record.id
             or body.get("digest") != record.digest
             or body.get("blob") != record.blob_id

@@ -1,0 +1,109 @@
+"""Regression tests from the review of the records service: each was a working attack or
+a broken user flow before its fix."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from medshare.crypto.signing import SigningKey
+from medshare.ledger.types import TxKind
+from medshare.service.areas import Area
+from medshare.service.errors import AccessDenied
+
+DAY = 86_400_000
+
+
+def _patient_at(service, hospital: str = "H001", index: int = 0) -> str:
+    at = [
+        p["id"]
+        for p in service.patients()
+        if any(r["hospital"] == hospital for r in service.records_of(p["id"]))
+    ]
+    return at[index]
+
+
+def _records(service, pid: str) -> list[str]:
+    return [r["id"] for r in service.records_of(pid) if not r["shredded"]]
+
+
+def test_an_expired_share_cannot_ride_on_a_live_shares_id(consortium):
+    service, clock, _ = consortium
+    pid = _patient_at(service)
+    rids = _records(service, pid)
+    broad = service.share(pid, "family:bob", everything=True, until_ms=clock() + DAY)
+    narrow = service.share(pid, "family:carol", records=[rids[0]])
+    clock.now_ms += 2 * DAY
+    with pytest.raises(AccessDenied, match="expired"):
+        service.read("family:bob", rids[1], area=Area.PERSONAL, share=broad)
+    swapped = dataclasses.replace(broad, share_id=narrow.share_id)
+    with pytest.raises(AccessDenied):
+        service.read("family:bob", rids[1], area=Area.PERSONAL, share=swapped)
+    relabelled = dataclasses.replace(broad, share_id=narrow.share_id, grantee="family:carol")
+    with pytest.raises(AccessDenied, match="not those of share"):
+        service.read("family:carol", rids[1], area=Area.PERSONAL, share=relabelled)
+
+
+def test_revoking_one_share_leaves_the_others_working(consortium):
+    service, _, _ = consortium
+    pid = _patient_at(service)
+    rid = _records(service, pid)[2]
+    dept = next(r["dept"] for r in service.records_of(pid) if r["id"] == rid)
+    bob = service.share(pid, "family:bob2", records=[rid])
+    carol = service.share(pid, "family:carol2", records=[rid])
+    dave = service.share(pid, "family:dave2", dept=dept)
+    out = service.revoke(bob.share_id)
+    assert out["records_resealed"] >= 1
+    with pytest.raises(AccessDenied, match="revoked"):
+        service.read("family:bob2", rid, area=Area.PERSONAL, share=bob)
+    # The others keep reading with the share files they were given (their new keys wait in
+    # their inboxes), and the revocation is on the ledger once.
+    assert service.read("family:carol2", rid, area=Area.PERSONAL, share=carol).resource
+    assert service.read("family:dave2", rid, area=Area.PERSONAL, share=dave).resource
+    revokes = [c for c in service.ledger.txs(TxKind.REVOKE) if c.tx.body["grant"] == bob.share_id]
+    assert len(revokes) == 1
+
+
+def test_revoking_a_share_that_covers_a_deleted_record(consortium, tmp_path):
+    service, _, _ = consortium
+    pid = _patient_at(service)
+    rids = _records(service, pid)
+    share = service.share(pid, "family:erin", records=rids[3:5])
+    service.shred(rids[3])
+    out = service.revoke(share.share_id)
+    assert out["records_resealed"] == 1
+    with pytest.raises(AccessDenied, match="revoked"):
+        service.read("family:erin", rids[4], area=Area.PERSONAL, share=share)
+    revokes = [c for c in service.ledger.txs(TxKind.REVOKE) if c.tx.body["grant"] == share.share_id]
+    assert len(revokes) == 1
+
+
+def test_a_later_claim_to_a_colleagues_identity_does_not_defeat_tracing(consortium):
+    service, _, _ = consortium
+    impostor = service.wallets.identity("nurse.li@H001")
+    body = {"identity": "dr.zhao@H001", "tag": "00" * 48, "R": "00" * 48}
+    service.ledger.sign_and_submit(impostor, TxKind.REGISTER_KEY_TAG, [body])
+    leaked = service.wallets.abe_key_files("dr.zhao@H001", "H001")[-1].read_bytes()
+    verdict = service.trace(leaked)
+    assert verdict["verdict"] == "user" and verdict["identity"] == "dr.zhao@H001"
+
+
+def test_the_log_ignores_txs_from_strangers_and_survives_malformed_ones(consortium):
+    service, _, _ = consortium
+    pid = _patient_at(service)
+    stranger = SigningKey.generate()
+    fake = {
+        "record": _records(service, pid)[0],
+        "patient": pid,
+        "actor": "dr.wang@H001",
+        "area": "nowhere",
+        "outcome": "success",
+    }
+    txid = service.ledger.sign_and_submit(stranger, TxKind.ACCESS, [fake])[0].tx.txid
+    insider = service.wallets.identity("dr.wang@H001")
+    bad = {**fake, "area": "nowhere"}
+    bad_txid = service.ledger.sign_and_submit(insider, TxKind.ACCESS, [bad])[0].tx.txid
+    text = json.dumps(service.log(pid))
+    assert txid not in text and bad_txid not in text
