@@ -5,7 +5,7 @@ from __future__ import annotations
 from chainkit import Kit
 
 from medshare.crypto.signing import SigningKey
-from medshare.ledger.node import NodeRuntime, SyncRequest
+from medshare.ledger.node import NodeRuntime, SyncReply, SyncRequest, SyncRetry
 from medshare.ledger.store import MemoryStore
 from medshare.ledger.types import Vote, VoteKind
 
@@ -60,3 +60,50 @@ def test_a_signed_far_future_vote_of_a_validator_starts_catch_up() -> None:
     runtime.receive(1, vote)
     assert any(isinstance(payload, SyncRequest) for _, payload in transport.sent)
     assert not any(payload is vote for _, payload in transport.sent)  # not relayed
+
+
+def _behind_runtime() -> tuple[Kit, NodeRuntime, RecordingTransport, ManualClock, list]:
+    """Node 0 at genesis, waiting (``sync_wait_ms``) for blocks 1 and 2 that the others
+    committed; they are certified by the kit and handed to the node as a test needs them."""
+    kit = Kit.new()
+    transport, clock = RecordingTransport(), ManualClock()
+    runtime = NodeRuntime(
+        kit.keys[0], kit.config, MemoryStore(), transport, clock, sync_wait_ms=500
+    )
+    runtime.start()
+    blocks = [kit.next_block([kit.tx(1)]), kit.next_block([kit.tx(2)])]
+    transport.sent.clear()
+    clock.timers.clear()
+    return kit, runtime, transport, clock, blocks
+
+
+def test_a_sync_retry_armed_lower_still_asks_while_behind() -> None:
+    """Regression (bench ledger stall, N=64 m=7 1000-tx): a retry armed at height 1 fired
+    after the node had advanced to 2 but still lacked block 2, and gave up for good."""
+    kit, runtime, transport, clock, blocks = _behind_runtime()
+    runtime.receive(1, Vote.create(VoteKind.PREVOTE, 3, 0, "aa" * 32, kit.keys[1]))
+    [(_, retry)] = [(d, e) for d, e in clock.timers if isinstance(e, SyncRetry)]
+    assert retry == SyncRetry(1)
+    runtime.receive(2, SyncReply(blocks[:1]))  # block 1 arrives, block 2 does not
+    assert runtime.core.height == 2
+    transport.sent.clear()
+    runtime.fire(retry)
+    assert [p for _, p in transport.sent if isinstance(p, SyncRequest)] == [SyncRequest(2)]
+    runtime.receive(3, SyncReply(blocks[1:]))
+    assert runtime.core.height == 3
+
+
+def test_a_far_ahead_message_is_handled_when_sent_again_after_catch_up() -> None:
+    """Regression (bench ledger stall): a vote that arrived while the node was far behind
+    was remembered as seen but not kept, so its regossiped copy was dropped after the node
+    caught up, and the round waited for it forever."""
+    kit, runtime, transport, _, blocks = _behind_runtime()
+    vote = Vote.create(VoteKind.PREVOTE, 3, 0, None, kit.keys[1])
+    runtime.receive(1, vote)  # far ahead: starts a catch-up, not kept
+    runtime.receive(1, vote)  # the same copy again: one check, nothing new
+    runtime.receive(2, SyncReply(tuple(blocks)))
+    assert runtime.core.height == 3
+    transport.sent.clear()
+    runtime.receive(1, vote)  # regossiped: now a vote of the current height
+    assert any(payload is vote for _, payload in transport.sent)  # relayed: handled
+    assert runtime.core._total(0, VoteKind.PREVOTE) == 1

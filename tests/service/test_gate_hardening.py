@@ -7,6 +7,7 @@ import dataclasses
 import json
 
 import pytest
+from sqlalchemy import select
 
 from medshare.crypto.signing import SigningKey
 from medshare.ledger.types import TxKind
@@ -107,3 +108,44 @@ def test_the_log_ignores_txs_from_strangers_and_survives_malformed_ones(consorti
     bad_txid = service.ledger.sign_and_submit(insider, TxKind.ACCESS, [bad])[0].tx.txid
     text = json.dumps(service.log(pid))
     assert txid not in text and bad_txid not in text
+
+
+def test_referrals_go_to_physicians_and_the_covering_one_is_used(consortium):
+    service, clock, _ = consortium
+    from medshare.service.consortium import add_staff
+    from medshare.service.errors import InvalidInput
+    from medshare.service.roster import StaffMember
+
+    add_staff(service, StaffMember("nurse.ma@H002", "H002", "03", "nurse"))
+    pid = _patient_at(service)
+    with pytest.raises(InvalidInput, match="not a physician"):
+        service.refer(pid, "H001", "nurse.ma@H002")
+    add_staff(service, StaffMember("dr.gao@H002", "H002", "03", "physician"))
+    rid = next(r["id"] for r in service.records_of(pid) if r["hospital"] == "H001")
+    service.refer(pid, "H001", "dr.gao@H002", until_ms=clock() + 5 * DAY)
+    used = {r["dept"][:2] for r in service.records_of(pid)}
+    other = next(
+        d["code"] for d in service.departments() if d["parent"] is None and d["code"] not in used
+    )
+    service.refer(pid, "H001", "dr.gao@H002", dept=other, until_ms=clock() + 5 * DAY)
+    # The newer referral (a department with none of this patient's records) does not hide
+    # the older one that covers the record.
+    assert service.read("dr.gao@H002", rid, area=Area.COLLABORATION).resource
+
+
+def test_verify_reports_instead_of_crashing(consortium):
+    service, _, _ = consortium
+    from medshare.service import db
+    from medshare.service.errors import InvalidInput
+
+    pid = _patient_at(service)
+    rids = _records(service, pid)
+    service.shred(rids[-1])
+    with pytest.raises(InvalidInput, match="deleted"):
+        service.verify(rids[-1])
+    victim = rids[-2]
+    with db.transaction(service.sessions) as session:
+        for wrap in session.execute(select(db.Wrap).where(db.Wrap.record == victim)).scalars():
+            session.delete(wrap)
+    report = service.verify(victim)
+    assert not report["ok"] and "wrap is missing" in report["problems"][0]["problem"]

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from sqlalchemy.exc import SQLAlchemyError
 
 from medshare.cli.errors import EXIT_BAD_INPUT, EXIT_DENIED, fail, user_errors
 from medshare.crypto import hkac
@@ -49,6 +50,9 @@ def service_errors() -> Iterator[None]:
         raise fail(f"integrity check failed: {exc}", EXIT_INTEGRITY) from None
     except (ServiceError, ConfigError, WalletError, LedgerUnavailable, TxRejected) as exc:
         raise fail(str(exc), EXIT_BAD_INPUT) from None
+    except SQLAlchemyError as exc:  # e.g. PostgreSQL down, or a value it refuses
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise fail(f"database error (nothing was changed): {first}", EXIT_BAD_INPUT) from None
 
 
 @contextlib.contextmanager

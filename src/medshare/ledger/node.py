@@ -584,7 +584,7 @@ class NodeRuntime:
         self.mempool.purge(self.core.state.next_nonce)
         for height in [h for h in self._seen if h < block.height]:
             del self._seen[height]
-        for height in [h for h in self._early if h <= block.height + 1]:
+        for height in [h for h in self._early if h <= self.core.height + 1]:
             del self._early[height]  # no longer far ahead
         if self.notify is not None and block.certificate is not None:
             notice = CommitNotice(block.certificate)

@@ -24,7 +24,6 @@ from alembic.config import Config
 from sqlalchemy import (
     JSON,
     BigInteger,
-    Boolean,
     Engine,
     ForeignKey,
     Integer,
@@ -66,7 +65,7 @@ class Principal(Base):
     """Someone who acts: a clinician, researcher, patient or grantee (``dr.wang@H001``).
 
     ``identity_public`` is their Ed25519 identity key, with which they sign ledger txs and
-    their key-tag registrations; ``revoked_ms`` is set when a traced leak revoked them.
+    their key-tag registrations. Revocation is per issued key (:class:`AbeKey`).
     """
 
     __tablename__ = "principals"
@@ -78,7 +77,6 @@ class Principal(Base):
     dept: Mapped[str | None] = mapped_column(String(SHORT), nullable=True)
     identity_public: Mapped[bytes] = mapped_column(LargeBinary)
     created_ms: Mapped[int] = mapped_column(BigInteger)
-    revoked_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
 
 
 class AbeKey(Base):
@@ -109,7 +107,6 @@ class Patient(Base):
     home_hospital: Mapped[str] = mapped_column(ForeignKey("hospitals.code"))
     directory: Mapped[bytes] = mapped_column(LargeBinary)
     block_publics: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
-    research_consent: Mapped[bool] = mapped_column(Boolean, default=False)
     created_ms: Mapped[int] = mapped_column(BigInteger)
 
 
@@ -180,7 +177,7 @@ class Grant(Base):
 
     __tablename__ = "grants"
 
-    id: Mapped[str] = mapped_column(String(SHORT), primary_key=True)
+    id: Mapped[str] = mapped_column(String(LONG), primary_key=True)
     kind: Mapped[str] = mapped_column(String(16))
     area: Mapped[str] = mapped_column(String(16))
     patient: Mapped[str | None] = mapped_column(ForeignKey("patients.id"), nullable=True)

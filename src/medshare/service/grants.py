@@ -340,6 +340,8 @@ class GrantMixin:
             partner = self._principal(session, to)
             if partner.hospital is None or partner.hospital == hospital:
                 raise InvalidInput(f"{to} is not a clinician of a partner hospital")
+            if "physician" not in (partner.roles or []):
+                raise InvalidInput(f"{to} is not a physician; referrals go to physicians")
             hosp = self._hospital(session, hospital)
             if dept is not None and dept not in self.taxonomy:
                 raise InvalidInput(f"unknown department code {dept!r}")
@@ -411,16 +413,18 @@ class GrantMixin:
         self.wallets.save_study_secret(study, secrets.token_bytes(32))
         self.issue_key(researcher, hospital, areas.researcher_attributes(study, epoch))
 
-    def _studies_of(self, session, who: str) -> list[str]:
-        """``who``'s live study approvals, oldest first."""
+    def _studies_of(self, session, who: str, hospital: str) -> list[str]:
+        """``who``'s live study approvals at ``hospital``, oldest first."""
         rows = session.execute(
-            select(db.Grant).where(
+            select(db.Grant)
+            .where(
                 db.Grant.kind == "study",
                 db.Grant.grantee == who,
                 db.Grant.revoked_ms.is_(None),
             )
+            .order_by(db.Grant.created_ms, db.Grant.id)
         ).scalars()
-        return [g.scope["study"] for g in rows]
+        return [g.scope["study"] for g in rows if g.scope.get("hospital") == hospital]
 
     def consent_research(self, patient_id: str, study: str) -> int:
         """The patient consents to ``study``: de-identified copies of their records at the

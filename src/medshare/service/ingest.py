@@ -200,7 +200,6 @@ class IngestMixin:
                 home_hospital=hospital,
                 directory=directory.to_bytes(),
                 block_publics={},
-                research_consent=False,
                 created_ms=self.clock(),
             )
         )

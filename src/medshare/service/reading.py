@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.exc import NoResultFound
 
 from medshare.crypto import abe, hkac, kac
 from medshare.crypto.errors import DecryptionFailed, PolicyNotSatisfied
@@ -145,9 +146,14 @@ class ReadingMixin:
             self._break_glass(session, who, record, reason, now)
             return f"emergency/{record.hospital}"
         if area is Area.COLLABORATION:
-            grant = self._live_grant(session, "referral", record.patient, who, now)
-            if not referral_covers(grant.scope, record, self.taxonomy):
-                raise AccessDenied(f"referral {grant.id} does not cover this record")
+            grant = self._live_grant(
+                session,
+                "referral",
+                record.patient,
+                who,
+                now,
+                covers=lambda g: referral_covers(g.scope, record, self.taxonomy),
+            )
             return f"referral/{grant.id}"
         if area is Area.RESEARCH:
             study = self._consented_study(session, who, record, now)
@@ -155,27 +161,38 @@ class ReadingMixin:
         raise InvalidInput(f"unknown area {area}")
 
     def _consented_study(self, session, who: str, record: db.Record, now: int) -> str:
-        """The newest of ``who``'s approved studies that this patient consented to."""
+        """The newest of ``who``'s approved studies at the record's hospital that this
+        patient consented to."""
         refusal = None
-        for study in reversed(self._studies_of(session, who)):
+        for study in reversed(self._studies_of(session, who, record.hospital)):
             try:
                 self._live_grant(session, "consent", record.patient, study, now)
             except AccessDenied as exc:
                 refusal = refusal or exc
                 continue
             return study
-        raise refusal or AccessDenied(f"{who} has no approved study")
+        raise refusal or AccessDenied(f"{who} has no approved study at {record.hospital}")
 
-    def _live_grant(self, session, kind, patient, grantee, now) -> db.Grant:
-        rows = session.execute(
-            select(db.Grant).where(
-                db.Grant.kind == kind, db.Grant.patient == patient, db.Grant.grantee == grantee
-            )
-        ).scalars()
-        rows = list(rows)
+    def _live_grant(self, session, kind, patient, grantee, now, covers=None) -> db.Grant:
+        """The newest live grant of ``kind`` from ``patient`` to ``grantee`` that ``covers``
+        the request; otherwise AccessDenied saying why (none, revoked, expired, elsewhere)."""
+        rows = list(
+            session.execute(
+                select(db.Grant)
+                .where(
+                    db.Grant.kind == kind,
+                    db.Grant.patient == patient,
+                    db.Grant.grantee == grantee,
+                )
+                .order_by(db.Grant.created_ms, db.Grant.id)
+            ).scalars()
+        )
         live = [g for g in rows if g.revoked_ms is None and valid_at(g.until_ms, now)]
+        fitting = [g for g in live if covers is None or covers(g)]
+        if fitting:
+            return fitting[-1]
         if live:
-            return live[-1]
+            raise AccessDenied(f"no live {kind} for {grantee} covers this record")
         if any(g.revoked_ms is not None for g in rows):
             raise AccessDenied(f"the {kind} for {grantee} was revoked")
         if rows:
@@ -294,7 +311,8 @@ class ReadingMixin:
         with self.sessions() as session:
             query = select(db.Record).where(db.Record.shredded_ms.is_(None))
             if record_id is not None:
-                self._record(session, record_id)
+                if self._record(session, record_id).shredded_ms is not None:
+                    raise InvalidInput(f"record {record_id} was deleted (crypto-shredded)")
                 query = query.where(db.Record.id == record_id)
             rows = list(session.execute(query.order_by(db.Record.seq)).scalars())
             scrub = self.blobs.scrub(only=None if record_id is None else [rows[0].blob_id])
@@ -308,6 +326,9 @@ class ReadingMixin:
                     self._check_record(session, record)
                 except (IntegrityError, BlobStoreError, DecryptionFailed) as exc:
                     problems.append({"record": record.id, "problem": str(exc)})
+                except NoResultFound:
+                    problem = "its hospital's institution wrap is missing"
+                    problems.append({"record": record.id, "problem": problem})
         return {
             "ok": not problems and all(n["ok"] for n in nodes),
             "ledger": nodes,
