@@ -621,7 +621,9 @@ def test_refer_to_a_partner_physician(consortium: Consortium) -> None:
     resource = stdout_json(read(consortium, PARTNER, row.id, "--area", "collaboration"))
     assert f"{resource['resourceType']}/{resource['id']}" == row.id
     outside = consortium.record_not_in(patient, "03")
-    assert_fails(read(consortium, PARTNER, outside.id, "--area", "collaboration"), 1, "covers this record")
+    assert_fails(
+        read(consortium, PARTNER, outside.id, "--area", "collaboration"), 1, "covers this record"
+    )
     assert_fails(read(consortium, PARTNER_SURGEON, row.id, "--area", "collaboration"), 1)
 
 
