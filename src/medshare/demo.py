@@ -287,12 +287,13 @@ def step_break_glass(story: Story) -> Outcome:
         "er.wang@H003", rid, area=Area.EMERGENCY, reason="unconscious, arrived by ambulance"
     )
     nurse = _denied(lambda: svc.read("nurse.chen@H001", rid, area=Area.EMERGENCY, reason="x"))
-    glass = [c for c in svc.ledger.txs(TxKind.BREAK_GLASS) if c.tx.body["patient"] == pid]
-    ok = no_reason and served.resource and nurse and glass
+    alerts = svc.alerts(pid)
+    ok = no_reason and served.resource and nurse and alerts and alerts[0]["actor"] == "er.wang@H003"
     return Outcome(
         bool(ok),
-        "an ER physician of H003 breaks the glass with a reason (1 h window, on the ledger, "
-        "in the patient's log); without a reason, or without the emergency role: refused",
+        "an ER physician of H003 breaks the glass with a reason (1 h window, on the ledger); "
+        f"the patient's alerts show who, when and why ({len(alerts)}); without a reason, or "
+        "without the emergency role: refused",
     )
 
 

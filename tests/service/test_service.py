@@ -221,6 +221,8 @@ def test_break_glass_needs_reason_and_is_logged(consortium):
     assert glass and glass[-1].tx.body["reason"] == "unconscious at ER"
     with pytest.raises(AccessDenied):
         service.read("dr.wang@H001", rid, area=Area.EMERGENCY, reason="curious")
+    alerts = service.alerts(pid)
+    assert alerts[0]["actor"] == "er.sun@H001" and alerts[0]["reason"] == "unconscious at ER"
     log = service.log(pid)
     assert log["resourceType"] == "Bundle"
     text = json.dumps(log)
@@ -237,6 +239,12 @@ def test_trace_leaked_key_revokes_and_rewraps(consortium):
     recorded = service.ledger.find(verdict["txid"]).tx
     assert recorded.kind == TxKind.TRACE_VERDICT and recorded.body["verdict"] == "user"
     assert verdict["revocation"]["records_rewrapped"] > 0
+    key_revokes = [
+        c.tx.body["grant"]
+        for c in service.ledger.txs(TxKind.REVOKE)
+        if c.tx.body["grant"].startswith("key/H001/")
+    ]
+    assert key_revokes  # the revocation itself is on the ledger
     with pytest.raises(AccessDenied):
         service.read("nurse.li@H001", rid, area=Area.INSTITUTION)
     # Colleagues got new keys at the new epoch and still read.

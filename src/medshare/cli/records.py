@@ -86,7 +86,7 @@ def register(app: typer.Typer) -> None:
     """Add the records commands to the top-level app."""
     for command in (init, ingest, patients, export, share, read, log, verify, trace):
         app.command(command.__name__)(command)
-    for command in (refer, study, consent, revoke, consents, departments, delete):
+    for command in (refer, study, consent, revoke, consents, alerts, departments, delete):
         app.command(command.__name__)(command)
     recovery = typer.Typer(help="Back up and restore a patient's seed with Shamir shares.")
     recovery.command("split")(recovery_split)
@@ -222,6 +222,12 @@ def consents(data_dir: DataDir, patient: Patient) -> None:
     """The patient's grants as FHIR R4 Consent resources."""
     with opened(data_dir) as service:
         _print_json(service.consents(patient))
+
+
+def alerts(data_dir: DataDir, patient: Patient) -> None:
+    """The patient's break-glass alerts (who read in an emergency, when and why)."""
+    with opened(data_dir) as service:
+        _print_json(service.alerts(patient))
 
 
 def verify(

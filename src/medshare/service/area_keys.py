@@ -155,6 +155,13 @@ class AreaKeyMixin:
             for r in others:
                 r.revoked_ms = self.clock()
             epoch = hosp.epoch
+            # On the ledger before the database commits: the revocation is public record.
+            signer = self.wallets.identity(authority_principal(authority))
+            bodies = [
+                {"grant": f"key/{authority}/{tag.hex()}", "reason": f"key of {who} revoked"}
+                for _, tag in revoked
+            ]
+            self._submit(signer, TxKind.REVOKE, bodies)
         for _, old_tag in revoked:
             self.wallets.drop_abe_key(who, authority, old_tag)
         for holder, attrs, old_tag in reissue:

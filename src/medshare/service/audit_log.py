@@ -14,6 +14,7 @@ from medshare.ledger.types import TxKind
 from medshare.records import fhir_audit
 from medshare.service import db
 from medshare.service.areas import Area
+from medshare.service.common import iso
 
 _ACTIONS = {
     TxKind.ANCHOR_RECORD: "ingest",
@@ -131,6 +132,31 @@ class AuditLogMixin:
             if view is not None and _renders(view):
                 views.append(view)
         return fhir_audit.audit_bundle(views, patient_id)
+
+    def alerts(self, patient_id: str) -> list[dict[str, Any]]:
+        """Every break-glass on the patient's records, newest first: what the patient is
+        alerted to (who, when, why, until when), straight from the ledger."""
+        with self.sessions() as session:
+            self._patient(session, patient_id)
+            names = {
+                p.identity_public: p.id for p in session.execute(select(db.Principal)).scalars()
+            }
+        out = []
+        for committed in self.ledger.txs(TxKind.BREAK_GLASS):
+            body = committed.tx.body
+            if body.get("patient") != patient_id or committed.tx.sender not in names:
+                continue
+            out.append(
+                {
+                    "time": iso(committed.timestamp_ms),
+                    "actor": names[committed.tx.sender],
+                    "reason": body.get("reason"),
+                    "record": body.get("record"),
+                    "until": iso(body.get("until")) if isinstance(body.get("until"), int) else None,
+                    "txid": committed.tx.txid,
+                }
+            )
+        return out[::-1]
 
     def consents(self, patient_id: str) -> list[dict[str, Any]]:
         """The patient's grants as FHIR R4 Consent resources (active or inactive now)."""

@@ -1,6 +1,7 @@
 """Service configuration: one JSON file per data directory, read once, passed explicitly.
 
-Nothing here is secret: secrets live in :mod:`medshare.service.wallets`. The database is
+Nothing here is secret (key material lives in :mod:`medshare.service.wallets`), except a
+database URL with a password, for which the file is written 0600. The database is
 SQLite inside the data directory unless ``database_url`` names another SQLAlchemy URL
 (``postgresql+psycopg://…``), which is how a hospital points the service at PostgreSQL.
 """
@@ -11,6 +12,8 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
+from medshare.fileio import write_file
 
 CONFIG_FILE = "medshare.json"
 CONFIG_VERSION = 1
@@ -100,7 +103,9 @@ class ServiceConfig:
     def save(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         text = json.dumps(self.to_json(), indent=2, sort_keys=True) + "\n"
-        (self.data_dir / CONFIG_FILE).write_text(text, encoding="utf-8")
+        # A database URL may carry a password: then the file is the operator's secret.
+        secret = self.database_url is not None
+        write_file(self.data_dir / CONFIG_FILE, text.encode("utf-8"), secret=secret)
 
     @classmethod
     def load(cls, data_dir: Path) -> ServiceConfig:
