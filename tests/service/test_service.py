@@ -379,3 +379,8 @@ def test_revoking_a_consent_destroys_the_patients_derivatives(consortium):
     service.revoke(f"consent/S-old/{pid}")
     with pytest.raises(AccessDenied, match="revoked"):
         service.read("researcher2@uni", rid, area=Area.RESEARCH)
+    # Withdrawn consent can be given again (a new grant; the old one stays revoked).
+    assert service.consent_research(pid, "S-new") > 0
+    assert service.read("researcher2@uni", rid, area=Area.RESEARCH).resource
+    with pytest.raises(InvalidInput, match="already consented"):
+        service.consent_research(pid, "S-new")

@@ -435,8 +435,8 @@ class GrantMixin:
             if approval is None or approval.revoked_ms is not None:
                 raise NotFound(f"unknown study {study!r}")
             hospital = approval.scope["hospital"]
-            grant_id = f"consent/{study}/{patient_id}"
-            if session.get(db.Grant, grant_id) is not None:
+            grant_id = _fresh_grant_id(session, f"consent/{study}/{patient_id}")
+            if grant_id is None:
                 raise InvalidInput(f"patient {patient_id} already consented to {study}")
             area_key = self._area_key(
                 session, Area.RESEARCH, hospital, f"research/{study}/{hospital}", study=study
@@ -468,3 +468,17 @@ class GrantMixin:
                 ),
             )
         return made
+
+
+def _fresh_grant_id(session: Session, base: str) -> str | None:
+    """``base`` if unused, or ``base/<n>`` after revoked grants (a patient may consent again
+    after withdrawing); None while a grant under ``base`` is still live."""
+    n = 1
+    while True:
+        grant_id = base if n == 1 else f"{base}/{n}"
+        existing = session.get(db.Grant, grant_id)
+        if existing is None:
+            return grant_id
+        if existing.revoked_ms is None:
+            return None
+        n += 1
