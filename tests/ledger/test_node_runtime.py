@@ -5,9 +5,9 @@ from __future__ import annotations
 from chainkit import Kit
 
 from medshare.crypto.signing import SigningKey
-from medshare.ledger.node import NodeRuntime, SyncReply, SyncRequest, SyncRetry
+from medshare.ledger.node import CommitNotice, NodeRuntime, SyncReply, SyncRequest, SyncRetry
 from medshare.ledger.store import MemoryStore
-from medshare.ledger.types import Vote, VoteKind
+from medshare.ledger.types import CommitCertificate, Vote, VoteKind
 
 
 class RecordingTransport:
@@ -91,6 +91,30 @@ def test_a_sync_retry_armed_lower_still_asks_while_behind() -> None:
     assert [p for _, p in transport.sent if isinstance(p, SyncRequest)] == [SyncRequest(2)]
     runtime.receive(3, SyncReply(blocks[1:]))
     assert runtime.core.height == 3
+
+
+def test_a_commit_notice_from_ahead_is_remembered_until_caught_up() -> None:
+    """Regression: a notice of height 2 that arrived at height 1 only made the node wait for
+    height 1; once block 1 came in, the node at height 2 never asked for block 2."""
+    _, runtime, transport, clock, blocks = _behind_runtime()
+    assert blocks[1].certificate is not None
+    runtime.receive(1, CommitNotice(blocks[1].certificate))
+    [retry] = [e for _, e in clock.timers if isinstance(e, SyncRetry)]
+    runtime.receive(2, SyncReply(blocks[:1]))
+    assert runtime.core.height == 2
+    transport.sent.clear()
+    runtime.fire(retry)
+    assert [p for _, p in transport.sent if isinstance(p, SyncRequest)] == [SyncRequest(2)]
+
+
+def test_a_forged_commit_notice_from_ahead_is_not_believed() -> None:
+    _, runtime, *_ = _behind_runtime()
+    outsider = SigningKey.generate()
+    fake = CommitCertificate.from_votes(
+        [Vote.create(VoteKind.PRECOMMIT, 10**6, 0, "aa" * 32, outsider)]
+    )
+    runtime.receive(1, CommitNotice(fake))
+    assert runtime._known_height < 10**6
 
 
 def test_a_far_ahead_message_is_handled_when_sent_again_after_catch_up() -> None:

@@ -12,7 +12,7 @@ from dataclasses import replace
 
 import pytest
 
-from medshare.ledger.sim import CostModel
+from medshare.ledger.sim import CostModel, LinkModel
 from medshare.ledger.sim.runner import (
     Behaviour,
     Crash,
@@ -125,6 +125,22 @@ def test_non_members_replicate_every_block() -> None:
     report = run(scenario)
     assert_progress_and_safety(scenario, report)
     assert len(report.honest_heights) == 24
+
+
+def test_non_members_behind_on_slow_uplinks_catch_up_and_serve_the_next_committee() -> None:
+    """Regression (liveness): with 1,000-tx blocks on 10–100 Mbit/s uplinks the last
+    non-members in a proposer's fan-out fall heights behind and catch up by sync; three
+    of them are in the next epoch's committee. A commit notice of height h that arrived
+    while such a node was at h − 1 was forgotten, so holding h's proposal but no
+    certificate it never asked for h, and that committee never reached 2f+1."""
+    links = LinkModel(5.0, 80.0, jitter_ms=2.0, bandwidth_mbps=10.0, bandwidth_mbps_max=100.0)
+    scenario = Scenario(
+        seed=3, nodes=24, committee=7, epoch_length=4, block_txs=1000, blocks=6, links=links,
+        costs=COSTS,
+    )  # fmt: skip
+    report = run(scenario)
+    assert report.safe, why(scenario, report)
+    assert report.committed_blocks == scenario.blocks, why(scenario, report)
 
 
 # --- Byzantine committee members ---------------------------------------------------------------

@@ -600,6 +600,11 @@ class NodeRuntime:
             return
         held = self._proposals.get((cert.height, cert.round))
         if cert.height > height:
+            # A peer committed cert.height (believed as far as a far-ahead vote is: one
+            # valid signature of a validator), even if we later get the blocks up to it.
+            votes = cert.votes()
+            if votes and self._credible(votes[0]):
+                self._known_height = max(self._known_height, cert.height)
             self._behind(height, src)  # the blocks may still be on their way
         elif held is None:
             self._notice = cert  # the proposal is still on its way: apply it then

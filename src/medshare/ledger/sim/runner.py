@@ -861,7 +861,9 @@ class _Run:
         committed = 0  # heights 1..k decided (heights decide in order)
         while committed + 1 in self.decided_at and committed != s.blocks:
             committed += 1  # (a sync reply may decide several heights past the last asked)
-        finished = committed and s.blocks is not None
+        finished = (
+            s.blocks is not None and committed == s.blocks
+        )  # else: stalled, count to the stop
         duration = self.decided_at[committed] if finished else sim.now_ms
         txs = sum(len(self.canonical[h].txs) for h in range(1, committed + 1))
         latencies = [self.decided_at[h] - self.proposed_at[h] for h in range(1, committed + 1)]
