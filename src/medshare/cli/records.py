@@ -14,7 +14,7 @@ import sys
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from sqlalchemy.exc import SQLAlchemyError
@@ -24,11 +24,13 @@ from medshare.crypto import hkac
 from medshare.crypto.errors import CryptoError
 from medshare.fileio import write_file
 from medshare.ledger.embedded import LedgerUnavailable, TxRejected
-from medshare.service.api import MedShare
 from medshare.service.areas import Area, parse_area
 from medshare.service.config import ConfigError, ServiceConfig
 from medshare.service.errors import AccessDenied, IntegrityError, NotFound, ServiceError
 from medshare.service.wallets import WalletError
+
+if TYPE_CHECKING:
+    from medshare.service.api import MedShare
 
 EXIT_INTEGRITY = 3
 
@@ -57,6 +59,8 @@ def service_errors() -> Iterator[None]:
 
 @contextlib.contextmanager
 def opened(data_dir: Path) -> Iterator[MedShare]:
+    from medshare.service.api import MedShare  # imported when a records command runs
+
     with service_errors(), MedShare.open(data_dir) as service:
         yield service
 
