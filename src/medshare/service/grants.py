@@ -143,8 +143,9 @@ class GrantMixin:
         return self._submit(key, kind, [body])[0]
 
     def revoke(self, grant_id: str, *, reason: str = "revoked by the grantor") -> dict[str, Any]:
-        """End a grant: a REVOKE tx, then (for an H-KAC share) move the records it opened to
-        fresh slots so the revoked key opens no stored wrap."""
+        """End a grant. An H-KAC share's records move to fresh slots (so the revoked key
+        opens no stored wrap, and the other live shares get the new slots' keys); a
+        referral's or consent's wraps are destroyed; then the REVOKE tx is committed."""
         with db.transaction(self.sessions) as session:
             grant = session.get(db.Grant, grant_id)
             if grant is None:
