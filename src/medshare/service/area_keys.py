@@ -11,6 +11,7 @@ import secrets
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.exc import NoResultFound
 from sqlalchemy.orm import Session
 
 from medshare.crypto import abe
@@ -34,14 +35,30 @@ class AreaKeyMixin:
         self, session: Session, area: Area, authority: str, scope: str, **values: Any
     ) -> db.AreaKey:
         """The live area key of a scope, created (and CP-ABE published) on first use."""
-        row = session.execute(
-            select(db.AreaKey).where(db.AreaKey.scope == scope, db.AreaKey.retired_ms.is_(None))
-        ).scalar_one_or_none()
+        row = self._live_area_key(session, scope)
         if row is not None:
             return row
         hosp = self._hospital(session, authority)
         text = self.templates.policy(area, epoch=hosp.epoch, **values)
         return self._new_area_key(session, hosp, area, scope, text)
+
+    @staticmethod
+    def _live_area_key(session: Session, scope: str) -> db.AreaKey | None:
+        return session.execute(
+            select(db.AreaKey).where(db.AreaKey.scope == scope, db.AreaKey.retired_ms.is_(None))
+        ).scalar_one_or_none()
+
+    def _wrap_in(
+        self, session: Session, record_id: str, scope: str
+    ) -> tuple[db.AreaKey, db.Wrap] | None:
+        """The live area key of ``scope`` and the record's wrap under it, if both exist."""
+        area_key = self._live_area_key(session, scope)
+        if area_key is None:
+            return None
+        wrap = session.execute(
+            select(db.Wrap).where(db.Wrap.record == record_id, db.Wrap.area_key == area_key.id)
+        ).scalar_one_or_none()
+        return None if wrap is None else (area_key, wrap)
 
     def _new_area_key(
         self, session: Session, hosp: db.Hospital, area: Area, scope: str, text: str
@@ -82,12 +99,10 @@ class AreaKeyMixin:
     def _custodian_dek(self, session, record: db.Record) -> bytes:
         """The holding hospital recovers a record's DEK through its own institution wrap."""
         scope = f"institution/{record.hospital}/{top_department(record.dept)}"
-        area_key = session.execute(
-            select(db.AreaKey).where(db.AreaKey.scope == scope, db.AreaKey.retired_ms.is_(None))
-        ).scalar_one()
-        wrap = session.execute(
-            select(db.Wrap).where(db.Wrap.record == record.id, db.Wrap.area_key == area_key.id)
-        ).scalar_one()
+        found = self._wrap_in(session, record.id, scope)
+        if found is None:
+            raise NoResultFound(f"record {record.id} has no wrap in {scope}")
+        area_key, wrap = found
         kek = self._kek(record.hospital, area_key.id)
         return protect.unwrap_dek(kek, wrap.wrapped, record.id, area_key.id)
 

@@ -15,7 +15,6 @@ from sqlalchemy.exc import NoResultFound
 
 from medshare.crypto import abe, hkac, kac
 from medshare.crypto.errors import DecryptionFailed, PolicyNotSatisfied
-from medshare.crypto.signing import SigningKey
 from medshare.ledger.types import TxKind
 from medshare.records import canonical
 from medshare.records.blobstore import BlobStoreError
@@ -63,34 +62,27 @@ class ReadingMixin:
             record = self._record(session, record_id)
         if record.shredded_ms is not None:
             raise NotFound(f"record {record_id} was deleted (crypto-shredded)")
-        identity = self.wallets.identity(who)
         try:
             dek, blob_id = self._gate(who, record, area, share, reason)
             data = self._fetch(record, blob_id, dek)
         except AccessDenied as exc:
-            self._log_access(identity, record, area, "denied", str(exc))
+            self._log_access(who, record, area, "denied", str(exc))
             raise
-        committed = self._log_access(identity, record, area, "success", reason)
+        committed = self._log_access(who, record, area, "success", reason)
         return ReadResult(record_id, area, data, committed.tx.txid)
 
-    def _log_access(self, identity, record: db.Record, area: Area, outcome: str, why):
+    def _log_access(self, who: str, record: db.Record, area: Area, outcome: str, why):
+        """The ``access`` tx of one read attempt, signed by the reader's identity key."""
         body = {
             "record": record.id,
             "patient": record.patient,
-            "actor": self._who(identity),
+            "actor": who,
             "area": area.value,
             "outcome": outcome,
         }
         if why:
             body["reason"] = why
-        return self._submit(identity, TxKind.ACCESS, [body])[0]
-
-    def _who(self, identity: SigningKey) -> str:
-        with self.sessions() as session:
-            row = session.execute(
-                select(db.Principal).where(db.Principal.identity_public == identity.public)
-            ).scalar_one()
-            return row.id
+        return self._submit(self.wallets.identity(who), TxKind.ACCESS, [body])[0]
 
     def _gate(self, who, record, area, share, reason) -> tuple[bytes, str]:
         """(DEK, blob id) for an allowed read; raises AccessDenied with the reason."""
@@ -200,16 +192,10 @@ class ReadingMixin:
         raise AccessDenied(f"no {kind} of patient {patient} for {grantee}")
 
     def _open_area(self, session, who, record, scope) -> tuple[bytes, str]:
-        area_key = session.execute(
-            select(db.AreaKey).where(db.AreaKey.scope == scope, db.AreaKey.retired_ms.is_(None))
-        ).scalar_one_or_none()
-        wrap = None
-        if area_key is not None:
-            wrap = session.execute(
-                select(db.Wrap).where(db.Wrap.record == record.id, db.Wrap.area_key == area_key.id)
-            ).scalar_one_or_none()
-        if wrap is None:
+        found = self._wrap_in(session, record.id, scope)
+        if found is None:
             raise AccessDenied(f"no wrap of this record in {scope}")
+        area_key, wrap = found
         hosp = self._hospital(session, area_key.authority)
         key = self._key_for(who, area_key)
         public = self.decoded(abe.AbePublicKey, hosp.abe_public)
