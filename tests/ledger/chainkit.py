@@ -41,7 +41,7 @@ class Kit:
         nonce = self.nonces.get(key.public, 0)
         self.nonces[key.public] = nonce + 1
         fields = {"record": f"r{nonce}", "patient": "p1", "dept": "0304", "digest": "ab" * 32}
-        return Tx.create(kind, body or fields, nonce, key)
+        return Tx.create(kind, body or fields, nonce, key, chain=self.config.chain_id)
 
     def next_block(self, txs: list[Tx], signers: int | None = None) -> Block:
         """Build, certify (with ``signers`` committee members, default a quorum) and apply."""

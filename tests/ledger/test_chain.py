@@ -13,6 +13,7 @@ from medshare.ledger.types import (
     Block,
     CommitCertificate,
     Equivocation,
+    LedgerFormatError,
     Tx,
     TxKind,
     Vote,
@@ -48,11 +49,38 @@ def test_replayed_transaction_is_dropped_by_proposer_and_rejected_in_block() -> 
 def test_forged_signature_is_rejected() -> None:
     kit = Kit.new()
     tx = kit.tx(0)
-    forged = Tx(tx.kind, tx.sender, tx.nonce, {**tx.body, "digest": "cd" * 32}, tx.signature)
+    forged = dataclasses.replace(tx, body={**tx.body, "digest": "cd" * 32})
     state = kit.state.clone()
     with pytest.raises(chain.TxRejected, match="invalid signature"):
         chain.apply_tx(state, forged)
     assert state.next_nonce(tx.sender) == 0  # nothing applied
+
+
+def test_a_tx_signed_for_another_chain_is_rejected_and_cannot_be_relabelled() -> None:
+    """Same validator and client keys, another genesis (here: another epoch length): the
+    nonces line up, so without the chain id the tx would replay."""
+    here, there = Kit.new(), Kit.new(epoch_length=7)
+    assert here.config.chain_id != there.config.chain_id
+    foreign = there.tx(0)
+    state = here.state.clone()
+    with pytest.raises(chain.TxRejected, match="another chain"):
+        chain.apply_tx(state, foreign)
+    relabelled = dataclasses.replace(foreign, chain=here.config.chain_id)
+    with pytest.raises(chain.TxRejected, match="invalid signature"):
+        chain.apply_tx(state, relabelled)
+    assert state.next_nonce(foreign.sender) == 0
+    here.next_block([here.tx(0)])  # the same sender's own tx for this chain applies
+
+
+@pytest.mark.parametrize("chain_id", [None, "", "AB" * 16, "ab" * 15, "zz" * 16, 7])
+def test_a_tx_without_a_well_formed_chain_id_does_not_decode(chain_id: object) -> None:
+    doc = Kit.new().tx(0).to_json()
+    if chain_id is None:
+        del doc["chain"]
+    else:
+        doc["chain"] = chain_id
+    with pytest.raises(LedgerFormatError, match="chain id"):
+        Tx.from_json(doc)
 
 
 def test_certificate_needs_a_quorum_of_the_committee() -> None:
@@ -143,7 +171,11 @@ def test_register_node_needs_an_active_validator() -> None:
     kit = Kit.new()
     newcomer = SigningKey.generate()
     outsider_tx = Tx.create(
-        TxKind.REGISTER_NODE, {"node": newcomer.public.hex(), "name": "x"}, 0, newcomer
+        TxKind.REGISTER_NODE,
+        {"node": newcomer.public.hex(), "name": "x"},
+        0,
+        newcomer,
+        chain=kit.config.chain_id,
     )
     with pytest.raises(chain.TxRejected, match="active validator"):
         chain.apply_tx(kit.state.clone(), outsider_tx)

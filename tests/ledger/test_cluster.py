@@ -41,9 +41,9 @@ def config(nodes: int, committee: int, epoch_length: int = 5) -> chain.ChainConf
     )
 
 
-def anchor(client: SigningKey, nonce: int, tag: str = "") -> Tx:
+def anchor(cfg: chain.ChainConfig, client: SigningKey, nonce: int, tag: str = "") -> Tx:
     body = {"record": f"r{nonce}{tag}", "patient": "p", "dept": "0304", "digest": "ab" * 32}
-    return Tx.create(TxKind.ANCHOR_RECORD, body, nonce, client)
+    return Tx.create(TxKind.ANCHOR_RECORD, body, nonce, client, chain=cfg.chain_id)
 
 
 def committed(store: BlockStore) -> Counter[str]:
@@ -74,20 +74,25 @@ def assert_replicated(cluster: InProcessCluster, height: int) -> None:
 
 
 def test_four_nodes_commit_200_txs_in_20_blocks_once_each() -> None:
-    cluster = InProcessCluster(config(4, 4), KEYS[:4], consensus=ConsensusConfig(max_block_txs=10))
-    txs = [anchor(c, n) for n in range(20) for c in CLIENTS[:9]]
-    txs += [anchor(CLIENTS[9], n) for n in range(19)]
+    cfg = config(4, 4)
+    cluster = InProcessCluster(cfg, KEYS[:4], consensus=ConsensusConfig(max_block_txs=10))
+    txs = [anchor(cfg, c, n) for n in range(20) for c in CLIENTS[:9]]
+    txs += [anchor(cfg, CLIENTS[9], n) for n in range(19)]
     for i, tx in enumerate(txs):
         assert cluster.submit(tx, node=i % 4)
     # Two well-signed txs with the same sender and nonce: both admitted, one can commit.
-    twins = [anchor(CLIENTS[9], 19, tag) for tag in ("-a", "-b")]
+    twins = [anchor(cfg, CLIENTS[9], 19, tag) for tag in ("-a", "-b")]
     assert cluster.submit(twins[0], node=1) and cluster.submit(twins[1], node=2)
-    forged = dataclasses.replace(anchor(CLIENTS[0], 20), signature=bytes(64))
+    forged = dataclasses.replace(anchor(cfg, CLIENTS[0], 20), signature=bytes(64))
     assert not cluster.submit(forged)
     assert not cluster.submit(txs[0])  # duplicate
     cluster.run_until_height(2)
-    replay = anchor(CLIENTS[0], 0, tag="-replayed")  # nonce 0 of a sender already used
+    replay = anchor(cfg, CLIENTS[0], 0, tag="-replayed")  # nonce 0 of a sender already used
     assert not cluster.submit(replay)
+    elsewhere = anchor(
+        config(4, 4, epoch_length=9), CLIENTS[8], 25
+    )  # nonce not yet used, other chain
+    assert not cluster.submit(elsewhere)
     cluster.run_until_height(25)  # ≥ 20 blocks of at most 10 txs
     assert_replicated(cluster, 25)
     assert not cluster.submit(txs[5])  # already committed
@@ -97,7 +102,7 @@ def test_four_nodes_commit_200_txs_in_20_blocks_once_each() -> None:
         assert set(counts.values()) == {1}  # nothing twice
         assert {tx.txid for tx in txs} < set(counts)
         assert len({t.txid for t in twins} & set(counts)) == 1
-        for bad in (forged, replay):
+        for bad in (forged, replay, elsewhere):
             assert bad.txid not in counts and node.store.find_tx(bad.txid) is None
         assert len(node.mempool) == 0  # the losing twin was purged with its stale nonce
     sizes = [len(b.txs) for b in cluster.node(0).store.blocks(1)]
@@ -116,7 +121,7 @@ def test_committee_of_4_of_7_non_members_replicate_and_epochs_reelect() -> None:
     cfg = config(7, 4, epoch_length=5)
     cluster = InProcessCluster(cfg, KEYS[:7])
     for n in range(12):
-        cluster.submit(anchor(CLIENTS[0], n), node=n % 7)
+        cluster.submit(anchor(cfg, CLIENTS[0], n), node=n % 7)
     cluster.run_until_height(16)
     assert_replicated(cluster, 16)
     history = committees(cluster.node(6).store, cfg)
@@ -149,11 +154,10 @@ def test_seeded_reordering_is_still_safe_and_live(seed: int) -> None:
     """Random (seeded, replayable) delivery order with Byzantine members: a failure names
     its seed in the test id."""
     for nodes, byzantine in SWEEP:
-        cluster = InProcessCluster(
-            config(nodes, nodes), KEYS[:nodes], byzantine=byzantine, seed=seed, shuffle=True
-        )
+        cfg = config(nodes, nodes)
+        cluster = InProcessCluster(cfg, KEYS[:nodes], byzantine=byzantine, seed=seed, shuffle=True)
         for n in range(12):
-            cluster.submit(anchor(CLIENTS[n % 3], n // 3), node=n % nodes)
+            cluster.submit(anchor(cfg, CLIENTS[n % 3], n // 3), node=n % nodes)
         cluster.run_until_height(6, max_steps=100_000)
         assert_replicated(cluster, 6)
         assert len(committed(cluster.honest()[0].store)) == 12
@@ -205,7 +209,7 @@ def test_one_byzantine_member_of_four(behaviour: Behaviour) -> None:
     byz = next(i for i, k in enumerate(KEYS) if k.public == first_committee[1])
     cluster = InProcessCluster(cfg, KEYS[:5], byzantine={byz: behaviour})
     for n in range(20):
-        cluster.submit(anchor(CLIENTS[n % 2], n // 2), node=n % 5)
+        cluster.submit(anchor(cfg, CLIENTS[n % 2], n // 2), node=n % 5)
     cluster.run_until_height(12)  # liveness, across two epoch boundaries
     assert_replicated(cluster, 12)
     offender = KEYS[byz].public
@@ -243,7 +247,7 @@ def test_two_byzantine_members_of_seven(behaviours: tuple[Behaviour, Behaviour])
     byzantine = {1: behaviours[0], 4: behaviours[1]}
     cluster = InProcessCluster(cfg, KEYS[:7], byzantine=byzantine)
     for n in range(14):
-        cluster.submit(anchor(CLIENTS[0], n), node=n % 7)
+        cluster.submit(anchor(cfg, CLIENTS[0], n), node=n % 7)
     cluster.run_until_height(21)
     assert_replicated(cluster, 21)
     store = cluster.honest()[0].store
@@ -278,7 +282,7 @@ def test_crash_during_commit_restart_from_sqlite_catches_up(tmp_path) -> None:
     cfg = config(4, 4)
     stores = sqlite_stores(tmp_path, 4)
     cluster = InProcessCluster(cfg, KEYS[:4], stores=stores, consensus=ConsensusConfig(5))
-    txs = [anchor(CLIENTS[n % 4], n // 4) for n in range(60)]
+    txs = [anchor(cfg, CLIENTS[n % 4], n // 4) for n in range(60)]
     for tx in txs[:30]:
         cluster.submit(tx)
     cluster.run_until_height(3)
@@ -310,7 +314,7 @@ def test_wal_lets_a_needed_node_resume_without_double_signing(tmp_path) -> None:
     stores = sqlite_stores(tmp_path, 4)
     cluster = InProcessCluster(cfg, KEYS[:4], stores=stores, byzantine={3: Behaviour.SILENT})
     for n in range(8):
-        cluster.submit(anchor(CLIENTS[0], n))
+        cluster.submit(anchor(cfg, CLIENTS[0], n))
     cluster.run_until_height(2)
     victim = 1
     signed: list[Vote] = []
@@ -355,19 +359,20 @@ def test_restart_in_memory_replays_store_and_keeps_running() -> None:
 
 
 def test_mempool_verifies_once_and_forgets_stale_nonces() -> None:
+    cfg = config(4, 4)
     pool, nonces = Mempool(), {CLIENTS[0].public: 0}
 
     def next_nonce(sender: bytes) -> int:
         return nonces.get(sender, 0)
 
-    txs = [anchor(CLIENTS[0], n) for n in range(3)]
+    txs = [anchor(cfg, CLIENTS[0], n) for n in range(3)]
     assert all(pool.admit(tx, tx.txid, next_nonce) for tx in txs)
     assert not pool.admit(txs[0], txs[0].txid, next_nonce)
     assert all(pool.is_verified(tx) for tx in txs)
-    forged = dataclasses.replace(anchor(CLIENTS[0], 3), signature=bytes(64))
+    forged = dataclasses.replace(anchor(cfg, CLIENTS[0], 3), signature=bytes(64))
     assert not pool.admit(forged, forged.txid, next_nonce) and not pool.is_verified(forged)
     assert [tx.nonce for tx in pool.take(2, next_nonce)] == [0, 1]
     nonces[CLIENTS[0].public] = 2
     pool.purge(next_nonce)
     assert len(pool) == 1 and txs[2].txid in pool
-    assert not pool.admit(anchor(CLIENTS[0], 1, "-late"), "x", next_nonce)  # stale nonce
+    assert not pool.admit(anchor(cfg, CLIENTS[0], 1, "-late"), "x", next_nonce)  # stale nonce

@@ -96,8 +96,9 @@ def roles():
 
 
 def anchor_tx(nonce: int, key: SigningKey = CLIENT) -> Tx:
+    """A client tx for the default ``genesis_state()`` chain."""
     body = {"record": f"r{nonce}", "patient": "p", "dept": "0304", "digest": "ab" * 32}
-    return Tx.create(TxKind.ANCHOR_RECORD, body, nonce, key)
+    return Tx.create(TxKind.ANCHOR_RECORD, body, nonce, key, chain=genesis_state().config.chain_id)
 
 
 # --- a round, start to finish -------------------------------------------------------------------
@@ -369,7 +370,7 @@ def test_invalid_block_evidence_ejects_the_proposer(roles) -> None:
     proposal, index = _forged_proposal(state, p[0])
     body = invalid_block_body(proposal.proof(), proposal.block, index)
     reporter = p[1]
-    evidence = Tx.create(TxKind.EVIDENCE, body, 0, reporter)
+    evidence = Tx.create(TxKind.EVIDENCE, body, 0, reporter, chain=state.config.chain_id)
     nxt = chain.begin_block(state, None)
     chain.apply_tx(nxt, evidence)
     assert nxt.validator(p[0].public).ejected

@@ -29,8 +29,8 @@ def anchor_body(n: int) -> dict:
     return {"record": f"rec-{n}", "patient": "p-1", "dept": "0304", "digest": f"{n:064x}"}
 
 
-def anchor(key: SigningKey, nonce: int) -> Tx:
-    return Tx.create(TxKind.ANCHOR_RECORD, anchor_body(nonce), nonce, key)
+def anchor(chain_id: str, key: SigningKey, nonce: int) -> Tx:
+    return Tx.create(TxKind.ANCHOR_RECORD, anchor_body(nonce), nonce, key, chain=chain_id)
 
 
 @pytest.fixture
@@ -145,7 +145,11 @@ def test_sign_and_submit_assigns_consecutive_nonces_per_sender(ledger: EmbeddedL
 
 def test_submit_returns_txs_in_given_order_with_their_place(ledger: EmbeddedLedger) -> None:
     alice, bob = SigningKey.generate(), SigningKey.generate()
-    txs = [anchor(bob, 0), anchor(alice, 0), anchor(bob, 1)]
+    txs = [
+        anchor(ledger.chain_id, bob, 0),
+        anchor(ledger.chain_id, alice, 0),
+        anchor(ledger.chain_id, bob, 1),
+    ]
     committed = ledger.submit(txs)
     assert [c.tx for c in committed] == txs
     for c in committed:
@@ -161,23 +165,36 @@ def test_submit_returns_txs_in_given_order_with_their_place(ledger: EmbeddedLedg
 
 def test_replayed_tx_is_rejected(ledger: EmbeddedLedger) -> None:
     key = SigningKey.generate()
-    tx = anchor(key, 0)
+    tx = anchor(ledger.chain_id, key, 0)
     ledger.submit([tx])
     height = ledger.height()
     with pytest.raises(TxRejected, match="already committed") as caught:
         ledger.submit([tx])
     assert caught.value.index == 0 and caught.value.committed == []
-    stale = Tx.create(TxKind.ANCHOR_RECORD, anchor_body(7), 0, key)  # new body, used nonce
+    stale = Tx.create(TxKind.ANCHOR_RECORD, anchor_body(7), 0, key, chain=ledger.chain_id)
     with pytest.raises(TxRejected, match="stale nonce 0"):
         ledger.submit([stale])
     assert ledger.height() == height and ledger.next_nonce(key.public) == 1
 
 
+def test_tx_signed_for_another_consortium_is_refused(ledger: EmbeddedLedger) -> None:
+    key = SigningKey.generate()
+    elsewhere = "ab" * 16
+    assert elsewhere != ledger.chain_id
+    with pytest.raises(TxRejected, match="another chain") as caught:
+        ledger.submit([anchor(ledger.chain_id, key, 0), anchor(elsewhere, key, 1)])
+    assert caught.value.index == 1 and ledger.height() == 0  # nothing half-committed
+
+
 def test_forged_signature_rejects_the_whole_batch(ledger: EmbeddedLedger) -> None:
     key, mallory = SigningKey.generate(), SigningKey.generate()
-    good = anchor(key, 0)
-    altered = dataclasses.replace(anchor(key, 1), body=anchor_body(99))  # body changed after
-    claimed = dataclasses.replace(anchor(mallory, 0), sender=key.public)  # signed by another
+    good = anchor(ledger.chain_id, key, 0)
+    altered = dataclasses.replace(
+        anchor(ledger.chain_id, key, 1), body=anchor_body(99)
+    )  # body changed after
+    claimed = dataclasses.replace(
+        anchor(ledger.chain_id, mallory, 0), sender=key.public
+    )  # signed by another
     for forged in (altered, claimed):
         with pytest.raises(TxRejected, match="invalid signature") as caught:
             ledger.submit([good, forged])
@@ -189,9 +206,9 @@ def test_forged_signature_rejects_the_whole_batch(ledger: EmbeddedLedger) -> Non
 def test_nonce_gaps_and_malformed_bodies_are_rejected(ledger: EmbeddedLedger) -> None:
     key = SigningKey.generate()
     with pytest.raises(TxRejected, match="nonce gap: 1 given, 0 expected"):
-        ledger.submit([anchor(key, 1)])
+        ledger.submit([anchor(ledger.chain_id, key, 1)])
     with pytest.raises(TxRejected, match="twice in this batch"):
-        ledger.submit([anchor(key, 0), anchor(key, 0)])
+        ledger.submit([anchor(ledger.chain_id, key, 0), anchor(ledger.chain_id, key, 0)])
     with pytest.raises(TxRejected, match="lacks dept, digest"):
         ledger.sign_and_submit(key, TxKind.ANCHOR_RECORD, [{"record": "r", "patient": "p"}])
     assert ledger.submit([]) == []

@@ -105,9 +105,9 @@ def client_key(directory: Path) -> SigningKey:
     return SigningKey(bytes.fromhex((directory / "keys/client.key").read_text()))
 
 
-def anchor(key: SigningKey, nonce: int, tag: str = "") -> Tx:
+def anchor(summary: dict, key: SigningKey, nonce: int, tag: str = "") -> Tx:
     body = {"record": f"r{nonce}{tag}", "patient": "p", "dept": "0304", "digest": "ab" * 32}
-    return Tx.create(TxKind.ANCHOR_RECORD, body, nonce, key)
+    return Tx.create(TxKind.ANCHOR_RECORD, body, nonce, key, chain=summary["chain_id"])
 
 
 def post_tx(url: str, tx: Tx | bytes) -> tuple[int, dict]:
@@ -191,18 +191,21 @@ def test_forged_replayed_and_malformed_txs_get_400_and_never_commit(net_dir: Pat
     summary = up(net_dir)
     urls = [n["url"] for n in summary["nodes"]]
     key = client_key(net_dir)
-    good = anchor(key, 0)
-    forged = dataclasses.replace(anchor(key, 1), signature=bytes(64))
+    good = anchor(summary, key, 0)
+    forged = dataclasses.replace(anchor(summary, key, 1), signature=bytes(64))
     other = SigningKey(bytes([7]) * 32)
-    impostor = dataclasses.replace(
-        anchor(other, 0), sender=key.public
-    )  # signed by another key, claims the client's
+    # Signed by another key, claims the client's; nonce 2, never stale here (nonce 0 may
+    # already be committed when it arrives, and the stale check comes first).
+    impostor = dataclasses.replace(anchor(summary, other, 2), sender=key.public)
+    elsewhere = anchor({"chain_id": "ab" * 16}, key, 3)  # signed for another chain
 
     assert post_tx(urls[0], good) == (200, {"txid": good.txid})
     code, answer = post_tx(urls[1], forged)
     assert code == 400 and answer["error"] == "invalid signature"
     code, answer = post_tx(urls[2], impostor)
     assert code == 400 and answer["error"] == "invalid signature"
+    code, answer = post_tx(urls[0], elsewhere)
+    assert code == 400 and answer["error"].startswith("signed for another chain")
     code, answer = post_tx(urls[3], b'{"kind": "anchor_record"')
     assert code == 400 and answer["error"].startswith("malformed transaction")
     code, answer = post_tx(urls[3], b'{"kind": "grant", "body": {}}')
@@ -211,16 +214,16 @@ def test_forged_replayed_and_malformed_txs_get_400_and_never_commit(net_dir: Pat
     wait_until(lambda: all(committed_on(u, good.txid) for u in urls), 15, "the good tx")
     code, answer = post_tx(urls[1], good)  # the same signed bytes again: a replay
     assert code == 400 and answer["error"].startswith("duplicate: already committed at height")
-    replay = anchor(key, 0, tag="-again")  # a fresh signature on a used nonce
+    replay = anchor(summary, key, 0, tag="-again")  # a fresh signature on a used nonce
     code, answer = post_tx(urls[2], replay)
     assert code == 400 and answer["error"].startswith("stale nonce 0"), answer
-    second = anchor(key, 1)
+    second = anchor(summary, key, 1)
     assert post_tx(urls[3], second)[0] == 200
     code, answer = post_tx(urls[3], second)
     assert code == 400 and answer["error"].startswith("duplicate")
 
     wait_until(lambda: all(committed_on(u, second.txid) for u in urls), 15, "the second tx")
-    for bad in (forged, impostor, replay):
+    for bad in (forged, impostor, replay, elsewhere):
         assert not any(committed_on(u, bad.txid) for u in urls)
     cli("net", "down", "--dir", str(net_dir))
     check_dbs(summary, [good.txid, second.txid])
@@ -239,7 +242,7 @@ def test_sigkilled_node_restarts_from_its_db_and_catches_up(net_dir: Path) -> No
     urls = [n["url"] for n in nodes]
     victim = 3
     key = client_key(net_dir)
-    txs = [anchor(key, n) for n in range(40)]
+    txs = [anchor(summary, key, n) for n in range(40)]
     killed = threading.Event()
     errors: list[str] = []
 

@@ -179,7 +179,6 @@ def inprocess(repeats: int = 1, txs: int = INPROCESS_TXS) -> dict:
     from medshare.ledger.consensus import ConsensusConfig
     from medshare.ledger.store import SQLiteStore
 
-    pool = list(tx_pool(txs)[:txs])  # signed before the clock starts
     keys = [
         SigningKey(hashlib.sha256(f"medshare.bench/inprocess/{i}".encode()).digest())
         for i in range(INPROCESS_NODES)
@@ -188,6 +187,7 @@ def inprocess(repeats: int = 1, txs: int = INPROCESS_TXS) -> dict:
     config = chain.ChainConfig(
         "medshare-bench", validators, epoch_length=10, committee_size=INPROCESS_NODES
     )
+    pool = tx_pool(txs, config.chain_id)  # signed before the clock starts
     best: float | None = None
     height = 0
     for _ in range(repeats):

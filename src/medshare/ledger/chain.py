@@ -30,11 +30,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from medshare.crypto import signing
 from medshare.ledger import election
 from medshare.ledger.types import (
+    CHAIN_ID_BYTES,
     ZERO_HASH,
     Block,
     BlockHeader,
@@ -79,6 +81,14 @@ class ChainConfig:
     genesis_time_ms: int = 0
     anchor_every: int = 10
     policy: election.ReputationPolicy = field(default_factory=election.ReputationPolicy)
+
+    @cached_property
+    def chain_id(self) -> str:
+        """What every transaction signs to name its chain: 16 bytes of the genesis digest.
+
+        Derived from the whole genesis (name, validators, genesis time, ...) rather than the
+        name alone, because names repeat ("medshare" is every embedded consortium's)."""
+        return digest_hex(canonical(self.to_json()))[: 2 * CHAIN_ID_BYTES]
 
     def to_json(self) -> dict:
         return {
@@ -237,6 +247,8 @@ _KIND_RULES: Mapping[TxKind, Callable[[ChainState, Tx], None]] = {
 
 def apply_tx(state: ChainState, tx: Tx, *, verified: Callable[[Tx], bool] | None = None) -> None:
     """Apply one transaction; raises :class:`TxRejected` and leaves ``state`` as it was."""
+    if tx.chain != state.config.chain_id:
+        raise TxRejected(f"transaction {tx.txid[:12]} was signed for another chain")
     if verified is None or not verified(tx):
         try:
             tx.verify()

@@ -56,7 +56,9 @@ LEDGER_FILE = "ledger.json"
 LOCK_FILE = "ledger.lock"
 KEYS_DIR = "keys"
 FORMAT = "medshare-embedded-ledger"
-FORMAT_VERSION = 1
+# 2: transactions name their chain (``Tx.chain``); a version-1 ledger's transactions do
+# not verify under the current rules, so it is refused with a clear message.
+FORMAT_VERSION = 2
 INITIAL_REPUTATION = 1000
 # A block takes a few hundred steps (messages and timers) with 7 nodes; a round lost to a
 # crashed proposer a few hundred more. The budget allows for many lost rounds, yet gives up
@@ -181,6 +183,11 @@ class _Manifest:
     def _from_json(cls, doc: object, path: Path) -> _Manifest:
         if not isinstance(doc, dict) or doc.get("format") != FORMAT:
             raise LedgerUnavailable(f"{path} is not an embedded ledger manifest")
+        if doc.get("version") == 1:
+            raise LedgerUnavailable(
+                f"{path} was made by an earlier medshare whose transactions did not name "
+                "their chain; create a new data directory with `medshare init`"
+            )
         if doc.get("version") != FORMAT_VERSION:
             raise LedgerUnavailable(f"{path} has unsupported version {doc.get('version')!r}")
         try:
@@ -404,6 +411,8 @@ def _rejection(tx: Tx, view: _View, seen: set[str], expected: dict[bytes, int]) 
     reason = _malformed(tx)
     if reason is not None:
         return reason
+    if tx.chain != view.state.config.chain_id:
+        return "signed for another chain (replayed from elsewhere?)"
     if tx.txid in seen:
         return "duplicate: twice in this batch"
     seen.add(tx.txid)
@@ -556,6 +565,11 @@ class EmbeddedLedger:
     def height(self) -> int:
         return self._top().state.height
 
+    @property
+    def chain_id(self) -> str:
+        """What this consortium's transactions sign to name it (see ``ChainConfig.chain_id``)."""
+        return self._manifest.config.chain_id
+
     def next_nonce(self, sender: bytes) -> int:
         """The sender's next nonce in the committed state (pending transactions not counted)."""
         return self._top().state.next_nonce(sender)
@@ -619,7 +633,7 @@ class EmbeddedLedger:
         txs = []
         for i, body in enumerate(bodies):
             try:
-                txs.append(Tx.create(kind, body, start + i, key))
+                txs.append(Tx.create(kind, body, start + i, key, chain=self.chain_id))
             except ValueError as exc:
                 raise TxRejected(f"malformed: {exc}", index=i) from None
         return self.submit(txs)

@@ -304,6 +304,7 @@ def up(
         "version": 1,
         "chain": genesis.chain_name,
         "genesis": chain.genesis(genesis)[0].hash,
+        "chain_id": genesis.chain_id,
         "committee_size": size,
         "epoch_length": epoch,
         "client": {"key_file": str(directory / CLIENT_KEY), "public": client.public.hex()},
@@ -352,6 +353,7 @@ def summary(directory: Path, doc: dict[str, Any]) -> dict[str, Any]:
         "dir": str(directory),
         "chain": doc["chain"],
         "genesis": doc["genesis"],
+        "chain_id": doc.get("chain_id"),
         "committee_size": doc["committee_size"],
         "client": doc["client"]["public"],
         "nodes": [
@@ -403,7 +405,7 @@ def restart(directory: Path, index: int, timeout: float = START_TIMEOUT_S) -> di
     return {k: node[k] for k in ("index", "name", "pid", "url", "log")}
 
 
-def _anchor_tx(client: signing.SigningKey, nonce: int) -> Tx:
+def _anchor_tx(client: signing.SigningKey, nonce: int, chain_id: str) -> Tx:
     record = f"localnet-{client.public.hex()[:8]}-{nonce}"
     body = {
         "record": record,
@@ -411,7 +413,7 @@ def _anchor_tx(client: signing.SigningKey, nonce: int) -> Tx:
         "dept": "0000",
         "digest": hashlib.sha256(record.encode()).hexdigest(),
     }
-    return Tx.create(TxKind.ANCHOR_RECORD, body, nonce, client)
+    return Tx.create(TxKind.ANCHOR_RECORD, body, nonce, client, chain=chain_id)
 
 
 def _load_client(directory: Path) -> signing.SigningKey:
@@ -433,6 +435,9 @@ def submit(directory: Path, count: int) -> dict[str, Any]:
     directory = directory.resolve()
     doc = load_net(directory)
     client = _load_client(directory)
+    chain_id = doc.get("chain_id")
+    if not isinstance(chain_id, str):
+        raise NetError(f"{directory} was made before transactions named their chain; recreate it")
     nodes = doc["nodes"]
     chain_next = None
     for node in nodes:
@@ -454,7 +459,7 @@ def submit(directory: Path, count: int) -> dict[str, Any]:
     txids: list[str] = []
     error = None
     for i in range(count):
-        tx = _anchor_tx(client, nonce + i)
+        tx = _anchor_tx(client, nonce + i, chain_id)
         error = _post_round_robin(nodes, i, tx)
         if error is not None:  # later nonces would wait behind this gap: stop here
             break

@@ -636,6 +636,8 @@ class NodeRuntime:
         return self.core.step(TxsAvailable(request.height, request.round, txs, self.clock.now_ms()))
 
     def _admit(self, tx: Tx, txid: str) -> str | None:
+        if tx.chain != self.config.chain_id:
+            return "signed for another chain (replayed from elsewhere?)"
         if len(self.mempool) >= MAX_MEMPOOL:
             return "mempool full; retry later"
         reason = self.mempool.offer(tx, txid, self.core.state.next_nonce)
@@ -696,7 +698,7 @@ class NodeRuntime:
         self._reported.add(offender)
         nonce = max(self.state.next_nonce(self.public), self._next_own_nonce)
         self._next_own_nonce = nonce + 1
-        tx = Tx.create(TxKind.EVIDENCE, body, nonce, self.key)
+        tx = Tx.create(TxKind.EVIDENCE, body, nonce, self.key, chain=self.config.chain_id)
         if self._admit(tx, tx.txid) is None:
             self.transport.broadcast(TxGossip(tx, tx.txid))
 
@@ -766,7 +768,9 @@ class NodeRuntime:
         own = sum(1 for tx in block.txs if tx.sender == self.public)
         nonce = state.next_nonce(self.public) + own
         body = {"record": "forged", "patient": "p", "dept": "0000", "digest": "00" * 32}
-        forged = Tx(TxKind.ANCHOR_RECORD, self.public, nonce, body, bytes(64))
+        forged = Tx(
+            TxKind.ANCHOR_RECORD, self.public, nonce, body, bytes(64), state.config.chain_id
+        )
         bad, _ = chain.build_block(
             state,
             (*block.txs, forged),

@@ -30,6 +30,7 @@ TX_DOMAIN = b"medshare/tx/v1"
 VOTE_DOMAIN = b"medshare/vote/v1"
 PROPOSAL_DOMAIN = b"medshare/proposal/v1"
 MAX_TX_BYTES = 64 * 1024
+CHAIN_ID_BYTES = 16
 ZERO_HASH = "00" * 32
 E = TypeVar("E", bound=StrEnum)
 
@@ -117,16 +118,21 @@ REQUIRED_FIELDS: Mapping[TxKind, tuple[str, ...]] = {
 
 @dataclass(frozen=True)
 class Tx:
-    """A signed transaction. ``nonce`` counts the sender's transactions from 0 (anti-replay)."""
+    """A signed transaction. ``nonce`` counts the sender's transactions from 0 (anti-replay
+    within one chain); ``chain`` is the :attr:`~medshare.ledger.chain.ChainConfig.chain_id`
+    it was signed for (anti-replay across chains: the same staff or node key may serve two
+    consortia, or a test and a production chain, whose nonces line up)."""
 
     kind: TxKind
     sender: bytes
     nonce: int
     body: Mapping[str, Any]
     signature: bytes = b""
+    chain: str = ""
 
     def unsigned_json(self) -> dict:
         return {
+            "chain": self.chain,
             "kind": self.kind.value,
             "sender": self.sender.hex(),
             "nonce": self.nonce,
@@ -158,9 +164,15 @@ class Tx:
 
     @classmethod
     def create(
-        cls, kind: TxKind, body: Mapping[str, Any], nonce: int, key: signing.SigningKey
+        cls,
+        kind: TxKind,
+        body: Mapping[str, Any],
+        nonce: int,
+        key: signing.SigningKey,
+        *,
+        chain: str,
     ) -> Tx:
-        unsigned = cls(TxKind(kind), key.public, nonce, dict(body))
+        unsigned = cls(TxKind(kind), key.public, nonce, dict(body), chain=check_chain_id(chain))
         check_body(unsigned.kind, unsigned.body)
         return replace(unsigned, signature=key.sign(TX_DOMAIN, unsigned.signing_bytes()))
 
@@ -180,6 +192,7 @@ class Tx:
             _int(doc.get("nonce"), "nonce"),
             body,
             _hex(doc.get("signature"), signing.SIGNATURE_BYTES, "signature"),
+            check_chain_id(doc.get("chain")),
         )
         if len(tx.encode()) > MAX_TX_BYTES:
             raise LedgerFormatError(f"transaction larger than {MAX_TX_BYTES} bytes")
@@ -193,6 +206,12 @@ class Tx:
             return cls.from_json(json.loads(data))
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise LedgerFormatError("transaction is not JSON") from None
+
+
+def check_chain_id(value: object) -> str:
+    """A chain id is 16 bytes of lower-case hex (see ``ChainConfig.chain_id``)."""
+    _hex(value, CHAIN_ID_BYTES, "chain id")
+    return str(value)
 
 
 def check_body(kind: TxKind, body: Mapping[str, Any]) -> None:

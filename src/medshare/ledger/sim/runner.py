@@ -326,29 +326,40 @@ _CLIENT_KEYS = [
     signing.SigningKey(hashlib.sha256(f"medshare.sim/client/{c}".encode()).digest())
     for c in range(CLIENTS)
 ]
-_POOL: list[Tx] = []
 
 
-def tx_pool(count: int) -> list[Tx]:
-    """At least ``count`` signed txs; ``pool[i]`` is client ``i % C``'s nonce ``i // C``, so
-    any committed prefix of length k leaves exactly ``pool[k:]`` applicable. Generated once
-    per process (Ed25519 signing is deterministic) and extended on demand."""
-    while len(_POOL) < count:
-        i = len(_POOL)
-        client, nonce = _CLIENT_KEYS[i % CLIENTS], i // CLIENTS
-        body = {"record": f"sim-{i:07d}", "patient": f"p{i % 997}", "dept": "0304",
-                "digest": hashlib.sha256(i.to_bytes(8, "big")).hexdigest()}  # fmt: skip
-        _POOL.append(Tx.create(TxKind.ANCHOR_RECORD, body, nonce, client))
-    return _POOL
+def pool_tx(i: int, chain_id: str) -> Tx:
+    """Transaction ``i`` of the workload: client ``i % C``'s nonce ``i // C``, so any
+    committed prefix of length k leaves exactly txs k, k+1, ... applicable."""
+    client, nonce = _CLIENT_KEYS[i % CLIENTS], i // CLIENTS
+    body = {"record": f"sim-{i:07d}", "patient": f"p{i % 997}", "dept": "0304",
+            "digest": hashlib.sha256(i.to_bytes(8, "big")).hexdigest()}  # fmt: skip
+    return Tx.create(TxKind.ANCHOR_RECORD, body, nonce, client, chain=chain_id)
+
+
+def tx_pool(count: int, chain_id: str) -> list[Tx]:
+    """The first ``count`` workload transactions for the chain ``chain_id``."""
+    return [pool_tx(i, chain_id) for i in range(count)]
 
 
 class _TxSource:
-    """The shared, pre-gossiped pool: a proposer takes the next txs its state allows."""
+    """The shared, pre-gossiped pool: a proposer takes the next txs its state allows.
 
-    def __init__(self, count: int) -> None:
-        self.txs = tx_pool(count)
-        self.ids = {id(tx) for tx in self.txs}
+    Signed lazily, as proposers reach them (a run of fixed duration does not know how many
+    it will use); signing pool txs is the clients' work, never charged to a node."""
+
+    def __init__(self, chain_id: str) -> None:
+        self.chain_id = chain_id
+        self.txs: list[Tx] = []
+        self.ids: set[int] = set()
         self.clients = [k.public for k in _CLIENT_KEYS]
+
+    def take(self, start: int, limit: int) -> tuple[Tx, ...]:
+        while len(self.txs) < start + limit:
+            tx = pool_tx(len(self.txs), self.chain_id)
+            self.txs.append(tx)
+            self.ids.add(id(tx))
+        return tuple(self.txs[start : start + limit])
 
 
 class _PoolMempool(Mempool):
@@ -365,7 +376,7 @@ class _PoolMempool(Mempool):
 
     def take(self, limit: int, next_nonce: Callable[[bytes], int]) -> tuple[Tx, ...]:
         start = sum(next_nonce(c) for c in self._source.clients)
-        return tuple(self._source.txs[start : start + limit])
+        return self._source.take(start, limit)
 
     def is_verified(self, tx: Tx) -> bool:
         key, node = id(tx), self._node
@@ -557,8 +568,7 @@ class _Run:
         base = s.consensus or sim_consensus(s.nodes, s.block_txs, s.links)
         self.consensus = replace(base, max_block_txs=s.block_txs)
         self.tick_ms = max(6000, 2 * self.consensus.propose_timeout_ms)
-        target = s.blocks if s.blocks is not None else 200
-        self.source = _TxSource((target + 4) * s.block_txs)
+        self.source = _TxSource(self.config.chain_id)
         self.nodes = [_Node(i, k, s.byzantine.get(i)) for i, k in enumerate(keys)]
         self.committees: dict[int, tuple[int, ...]] = {}
         self.sizes: dict[bytes, int] = {}
