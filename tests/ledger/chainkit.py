@@ -54,7 +54,9 @@ class Kit:
         assert not dropped, dropped
         count = signers if signers is not None else 2 * len(base.committee) // 3 + 1
         votes = [
-            Vote.create(VoteKind.PRECOMMIT, h, 0, block.hash, self.key(member))
+            Vote.create(
+                VoteKind.PRECOMMIT, h, 0, block.hash, self.key(member), chain=self.config.chain_id
+            )
             for member in base.committee[:count]
         ]
         block = block.with_certificate(CommitCertificate.from_votes(votes))

@@ -95,9 +95,37 @@ def test_certificate_from_outsiders_does_not_count() -> None:
         kit.state, [], kit.state.committee[0], kit.state.head_time_ms + 5, None
     )
     outsiders = [SigningKey.generate() for _ in range(3)]
-    votes = [Vote.create(VoteKind.PRECOMMIT, 1, 0, block.hash, k) for k in outsiders]
+    votes = [
+        Vote.create(VoteKind.PRECOMMIT, 1, 0, block.hash, k, chain=kit.config.chain_id)
+        for k in outsiders
+    ]
     with pytest.raises(chain.InvalidBlock, match="0 valid committee signatures"):
         chain.apply_block(kit.state, block.with_certificate(CommitCertificate.from_votes(votes)))
+
+
+def test_votes_signed_on_another_chain_neither_certify_nor_frame_a_validator() -> None:
+    """One validator key serving two chains (same keys, another genesis): its honest votes
+    on each must not add up to equivocation on either, nor certify the other's blocks."""
+    here, there = Kit.new(), Kit.new(epoch_length=7)
+    member = here.key(here.state.committee[1])
+    on_here = Vote.create(VoteKind.PREVOTE, 3, 0, "aa" * 32, member, chain=here.config.chain_id)
+    on_there = Vote.create(VoteKind.PREVOTE, 3, 0, "bb" * 32, member, chain=there.config.chain_id)
+    framed = Equivocation(on_here, on_there).to_body()
+    with pytest.raises(chain.TxRejected, match="invalid evidence"):
+        chain.apply_tx(here.state.clone(), here.tx(0, TxKind.EVIDENCE, framed))
+    assert not on_there.is_valid(here.config.chain_id) and on_here.is_valid(here.config.chain_id)
+
+    block, _ = chain.build_block(
+        here.state, [], here.state.committee[0], here.state.head_time_ms + 5, None
+    )
+    elsewhere = [
+        Vote.create(VoteKind.PRECOMMIT, 1, 0, block.hash, here.key(m), chain=there.config.chain_id)
+        for m in here.state.committee
+    ]
+    with pytest.raises(chain.InvalidBlock, match="0 valid committee signatures"):
+        chain.apply_block(
+            here.state, block.with_certificate(CommitCertificate.from_votes(elsewhere))
+        )
 
 
 @pytest.mark.parametrize(
@@ -147,8 +175,8 @@ def test_reputation_rewards_signers_and_penalises_absentees() -> None:
 def test_equivocation_evidence_ejects_the_offender() -> None:
     kit = Kit.new(nodes=5, committee=4, epoch_length=2)
     offender = kit.keys[1]
-    a = Vote.create(VoteKind.PREVOTE, 3, 0, "aa" * 32, offender)
-    b = Vote.create(VoteKind.PREVOTE, 3, 0, "bb" * 32, offender)
+    a = Vote.create(VoteKind.PREVOTE, 3, 0, "aa" * 32, offender, chain=kit.config.chain_id)
+    b = Vote.create(VoteKind.PREVOTE, 3, 0, "bb" * 32, offender, chain=kit.config.chain_id)
     evidence = Equivocation(a, b).to_body()
     kit.next_block([kit.tx(0, TxKind.EVIDENCE, evidence)])
     validator = kit.state.validator(offender.public)
@@ -160,7 +188,7 @@ def test_equivocation_evidence_ejects_the_offender() -> None:
 
 def test_evidence_that_does_not_conflict_is_rejected() -> None:
     kit = Kit.new()
-    a = Vote.create(VoteKind.PREVOTE, 3, 0, "aa" * 32, kit.keys[1])
+    a = Vote.create(VoteKind.PREVOTE, 3, 0, "aa" * 32, kit.keys[1], chain=kit.config.chain_id)
     body = Equivocation(a, a).to_body()
     state = kit.state.clone()
     with pytest.raises(chain.TxRejected, match="invalid evidence"):
@@ -195,7 +223,9 @@ def test_conflicting_proposals_evidence_ejects_the_proposer() -> None:
         chain.build_block(kit.state, txs, offender.public, kit.state.head_time_ms + 5, None)[0]
         for txs in ([], [kit.tx(0)])
     ]
-    first, second = (Proposal.create(1, 0, b, -1, offender) for b in blocks)
+    first, second = (
+        Proposal.create(1, 0, b, -1, offender, chain=kit.config.chain_id) for b in blocks
+    )
     body = ConflictingProposals(first, second).to_body()
     same = ConflictingProposals(first, first).to_body()
     with pytest.raises(chain.TxRejected, match="invalid evidence"):
@@ -223,8 +253,8 @@ def test_block_time_is_capped_so_the_chain_cannot_be_halted() -> None:
 
 def test_equivocation_evidence_must_name_the_signer() -> None:
     kit = Kit.new()
-    a = Vote.create(VoteKind.PREVOTE, 3, 0, "aa" * 32, kit.keys[1])
-    b = Vote.create(VoteKind.PREVOTE, 3, 0, "bb" * 32, kit.keys[1])
+    a = Vote.create(VoteKind.PREVOTE, 3, 0, "aa" * 32, kit.keys[1], chain=kit.config.chain_id)
+    b = Vote.create(VoteKind.PREVOTE, 3, 0, "bb" * 32, kit.keys[1], chain=kit.config.chain_id)
     body = {**Equivocation(a, b).to_body(), "offender": kit.keys[2].public.hex()}
     with pytest.raises(chain.TxRejected, match="another offender"):
         chain.apply_tx(kit.state.clone(), kit.tx(0, TxKind.EVIDENCE, body))

@@ -179,11 +179,11 @@ def evidence_offenders(store: BlockStore) -> dict[bytes, int]:
         for tx in block.txs:
             if tx.kind is TxKind.EVIDENCE:
                 if tx.body["kind"] == "invalid_block":
-                    invalid_block_offender(tx.body)
+                    invalid_block_offender(tx.body, tx.chain)
                 elif tx.body["kind"] == "conflicting_proposals":
-                    conflicting_proposals_offender(tx.body)
+                    conflicting_proposals_offender(tx.body, tx.chain)
                 else:
-                    Equivocation.from_body(tx.body).check()
+                    Equivocation.from_body(tx.body).check(tx.chain)
                 out.setdefault(bytes.fromhex(tx.body["offender"]), block.height)
     return out
 

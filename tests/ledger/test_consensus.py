@@ -60,6 +60,9 @@ def genesis_state(nodes: int = 4, committee: int = 4, epoch_length: int = 10) ->
     return chain.genesis(config)[1]
 
 
+CHAIN = genesis_state().config.chain_id  # the default test chain's id
+
+
 def proposer(state: chain.ChainState, round_: int, last=None) -> SigningKey:
     committee = chain.begin_block(state, last).committee
     return BY_PUBLIC[election.proposer(committee, state.height + 1, round_)]
@@ -70,11 +73,16 @@ def build(state, key: SigningKey, txs=(), t: int = 1000, last=None) -> Block:
 
 
 def propose(state, round_: int, block: Block, key: SigningKey, pol: int = -1, pol_votes=()):
-    return Proposal.create(state.height + 1, round_, block, pol, key, tuple(pol_votes))
+    chain_id = state.config.chain_id
+    return Proposal.create(
+        state.height + 1, round_, block, pol, key, tuple(pol_votes), chain=chain_id
+    )
 
 
-def vote(kind: VoteKind, height: int, round_: int, block_hash, key: SigningKey) -> VoteReceived:
-    return VoteReceived(Vote.create(kind, height, round_, block_hash, key))
+def vote(
+    kind: VoteKind, height: int, round_: int, block_hash, key: SigningKey, chain: str = CHAIN
+) -> VoteReceived:
+    return VoteReceived(Vote.create(kind, height, round_, block_hash, key, chain=chain))
 
 
 def sent_votes(actions) -> list[Vote]:
@@ -98,7 +106,7 @@ def roles():
 def anchor_tx(nonce: int, key: SigningKey = CLIENT) -> Tx:
     """A client tx for the default ``genesis_state()`` chain."""
     body = {"record": f"r{nonce}", "patient": "p", "dept": "0304", "digest": "ab" * 32}
-    return Tx.create(TxKind.ANCHOR_RECORD, body, nonce, key, chain=genesis_state().config.chain_id)
+    return Tx.create(TxKind.ANCHOR_RECORD, body, nonce, key, chain=CHAIN)
 
 
 # --- a round, start to finish -------------------------------------------------------------------
@@ -112,7 +120,7 @@ def test_proposer_asks_for_txs_proposes_and_prevotes_its_block(roles) -> None:
     acts = node.step(TxsAvailable(1, 0, (anchor_tx(0), anchor_tx(1)), 5000))
     proposals = [a.message for a in acts if isinstance(a, Broadcast)][:1]
     assert isinstance(proposals[0], Proposal) and len(proposals[0].block.txs) == 2
-    proposals[0].verify()
+    proposals[0].verify(CHAIN)
     assert proposals[0].block.header.timestamp_ms == 5000
     assert [(v.kind, v.block_hash) for v in sent_votes(acts)] == [(PV, proposals[0].block.hash)]
     # A stale answer (wrong round) is ignored.
@@ -228,7 +236,7 @@ def test_proof_of_lock_older_than_the_lock_does_not_unlock(roles) -> None:
     assert node.round == 4
     # A complete, valid polka for another block, but from round 1 < our lock round 2.
     other = build(state, p[1], t=2000)
-    polka = [Vote.create(PV, 1, 1, other.hash, k) for k in p[:3]]
+    polka = [Vote.create(PV, 1, 1, other.hash, k, chain=CHAIN) for k in p[:3]]
     acts = node.step(propose(state, 4, other, p[0], pol=1, pol_votes=polka))
     assert [(v.round, v.block_hash) for v in sent_votes(acts)] == [(4, None)]
 
@@ -236,7 +244,7 @@ def test_proof_of_lock_older_than_the_lock_does_not_unlock(roles) -> None:
 def test_pol_votes_carried_in_the_proposal_are_enough(roles) -> None:
     state, p, me = roles
     other = build(state, p[1], t=2000)
-    polka = [Vote.create(PV, 1, 1, other.hash, k) for k in p[:3]]
+    polka = [Vote.create(PV, 1, 1, other.hash, k, chain=CHAIN) for k in p[:3]]
     forged = [dataclasses.replace(v, signature=bytes(64)) for v in polka]
     for pol_votes, expected in ((forged, []), (polka, [(2, other.hash)])):
         node, _ = locked_on_b_in_round_0(state, p, me)  # never saw round 1's polka itself
@@ -286,13 +294,15 @@ def test_bad_signatures_and_non_members_do_not_count() -> None:
     node, _ = start(me, state)
     block = build(state, p[0])
     node.step(propose(state, 0, block, p[0]))
-    forged = Vote.create(PV, 1, 0, block.hash, p[1])
-    forged = dataclasses.replace(forged, signature=Vote.create(PV, 1, 0, None, p[1]).signature)
+    forged = Vote.create(PV, 1, 0, block.hash, p[1], chain=state.config.chain_id)
+    forged = dataclasses.replace(
+        forged, signature=Vote.create(PV, 1, 0, None, p[1], chain=state.config.chain_id).signature
+    )
     assert node.step(VoteReceived(forged)) == []
-    assert node.step(vote(PV, 1, 0, block.hash, outsider)) == []
-    assert node.step(vote(PV, 1, 0, block.hash, p[0])) == []
+    assert node.step(vote(PV, 1, 0, block.hash, outsider, chain=state.config.chain_id)) == []
+    assert node.step(vote(PV, 1, 0, block.hash, p[0], chain=state.config.chain_id)) == []
     assert node.locked == (-1, None)  # me + p0 only: the outsider and the forgery count 0
-    acts = node.step(vote(PV, 1, 0, block.hash, p[1]))
+    acts = node.step(vote(PV, 1, 0, block.hash, p[1], chain=state.config.chain_id))
     assert [v.kind for v in sent_votes(acts)] == [PC]
 
 
@@ -304,7 +314,7 @@ def test_conflicting_votes_become_evidence_once(roles) -> None:
     acts = node.step(vote(PV, 1, 0, None, p[1]))
     evidence = [a.evidence for a in acts if isinstance(a, EvidenceFound)]
     assert len(evidence) == 1 and isinstance(evidence[0], Equivocation)
-    evidence[0].check()
+    evidence[0].check(CHAIN)
     assert evidence[0].first.block_hash == block.hash and evidence[0].second.block_hash is None
     assert node.step(vote(PV, 1, 0, "cd" * 32, p[1])) == []  # reported already
     assert node.step(vote(PV, 1, 0, None, p[1])) == []
@@ -319,16 +329,16 @@ def test_conflicting_proposals_become_evidence(roles) -> None:
     acts = node.step(second)
     [evidence] = [a.evidence for a in acts if isinstance(a, EvidenceFound)]
     assert isinstance(evidence, ConflictingProposals) and evidence.offender == p[0].public
-    evidence.check()
+    evidence.check(CHAIN)
     body = json.loads(json.dumps(evidence.to_body()))  # what an EVIDENCE tx would carry
-    assert conflicting_proposals_offender(body) == p[0].public
+    assert conflicting_proposals_offender(body, CHAIN) == p[0].public
     body["proof"][1]["block"] = body["proof"][0]["block"]
     with pytest.raises(LedgerFormatError):
-        conflicting_proposals_offender(body)
+        conflicting_proposals_offender(body, CHAIN)
     body = evidence.to_body()
     body["proof"][1] = {**body["proof"][1], "block": "cd" * 32}  # signature no longer matches
     with pytest.raises(InvalidSignature):
-        conflicting_proposals_offender(body)
+        conflicting_proposals_offender(body, CHAIN)
 
 
 def _forged_proposal(state, key: SigningKey) -> tuple[Proposal, int]:
@@ -346,23 +356,23 @@ def test_a_proposed_forged_transaction_is_provable_evidence(roles) -> None:
     with pytest.raises(chain.InvalidBlock, match="invalid signature"):
         chain.apply_block(state, proposal.block, require_certificate=False)
     body = json.loads(json.dumps(invalid_block_body(proposal.proof(), proposal.block, index)))
-    assert invalid_block_offender(body) == p[0].public
+    assert invalid_block_offender(body, CHAIN) == p[0].public
     # The evidence is checked on its own: every part of it matters.
     good_tx = invalid_block_body(proposal.proof(), proposal.block, 0)
     with pytest.raises(LedgerFormatError, match="valid: no offence"):
-        invalid_block_offender(good_tx)
+        invalid_block_offender(good_tx, CHAIN)
     moved = json.loads(json.dumps(body))
     moved["proof"]["index"] = 0
     with pytest.raises(LedgerFormatError, match="not in the proposed block"):
-        invalid_block_offender(moved)
+        invalid_block_offender(moved, CHAIN)
     other_header = json.loads(json.dumps(body))
     other_header["proof"]["header"]["time_ms"] += 1
     with pytest.raises(LedgerFormatError, match="does not sign this block header"):
-        invalid_block_offender(other_header)
+        invalid_block_offender(other_header, CHAIN)
     blamed = json.loads(json.dumps(body))
     blamed["offender"] = blamed["proof"]["proposal"]["proposer"] = p[1].public.hex()
     with pytest.raises(InvalidSignature):
-        invalid_block_offender(blamed)
+        invalid_block_offender(blamed, CHAIN)
 
 
 def test_invalid_block_evidence_ejects_the_proposer(roles) -> None:
@@ -404,7 +414,7 @@ def test_f_plus_one_votes_of_a_later_round_skip_ahead(roles) -> None:
 
 def certified(state, p_key: SigningKey, signers, last=None, t: int = 1000) -> Block:
     block = build(state, p_key, t=t, last=last)
-    votes = [Vote.create(PC, block.height, 0, block.hash, k) for k in signers]
+    votes = [Vote.create(PC, block.height, 0, block.hash, k, chain=CHAIN) for k in signers]
     return block.with_certificate(CommitCertificate.from_votes(votes))
 
 
@@ -444,11 +454,12 @@ def test_non_member_never_votes_but_commits() -> None:
     assert not node.is_member and acts == []
     block = build(state, p[0])
     acts = node.step(propose(state, 0, block, p[0]))
+    chain_id = state.config.chain_id
     for k in p[:3]:
-        acts += node.step(vote(PV, 1, 0, block.hash, k))
+        acts += node.step(vote(PV, 1, 0, block.hash, k, chain_id))
     acts += node.step(Timeout(1, 0, Step.PROPOSE))
     for k in p[:3]:
-        acts += node.step(vote(PC, 1, 0, block.hash, k))
+        acts += node.step(vote(PC, 1, 0, block.hash, k, chain_id))
     assert sent_votes(acts) == []
     assert [a.block.hash for a in acts if isinstance(a, Commit)] == [block.hash]
 
@@ -476,7 +487,7 @@ def test_restarted_node_never_signs_a_conflicting_vote(roles) -> None:
     # Without the WAL the same node would have equivocated (what the WAL prevents).
     amnesiac, _ = start(me, state)
     [again] = sent_votes(amnesiac.step(b2))
-    Equivocation(prevote, again).check()
+    Equivocation(prevote, again).check(CHAIN)
 
 
 def test_restarted_node_keeps_its_lock(roles) -> None:
@@ -508,7 +519,9 @@ def test_stale_wal_is_ignored_and_garbage_is_refused(roles) -> None:
 
 def test_an_echo_of_our_own_vote_is_adopted(roles) -> None:
     state, _, me = roles
-    earlier = Vote.create(PV, 1, 0, "ab" * 32, me)  # signed before a crash that lost the WAL
+    earlier = Vote.create(
+        PV, 1, 0, "ab" * 32, me, chain=CHAIN
+    )  # signed before a crash that lost the WAL
     node, _ = start(me, state)
     acts = node.step(VoteReceived(earlier))
     assert any(isinstance(a, Persist) for a in acts)
@@ -533,8 +546,8 @@ def test_protocol_errors(roles) -> None:
 
 def test_proposal_json_round_trip(roles) -> None:
     state, p, _ = roles
-    polka = (Vote.create(PV, 1, 0, "ab" * 32, p[0]),)
+    polka = (Vote.create(PV, 1, 0, "ab" * 32, p[0], chain=CHAIN),)
     original = propose(state, 1, build(state, p[0], [anchor_tx(0)]), p[1], pol=0, pol_votes=polka)
     again = Proposal.from_json(json.loads(json.dumps(original.to_json())))
     assert again == original
-    again.verify()
+    again.verify(CHAIN)

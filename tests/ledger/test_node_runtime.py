@@ -46,17 +46,22 @@ def _runtime() -> tuple[Kit, NodeRuntime, RecordingTransport]:
 
 
 def test_forged_far_future_votes_are_neither_kept_nor_relayed() -> None:
-    _, runtime, transport = _runtime()
+    kit, runtime, transport = _runtime()
     outsider = SigningKey.generate()
     for height in range(10**6, 10**6 + 50):
-        runtime.receive(1, Vote.create(VoteKind.PREVOTE, height, 0, "aa" * 32, outsider))
+        runtime.receive(
+            1,
+            Vote.create(
+                VoteKind.PREVOTE, height, 0, "aa" * 32, outsider, chain=kit.config.chain_id
+            ),
+        )
     assert transport.sent == []
     assert all(h < 10**6 for h in runtime._seen)
 
 
 def test_a_signed_far_future_vote_of_a_validator_starts_catch_up() -> None:
     kit, runtime, transport = _runtime()
-    vote = Vote.create(VoteKind.PREVOTE, 40, 0, "aa" * 32, kit.keys[1])
+    vote = Vote.create(VoteKind.PREVOTE, 40, 0, "aa" * 32, kit.keys[1], chain=kit.config.chain_id)
     runtime.receive(1, vote)
     assert any(isinstance(payload, SyncRequest) for _, payload in transport.sent)
     assert not any(payload is vote for _, payload in transport.sent)  # not relayed
@@ -81,7 +86,9 @@ def test_a_sync_retry_armed_lower_still_asks_while_behind() -> None:
     """Regression (bench ledger stall, N=64 m=7 1000-tx): a retry armed at height 1 fired
     after the node had advanced to 2 but still lacked block 2, and gave up for good."""
     kit, runtime, transport, clock, blocks = _behind_runtime()
-    runtime.receive(1, Vote.create(VoteKind.PREVOTE, 3, 0, "aa" * 32, kit.keys[1]))
+    runtime.receive(
+        1, Vote.create(VoteKind.PREVOTE, 3, 0, "aa" * 32, kit.keys[1], chain=kit.config.chain_id)
+    )
     [(_, retry)] = [(d, e) for d, e in clock.timers if isinstance(e, SyncRetry)]
     assert retry == SyncRetry(1)
     runtime.receive(2, SyncReply(blocks[:1]))  # block 1 arrives, block 2 does not
@@ -110,8 +117,9 @@ def test_a_commit_notice_from_ahead_is_remembered_until_caught_up() -> None:
 def test_a_forged_commit_notice_from_ahead_is_not_believed() -> None:
     _, runtime, *_ = _behind_runtime()
     outsider = SigningKey.generate()
+    chain_id = runtime.config.chain_id
     fake = CommitCertificate.from_votes(
-        [Vote.create(VoteKind.PRECOMMIT, 10**6, 0, "aa" * 32, outsider)]
+        [Vote.create(VoteKind.PRECOMMIT, 10**6, 0, "aa" * 32, outsider, chain=chain_id)]
     )
     runtime.receive(1, CommitNotice(fake))
     assert runtime._known_height < 10**6
@@ -122,7 +130,7 @@ def test_a_far_ahead_message_is_handled_when_sent_again_after_catch_up() -> None
     was remembered as seen but not kept, so its regossiped copy was dropped after the node
     caught up, and the round waited for it forever."""
     kit, runtime, transport, _, blocks = _behind_runtime()
-    vote = Vote.create(VoteKind.PREVOTE, 3, 0, None, kit.keys[1])
+    vote = Vote.create(VoteKind.PREVOTE, 3, 0, None, kit.keys[1], chain=kit.config.chain_id)
     runtime.receive(1, vote)  # far ahead: starts a catch-up, not kept
     runtime.receive(1, vote)  # the same copy again: one check, nothing new
     runtime.receive(2, SyncReply(tuple(blocks)))

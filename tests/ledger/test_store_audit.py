@@ -112,6 +112,11 @@ def test_proof_round_trip_and_tampering(db: tuple[Path, list]) -> None:
     short_cert["certificate"]["signatures"] = short_cert["certificate"]["signatures"][:2]
     with pytest.raises(audit.ProofError, match="needs 3"):
         audit.check_proof(short_cert)
+    other_chain = {**proof, "chain_id": "ab" * 16}  # precommits were signed on another chain
+    with pytest.raises(audit.ProofError, match="has 0 valid signatures"):
+        audit.check_proof(other_chain)
+    with pytest.raises(audit.ProofError, match="malformed proof"):
+        audit.check_proof({k: v for k, v in proof.items() if k != "chain_id"})
     with pytest.raises(audit.ProofError, match="not a medshare"):
         audit.check_proof({"type": "x"})
 
@@ -180,8 +185,8 @@ def test_proof_after_an_ejection_names_the_signing_committee(tmp_path: Path) -> 
     store = MemoryStore()
     kit.fill(store, blocks=1)
     offender = kit.key(kit.state.committee[1])
-    a = Vote.create(VoteKind.PREVOTE, 9, 0, "aa" * 32, offender)
-    b = Vote.create(VoteKind.PREVOTE, 9, 0, "bb" * 32, offender)
+    a = Vote.create(VoteKind.PREVOTE, 9, 0, "aa" * 32, offender, chain=kit.config.chain_id)
+    b = Vote.create(VoteKind.PREVOTE, 9, 0, "bb" * 32, offender, chain=kit.config.chain_id)
     neighbour = kit.tx(3)
     block = kit.next_block([kit.tx(0, TxKind.EVIDENCE, Equivocation(a, b).to_body()), neighbour])
     store.append(block)
@@ -209,7 +214,9 @@ def test_check_proof_against_the_chain_refuses_an_invented_committee(
     assert audit.check_proof(proof, trusted)["committee_trusted"] is True
     # a forger signs the real header alone and lists itself as the committee
     forger = SigningKey.generate()
-    vote = Vote.create(VoteKind.PRECOMMIT, proof["height"], 0, proof["block_hash"], forger)
+    vote = Vote.create(
+        VoteKind.PRECOMMIT, proof["height"], 0, proof["block_hash"], forger, chain=proof["chain_id"]
+    )
     forged = {**proof, "committee": [forger.public.hex()]}
     forged["certificate"] = CommitCertificate.from_votes([vote]).to_json()
     assert audit.check_proof(forged)["ok"]  # self-consistent, but…

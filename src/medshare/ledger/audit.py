@@ -29,11 +29,14 @@ from medshare.ledger.types import (
     Tx,
     canonical,
     certificate_signers,
+    check_chain_id,
     digest_hex,
     quorum,
 )
 
 CONFIG_KEY = "chain_config"
+# 2: a proof names its chain id, which the certificate's precommits are signed with.
+PROOF_VERSION = 2
 
 
 def init_store(store: BlockStore, config: chain.ChainConfig) -> chain.ChainState:
@@ -143,7 +146,7 @@ def make_proof(store: BlockStore, txid: str) -> dict[str, Any]:
     proof = merkle.prove([tx.encode() for tx in block.txs], index)
     return {
         "type": "medshare-inclusion-proof",
-        "version": 1,
+        "version": PROOF_VERSION,
         "txid": txid,
         "tx": block.txs[index].to_json(),
         "height": height,
@@ -152,6 +155,7 @@ def make_proof(store: BlockStore, txid: str) -> dict[str, Any]:
         "merkle": {"index": proof.index, "size": proof.size, "path": [p.hex() for p in proof.path]},
         "certificate": block.certificate.to_json(),
         "committee": [member.hex() for member in state.head_committee],
+        "chain_id": state.config.chain_id,
     }
 
 
@@ -186,7 +190,7 @@ def check_proof(doc: Any, trusted_committee: list[str] | None = None) -> dict[st
     verified chain, or an anchored checkpoint's committee) is given and matches."""
     if not isinstance(doc, dict) or doc.get("type") != "medshare-inclusion-proof":
         raise ProofError("not a medshare inclusion proof")
-    if doc.get("version") != 1:
+    if doc.get("version") != PROOF_VERSION:
         raise ProofError(f"unsupported proof version {doc.get('version')!r}")
     try:
         tx = Tx.from_json(doc["tx"])
@@ -195,6 +199,7 @@ def check_proof(doc: Any, trusted_committee: list[str] | None = None) -> dict[st
         path = tuple(bytes.fromhex(p) for p in doc["merkle"]["path"])
         proof = merkle.InclusionProof(int(doc["merkle"]["index"]), int(doc["merkle"]["size"]), path)
         committee = [bytes.fromhex(m) for m in doc["committee"]]
+        chain_id = check_chain_id(doc["chain_id"])
     except (KeyError, TypeError, ValueError) as exc:
         raise ProofError(f"malformed proof: {exc}") from None
     if tx.txid != doc.get("txid"):
@@ -203,7 +208,7 @@ def check_proof(doc: Any, trusted_committee: list[str] | None = None) -> dict[st
         raise ProofError("the header does not hash to the claimed block")
     if not merkle.verify_inclusion(tx.encode(), proof, bytes.fromhex(header.merkle_root)):
         raise ProofError("the Merkle path does not lead to the header's root")
-    signers = certificate_signers(cert, committee, header.hash, header.height)
+    signers = certificate_signers(cert, committee, header.hash, header.height, chain_id)
     if len(signers) < quorum(len(committee)):
         raise ProofError(
             f"certificate has {len(signers)} valid signatures of the {len(committee)}-member "

@@ -187,9 +187,9 @@ def genesis(config: ChainConfig) -> tuple[Block, ChainState]:
 # --- transactions -------------------------------------------------------------------------------
 
 
-def _equivocating_voter(body: Mapping[str, Any]) -> bytes:
+def _equivocating_voter(body: Mapping[str, Any], chain_id: str) -> bytes:
     evidence = Equivocation.from_body(body)
-    evidence.check()
+    evidence.check(chain_id)
     if body.get("offender") != evidence.first.voter.hex():
         raise LedgerFormatError("the evidence names another offender than the votes' signer")
     return evidence.first.voter
@@ -199,7 +199,7 @@ def _equivocating_voter(body: Mapping[str, Any]) -> bytes:
 # (signatures over conflicting statements, or a signed proposal of a block carrying a
 # transaction whose signature fails), and names the offender. A block invalid only against
 # the state (e.g. a wrong state root) is not provable this way: its proposer loses rounds.
-_EVIDENCE_CHECKS: Mapping[str, Callable[[Mapping[str, Any]], bytes]] = {
+_EVIDENCE_CHECKS: Mapping[str, Callable[[Mapping[str, Any], str], bytes]] = {
     "equivocation": _equivocating_voter,
     "conflicting_proposals": conflicting_proposals_offender,
     "invalid_block": invalid_block_offender,
@@ -211,7 +211,7 @@ def _apply_evidence(state: ChainState, tx: Tx) -> None:
     if check is None:
         raise TxRejected(f"unknown evidence kind {tx.body.get('kind')!r}")
     try:
-        offender = check(tx.body)
+        offender = check(tx.body, state.config.chain_id)
     except (LedgerFormatError, signing.InvalidSignature) as exc:
         raise TxRejected(f"invalid evidence: {exc}") from None
     if state.validator(offender) is None:
@@ -269,12 +269,17 @@ def apply_tx(state: ChainState, tx: Tx, *, verified: Callable[[Tx], bool] | None
 
 
 def check_certificate(
-    cert: CommitCertificate | None, committee: Sequence[bytes], block_hash: str, height: int
+    cert: CommitCertificate | None,
+    committee: Sequence[bytes],
+    block_hash: str,
+    height: int,
+    chain_id: str,
 ) -> set[bytes]:
-    """The signers of a valid certificate; raises :class:`InvalidBlock` if it lacks 2f+1."""
+    """The signers of a valid certificate (precommits signed on ``chain_id``); raises
+    :class:`InvalidBlock` if it lacks 2f+1."""
     if cert is None:
         raise InvalidBlock(f"block {height} has no commit certificate")
-    signers = certificate_signers(cert, committee, block_hash, height)
+    signers = certificate_signers(cert, committee, block_hash, height, chain_id)
     if len(signers) < quorum(len(committee)):
         raise InvalidBlock(
             f"certificate for block {height} has {len(signers)} valid committee signatures, "
@@ -289,7 +294,11 @@ def begin_block(state: ChainState, last_commit: CommitCertificate | None) -> Cha
     height = state.height + 1
     if state.height >= 1:
         signers = check_certificate(
-            last_commit, state.head_committee, state.head_hash, state.height
+            last_commit,
+            state.head_committee,
+            state.head_hash,
+            state.height,
+            state.config.chain_id,
         )
         nxt.validators = election.update_reputation(
             nxt.validators,
@@ -348,7 +357,9 @@ def apply_block(
     if h.state_root != nxt.state_root():
         raise InvalidBlock(f"block {h.height} state root mismatch")
     if require_certificate:
-        check_certificate(block.certificate, signing_committee, block.hash, h.height)
+        check_certificate(
+            block.certificate, signing_committee, block.hash, h.height, state.config.chain_id
+        )
     nxt.head_hash = block.hash
     nxt.head_time_ms = h.timestamp_ms
     nxt.head_proposer = h.proposer

@@ -60,8 +60,6 @@ from medshare.crypto import signing
 from medshare.ledger import chain, election
 from medshare.ledger.chain import ChainState
 from medshare.ledger.types import (
-    PROPOSAL_DOMAIN,
-    VOTE_DOMAIN,
     Block,
     CommitCertificate,
     Equivocation,
@@ -70,6 +68,7 @@ from medshare.ledger.types import (
     Vote,
     VoteKind,
     canonical,
+    proposal_domain,
     proposal_signing_bytes,
     quorum,
 )
@@ -163,13 +162,16 @@ class Proposal:
         pol_round: int,
         key: signing.SigningKey,
         pol_votes: tuple[Vote, ...] = (),
+        *,
+        chain: str,
     ) -> Proposal:
         unsigned = cls(height, round_, block, pol_round, key.public)
-        signature = key.sign(PROPOSAL_DOMAIN, unsigned.signing_bytes())
+        signature = key.sign(proposal_domain(chain), unsigned.signing_bytes())
         return cls(height, round_, block, pol_round, key.public, signature, tuple(pol_votes))
 
-    def verify(self) -> None:
-        signing.verify(self.proposer, self.signature, PROPOSAL_DOMAIN, self.signing_bytes())
+    def verify(self, chain: str) -> None:
+        """Raise ``signing.InvalidSignature`` unless the proposer signed this on ``chain``."""
+        signing.verify(self.proposer, self.signature, proposal_domain(chain), self.signing_bytes())
 
     def proof(self) -> dict:
         """The signed part without the block: enough to prove what was proposed."""
@@ -217,14 +219,14 @@ class ConflictingProposals:
     def offender(self) -> bytes:
         return self.first.proposer
 
-    def check(self) -> None:
+    def check(self, chain: str) -> None:
         a, b = self.first, self.second
         if (a.height, a.round, a.proposer) != (b.height, b.round, b.proposer):
             raise LedgerFormatError("the two proposals are not for the same slot")
         if a.block.hash == b.block.hash:
             raise LedgerFormatError("the two proposals do not conflict")
-        a.verify()
-        b.verify()
+        a.verify(chain)
+        b.verify(chain)
 
     def to_body(self) -> dict:
         return {
@@ -357,6 +359,7 @@ class Consensus:
         self.public = key.public
         self.config = config or ConsensusConfig()
         self.state = state
+        self.chain_id = state.config.chain_id
         self.last_commit = last_commit
         self._verified = verified
         self._future: list[Proposal | VoteReceived] = []
@@ -549,7 +552,7 @@ class Consensus:
         try:
             if nxt is not None:
                 chain.check_certificate(
-                    block.certificate, nxt.head_committee, block.hash, block.height
+                    block.certificate, nxt.head_committee, block.hash, block.height, self.chain_id
                 )
             else:
                 nxt = chain.apply_block(
@@ -647,7 +650,7 @@ class Consensus:
             prior.block_hash == vote.block_hash or ("vote", vote.voter, slot) in self._reported
         ):
             return []  # duplicate, or a third value from a known equivocator
-        if not signing.is_valid(vote.voter, vote.signature, VOTE_DOMAIN, vote.signing_bytes()):
+        if not vote.is_valid(self.chain_id):
             return []
         self._count(vote)
         if prior is None:
@@ -661,7 +664,7 @@ class Consensus:
         slot = (vote.round, vote.kind)
         if slot in self._own:
             return []
-        if not signing.is_valid(vote.voter, vote.signature, VOTE_DOMAIN, vote.signing_bytes()):
+        if not vote.is_valid(self.chain_id):
             return []
         self._own[slot] = vote
         self._count(vote)
@@ -693,7 +696,7 @@ class Consensus:
             return []
         if not trusted:
             try:
-                p.verify()
+                p.verify(self.chain_id)
             except signing.InvalidSignature:
                 return []
         if prior is not None:
@@ -741,7 +744,9 @@ class Consensus:
         if pol_round >= 0:
             by_block = self._by_block.get((pol_round, VoteKind.PREVOTE), {})
             pol = tuple(by_block.get(block.hash, {}).values())
-        proposal = Proposal.create(self.height, self.round, block, pol_round, self._key, pol)
+        proposal = Proposal.create(
+            self.height, self.round, block, pol_round, self._key, pol, chain=self.chain_id
+        )
         self._proposed[self.round] = block.hash
         acts: list[Action] = [self._persist(), Broadcast(proposal)]
         return acts + self._accept_proposal(proposal, trusted=True)
@@ -760,7 +765,9 @@ class Consensus:
         prior = self._own.get(slot)
         if prior is not None:
             return [Broadcast(prior)]  # double-sign protection (restart): resend, never re-sign
-        vote = Vote.create(kind, self.height, self.round, block_hash, self._key)
+        vote = Vote.create(
+            kind, self.height, self.round, block_hash, self._key, chain=self.chain_id
+        )
         self._own[slot] = vote
         self._count(vote)
         return [self._persist(), Broadcast(vote)]
@@ -795,7 +802,7 @@ class Consensus:
             return
         if vote.voter in self._cert_votes:
             return
-        if signing.is_valid(vote.voter, vote.signature, VOTE_DOMAIN, vote.signing_bytes()):
+        if vote.is_valid(self.chain_id):
             self._cert_votes[vote.voter] = vote
 
     def _commit_with(self, cert: CommitCertificate | None) -> list[Action]:
@@ -810,7 +817,9 @@ class Consensus:
         if nxt is None:
             return []
         try:
-            chain.check_certificate(cert, nxt.head_committee, block.hash, block.height)
+            chain.check_certificate(
+                cert, nxt.head_committee, block.hash, block.height, self.chain_id
+            )
         except chain.InvalidBlock:
             return []
         self._decided = (block, cert.round, nxt)

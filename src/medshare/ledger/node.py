@@ -497,7 +497,7 @@ class NodeRuntime:
         if self.core.state.validator(signer) is None:
             return False
         try:
-            message.verify()
+            message.verify(self.config.chain_id)
         except signing.InvalidSignature:
             return False
         return True
@@ -723,7 +723,7 @@ class NodeRuntime:
         route = getattr(self.transport, "recipients", None)
         peers = list(route(msg) if route is not None else self.transport.peers())
         everyone = [(p, msg) for p in peers]
-        kind, key = self.behaviour, self.key
+        kind, key, chain_id = self.behaviour, self.key, self.config.chain_id
 
         def split(twin: Proposal | Vote) -> list[tuple[Address, Proposal | Vote]]:
             return [(p, twin if k % 2 else msg) for k, p in enumerate(peers)]
@@ -732,7 +732,7 @@ class NodeRuntime:
             return [] if isinstance(msg, Vote) else everyone
         if kind is Behaviour.DOUBLE_VOTER and isinstance(msg, Vote):
             other = None if msg.block_hash is not None else digest_hex(msg.signature)
-            twin = Vote.create(msg.kind, msg.height, msg.round, other, key)
+            twin = Vote.create(msg.kind, msg.height, msg.round, other, key, chain=chain_id)
             return split(twin)
         if kind is Behaviour.EQUIVOCATING_PROPOSER:
             if isinstance(msg, Proposal):
@@ -744,17 +744,22 @@ class NodeRuntime:
                 )
                 self._twins[msg.block.hash] = block.hash
                 twin = Proposal.create(
-                    msg.height, msg.round, block, msg.pol_round, key, msg.pol_votes
+                    msg.height, msg.round, block, msg.pol_round, key, msg.pol_votes, chain=chain_id
                 )
                 return split(twin)
             if msg.block_hash in self._twins:
                 twin_vote = Vote.create(
-                    msg.kind, msg.height, msg.round, self._twins[msg.block_hash], key
+                    msg.kind,
+                    msg.height,
+                    msg.round,
+                    self._twins[msg.block_hash],
+                    key,
+                    chain=chain_id,
                 )
                 return split(twin_vote)
         if kind is Behaviour.INVALID_BLOCK and isinstance(msg, Proposal):
             bad = self._invalid_block(msg)
-            forged = Proposal.create(msg.height, msg.round, bad, msg.pol_round, key)
+            forged = Proposal.create(msg.height, msg.round, bad, msg.pol_round, key, chain=chain_id)
             return [(p, forged) for p in peers]
         return everyone
 

@@ -4,7 +4,10 @@ Every object has one canonical byte form (RFC 8785 JSON via ``rfc8785``), from w
 its hash and the message it signs are derived, so every node computes the same ids.
 Signatures are Ed25519 over a domain tag plus the canonical bytes of the unsigned
 object (``medshare/tx/v1``, ``medshare/vote/v1``): a vote can never pass as a
-transaction. Binary values are lower-case hex in the JSON form.
+transaction. Every signature is bound to one chain: a transaction carries its chain id
+(``Tx.chain``, signed), votes and proposals sign it in their domain
+(:func:`vote_domain`), so nothing signed for one chain is valid on another. Binary
+values are lower-case hex in the JSON form.
 
 All ``from_json`` constructors validate shape and types and raise
 :class:`LedgerFormatError`; signature checks are separate (:meth:`Tx.verify`,
@@ -29,6 +32,21 @@ from medshare.ledger import merkle
 TX_DOMAIN = b"medshare/tx/v1"
 VOTE_DOMAIN = b"medshare/vote/v1"
 PROPOSAL_DOMAIN = b"medshare/proposal/v1"
+
+
+def vote_domain(chain_id: str) -> bytes:
+    """What votes sign besides their canonical bytes: the domain tag and the chain id, as
+    Tendermint's sign bytes carry its chain id. A validator key serving two chains (or a
+    test and a production chain) then never yields two "conflicting" votes that could be
+    shown as equivocation evidence on either; the vote's wire form stays the same."""
+    return VOTE_DOMAIN + b"/" + chain_id.encode()
+
+
+def proposal_domain(chain_id: str) -> bytes:
+    """The proposal counterpart of :func:`vote_domain`."""
+    return PROPOSAL_DOMAIN + b"/" + chain_id.encode()
+
+
 MAX_TX_BYTES = 64 * 1024
 CHAIN_ID_BYTES = 16
 ZERO_HASH = "00" * 32
@@ -267,12 +285,21 @@ class Vote:
         round_: int,
         block_hash: str | None,
         key: signing.SigningKey,
+        *,
+        chain: str,
     ) -> Vote:
         unsigned = cls(VoteKind(kind), height, round_, block_hash, key.public)
-        return replace(unsigned, signature=key.sign(VOTE_DOMAIN, unsigned.signing_bytes()))
+        signature = key.sign(vote_domain(chain), unsigned.signing_bytes())
+        return replace(unsigned, signature=signature)
 
-    def verify(self) -> None:
-        signing.verify(self.voter, self.signature, VOTE_DOMAIN, self.signing_bytes())
+    def verify(self, chain: str) -> None:
+        """Raise ``signing.InvalidSignature`` unless the voter signed this vote on ``chain``."""
+        signing.verify(self.voter, self.signature, vote_domain(chain), self.signing_bytes())
+
+    def is_valid(self, chain: str) -> bool:
+        return signing.is_valid(
+            self.voter, self.signature, vote_domain(chain), self.signing_bytes()
+        )
 
     @classmethod
     def from_json(cls, doc: object) -> Vote:
@@ -344,18 +371,18 @@ class CommitCertificate:
 
 
 def certificate_signers(
-    cert: CommitCertificate, committee: Sequence[bytes], block_hash: str, height: int
+    cert: CommitCertificate,
+    committee: Sequence[bytes],
+    block_hash: str,
+    height: int,
+    chain: str,
 ) -> set[bytes]:
-    """The distinct committee members whose precommit signatures in ``cert`` verify."""
+    """The distinct committee members whose precommit signatures in ``cert`` verify on
+    ``chain``."""
     if cert.block_hash != block_hash or cert.height != height:
         return set()
     members = set(committee)
-    return {
-        vote.voter
-        for vote in cert.votes()
-        if vote.voter in members
-        and signing.is_valid(vote.voter, vote.signature, VOTE_DOMAIN, vote.signing_bytes())
-    }
+    return {vote.voter for vote in cert.votes() if vote.voter in members and vote.is_valid(chain)}
 
 
 def quorum(size: int) -> int:
@@ -481,13 +508,14 @@ class Equivocation:
     first: Vote
     second: Vote
 
-    def check(self) -> None:
+    def check(self, chain: str) -> None:
+        """Raise unless both votes conflict and were signed on ``chain``."""
         a, b = self.first, self.second
         same_slot = (a.kind, a.height, a.round, a.voter) == (b.kind, b.height, b.round, b.voter)
         if not same_slot or a.block_hash == b.block_hash:
             raise LedgerFormatError("the two votes do not conflict")
-        a.verify()
-        b.verify()
+        a.verify(chain)
+        b.verify(chain)
 
     def to_body(self) -> dict:
         return {
@@ -521,10 +549,10 @@ def proposal_signing_bytes(
     )
 
 
-def conflicting_proposals_offender(body: Any) -> bytes:
+def conflicting_proposals_offender(body: Any, chain: str) -> bytes:
     """Check a ``conflicting_proposals`` EVIDENCE body (two signed proposal headers of one
-    proposer for one height and round, different blocks; no blocks needed) and return the
-    offender's key. Raises
+    proposer for one height and round, different blocks, signed on ``chain``; no blocks
+    needed) and return the offender's key. Raises
     :class:`LedgerFormatError` or ``signing.InvalidSignature``."""
     proof = body.get("proof") if isinstance(body, dict) else None
     if body.get("kind") != "conflicting_proposals" or not isinstance(proof, list):
@@ -553,7 +581,7 @@ def conflicting_proposals_offender(body: Any) -> bytes:
     if slots[0] != slots[1] or hashes[0] == hashes[1] or body.get("offender") != proposer.hex():
         raise LedgerFormatError("the two proposals do not conflict")
     for signature, message in signed:
-        signing.verify(proposer, signature, PROPOSAL_DOMAIN, message)
+        signing.verify(proposer, signature, proposal_domain(chain), message)
     return proposer
 
 
@@ -580,9 +608,10 @@ def invalid_block_body(proposal_proof: Mapping[str, Any], block: Block, index: i
     }
 
 
-def invalid_block_offender(body: Any) -> bytes:
-    """Check an ``invalid_block`` EVIDENCE body and return the offender (the proposal's
-    signer). Raises :class:`LedgerFormatError` or ``signing.InvalidSignature``."""
+def invalid_block_offender(body: Any, chain: str) -> bytes:
+    """Check an ``invalid_block`` EVIDENCE body (a proposal signed on ``chain``) and return
+    the offender (the proposal's signer). Raises :class:`LedgerFormatError` or
+    ``signing.InvalidSignature``."""
     proof = body.get("proof") if isinstance(body, dict) else None
     if body.get("kind") != "invalid_block" or not isinstance(proof, dict):
         raise LedgerFormatError("not invalid-block evidence")
@@ -614,5 +643,5 @@ def invalid_block_offender(body: Any) -> bytes:
         raise LedgerFormatError("the transaction is not in the proposed block")
     if signing.is_valid(tx.sender, tx.signature, TX_DOMAIN, tx.signing_bytes()):
         raise LedgerFormatError("the transaction's signature is valid: no offence")
-    signing.verify(proposer, signature, PROPOSAL_DOMAIN, message)
+    signing.verify(proposer, signature, proposal_domain(chain), message)
     return proposer

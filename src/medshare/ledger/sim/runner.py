@@ -828,7 +828,7 @@ class _Run:
             return
         evidence = ConflictingProposals(held, fetched)
         try:
-            evidence.check()
+            evidence.check(self.config.chain_id)
         except (signing.InvalidSignature, ValueError):
             return
         node.reported.add(slot)
@@ -851,7 +851,7 @@ class _Run:
                 continue
             evidence = Equivocation(prior, vote)
             try:
-                evidence.check()
+                evidence.check(self.config.chain_id)
             except (signing.InvalidSignature, ValueError):
                 continue
             node.reported.add(slot)
