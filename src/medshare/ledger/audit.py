@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from medshare.ledger import chain, merkle
 from medshare.ledger.store import BlockStore, SQLiteStore, StoreCorrupted
 from medshare.ledger.types import (
+    Block,
     BlockHeader,
     CommitCertificate,
     LedgerFormatError,
@@ -33,6 +34,9 @@ from medshare.ledger.types import (
     digest_hex,
     quorum,
 )
+
+if TYPE_CHECKING:
+    from medshare.ledger.replay_cache import ReplayCache
 
 CONFIG_KEY = "chain_config"
 # 2: a proof names its chain id, which the certificate's precommits are signed with.
@@ -53,7 +57,10 @@ def init_store(store: BlockStore, config: chain.ChainConfig) -> chain.ChainState
 
 
 def load_config(store: BlockStore) -> chain.ChainConfig:
-    raw = store.get_meta(CONFIG_KEY)
+    return parse_config(store.get_meta(CONFIG_KEY))
+
+
+def parse_config(raw: bytes | None) -> chain.ChainConfig:
     if raw is None:
         raise StoreCorrupted("database has no chain configuration (not a medshare node db?)")
     try:
@@ -80,8 +87,14 @@ class VerifyReport:
         }
 
 
-def replay(store: BlockStore) -> chain.ChainState:
-    """The state after the stored head, re-verified from genesis (raises on the first bad block)."""
+def replay(store: BlockStore, *, cache: ReplayCache | None = None) -> chain.ChainState:
+    """The state after the stored head, re-verified from genesis (raises on the first bad block).
+
+    With ``cache`` (:class:`~medshare.ledger.replay_cache.ReplayCache`), blocks whose exact
+    bytes were already verified on the same state, e.g. by another node of the same
+    process, are not applied again; the verdict and the state are the same as without it."""
+    if cache is not None and isinstance(store, SQLiteStore):
+        return cache.replay(store)
     report, state = _verify(store)
     if not report.ok:
         raise StoreCorrupted(f"block {report.first_bad_height}: {report.reason}")
@@ -111,7 +124,7 @@ def _verify(store: BlockStore) -> tuple[VerifyReport, chain.ChainState | None]:
         if block is None:
             return bad(height, "block is missing")
         raw = store.raw(height) if isinstance(store, SQLiteStore) else None
-        if raw is not None and raw != block.encode():
+        if raw is not None and raw != block_bytes(block):
             return bad(height, "stored bytes are not the block's canonical encoding")
         if height == 0:
             if block.encode() != genesis_block.encode():
@@ -124,6 +137,27 @@ def _verify(store: BlockStore) -> tuple[VerifyReport, chain.ChainState | None]:
         good = height
     ok = VerifyReport(True, good, None, f"{good + 1} blocks verified", genesis_block.hash)
     return ok, state
+
+
+def block_bytes(block: Block) -> bytes:
+    """``block.encode()``, without canonicalising every transaction a second time.
+
+    RFC 8785 serialises an object as its members in sorted key order (UTF-16 code units)
+    and an array as its items, each value on its own, so the block's canonical bytes are
+    its members' canonical bytes joined; the transactions' canonical bytes
+    (``Tx.encode()``, i.e. ``canonical(tx.to_json())``) are already at hand, as each
+    decoded :class:`Tx` computed them for its size check and txid. The result is
+    byte-identical to ``block.encode()`` (``tests/ledger/test_replay_cache.py`` checks it);
+    it saves encoding each transaction a third time per replayed block."""
+    doc = block.to_json()
+    members = []
+    for key in sorted(doc, key=lambda k: k.encode("utf-16be")):
+        if key == "txs":
+            value = b"[" + b",".join(tx.encode() for tx in block.txs) + b"]"
+        else:
+            value = canonical(doc[key])
+        members.append(canonical(key) + b":" + value)
+    return b"{" + b",".join(members) + b"}"
 
 
 # --- inclusion proofs ---------------------------------------------------------------------------

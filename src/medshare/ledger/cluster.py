@@ -36,6 +36,7 @@ from medshare.ledger.node import (
     TimerEvent,
     TxGossip,
 )
+from medshare.ledger.replay_cache import ReplayCache
 from medshare.ledger.store import BlockStore, MemoryStore
 from medshare.ledger.types import Equivocation, Tx
 
@@ -153,7 +154,10 @@ class InProcessCluster:
     an empty mempool waits before proposing an empty block; ``regossip_ms`` (off by
     default) makes a node that committed nothing for that long re-send its own messages of
     the current height, which more than f nodes down at once (messages to them are lost)
-    need to get going again once they are back."""
+    need to get going again once they are back. ``replay_cache`` is handed to every node
+    boot (restarts too): the nodes' stores hold copies of one chain, so each distinct block
+    is verified once rather than once per node
+    (:class:`~medshare.ledger.replay_cache.ReplayCache`)."""
 
     def __init__(
         self,
@@ -169,6 +173,7 @@ class InProcessCluster:
         empty_block_interval_ms: int = 50,
         regossip_ms: int | None = None,
         start_ms: int | None = None,
+        replay_cache: ReplayCache | None = None,
     ) -> None:
         if stores is not None and len(stores) != len(keys):
             raise ValueError("need one store per key")
@@ -178,6 +183,7 @@ class InProcessCluster:
         self.relay, self.shuffle = relay, shuffle
         self.empty_block_interval_ms = empty_block_interval_ms
         self.regossip_ms = regossip_ms
+        self.replay_cache = replay_cache
         # A cluster re-opened over existing stores starts its clock later than genesis
         # (``start_ms``), so block times keep increasing across runs.
         self.now_ms = config.genesis_time_ms if start_ms is None else start_ms
@@ -318,7 +324,7 @@ class InProcessCluster:
             on_evidence=on_evidence,
             on_halt=lambda: self.crash(node.index),
         )
-        node.runtime.start(catch_up=catch_up)
+        node.runtime.start(catch_up=catch_up, replay_cache=self.replay_cache)
 
     def _deliver(self, dest: int, src: int, payload: Message) -> None:
         runtime = self.nodes[dest].runtime

@@ -41,6 +41,7 @@ from medshare.ledger import audit, chain, election
 from medshare.ledger.cluster import InProcessCluster, LivenessError, Node
 from medshare.ledger.consensus import WalCorrupted
 from medshare.ledger.node import MAX_MEMPOOL, Rejected
+from medshare.ledger.replay_cache import ReplayCache
 from medshare.ledger.store import BlockStore, SQLiteStore, StoreCorrupted
 from medshare.ledger.types import Block, LedgerFormatError, Tx, TxKind, quorum
 
@@ -512,8 +513,15 @@ class EmbeddedLedger:
         stores = _open_stores(layout, len(keys))
         try:
             start = _clock_start(stores, _wall_ms())
+            # The nodes' databases are copies of one chain: verify each distinct block once
+            # for this open, not once per node (a differing row is still verified on its own).
             cluster = _TolerantCluster(
-                manifest.config, keys, stores, start_ms=start, regossip_ms=REGOSSIP_MS
+                manifest.config,
+                keys,
+                stores,
+                start_ms=start,
+                regossip_ms=REGOSSIP_MS,
+                replay_cache=ReplayCache(),
             )
             if not any(n.alive for n in cluster.nodes):
                 why = "; ".join(

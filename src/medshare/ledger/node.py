@@ -60,6 +60,7 @@ from medshare.ledger.consensus import (
     TxsAvailable,
     VoteReceived,
 )
+from medshare.ledger.replay_cache import ReplayCache
 from medshare.ledger.store import BlockStore
 from medshare.ledger.types import (
     TX_DOMAIN,
@@ -410,13 +411,15 @@ class NodeRuntime:
 
     # --- inputs ----------------------------------------------------------------------------
 
-    def start(self, *, catch_up: bool = False) -> None:
+    def start(self, *, catch_up: bool = False, replay_cache: ReplayCache | None = None) -> None:
         """Boot from the store (re-verified from genesis) and the consensus WAL; with
-        ``catch_up``, ask a peer for the blocks committed while we were away."""
+        ``catch_up``, ask a peer for the blocks committed while we were away.
+        ``replay_cache`` lets nodes of one process that hold copies of the same chain verify
+        each distinct block once (see :class:`~medshare.ledger.replay_cache.ReplayCache`)."""
         state = audit.init_store(self.store, self.config)
         last_commit = None
         if self.store.height() > 0:
-            state = audit.replay(self.store)
+            state = audit.replay(self.store, cache=replay_cache)
             head = self.store.get(self.store.height())
             last_commit = head.certificate if head is not None else None
         self._core = Consensus(
