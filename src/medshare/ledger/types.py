@@ -173,7 +173,11 @@ class Tx:
 
     @cached_property
     def _encoded(self) -> bytes:
-        return canonical(self.to_json())
+        # canonical(self.to_json()) without canonicalising the body a second time: RFC 8785
+        # writes members in sorted key order, each value on its own, and "signature" sorts
+        # after every unsigned key, so the signed form is the unsigned one with that member
+        # appended (tests/ledger/test_types.py checks the identity on arbitrary bodies).
+        return self._signing_bytes[:-1] + b',"signature":"' + self.signature.hex().encode() + b'"}'
 
     @cached_property
     def txid(self) -> str:
@@ -203,7 +207,7 @@ class Tx:
         doc = _mapping(doc, "transaction")
         kind = _kind(TxKind, doc.get("kind"), "transaction")
         body = _mapping(doc.get("body"), "body")
-        check_body(kind, body)
+        check_fields(kind, body)  # canonicalisable: checked by encode() below
         tx = cls(
             kind,
             _hex(doc.get("sender"), signing.PUBLIC_KEY_BYTES, "sender"),
@@ -232,10 +236,14 @@ def check_chain_id(value: object) -> str:
     return str(value)
 
 
-def check_body(kind: TxKind, body: Mapping[str, Any]) -> None:
+def check_fields(kind: TxKind, body: Mapping[str, Any]) -> None:
     missing = [name for name in REQUIRED_FIELDS[kind] if name not in body]
     if missing:
         raise LedgerFormatError(f"{kind.value} transaction lacks {', '.join(missing)}")
+
+
+def check_body(kind: TxKind, body: Mapping[str, Any]) -> None:
+    check_fields(kind, body)
     canonical(dict(body))  # must be canonicalisable JSON (no floats out of range, str keys)
 
 

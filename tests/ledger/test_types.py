@@ -1,0 +1,42 @@
+"""Ledger types: the fast paths to canonical bytes equal the plain RFC 8785 encoding."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from medshare.crypto.signing import SigningKey
+from medshare.ledger.types import Tx, TxKind, canonical
+
+KEY = SigningKey(bytes([42]) * 32)
+CHAIN = "0123456789abcdef" * 2
+
+# JSON values RFC 8785 can encode: I-JSON integers, any text (incl. non-BMP characters,
+# whose UTF-16 order differs from code-point order), nested lists and objects.
+_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**53) + 1, max_value=2**53 - 1)
+    | st.text(max_size=12)
+)
+_json = st.recursive(
+    _scalars,
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+_bodies = st.dictionaries(st.text(max_size=8), _json, max_size=5)
+
+
+@settings(max_examples=150, deadline=None)
+@given(extra=_bodies, nonce=st.integers(min_value=0, max_value=2**53 - 1))
+def test_signed_tx_bytes_equal_the_canonical_encoding(extra: dict, nonce: int) -> None:
+    body = {**extra, "grant": "g", "patient": "p", "grantee": "q"}
+    tx = Tx.create(TxKind.GRANT, body, nonce, KEY, chain=CHAIN)
+    assert tx.encode() == canonical(tx.to_json())
+    assert Tx.decode(tx.encode()) == tx
+    unsigned = dataclasses.replace(tx, signature=b"")
+    assert unsigned.encode() == canonical(unsigned.to_json())
