@@ -17,8 +17,10 @@ Dissemination (same in both modes, no relay, no gossip)
   block to replicate the chain.
 * A vote goes directly from a committee member to the other committee members only.
 * A node that does not see the votes learns that height ``h`` committed from a certificate:
-  the first f+1 members of ``h``'s committee (at least one of them honest and alive), on
-  committing ``h``, each send a small *commit notice* (the 2f+1-precommit certificate) to
+  f+1 members of ``h``'s committee (at least one of them honest and alive; which f+1
+  rotates with ``h`` like the proposer, so no member carries the notices of a whole
+  epoch on its uplink), on committing ``h``, each send a small *commit notice* (the
+  2f+1-precommit certificate) to
   every node outside the committee, and every next proposal carries the certificate of
   the block before it as ``last_commit``. The node checks it against the block it holds
   from the proposal (a notice that overtakes its proposal waits for it). In all-node mode
@@ -771,9 +773,11 @@ class _Run:
         self.sim.send(node.index, dst, (node.index, payload), size, cpu)
 
     def _notice_targets(self, node: _Node, block: Block) -> list[int]:
-        """First f+1 members of the block's committee: the certificate to everyone else."""
+        """f+1 members of the block's committee, from position ``h mod m`` on: the
+        certificate to everyone else."""
         members = self._committee(block.height)
-        senders = members[: len(members) - quorum(len(members)) + 1]
+        start, count = block.height % len(members), len(members) - quorum(len(members)) + 1
+        senders = [members[(start + i) % len(members)] for i in range(count)]
         if node.index not in senders or node.behaviour is Behaviour.SILENT:
             return []
         inside = set(members)
