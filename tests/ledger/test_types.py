@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from medshare.crypto.signing import SigningKey
-from medshare.ledger.types import Tx, TxKind, canonical
+from medshare.ledger.types import LedgerFormatError, Tx, TxKind, Vote, VoteKind, canonical
 
 KEY = SigningKey(bytes([42]) * 32)
 CHAIN = "0123456789abcdef" * 2
@@ -40,3 +41,26 @@ def test_signed_tx_bytes_equal_the_canonical_encoding(extra: dict, nonce: int) -
     assert Tx.decode(tx.encode()) == tx
     unsigned = dataclasses.replace(tx, signature=b"")
     assert unsigned.encode() == canonical(unsigned.to_json())
+
+
+_hex64 = st.text(alphabet="0123456789abcdef", min_size=64, max_size=64)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    kind=st.sampled_from(list(VoteKind)),
+    height=st.integers(min_value=-5, max_value=2**53 + 5),
+    round_=st.integers(min_value=-5, max_value=2**53 + 5),
+    block=st.none() | _hex64 | st.text(max_size=70),
+)
+def test_vote_signing_bytes_equal_the_canonical_encoding(
+    kind: VoteKind, height: int, round_: int, block: str | None
+) -> None:
+    vote = Vote(kind, height, round_, block, KEY.public)
+    try:
+        expected = canonical(vote.unsigned_json())
+    except LedgerFormatError:
+        with pytest.raises(LedgerFormatError):
+            vote.signing_bytes()
+        return
+    assert vote.signing_bytes() == expected
