@@ -16,17 +16,22 @@ class Kit:
     config: chain.ChainConfig
     state: chain.ChainState
     genesis: Block
-    last_commit: CommitCertificate | None = None
+    last_commit: CommitCertificate | None = None  # of the newest block
     nonces: dict[bytes, int] = field(default_factory=dict)
+    certificates: dict[int, CommitCertificate] = field(default_factory=dict)
 
     @classmethod
-    def new(cls, nodes: int = 4, committee: int = 4, epoch_length: int = 5) -> Kit:
+    def new(cls, nodes: int = 4, committee: int = 4, epoch_length: int = 5, lag: int = 1) -> Kit:
         keys = [SigningKey.generate() for _ in range(nodes)]
         validators = tuple(
             election.Validator(k.public, f"node{i}", 1000) for i, k in enumerate(keys)
         )
         config = chain.ChainConfig(
-            "test", validators, epoch_length=epoch_length, committee_size=committee
+            "test",
+            validators,
+            epoch_length=epoch_length,
+            committee_size=committee,
+            certificate_lag=lag,
         )
         block, state = chain.genesis(config)
         return cls(keys, config, state, block)
@@ -46,10 +51,11 @@ class Kit:
     def next_block(self, txs: list[Tx], signers: int | None = None) -> Block:
         """Build, certify (with ``signers`` committee members, default a quorum) and apply."""
         h = self.state.height + 1
-        base = chain.begin_block(self.state, self.last_commit)
+        carried = self.due_certificate()
+        base = chain.begin_block(self.state, carried)
         proposer = election.proposer(base.committee, h, 0)
         block, dropped = chain.build_block(
-            self.state, txs, proposer, self.state.head_time_ms + 1000, self.last_commit
+            self.state, txs, proposer, self.state.head_time_ms + 1000, carried
         )
         assert not dropped, dropped
         count = signers if signers is not None else 2 * len(base.committee) // 3 + 1
@@ -61,8 +67,13 @@ class Kit:
         ]
         block = block.with_certificate(CommitCertificate.from_votes(votes))
         self.state = chain.apply_block(self.state, block)
-        self.last_commit = block.certificate
+        self.last_commit = self.certificates[h] = block.certificate
         return block
+
+    def due_certificate(self) -> CommitCertificate | None:
+        """The certificate the next block must carry (the chain's certificate lag)."""
+        due = chain.certificate_due(self.state)
+        return None if due is None else self.certificates[due.height]
 
     def fill(self, store: BlockStore, blocks: int, txs_per_block: int = 2) -> list[Tx]:
         """Append the genesis (if needed) and ``blocks`` blocks; returns every tx committed."""

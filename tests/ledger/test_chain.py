@@ -8,7 +8,8 @@ import pytest
 from chainkit import Kit
 
 from medshare.crypto.signing import SigningKey
-from medshare.ledger import chain, election
+from medshare.ledger import audit, chain, election
+from medshare.ledger.store import MemoryStore
 from medshare.ledger.types import (
     Block,
     CommitCertificate,
@@ -258,3 +259,75 @@ def test_equivocation_evidence_must_name_the_signer() -> None:
     body = {**Equivocation(a, b).to_body(), "offender": kit.keys[2].public.hex()}
     with pytest.raises(chain.TxRejected, match="another offender"):
         chain.apply_tx(kit.state.clone(), kit.tx(0, TxKind.EVIDENCE, body))
+
+
+# --- certificate lag (block h carries the certificate of block h - W) ----------------------------
+
+
+def test_with_lag_3_block_h_carries_the_certificate_of_h_minus_3() -> None:
+    kit = Kit.new(lag=3)
+    blocks = [kit.next_block([kit.tx(0)]) for _ in range(6)]
+    assert [b.last_commit is None for b in blocks] == [True, True, True, False, False, False]
+    assert [b.last_commit.height for b in blocks[3:]] == [1, 2, 3]
+    assert [head.height for head in kit.state.pending] == [4, 5, 6]
+    # the proposer of block 1 is credited only when block 4 carries block 1's certificate
+    store = MemoryStore()
+    audit.init_store(store, kit.config)
+    for block in blocks:
+        store.append(block)
+    assert audit.verify_chain(store).ok
+    tampered = MemoryStore()
+    audit.init_store(tampered, kit.config)
+    for block in blocks[:4]:
+        tampered.append(block)
+    forged_cert = dataclasses.replace(blocks[4].last_commit, round=1)  # signatures now fail
+    body = dataclasses.replace(blocks[4], last_commit=forged_cert)
+    tampered.append(body)
+    report = audit.verify_chain(tampered)
+    assert not report.ok and report.first_bad_height == 5
+
+
+def test_with_lag_3_a_wrong_missing_or_early_last_commit_is_rejected() -> None:
+    kit = Kit.new(lag=3)
+    early = kit.next_block([])
+    for _ in range(2):
+        kit.next_block([])
+    carried = kit.due_certificate()
+    assert carried is not None and carried.height == 1
+    proposer = election.proposer(chain.begin_block(kit.state, carried).committee, 4, 0)
+    later = kit.state.head_time_ms + 10
+    wrong = kit.certificates[3]  # valid, but for block 3, not block 1
+    for last_commit, message in ((wrong, "certificate for block 1"), (None, "no commit cert")):
+        with pytest.raises(chain.InvalidBlock, match=message):
+            chain.build_block(kit.state, [], proposer, later, last_commit)
+    genesis_state = chain.genesis(kit.config)[1]
+    one = chain.apply_block(genesis_state, early)
+    with pytest.raises(chain.InvalidBlock, match="must not carry a last commit"):
+        chain.build_block(one, [], proposer, later, early.certificate)
+
+
+def test_reputation_is_credited_from_the_lagged_certificate() -> None:
+    lagged, plain = Kit.new(lag=3), Kit.new()
+    for kit in (lagged, plain):
+        for _ in range(3):
+            kit.next_block([])
+    # after 3 blocks, the plain chain has credited blocks 1-2, the lagged one nothing yet
+    assert all(v.reputation == 1000 for v in lagged.state.validators)
+    assert any(v.reputation != 1000 for v in plain.state.validators)
+    lagged.next_block([])
+    assert any(v.reputation != 1000 for v in lagged.state.validators)
+
+
+def test_certificate_lag_is_part_of_the_genesis_only_when_not_1() -> None:
+    kit = Kit.new()
+    assert "certificate_lag" not in kit.config.to_json()  # default genesis hashes unchanged
+    lagged = dataclasses.replace(kit.config, certificate_lag=4)
+    doc = lagged.to_json()
+    assert doc["certificate_lag"] == 4
+    assert chain.ChainConfig.from_json(doc) == lagged
+    assert lagged.chain_id != kit.config.chain_id
+    for bad in (0, -1, True, "2"):
+        with pytest.raises((ValueError, TypeError)):
+            dataclasses.replace(kit.config, certificate_lag=bad)
+    with pytest.raises(LedgerFormatError, match="chain config"):
+        chain.ChainConfig.from_json({**doc, "certificate_lag": 0})

@@ -32,12 +32,16 @@ KEYS = [SigningKey(bytes([i + 1]) * 32) for i in range(7)]
 CLIENTS = [SigningKey(bytes([100 + i]) * 32) for i in range(10)]
 
 
-def config(nodes: int, committee: int, epoch_length: int = 5) -> chain.ChainConfig:
+def config(nodes: int, committee: int, epoch_length: int = 5, lag: int = 1) -> chain.ChainConfig:
     validators = tuple(
         election.Validator(k.public, f"n{i}", 1000) for i, k in enumerate(KEYS[:nodes])
     )
     return chain.ChainConfig(
-        "cluster-test", validators, epoch_length=epoch_length, committee_size=committee
+        "cluster-test",
+        validators,
+        epoch_length=epoch_length,
+        committee_size=committee,
+        certificate_lag=lag,
     )
 
 
@@ -117,8 +121,9 @@ def test_idle_cluster_makes_empty_blocks_as_the_clock_advances() -> None:
     assert cluster.now_ms == 1000
 
 
-def test_committee_of_4_of_7_non_members_replicate_and_epochs_reelect() -> None:
-    cfg = config(7, 4, epoch_length=5)
+@pytest.mark.parametrize("lag", [1, 3])
+def test_committee_of_4_of_7_non_members_replicate_and_epochs_reelect(lag: int) -> None:
+    cfg = config(7, 4, epoch_length=5, lag=lag)
     cluster = InProcessCluster(cfg, KEYS[:7])
     for n in range(12):
         cluster.submit(anchor(cfg, CLIENTS[0], n), node=n % 7)
@@ -278,8 +283,11 @@ def sqlite_stores(tmp_path, n: int) -> list[SQLiteStore]:
     return [SQLiteStore(tmp_path / f"node{i}.db") for i in range(n)]
 
 
-def test_crash_during_commit_restart_from_sqlite_catches_up(tmp_path) -> None:
-    cfg = config(4, 4)
+@pytest.mark.parametrize("lag", [1, 3])
+def test_crash_during_commit_restart_from_sqlite_catches_up(tmp_path, lag: int) -> None:
+    """With a certificate lag of 3 the restarted node must also recover the certificates
+    its next blocks carry (those of its last 3 blocks) from its database."""
+    cfg = config(4, 4, lag=lag)
     stores = sqlite_stores(tmp_path, 4)
     cluster = InProcessCluster(cfg, KEYS[:4], stores=stores, consensus=ConsensusConfig(5))
     txs = [anchor(cfg, CLIENTS[n % 4], n // 4) for n in range(60)]

@@ -7,11 +7,13 @@ construction.
 
 Order of work when block ``h+1`` is applied to the state after block ``h``:
 
-1. ``last_commit`` (the certificate for block ``h`` chosen by the proposer of ``h+1``
-   and hashed into its header) must carry 2f+1 valid precommits of ``h``'s committee;
-   reputation is updated from it (proposer of ``h`` +, signers +, absent members −).
-   Using the certificate *inside* the next block, rather than each node's own copy,
-   keeps reputation identical on every node.
+1. ``last_commit`` (the certificate for block ``h + 1 − W`` chosen by the proposer of
+   ``h+1`` and hashed into its header; ``W`` = ``certificate_lag``, 1 by default, so
+   normally block ``h``) must carry 2f+1 valid precommits of that block's committee;
+   reputation is updated from it (its proposer +, signers +, absent members −).
+   Using the certificate *inside* a later block, rather than each node's own copy,
+   keeps reputation identical on every node. A lag ``W > 1`` lets a pipelined consensus
+   propose ``h+1`` before ``h`` has a certificate.
 2. At an epoch boundary the committee is elected afresh from the reputations committed
    after block ``h`` (before step 1's update, so the choice of certificate cannot change
    it), seeded by the hash of the previous epoch's final block (block ``h``).
@@ -81,6 +83,16 @@ class ChainConfig:
     genesis_time_ms: int = 0
     anchor_every: int = 10
     policy: election.ReputationPolicy = field(default_factory=election.ReputationPolicy)
+    # Block h carries the certificate of block h - certificate_lag (see ChainState.pending):
+    # 1 is the classic "previous block's commit"; a larger lag lets a pipelined consensus
+    # propose h before h-1 has a certificate (docs/ledger-throughput.md).
+    certificate_lag: int = 1
+
+    def __post_init__(self) -> None:
+        if isinstance(self.certificate_lag, bool) or not isinstance(self.certificate_lag, int):
+            raise TypeError("certificate_lag must be an int")
+        if self.certificate_lag < 1:
+            raise ValueError("certificate_lag must be at least 1")
 
     @cached_property
     def chain_id(self) -> str:
@@ -91,7 +103,7 @@ class ChainConfig:
         return digest_hex(canonical(self.to_json()))[: 2 * CHAIN_ID_BYTES]
 
     def to_json(self) -> dict:
-        return {
+        doc = {
             "chain": self.chain_name,
             "validators": election.state_json(self.validators),
             "epoch_length": self.epoch_length,
@@ -99,6 +111,9 @@ class ChainConfig:
             "genesis_time_ms": self.genesis_time_ms,
             "anchor_every": self.anchor_every,
         }
+        if self.certificate_lag != 1:  # absent for the default: genesis hashes unchanged
+            doc["certificate_lag"] = self.certificate_lag
+        return doc
 
     @classmethod
     def from_json(cls, doc: Mapping[str, Any]) -> ChainConfig:
@@ -110,14 +125,31 @@ class ChainConfig:
                 committee_size=int(doc["committee_size"]),
                 genesis_time_ms=int(doc["genesis_time_ms"]),
                 anchor_every=int(doc.get("anchor_every", 10)),
+                certificate_lag=doc.get("certificate_lag", 1),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise LedgerFormatError(f"malformed chain config: {exc}") from None
 
 
+@dataclass(frozen=True)
+class CertifiedHead:
+    """What checking a block's certificate later needs: which block, who proposed it and
+    which committee must have signed it."""
+
+    height: int
+    block_hash: str
+    proposer: bytes
+    committee: tuple[bytes, ...]
+
+
 @dataclass
 class ChainState:
-    """The replicated state after some block; mutated only by :func:`apply_block`."""
+    """The replicated state after some block; mutated only by :func:`apply_block`.
+
+    ``pending``: the applied blocks whose certificates no later block has carried yet,
+    oldest first; with ``certificate_lag`` W it holds the last W blocks (fewer near
+    genesis), and the next block must carry the certificate of ``pending[0]`` once W are
+    pending. Derived from the chain, so not part of the state root."""
 
     config: ChainConfig
     height: int
@@ -128,6 +160,7 @@ class ChainState:
     nonces: dict[str, int]
     head_proposer: bytes = GENESIS_PROPOSER
     head_committee: tuple[bytes, ...] = ()
+    pending: tuple[CertifiedHead, ...] = ()
 
     def state_root(self) -> str:
         return digest_hex(
@@ -152,6 +185,7 @@ class ChainState:
             dict(self.nonces),
             self.head_proposer,
             self.head_committee,
+            self.pending,
         )
 
     def next_nonce(self, sender: bytes) -> int:
@@ -288,27 +322,31 @@ def check_certificate(
     return signers
 
 
+def certificate_due(state: ChainState) -> CertifiedHead | None:
+    """The block whose certificate the next block must carry (``last_commit``): the oldest
+    pending one once ``certificate_lag`` blocks are pending; None near genesis."""
+    if len(state.pending) < state.config.certificate_lag:
+        return None
+    return state.pending[0]
+
+
 def begin_block(state: ChainState, last_commit: CommitCertificate | None) -> ChainState:
     """Steps 1–2: the state a block at ``state.height + 1`` is built on (a new object)."""
     nxt = state.clone()
     height = state.height + 1
-    if state.height >= 1:
+    due = certificate_due(state)
+    if due is not None:
         signers = check_certificate(
-            last_commit,
-            state.head_committee,
-            state.head_hash,
-            state.height,
-            state.config.chain_id,
+            last_commit, due.committee, due.block_hash, due.height, state.config.chain_id
         )
         nxt.validators = election.update_reputation(
-            nxt.validators,
-            state.head_committee,
-            state.head_proposer,
-            signers,
-            state.config.policy,
+            nxt.validators, due.committee, due.proposer, signers, state.config.policy
         )
+        nxt.pending = state.pending[1:]
     elif last_commit is not None:
-        raise InvalidBlock("block 1 must not carry a last commit")
+        raise InvalidBlock(
+            f"block {height} must not carry a last commit (lag {state.config.certificate_lag})"
+        )
     E = state.config.epoch_length
     if height > 1 and election.epoch_of(height, E) != election.epoch_of(height - 1, E):
         # Elect from the committed reputations, not from the ones just updated by
@@ -364,6 +402,10 @@ def apply_block(
     nxt.head_time_ms = h.timestamp_ms
     nxt.head_proposer = h.proposer
     nxt.head_committee = signing_committee
+    nxt.pending = (
+        *nxt.pending,
+        CertifiedHead(h.height, block.hash, h.proposer, signing_committee),
+    )
     return nxt
 
 

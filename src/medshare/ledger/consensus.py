@@ -51,7 +51,7 @@ missed that round (e.g. after a restart) can still check the proof itself.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -339,10 +339,13 @@ _NIL = None
 class Consensus:
     """The BFT state machine of one node at one height at a time.
 
-    ``state`` is the committed chain state, ``last_commit`` the certificate of its head
-    block (``None`` at genesis), ``wal`` the bytes last persisted under :data:`WAL_KEY`
-    (or ``None``), ``verified`` an optional predicate naming transactions whose signature
-    the driver has already checked (passed to the chain rules).
+    ``state`` is the committed chain state; ``certificates`` (by height) hold the
+    certificates of its pending blocks (``state.pending``: with the default certificate lag
+    of 1 just the head's, which ``last_commit`` may give instead), because the next block
+    must carry the one :func:`chain.certificate_due` names; ``wal`` the bytes last
+    persisted under :data:`WAL_KEY` (or ``None``), ``verified`` an optional predicate
+    naming transactions whose signature the driver has already checked (passed to the
+    chain rules).
     """
 
     def __init__(
@@ -352,6 +355,7 @@ class Consensus:
         config: ConsensusConfig | None = None,
         *,
         last_commit: CommitCertificate | None = None,
+        certificates: Mapping[int, CommitCertificate] | None = None,
         wal: bytes | None = None,
         verified: Callable[[Tx], bool] | None = None,
     ) -> None:
@@ -360,7 +364,9 @@ class Consensus:
         self.config = config or ConsensusConfig()
         self.state = state
         self.chain_id = state.config.chain_id
-        self.last_commit = last_commit
+        self._certificates: dict[int, CommitCertificate] = dict(certificates or {})
+        if last_commit is not None:
+            self._certificates[state.height] = last_commit
         self._verified = verified
         self._future: list[Proposal | VoteReceived] = []
         self._wal_record: dict | None = _decode_wal(wal) if wal is not None else None
@@ -389,6 +395,9 @@ class Consensus:
 
     def _enter_height(self) -> None:
         self.height = self.state.height + 1
+        due = chain.certificate_due(self.state)
+        # The certificate the next block carries; None near genesis.
+        self.last_commit = None if due is None else self._certificates.get(due.height)
         self.committee = chain.begin_block(self.state, self.last_commit).committee
         self._members = frozenset(self.committee)
         self.is_member = self.public in self._members
@@ -490,7 +499,8 @@ class Consensus:
     def _on_proposal(self, p: Proposal) -> list[Action]:
         if p.height == self.height + 1:
             self._buffer(p)
-            # Its last_commit certifies our current height: enough to commit if we hold the block.
+            # With lag 1 its last_commit certifies our current height: enough to commit if we
+            # hold the block (with a longer lag it certifies an older one and is ignored).
             return self._commit_with(p.block.last_commit)
         if p.height > self.height + 1:
             return self._behind(p.height)
@@ -832,7 +842,11 @@ class Consensus:
         if cert is None:
             cert = CommitCertificate.from_votes(list(self._cert_votes.values()))
         committed = block.with_certificate(cert)
-        self.state, self.last_commit = nxt, cert
+        self.state = nxt
+        self._certificates[block.height] = cert
+        oldest = min((head.height for head in nxt.pending), default=block.height)
+        for height in [h for h in self._certificates if h < oldest]:
+            del self._certificates[height]  # carried by a committed block already
         acts: list[Action] = [Commit(committed)]
         self._enter_height()
         acts += self._start_round(0)

@@ -417,16 +417,13 @@ class NodeRuntime:
         ``replay_cache`` lets nodes of one process that hold copies of the same chain verify
         each distinct block once (see :class:`~medshare.ledger.replay_cache.ReplayCache`)."""
         state = audit.init_store(self.store, self.config)
-        last_commit = None
         if self.store.height() > 0:
             state = audit.replay(self.store, cache=replay_cache)
-            head = self.store.get(self.store.height())
-            last_commit = head.certificate if head is not None else None
         self._core = Consensus(
             self.key,
             state,
             self.consensus_config,
-            last_commit=last_commit,
+            certificates=self._pending_certificates(state),
             wal=self.store.get_meta(WAL_KEY),
             verified=self.mempool.is_verified,
         )
@@ -435,6 +432,16 @@ class NodeRuntime:
             self.clock.schedule(self.regossip_ms, Regossip())
         if catch_up and not self.halted:
             self._request_sync(self.core.height)
+
+    def _pending_certificates(self, state: chain.ChainState) -> dict[int, CommitCertificate]:
+        """The stored certificates of the blocks no later block certified yet (the next
+        block must carry the oldest; with the default lag of 1, the head's)."""
+        out = {}
+        for head in state.pending:
+            block = self.store.get(head.height)
+            if block is not None and block.certificate is not None:
+                out[head.height] = block.certificate
+        return out
 
     def receive(self, src: Address, payload: Message) -> None:
         """A message from peer ``src``."""

@@ -239,15 +239,17 @@ class ReplayCache:
         known = _Verified(token, block.hash, after.head_committee, after.config.chain_id)
         self._bodies[(height, tokens[-1], body)] = known
         own = _OwnCertificate(height, known, block.certificate, digest_hex(parts[1]))
-        if block.last_commit is not None:
-            # apply_block checked it as the certificate of block height - 1 (the header
-            # commits to its canonical bytes' hash): another node storing the same bytes as
-            # that block's own certificate needs no second signature check.
+        due = chain.certificate_due(before)
+        if block.last_commit is not None and due is not None:
+            # apply_block checked it as the certificate of the block ``due`` names (height
+            # - 1 with the default lag; the header commits to its canonical bytes' hash):
+            # another node storing the same bytes as that block's own certificate needs no
+            # second signature check.
             self._certificates.add(
                 (
-                    height - 1,
-                    before.head_hash,
-                    before.head_committee,
+                    due.height,
+                    due.block_hash,
+                    due.committee,
                     known.chain_id,
                     block.header.last_commit_hash,
                 )
