@@ -226,6 +226,13 @@ def test_forged_replayed_and_malformed_txs_get_400_and_never_commit(net_dir: Pat
     for bad in (forged, impostor, replay, elsewhere):
         assert not any(committed_on(u, bad.txid) for u in urls)
     cli("net", "down", "--dir", str(net_dir))
+    # A folder from before txs named their chain is refused with the reason, not started.
+    doc = json.loads((net_dir / "net.json").read_text())
+    del doc["chain_id"]
+    (net_dir / "net.json").write_text(json.dumps(doc))
+    for args in (["up", "--dir"], ["restart", "--node", "1", "--dir"], ["submit", "--dir"]):
+        result = runner.invoke(app, ["net", *args, str(net_dir)])
+        assert result.exit_code == 2 and "did not name their chain" in result.output, args
     check_dbs(summary, [good.txid, second.txid])
     for node in summary["nodes"]:
         store = SQLiteStore(node["db"])

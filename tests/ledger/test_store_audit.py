@@ -112,9 +112,11 @@ def test_proof_round_trip_and_tampering(db: tuple[Path, list]) -> None:
     short_cert["certificate"]["signatures"] = short_cert["certificate"]["signatures"][:2]
     with pytest.raises(audit.ProofError, match="needs 3"):
         audit.check_proof(short_cert)
-    other_chain = {**proof, "chain_id": "ab" * 16}  # precommits were signed on another chain
-    with pytest.raises(audit.ProofError, match="has 0 valid signatures"):
+    other_chain = {**proof, "chain_id": "ab" * 16}  # not the chain the tx and votes name
+    with pytest.raises(audit.ProofError, match="another chain than the proof's"):
         audit.check_proof(other_chain)
+    with pytest.raises(audit.ProofError, match="is for chain"):
+        audit.check_proof(proof, trusted_chain_id="ab" * 16)
     with pytest.raises(audit.ProofError, match="malformed proof"):
         audit.check_proof({k: v for k, v in proof.items() if k != "chain_id"})
     with pytest.raises(audit.ProofError, match="not a medshare"):
@@ -226,3 +228,47 @@ def test_check_proof_against_the_chain_refuses_an_invented_committee(
     forged_file.write_text(json.dumps(forged))
     result = CliRunner().invoke(app, ["ledger", "check-proof", str(forged_file), "--db", str(path)])
     assert result.exit_code == 1 and "not the one that certified" in result.output
+
+
+def test_check_proof_against_a_db_refuses_a_proof_from_another_chain(tmp_path: Path) -> None:
+    """A test chain run with the production validator keys: its proofs carry a committee the
+    production database would trust, but not its chain id."""
+    import dataclasses
+
+    from medshare.ledger import chain
+
+    prod = Kit.new(nodes=4, committee=4)
+    config = dataclasses.replace(prod.config, chain_name="staging")
+    block, state = chain.genesis(config)
+    staging = Kit(prod.keys, config, state, block)
+    paths = {}
+    for name, kit in (("prod", prod), ("staging", staging)):
+        paths[name] = tmp_path / f"{name}.db"
+        store = SQLiteStore(paths[name])
+        txs = kit.fill(store, blocks=2)
+        store.close()
+    proof = audit.make_proof(SQLiteStore(paths["staging"]), txs[0].txid)
+    proof_file = tmp_path / "proof.json"
+    proof_file.write_text(json.dumps(proof))
+    own = CliRunner().invoke(
+        app, ["ledger", "check-proof", str(proof_file), "--db", str(paths["staging"])]
+    )
+    assert own.exit_code == 0 and json.loads(own.output)["committee_trusted"] is True
+    cross = CliRunner().invoke(
+        app, ["ledger", "check-proof", str(proof_file), "--db", str(paths["prod"])]
+    )
+    assert cross.exit_code == 1 and f"is for chain {config.chain_id}" in cross.output
+    relabelled = {**proof, "chain_id": prod.config.chain_id}  # the tx still names staging
+    with pytest.raises(audit.ProofError, match="another chain than the proof's"):
+        audit.check_proof(relabelled)
+
+
+def test_a_block_row_rewritten_as_text_is_corruption_not_a_crash(db: tuple[Path, list]) -> None:
+    path, _ = db
+    with sqlite3.connect(path) as raw:
+        raw.execute("UPDATE blocks SET data = CAST(data AS TEXT) WHERE height = 2")
+    store = SQLiteStore(path)
+    with pytest.raises(StoreCorrupted, match="block 2 is stored as str"):
+        store.get(2)
+    report = audit.verify_chain(store)
+    assert not report.ok and report.first_bad_height == 2

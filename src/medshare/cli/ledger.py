@@ -59,23 +59,25 @@ def check_proof(
 ) -> None:
     """Check an inclusion proof: the tx against the header, the header against 2f+1 signatures
     of the committee in the proof. Exit 1 if it fails. Without --db the committee itself is
-    taken on trust (the output says so); with --db it must be the chain's own."""
+    taken on trust (the output says so); with --db the committee and the chain must be that
+    database's own."""
     with user_errors():
         try:
             doc = json.loads(proof.read_bytes())
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise fail(f"{proof} is not JSON") from None
-        trusted = None
+        trusted, chain_id = None, None
         if db is not None:
             store = open_node_db(db)
             try:
                 trusted = audit.committee_at(store, int(doc.get("height", -1)))
+                chain_id = audit.load_config(store).chain_id
             except (StoreCorrupted, ValueError, TypeError) as exc:
                 raise fail(f"cannot read the committee from {db}: {exc}", EXIT_DENIED) from None
             finally:
                 store.close()
         try:
-            summary = audit.check_proof(doc, trusted)
+            summary = audit.check_proof(doc, trusted, chain_id)
         except audit.ProofError as exc:
             raise fail(f"proof does not check: {exc}", EXIT_DENIED) from None
     typer.echo(json.dumps(summary))

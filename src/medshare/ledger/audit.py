@@ -216,12 +216,17 @@ def committee_at(store: BlockStore, height: int) -> list[str]:
     return [member.hex() for member in replay_to(store, height).head_committee]
 
 
-def check_proof(doc: Any, trusted_committee: list[str] | None = None) -> dict[str, Any]:
+def check_proof(
+    doc: Any, trusted_committee: list[str] | None = None, trusted_chain_id: str | None = None
+) -> dict[str, Any]:
     """Check a proof from :func:`make_proof`; returns a summary or raises :class:`ProofError`.
 
     The proof carries the committee that signed the block, which anyone could invent: the
     result says ``"committee_trusted": true`` only when ``trusted_committee`` (from a
-    verified chain, or an anchored checkpoint's committee) is given and matches."""
+    verified chain, or an anchored checkpoint's committee) is given and matches. It also
+    names its chain, which a test chain run with the same validator keys would share
+    otherwise: give ``trusted_chain_id`` (the chain you check against) and a proof from
+    another chain is refused."""
     if not isinstance(doc, dict) or doc.get("type") != "medshare-inclusion-proof":
         raise ProofError("not a medshare inclusion proof")
     if doc.get("version") != PROOF_VERSION:
@@ -236,6 +241,10 @@ def check_proof(doc: Any, trusted_committee: list[str] | None = None) -> dict[st
         chain_id = check_chain_id(doc["chain_id"])
     except (KeyError, TypeError, ValueError) as exc:
         raise ProofError(f"malformed proof: {exc}") from None
+    if trusted_chain_id is not None and chain_id != trusted_chain_id:
+        raise ProofError(f"the proof is for chain {chain_id}, not {trusted_chain_id}")
+    if tx.chain != chain_id:
+        raise ProofError("the transaction was signed for another chain than the proof's")
     if tx.txid != doc.get("txid"):
         raise ProofError("the transaction does not hash to the claimed txid")
     if header.hash != doc.get("block_hash") or header.height != doc.get("height"):

@@ -314,8 +314,21 @@ def up(
     return _start(directory, doc, described, timeout)
 
 
+def _chain_id(directory: Path, doc: dict[str, Any]) -> str:
+    """The chain id the folder's genesis gives its txs; a folder from before txs named
+    their chain (its node databases no longer verify) is refused with the reason."""
+    chain_id = doc.get("chain_id")
+    if not isinstance(chain_id, str):
+        raise NetError(
+            f"{directory} was made by an earlier medshare whose transactions did not name "
+            "their chain; `medshare net down` it and create a new one with `medshare net up`"
+        )
+    return chain_id
+
+
 def _resume(directory: Path, timeout: float) -> dict[str, Any]:
     doc = load_net(directory)
+    _chain_id(directory, doc)
     running = [n["index"] for n in doc["nodes"] if _ours(n.get("pid"), n["config"])]
     if running:
         raise NetError(
@@ -396,6 +409,7 @@ def restart(directory: Path, index: int, timeout: float = START_TIMEOUT_S) -> di
     """Start node ``index`` again from its config (its db and WAL); it catches up itself."""
     directory = directory.resolve()
     doc = load_net(directory)
+    _chain_id(directory, doc)
     node = next((n for n in doc["nodes"] if n["index"] == index), None)
     if node is None:
         raise NetError(f"no node {index} in {directory} (0..{len(doc['nodes']) - 1})")
@@ -435,9 +449,7 @@ def submit(directory: Path, count: int) -> dict[str, Any]:
     directory = directory.resolve()
     doc = load_net(directory)
     client = _load_client(directory)
-    chain_id = doc.get("chain_id")
-    if not isinstance(chain_id, str):
-        raise NetError(f"{directory} was made before transactions named their chain; recreate it")
+    chain_id = _chain_id(directory, doc)
     nodes = doc["nodes"]
     chain_next = None
     for node in nodes:

@@ -125,9 +125,11 @@ class SQLiteStore:
         return self._height
 
     def _decode(self, height: int, data: bytes) -> Block:
+        if not isinstance(data, bytes):  # e.g. a row rewritten as TEXT
+            raise StoreCorrupted(f"block {height} is stored as {type(data).__name__}, not bytes")
         try:
             block = Block.from_json(json.loads(data))
-        except (LedgerFormatError, ValueError, UnicodeDecodeError) as exc:
+        except (LedgerFormatError, ValueError, UnicodeDecodeError, RecursionError) as exc:
             raise StoreCorrupted(f"block {height} does not decode: {exc}") from None
         if block.height != height:
             raise StoreCorrupted(f"row {height} holds block {block.height}")
@@ -140,7 +142,11 @@ class SQLiteStore:
     def raw(self, height: int) -> bytes | None:
         """The stored bytes of a block, undecoded (for ``ledger verify``)."""
         row = self._db.execute("SELECT data FROM blocks WHERE height = ?", (height,)).fetchone()
-        return None if row is None else bytes(row[0])
+        if row is None:
+            return None
+        if not isinstance(row[0], bytes):
+            raise StoreCorrupted(f"block {height} is stored as {type(row[0]).__name__}, not bytes")
+        return row[0]
 
     def append(self, block: Block) -> None:
         _check_next(self._height, block)
