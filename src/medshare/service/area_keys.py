@@ -120,6 +120,15 @@ class AreaKeyMixin:
     def issue_key(self, who: str, authority: str, attributes: tuple[str, ...]) -> bytes:
         """Issue ``who`` a key of ``authority`` (accountable protocol) and register its tag
         on the ledger, signed by ``who``'s own identity key: what tracing later trusts."""
+        with db.transaction(self.sessions) as session:
+            return self._issue_in(session, who, authority, attributes)
+
+    def _issue_in(
+        self, session: Session, who: str, authority: str, attributes: tuple[str, ...]
+    ) -> bytes:
+        """:meth:`issue_key` inside the caller's transaction: the tag is registered on the
+        ledger and the key is in ``who``'s wallet before the row can commit, so a crash
+        leaves at worst an unused key, never a recorded key its holder does not have."""
         identity = self.wallets.identity(who)
         issued = keyring.issue(self.wallets.authority(authority), who, identity, attributes)
         body = {
@@ -131,16 +140,15 @@ class AreaKeyMixin:
         }
         self._submit(identity, TxKind.REGISTER_KEY_TAG, [body])
         self.wallets.save_abe_key(who, authority, issued.key)
-        with db.transaction(self.sessions) as session:
-            session.add(
-                db.AbeKey(
-                    principal=who,
-                    authority=authority,
-                    attributes=list(attributes),
-                    registration=abe.registry_to_bytes([issued.registration]),
-                    issued_ms=self.clock(),
-                )
+        session.add(
+            db.AbeKey(
+                principal=who,
+                authority=authority,
+                attributes=list(attributes),
+                registration=abe.registry_to_bytes([issued.registration]),
+                issued_ms=self.clock(),
             )
+        )
         return issued.key.tag()
 
     def revoke_key(self, who: str, authority: str, tag: bytes | None = None) -> dict[str, Any]:
@@ -149,7 +157,10 @@ class AreaKeyMixin:
 
         Area keys whose policy the revoked key satisfied get a fresh KEK and their records'
         DEK wraps are re-wrapped (only those); the others keep their KEK, re-published under
-        the new epoch. Every other live key of the authority is re-issued at the new epoch.
+        the new epoch. Every other live key of the authority is re-issued at the new epoch,
+        in the same transaction: if the process dies before it commits, nothing changed (the
+        old keys stay live; new key files and ledger registrations are left unused); once it
+        commits, every other holder already has its new key.
         """
         with db.transaction(self.sessions) as session:
             rows = [
@@ -170,6 +181,8 @@ class AreaKeyMixin:
             for r in others:
                 r.revoked_ms = self.clock()
             epoch = hosp.epoch
+            for holder, attrs, _ in reissue:
+                self._issue_in(session, holder, authority, areas.with_epoch(attrs, epoch))
             # On the ledger before the database commits: the revocation is public record.
             signer = self.wallets.identity(authority_principal(authority))
             bodies = [
@@ -179,8 +192,7 @@ class AreaKeyMixin:
             self._submit(signer, TxKind.REVOKE, bodies)
         for _, old_tag in revoked:
             self.wallets.drop_abe_key(who, authority, old_tag)
-        for holder, attrs, old_tag in reissue:
-            self.issue_key(holder, authority, areas.with_epoch(attrs, epoch))
+        for holder, _, old_tag in reissue:
             self.wallets.drop_abe_key(holder, authority, old_tag)
         return {
             "revoked": who,

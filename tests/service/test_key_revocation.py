@@ -1,0 +1,59 @@
+"""Revoking a CP-ABE key is all-or-nothing for the other holders' re-issued keys."""
+
+from __future__ import annotations
+
+import pytest
+
+from medshare.ledger.types import TxKind
+from medshare.service.areas import Area
+from medshare.service.errors import AccessDenied
+from medshare.service.wallets import WalletError
+
+
+def _record_in(service, prefix: str) -> str:
+    return next(
+        r["id"]
+        for p in service.patients()
+        for r in service.records_of(p["id"])
+        if r["dept"].startswith(prefix)
+    )
+
+
+def _key_revocations(service) -> int:
+    return sum(
+        1 for c in service.ledger.txs(TxKind.REVOKE) if c.tx.body["grant"].startswith("key/")
+    )
+
+
+def test_a_revocation_that_cannot_finish_changes_nothing_and_can_be_retried(consortium):
+    service, _, _ = consortium
+    record = _record_in(service, "03")
+    old_files = {
+        who: set(service.wallets.abe_key_files(who, "H001"))
+        for who in ("dr.wang@H001", "dr.zhao@H001", "er.sun@H001")
+    }
+    revocations = _key_revocations(service)
+    # One holder's identity key is unreadable (a disk or permissions problem): that holder's
+    # new key cannot be registered, so the whole revocation must not take effect.
+    identity = service.wallets.root / "er.sun@H001" / "identity.key"
+    away = identity.with_name("identity.away")
+    identity.rename(away)
+    try:
+        with pytest.raises(WalletError, match=r"identity for er\.sun@H001"):
+            service.revoke_key("nurse.li@H001", "H001")
+    finally:
+        away.rename(identity)
+    assert _key_revocations(service) == revocations  # not on the ledger either
+    assert service.read("nurse.li@H001", record, area=Area.INSTITUTION).resource  # not revoked
+    assert service.read("dr.wang@H001", record, area=Area.INSTITUTION).resource
+    for who, files in old_files.items():
+        assert files <= set(service.wallets.abe_key_files(who, "H001")), who  # nothing lost
+
+    result = service.revoke_key("nurse.li@H001", "H001")
+    assert result["keys_reissued"] >= len(old_files)
+    assert _key_revocations(service) == revocations + 1
+    with pytest.raises(AccessDenied):
+        service.read("nurse.li@H001", record, area=Area.INSTITUTION)
+    assert service.read("dr.wang@H001", record, area=Area.INSTITUTION).resource
+    for who, files in old_files.items():
+        assert not files & set(service.wallets.abe_key_files(who, "H001")), who  # replaced
