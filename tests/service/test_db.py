@@ -22,6 +22,25 @@ def test_migrations_create_the_models_schema(tmp_path):
     assert {"records", "wraps", "area_keys", "grants", "alembic_version"} <= tables
 
 
+def test_schema_head_is_the_newest_migration(tmp_path):
+    from importlib import resources
+
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    config = Config()
+    config.set_main_option(
+        "script_location", str(resources.files("medshare.service") / "migrations")
+    )
+    assert ScriptDirectory.from_config(config).get_current_head() == db.SCHEMA_HEAD
+    engine = db.make_engine(f"sqlite:///{tmp_path / 'h.db'}")
+    assert db.schema_revision(engine) is None
+    db.migrate(engine, "0001")
+    assert db.schema_revision(engine) == "0001"
+    db.migrate(engine)  # an older schema is still upgraded
+    assert db.schema_revision(engine) == db.SCHEMA_HEAD
+
+
 def test_sqlite_runs_with_foreign_keys_and_wal(tmp_path):
     engine = db.make_engine(f"sqlite:///{tmp_path / 'm.db'}")
     with engine.connect() as conn:
