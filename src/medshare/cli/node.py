@@ -67,6 +67,13 @@ def net_up(
         typer.Option("--committee", help="Committee size 3f+1 ≤ N (default 4; 1 if N < 4)."),
     ] = None,
     epoch: Annotated[int, typer.Option("--epoch", help="Blocks per epoch.")] = 10,
+    certificate_lag: Annotated[
+        int,
+        typer.Option(
+            "--certificate-lag",
+            help="Block h carries the commit certificate of block h-W (default 1).",
+        ),
+    ] = 1,
     base_port: Annotated[
         int | None, typer.Option("--base-port", help="Ports P, P+1, … (default: free ports).")
     ] = None,
@@ -81,6 +88,7 @@ def net_up(
             nodes,
             committee=committee,
             epoch=epoch,
+            certificate_lag=certificate_lag,
             base_port=base_port,
             timeout=timeout,
         )

@@ -237,6 +237,7 @@ def up(
     *,
     committee: int | None = None,
     epoch: int = 10,
+    certificate_lag: int = 1,
     base_port: int | None = None,
     host: str = DEFAULT_HOST,
     timeout: float = START_TIMEOUT_S,
@@ -248,6 +249,8 @@ def up(
     size = check_committee(nodes, committee)
     if epoch < 1:
         raise NetError("--epoch must be at least 1")
+    if certificate_lag < 1:
+        raise NetError("--certificate-lag must be at least 1")
     if base_port is not None:
         if not 0 < base_port <= 65535 - nodes:
             raise NetError(f"--base-port {base_port} out of range")
@@ -267,6 +270,7 @@ def up(
         epoch_length=epoch,
         committee_size=size,
         genesis_time_ms=int(time.time() * 1000),
+        certificate_lag=certificate_lag,
     )
     urls = [f"http://{host}:{port}" for port in ports]
     peers = [PeerConfig(n, k.public, u) for n, k, u in zip(names, keys, urls, strict=True)]
