@@ -326,7 +326,7 @@ def test_certificate_lag_is_part_of_the_genesis_only_when_not_1() -> None:
     assert doc["certificate_lag"] == 4
     assert chain.ChainConfig.from_json(doc) == lagged
     assert lagged.chain_id != kit.config.chain_id
-    for bad in (0, -1, True, "2"):
+    for bad in (0, -1, True, "2", chain.MAX_CERTIFICATE_LAG + 1):
         with pytest.raises((ValueError, TypeError)):
             dataclasses.replace(kit.config, certificate_lag=bad)
     with pytest.raises(LedgerFormatError, match="chain config"):

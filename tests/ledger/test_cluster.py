@@ -279,6 +279,33 @@ def test_three_faulty_members_of_four_cannot_fork_and_stall_visibly() -> None:
 # --- crash and restart ------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("lag", [1, 3])
+def test_a_needed_node_that_missed_the_precommits_catches_up_from_the_next_proposal(
+    lag: int,
+) -> None:
+    """One member is silent, so the other three are all needed; one of them loses the
+    others' precommits of height 4. Peers never resend votes of a decided height, so it
+    must learn that height from the next proposal: from its last_commit (lag 1), or by
+    fetching the block its proposer already committed (a longer lag: the certificate that
+    proposal carries is older)."""
+    cfg = config(4, 4, epoch_length=100, lag=lag)
+    missed = 4
+
+    def lose(dest: int, src: int, message: object) -> bool:
+        return (
+            dest == 2
+            and src != 2
+            and isinstance(message, Vote)
+            and message.kind is VoteKind.PRECOMMIT
+            and message.height == missed
+        )
+
+    cluster = InProcessCluster(cfg, KEYS[:4], byzantine={3: Behaviour.SILENT}, lose=lose)
+    cluster.run_until_height(missed + 5, max_steps=100_000)
+    assert cluster.lost > 0
+    assert_replicated(cluster, missed + 5)
+
+
 def sqlite_stores(tmp_path, n: int) -> list[SQLiteStore]:
     return [SQLiteStore(tmp_path / f"node{i}.db") for i in range(n)]
 

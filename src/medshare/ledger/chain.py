@@ -62,6 +62,9 @@ GENESIS_PROPOSER = bytes(32)
 # (|n| < 2^53): without it one Byzantine proposer could certify a time after which no
 # successor block can be written, halting the chain.
 MAX_TIMESTAMP_MS = 2**52
+# Bounds the blocks a state keeps pending (and the certificates a node keeps) and how long
+# reputation may lag: far beyond any useful pipeline depth (docs/ledger-throughput.md).
+MAX_CERTIFICATE_LAG = 256
 
 
 class InvalidBlock(Exception):
@@ -91,8 +94,8 @@ class ChainConfig:
     def __post_init__(self) -> None:
         if isinstance(self.certificate_lag, bool) or not isinstance(self.certificate_lag, int):
             raise TypeError("certificate_lag must be an int")
-        if self.certificate_lag < 1:
-            raise ValueError("certificate_lag must be at least 1")
+        if not 1 <= self.certificate_lag <= MAX_CERTIFICATE_LAG:
+            raise ValueError(f"certificate_lag must be in 1..{MAX_CERTIFICATE_LAG}")
 
     @cached_property
     def chain_id(self) -> str:

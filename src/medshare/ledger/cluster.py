@@ -157,7 +157,9 @@ class InProcessCluster:
     need to get going again once they are back. ``replay_cache`` is handed to every node
     boot (restarts too): the nodes' stores hold copies of one chain, so each distinct block
     is verified once rather than once per node
-    (:class:`~medshare.ledger.replay_cache.ReplayCache`)."""
+    (:class:`~medshare.ledger.replay_cache.ReplayCache`). ``lose(dest, src, message)``,
+    if given, names messages the network loses (a lossy link, for fault experiments);
+    :attr:`lost` counts them."""
 
     def __init__(
         self,
@@ -174,6 +176,7 @@ class InProcessCluster:
         regossip_ms: int | None = None,
         start_ms: int | None = None,
         replay_cache: ReplayCache | None = None,
+        lose: Callable[[int, int, Message], bool] | None = None,
     ) -> None:
         if stores is not None and len(stores) != len(keys):
             raise ValueError("need one store per key")
@@ -184,6 +187,8 @@ class InProcessCluster:
         self.empty_block_interval_ms = empty_block_interval_ms
         self.regossip_ms = regossip_ms
         self.replay_cache = replay_cache
+        self.lose = lose
+        self.lost = 0
         # A cluster re-opened over existing stores starts its clock later than genesis
         # (``start_ms``), so block times keep increasing across runs.
         self.now_ms = config.genesis_time_ms if start_ms is None else start_ms
@@ -329,6 +334,9 @@ class InProcessCluster:
     def _deliver(self, dest: int, src: int, payload: Message) -> None:
         runtime = self.nodes[dest].runtime
         if runtime is None:
+            return
+        if self.lose is not None and self.lose(dest, src, payload):
+            self.lost += 1
             return
         self.delivered[type(payload).__name__] += 1
         runtime.receive(src, payload)

@@ -499,9 +499,15 @@ class Consensus:
     def _on_proposal(self, p: Proposal) -> list[Action]:
         if p.height == self.height + 1:
             self._buffer(p)
-            # With lag 1 its last_commit certifies our current height: enough to commit if we
-            # hold the block (with a longer lag it certifies an older one and is ignored).
-            return self._commit_with(p.block.last_commit)
+            cert = p.block.last_commit
+            if cert is not None and cert.height == self.height:
+                # Its last_commit certifies our current height (certificate lag 1): enough
+                # to commit if we hold the block.
+                return self._commit_with(cert)
+            # Its proposer has committed our height, but (certificate lag > 1) the
+            # certificate it carries is older: ask for the block rather than wait for
+            # precommits we may have missed (peers never resend them once decided).
+            return self._behind(p.height)
         if p.height > self.height + 1:
             return self._behind(p.height)
         if p.height < self.height or self._decided is not None:

@@ -249,8 +249,8 @@ def up(
     size = check_committee(nodes, committee)
     if epoch < 1:
         raise NetError("--epoch must be at least 1")
-    if certificate_lag < 1:
-        raise NetError("--certificate-lag must be at least 1")
+    if not 1 <= certificate_lag <= chain.MAX_CERTIFICATE_LAG:
+        raise NetError(f"--certificate-lag must be in 1..{chain.MAX_CERTIFICATE_LAG}")
     if base_port is not None:
         if not 0 < base_port <= 65535 - nodes:
             raise NetError(f"--base-port {base_port} out of range")
