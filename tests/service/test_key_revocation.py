@@ -47,7 +47,8 @@ def test_a_revocation_that_cannot_finish_changes_nothing_and_can_be_retried(cons
     assert service.read("nurse.li@H001", record, area=Area.INSTITUTION).resource  # not revoked
     assert service.read("dr.wang@H001", record, area=Area.INSTITUTION).resource
     for who, files in old_files.items():
-        assert files <= set(service.wallets.abe_key_files(who, "H001")), who  # nothing lost
+        # nothing lost, and the keys this attempt had written are gone again
+        assert files == set(service.wallets.abe_key_files(who, "H001")), who
 
     result = service.revoke_key("nurse.li@H001", "H001")
     assert result["keys_reissued"] >= len(old_files)
@@ -57,3 +58,18 @@ def test_a_revocation_that_cannot_finish_changes_nothing_and_can_be_retried(cons
     assert service.read("dr.wang@H001", record, area=Area.INSTITUTION).resource
     for who, files in old_files.items():
         assert not files & set(service.wallets.abe_key_files(who, "H001")), who  # replaced
+
+
+def test_only_live_keys_open_records_at_the_gate(consortium):
+    """A key file in a wallet that the service did not issue to that person (here a
+    colleague's live key, copied over) opens nothing, whatever its attributes."""
+    service, _, _ = consortium
+    record = _record_in(service, "03")
+    colleague = service.wallets.abe_key_files("dr.wang@H001", "H001")[-1]
+    service.read("dr.wang@H001", record, area=Area.INSTITUTION)
+    thief = service.wallets.root / "dr.zhao@H001"
+    for own in service.wallets.abe_key_files("dr.zhao@H001", "H001"):
+        own.unlink()  # only the copied key left in dr.zhao's wallet
+    (thief / colleague.name).write_bytes(colleague.read_bytes())
+    with pytest.raises(AccessDenied, match=r"dr\.zhao@H001 holds no live key of H001"):
+        service.read("dr.zhao@H001", record, area=Area.INSTITUTION)

@@ -31,7 +31,13 @@ from medshare.service import db
 from medshare.service.area_keys import AreaKeyMixin
 from medshare.service.areas import AreaTemplates
 from medshare.service.audit_log import AuditLogMixin
-from medshare.service.common import Clock, authority_principal, service_principal, wall_clock_ms
+from medshare.service.common import (
+    DECODE_CACHE_ENTRIES,
+    Clock,
+    authority_principal,
+    service_principal,
+    wall_clock_ms,
+)
 from medshare.service.config import ServiceConfig
 from medshare.service.errors import NotFound
 from medshare.service.grants import GrantMixin
@@ -41,7 +47,6 @@ from medshare.service.reading import ReadingMixin, ReadResult
 from medshare.service.wallets import Wallets
 
 T = TypeVar("T")
-DECODE_CACHE_ENTRIES = 256
 
 
 class MedShare(IngestMixin, AreaKeyMixin, GrantMixin, ReadingMixin, AuditLogMixin, PatientKeyMixin):
@@ -71,6 +76,7 @@ class MedShare(IngestMixin, AreaKeyMixin, GrantMixin, ReadingMixin, AuditLogMixi
         )
         self._params: kac.KacParams | None = None
         self._decoded: dict[tuple[type, bytes], Any] = {}
+        self._tags: dict[bytes, bytes] = {}  # key or registry encoding -> public tag
 
     @classmethod
     def open(cls, data_dir: Path, *, clock: Clock = wall_clock_ms) -> MedShare:

@@ -162,6 +162,19 @@ class AreaKeyMixin:
         old keys stay live; new key files and ledger registrations are left unused); once it
         commits, every other holder already has its new key.
         """
+        issued: list[tuple[str, bytes]] = []  # (holder, tag) of keys written by this attempt
+        try:
+            return self._revoke_key(who, authority, tag, issued)
+        except BaseException:
+            # Rolled back: the keys this attempt wrote to wallets must not stay usable (their
+            # ledger registrations stay, naming their holders, and open nothing).
+            for holder, new_tag in issued:
+                self.wallets.drop_abe_key(holder, authority, new_tag)
+            raise
+
+    def _revoke_key(
+        self, who: str, authority: str, tag: bytes | None, issued: list[tuple[str, bytes]]
+    ) -> dict[str, Any]:
         with db.transaction(self.sessions) as session:
             rows = [
                 r
@@ -182,7 +195,8 @@ class AreaKeyMixin:
                 r.revoked_ms = self.clock()
             epoch = hosp.epoch
             for holder, attrs, _ in reissue:
-                self._issue_in(session, holder, authority, areas.with_epoch(attrs, epoch))
+                new = self._issue_in(session, holder, authority, areas.with_epoch(attrs, epoch))
+                issued.append((holder, new))
             # On the ledger before the database commits: the revocation is public record.
             signer = self.wallets.identity(authority_principal(authority))
             bodies = [
@@ -287,4 +301,4 @@ class AreaKeyMixin:
 
 def _row_tag(row: db.AbeKey) -> bytes:
     """The public tag of an issued key, from its registry row."""
-    return abe.registry_from_bytes(row.registration)[0].tag()
+    return keyring.registration_tag(row.registration)

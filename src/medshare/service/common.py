@@ -7,6 +7,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 Clock = Callable[[], int]
+# Bound of the service's per-process caches of decoded keys, ciphertexts and key tags.
+DECODE_CACHE_ENTRIES = 256
 
 
 def wall_clock_ms() -> int:

@@ -73,3 +73,8 @@ def trace(
         last = result
     reason = last.reason if last else "no authority to audit against"
     return TraceResult(abe.Verdict.MALFORMED, None, None, reason)
+
+
+def registration_tag(registration: bytes) -> bytes:
+    """The public tag of an issued key, from the registry row the service keeps for it."""
+    return abe.registry_from_bytes(registration)[0].tag()

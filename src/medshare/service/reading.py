@@ -7,6 +7,7 @@ A mixin of :class:`medshare.service.api.MedShare`: it uses the service's state (
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,9 +19,10 @@ from medshare.crypto.errors import DecryptionFailed, PolicyNotSatisfied
 from medshare.ledger.types import TxKind
 from medshare.records import canonical
 from medshare.records.blobstore import BlobStoreError
-from medshare.service import areas, db, protect
+from medshare.service import areas, db, keyring, protect
 from medshare.service.areas import Area, top_department
 from medshare.service.common import (
+    DECODE_CACHE_ENTRIES,
     iso,
     service_principal,
     valid_at,
@@ -197,7 +199,7 @@ class ReadingMixin:
             raise AccessDenied(f"no wrap of this record in {scope}")
         area_key, wrap = found
         hosp = self._hospital(session, area_key.authority)
-        key = self._key_for(who, area_key)
+        key = self._key_for(session, who, area_key)
         public = self.decoded(abe.AbePublicKey, hosp.abe_public)
         ct = self.decoded(abe.AbeCiphertext, area_key.abe_ciphertext)
         try:
@@ -210,16 +212,41 @@ class ReadingMixin:
             raise AccessDenied(f"{who}'s key does not decrypt the {scope} key") from None
         return protect.unwrap_dek(kek, wrap.wrapped, record.id, area_key.id), wrap.blob_id
 
-    def _key_for(self, who: str, area_key: db.AreaKey) -> abe.AbeUserKey:
+    def _key_for(self, session, who: str, area_key: db.AreaKey) -> abe.AbeUserKey:
         """The key of ``who`` that satisfies the area key's policy (a person may hold
         several keys of one authority); if none does, one of them, to be refused by
-        :func:`abe.decrypt` like any other."""
-        files = self.wallets.abe_key_files(who, area_key.authority)
+        :func:`abe.decrypt` like any other. Only keys recorded as issued and not revoked
+        count: a key file left in a wallet by an interrupted re-issue or a revocation
+        opens nothing here, whatever its attributes."""
+        authority = area_key.authority
+        files = self.wallets.abe_key_files(who, authority)
         if not files:
-            raise AccessDenied(f"{who} holds no key of {area_key.authority}")
-        keys = [self.decoded(abe.AbeUserKey, path.read_bytes()) for path in files]
+            raise AccessDenied(f"{who} holds no key of {authority}")
+        live = {
+            self._tag_of(row.registration, lambda r=row: keyring.registration_tag(r.registration))
+            for row in self._live_keys(session, authority, who)
+        }
+        keys = []
+        for path in files:
+            data = path.read_bytes()
+            key = self.decoded(abe.AbeUserKey, data)
+            if self._tag_of(data, key.tag) in live:
+                keys.append(key)
+        if not keys:
+            raise AccessDenied(f"{who} holds no live key of {authority}")
         fitting = [k for k in keys if areas.satisfied_by(area_key.policy, tuple(k.attributes))]
         return (fitting or keys)[-1]
+
+    def _tag_of(self, data: bytes, derive: Callable[[], bytes]) -> bytes:
+        """A key's public tag, derived once per distinct encoding (each derivation is a
+        scalar multiplication, and every read checks the reader's keys against the live
+        ones)."""
+        tag = self._tags.get(data)
+        if tag is None:
+            if len(self._tags) >= DECODE_CACHE_ENTRIES:
+                self._tags.pop(next(iter(self._tags)))
+            tag = self._tags[data] = derive()
+        return tag
 
     def _fetch(self, record: db.Record, blob_id: str, dek: bytes) -> bytes:
         """The verified plaintext: anchor on the ledger, blob hash, AEAD, salted digest."""
