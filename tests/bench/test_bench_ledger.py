@@ -73,6 +73,15 @@ def test_bench_ledger_quick_report_shape(tmp_path: Path) -> None:
     for row in rows:
         assert set(row) >= ROW_KEYS, row
         assert row["safe"] and row["tps"] > 0 and row["blocks"] == row["blocks_requested"], row
+    silent = {(r["mode"], r["committee"]): r for r in rows if r["faults"] == "f_silent"}
+    assert set(silent) == {("committee", 7), ("all-node", 64)}
+    assert (
+        silent[("committee", 7)]["byzantine"] == 2 and silent[("all-node", 64)]["byzantine"] == 21
+    )
+    assert report["summary"]["tps_ratio_at_64_with_f_silent"] == pytest.approx(
+        silent[("committee", 7)]["tps"] / silent[("all-node", 64)]["tps"], rel=0.01
+    )
+    rows = [r for r in rows if r["faults"] == "none"]
     index = {(r["mode"], r["nodes"], r["committee"], r["block_txs"]) for r in rows}
     for nodes in (4, 16, 32, 64):
         assert ("all-node", nodes, nodes, 10) in index

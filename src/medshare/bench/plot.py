@@ -47,8 +47,10 @@ def plot_crypto(report: dict, out: Path) -> None:
 def plot_ledger(report: dict, out: Path) -> None:
     """Left: committed tx/s vs N, one line per (mode, committee, block size), log-log.
     Right: messages per block vs N (log), same lines. Colour = block size; solid =
-    all-node BFT (m = N), dashed = committee of 7, dotted = committee of 4."""
-    rows = report["sim"]
+    all-node BFT (m = N), dashed = committee of 7, dotted = committee of 4. Runs with f
+    silent voters are single crosses beside their fault-free point."""
+    faulty = [r for r in report["sim"] if r.get("faults", "none") != "none"]
+    rows = [r for r in report["sim"] if r.get("faults", "none") == "none"]
     sizes = sorted({r["block_txs"] for r in rows})
     colours = {size: f"C{i}" for i, size in enumerate(sizes)}
     styles = {"all-node": "-", 7: "--", 4: ":"}
@@ -72,6 +74,17 @@ def plot_ledger(report: dict, out: Path) -> None:
         )
         left.plot(xs, [r["tps"] for r in points], **style)
         right.plot(xs, [r["messages_per_block"] for r in points], **style)
+    for row in faulty:
+        who = "all-node" if row["mode"] == "all-node" else f"committee m = {row['committee']}"
+        style = dict(
+            color="black",
+            marker="x" if row["mode"] == "all-node" else "+",
+            markersize=8,
+            linestyle="none",
+            label=f"{who}, {row['block_txs']} tx/block, {row['byzantine']} silent",
+        )
+        left.plot([row["nodes"]], [row["tps"]], **style)
+        right.plot([row["nodes"]], [row["messages_per_block"]], **style)
     costs = report["costs"]
     links = report["links"]
     bandwidth_max = links["bandwidth_mbps_max"] or links["bandwidth_mbps"]
