@@ -3,13 +3,25 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from medshare.crypto.signing import SigningKey
-from medshare.ledger.types import LedgerFormatError, Tx, TxKind, Vote, VoteKind, canonical
+from medshare.ledger.types import (
+    Block,
+    BlockHeader,
+    CommitCertificate,
+    LedgerFormatError,
+    Tx,
+    TxKind,
+    Vote,
+    VoteKind,
+    canonical,
+    merkle_root_hex,
+)
 
 KEY = SigningKey(bytes([42]) * 32)
 CHAIN = "0123456789abcdef" * 2
@@ -64,3 +76,19 @@ def test_vote_signing_bytes_equal_the_canonical_encoding(
             vote.signing_bytes()
         return
     assert vote.signing_bytes() == expected
+
+
+@settings(max_examples=60, deadline=None)
+@given(bodies=st.lists(_bodies, max_size=4), certified=st.booleans())
+def test_block_bytes_equal_the_canonical_encoding(bodies: list[dict], certified: bool) -> None:
+    txs = tuple(
+        Tx.create(TxKind.GRANT, {**b, "grant": "g", "patient": "p", "grantee": "q"}, n, KEY,
+                  chain=CHAIN)
+        for n, b in enumerate(bodies)
+    )  # fmt: skip
+    header = BlockHeader(3, "11" * 32, merkle_root_hex(txs), "22" * 32, "00" * 32, 0, KEY.public, 9)
+    vote = Vote.create(VoteKind.PRECOMMIT, 2, 0, "33" * 32, KEY, chain=CHAIN)
+    cert = CommitCertificate.from_votes([vote]) if certified else None
+    block = Block(header, txs, cert, cert)
+    assert block.encode() == canonical(block.to_json())
+    assert Block.from_json(json.loads(block.encode())).encode() == block.encode()

@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Any
 from medshare.ledger import chain, merkle
 from medshare.ledger.store import BlockStore, SQLiteStore, StoreCorrupted
 from medshare.ledger.types import (
-    Block,
     BlockHeader,
     CommitCertificate,
     LedgerFormatError,
@@ -124,7 +123,7 @@ def _verify(store: BlockStore) -> tuple[VerifyReport, chain.ChainState | None]:
         if block is None:
             return bad(height, "block is missing")
         raw = store.raw(height) if isinstance(store, SQLiteStore) else None
-        if raw is not None and raw != block_bytes(block):
+        if raw is not None and raw != block.encode():
             return bad(height, "stored bytes are not the block's canonical encoding")
         if height == 0:
             if block.encode() != genesis_block.encode():
@@ -137,27 +136,6 @@ def _verify(store: BlockStore) -> tuple[VerifyReport, chain.ChainState | None]:
         good = height
     ok = VerifyReport(True, good, None, f"{good + 1} blocks verified", genesis_block.hash)
     return ok, state
-
-
-def block_bytes(block: Block) -> bytes:
-    """``block.encode()``, without canonicalising every transaction a second time.
-
-    RFC 8785 serialises an object as its members in sorted key order (UTF-16 code units)
-    and an array as its items, each value on its own, so the block's canonical bytes are
-    its members' canonical bytes joined; the transactions' canonical bytes
-    (``Tx.encode()``, i.e. ``canonical(tx.to_json())``) are already at hand, as each
-    decoded :class:`Tx` computed them for its size check and txid. The result is
-    byte-identical to ``block.encode()`` (``tests/ledger/test_replay_cache.py`` checks it);
-    it saves encoding each transaction a third time per replayed block."""
-    doc = block.to_json()
-    members = []
-    for key in sorted(doc, key=lambda k: k.encode("utf-16be")):
-        if key == "txs":
-            value = b"[" + b",".join(tx.encode() for tx in block.txs) + b"]"
-        else:
-            value = canonical(doc[key])
-        members.append(canonical(key) + b":" + value)
-    return b"{" + b",".join(members) + b"}"
 
 
 # --- inclusion proofs ---------------------------------------------------------------------------

@@ -225,7 +225,7 @@ class ReplayCache:
         Returns the state after and the block's own certificate, which the caller must
         :meth:`_check` before it vouches for the store."""
         block = store.get(height)
-        if block is None or raw != audit.block_bytes(block):
+        if block is None or raw != block.encode():
             raise _Unverified(f"block {height} is not stored canonically")
         if parts is None:  # valid or not, not shaped as the cache expects: never reused
             after = chain.apply_block(before, block)

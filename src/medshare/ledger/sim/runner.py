@@ -451,10 +451,6 @@ def _shell(block: Block) -> dict:
     return Block(block.header, (), block.last_commit, block.certificate).to_json()
 
 
-def _block_bytes(block: Block) -> int:
-    return len(canonical(_shell(block))) + _txs_bytes(block.txs)
-
-
 def _proposal_bytes(p: Proposal) -> int:
     doc = {**p.proof(), "block": _shell(p.block), "pol_votes": [v.to_json() for v in p.pol_votes]}
     return len(canonical(doc)) + _txs_bytes(p.block.txs)
@@ -763,7 +759,7 @@ class _Run:
         elif isinstance(payload, CommitNotice):
             size, cpu = len(canonical(payload.certificate.to_json())), 0.0
         elif isinstance(payload, SyncReply):
-            size = sum(_block_bytes(b) for b in payload.blocks) + 2
+            size = sum(len(b.encode()) for b in payload.blocks) + 2
             cpu = self.costs.hash_us(size)
         elif isinstance(payload, TxGossip):
             size, cpu = len(payload.tx.encode()), 0.0
