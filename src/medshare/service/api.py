@@ -32,9 +32,9 @@ from medshare.service.area_keys import AreaKeyMixin
 from medshare.service.areas import AreaTemplates
 from medshare.service.audit_log import AuditLogMixin
 from medshare.service.common import (
-    DECODE_CACHE_ENTRIES,
     Clock,
     authority_principal,
+    memoized,
     service_principal,
     wall_clock_ms,
 )
@@ -107,14 +107,7 @@ class MedShare(IngestMixin, AreaKeyMixin, GrantMixin, ReadingMixin, AuditLogMixi
         milliseconds for an ABE key or ciphertext; keyed by the bytes themselves, a changed
         file or row is decoded and checked afresh. Bounded, oldest entries dropped first.
         """
-        entry = (cls, data)
-        value = self._decoded.get(entry)
-        if value is None:
-            value = cls.from_bytes(data)
-            if len(self._decoded) >= DECODE_CACHE_ENTRIES:
-                self._decoded.pop(next(iter(self._decoded)))
-            self._decoded[entry] = value
-        return value
+        return memoized(self._decoded, (cls, data), lambda: cls.from_bytes(data))
 
     # -- small lookups -------------------------------------------------------------------
 

@@ -5,10 +5,24 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import TypeVar
 
 Clock = Callable[[], int]
 # Bound of the service's per-process caches of decoded keys, ciphertexts and key tags.
 DECODE_CACHE_ENTRIES = 256
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+def memoized(cache: dict[K, V], key: K, compute: Callable[[], V]) -> V:
+    """``cache[key]``, computed on a miss; at most :data:`DECODE_CACHE_ENTRIES` entries, the
+    oldest dropped first."""
+    value = cache.get(key)
+    if value is None:
+        if len(cache) >= DECODE_CACHE_ENTRIES:
+            cache.pop(next(iter(cache)))
+        value = cache[key] = compute()
+    return value
 
 
 def wall_clock_ms() -> int:

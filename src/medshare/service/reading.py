@@ -22,8 +22,8 @@ from medshare.records.blobstore import BlobStoreError
 from medshare.service import areas, db, keyring, protect
 from medshare.service.areas import Area, top_department
 from medshare.service.common import (
-    DECODE_CACHE_ENTRIES,
     iso,
+    memoized,
     service_principal,
     valid_at,
 )
@@ -241,12 +241,7 @@ class ReadingMixin:
         """A key's public tag, derived once per distinct encoding (each derivation is a
         scalar multiplication, and every read checks the reader's keys against the live
         ones)."""
-        tag = self._tags.get(data)
-        if tag is None:
-            if len(self._tags) >= DECODE_CACHE_ENTRIES:
-                self._tags.pop(next(iter(self._tags)))
-            tag = self._tags[data] = derive()
-        return tag
+        return memoized(self._tags, data, derive)
 
     def _fetch(self, record: db.Record, blob_id: str, dek: bytes) -> bytes:
         """The verified plaintext: anchor on the ledger, blob hash, AEAD, salted digest."""
