@@ -187,6 +187,26 @@ def test_equivocation_evidence_ejects_the_offender() -> None:
         assert offender.public not in kit.state.committee
 
 
+def test_a_pipelined_chain_keeps_the_offenders_seat_until_the_epoch_ends() -> None:
+    """With a certificate lag > 1 heights after the evidence may already be in flight, so
+    their committee must not change; the offender is ejected at once and never re-elected."""
+    kit = Kit.new(nodes=6, committee=4, epoch_length=4, lag=2)
+    kit.next_block([])
+    committee = kit.state.committee
+    offender = kit.key(committee[1])
+    a = Vote.create(VoteKind.PREVOTE, 1, 0, "aa" * 32, offender, chain=kit.config.chain_id)
+    b = Vote.create(VoteKind.PREVOTE, 1, 0, "bb" * 32, offender, chain=kit.config.chain_id)
+    kit.next_block([kit.tx(0, TxKind.EVIDENCE, Equivocation(a, b).to_body())])  # height 2
+    validator = kit.state.validator(offender.public)
+    assert validator is not None and validator.ejected and validator.reputation == 0
+    for _ in range(2):  # heights 3 and 4: the rest of epoch 0
+        kit.next_block([])
+        assert kit.state.committee == committee
+    for _ in range(8):  # epochs 1 and 2
+        kit.next_block([])
+        assert offender.public not in kit.state.committee
+
+
 def test_evidence_that_does_not_conflict_is_rejected() -> None:
     kit = Kit.new()
     a = Vote.create(VoteKind.PREVOTE, 3, 0, "aa" * 32, kit.keys[1], chain=kit.config.chain_id)
@@ -316,6 +336,23 @@ def test_reputation_is_credited_from_the_lagged_certificate() -> None:
     assert any(v.reputation != 1000 for v in plain.state.validators)
     lagged.next_block([])
     assert any(v.reputation != 1000 for v in lagged.state.validators)
+
+
+def test_proposer_run_is_part_of_the_genesis_only_when_not_1() -> None:
+    kit = Kit.new()
+    assert "proposer_run" not in kit.config.to_json()
+    led = dataclasses.replace(kit.config, proposer_run=8)
+    doc = led.to_json()
+    assert doc["proposer_run"] == 8
+    assert chain.ChainConfig.from_json(doc) == led
+    assert led.chain_id != kit.config.chain_id
+    for bad in (0, chain.MAX_PROPOSER_RUN + 1):
+        with pytest.raises(ValueError, match="proposer_run"):
+            dataclasses.replace(kit.config, proposer_run=bad)
+    with pytest.raises(TypeError, match="proposer_run"):
+        dataclasses.replace(kit.config, proposer_run="8")
+    with pytest.raises(LedgerFormatError, match="proposer_run"):
+        chain.ChainConfig.from_json({**doc, "proposer_run": 0})
 
 
 def test_certificate_lag_is_part_of_the_genesis_only_when_not_1() -> None:

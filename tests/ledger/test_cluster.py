@@ -32,7 +32,9 @@ KEYS = [SigningKey(bytes([i + 1]) * 32) for i in range(7)]
 CLIENTS = [SigningKey(bytes([100 + i]) * 32) for i in range(10)]
 
 
-def config(nodes: int, committee: int, epoch_length: int = 5, lag: int = 1) -> chain.ChainConfig:
+def config(
+    nodes: int, committee: int, epoch_length: int = 5, lag: int = 1, run: int = 1
+) -> chain.ChainConfig:
     validators = tuple(
         election.Validator(k.public, f"n{i}", 1000) for i, k in enumerate(KEYS[:nodes])
     )
@@ -42,6 +44,7 @@ def config(nodes: int, committee: int, epoch_length: int = 5, lag: int = 1) -> c
         epoch_length=epoch_length,
         committee_size=committee,
         certificate_lag=lag,
+        proposer_run=run,
     )
 
 
@@ -144,6 +147,23 @@ def test_committee_of_4_of_7_non_members_replicate_and_epochs_reelect(lag: int) 
     outsiders = {k.public for k in KEYS[:7]} - {m for c in elected for m in c}
     assert not signers & outsiders
     assert len(committed(cluster.node(3).store)) == 12
+
+
+def test_a_leader_proposes_a_run_of_heights_and_non_members_follow() -> None:
+    cfg = config(7, 4, epoch_length=12, run=3)
+    cluster = InProcessCluster(cfg, KEYS[:7])
+    for n in range(9):
+        cluster.submit(anchor(cfg, CLIENTS[0], n), node=n % 7)
+    cluster.run_until_height(14)
+    assert_replicated(cluster, 14)
+    history = committees(cluster.node(6).store, cfg)
+    for block in cluster.node(5).store.blocks(1):
+        assert block.certificate.round == 0  # no faults: every height decided in round 0
+        expected = election.proposer(history[block.height], block.height, 0, run=3)
+        assert block.header.proposer == expected
+    leaders = [b.header.proposer for b in cluster.node(0).store.blocks(3)][:6]  # 3..8
+    assert len(set(leaders[0:3])) == len(set(leaders[3:6])) == 1 != len(set(leaders))
+    assert len(committed(cluster.node(4).store)) == 9
 
 
 SWEEP = [

@@ -203,6 +203,21 @@ def test_proposer_rotation_covers_committee() -> None:
         proposer((), 1, 0)
 
 
+def test_a_proposer_run_keeps_one_leader_for_run_heights_and_rounds_still_rotate() -> None:
+    committee = elect(make([1000] * 10), seed(0), 7)
+    assert all(proposer(committee, h, r, 1) == proposer(committee, h, r) for h in range(20)
+               for r in range(3))  # fmt: skip
+    leaders = [proposer(committee, h, 0, run=4) for h in range(4, 32)]
+    runs = [leaders[i : i + 4] for i in range(0, len(leaders), 4)]
+    assert all(len(set(run)) == 1 for run in runs)  # one leader per run of 4 heights
+    assert [run[0] for run in runs] == [committee[(1 + i) % 7] for i in range(7)]
+    for h in range(4, 8):  # a failed round hands the height to the next member
+        assert proposer(committee, h, 1, run=4) == committee[2]
+    for bad in (0, -1, True):
+        with pytest.raises(ValueError):
+            proposer(committee, 5, 0, run=bad)
+
+
 # --- reputation updates --------------------------------------------------------------------------
 
 

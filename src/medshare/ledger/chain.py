@@ -21,8 +21,9 @@ Order of work when block ``h+1`` is applied to the state after block ``h``:
    strictly increasing time, Merkle root.
 4. Transactions apply in order: signature, per-sender nonce (anti-replay), kind rules
    (evidence ejects the offender and, if it sits in the committee, re-elects the
-   committee from the next height on; a registered node joins with the initial
-   reputation). The block itself is certified by the committee it was proposed to.
+   committee from the next height on, or from the next epoch on a pipelined chain; a
+   registered node joins with the initial reputation). The block itself is certified
+   by the committee it was proposed to.
 5. The resulting state root must equal the header's.
 6. When the block's own certificate is given, it must carry 2f+1 valid precommits of
    the committee for ``h+1``.
@@ -65,6 +66,8 @@ MAX_TIMESTAMP_MS = 2**52
 # Bounds the blocks a state keeps pending (and the certificates a node keeps) and how long
 # reputation may lag: far beyond any useful pipeline depth (docs/ledger-throughput.md).
 MAX_CERTIFICATE_LAG = 256
+# Longest leader run (ChainConfig.proposer_run): one leader per run of heights.
+MAX_PROPOSER_RUN = 1024
 
 
 class InvalidBlock(Exception):
@@ -90,12 +93,29 @@ class ChainConfig:
     # 1 is the classic "previous block's commit"; a larger lag lets a pipelined consensus
     # propose h before h-1 has a certificate (docs/ledger-throughput.md).
     certificate_lag: int = 1
+    # One committee member leads proposer_run consecutive heights (election.proposer): 1 is
+    # Tendermint's rotation per height; a longer run lets one leader propose heights back
+    # to back. The chain rules only need the proposer to be a member; consensus checks the
+    # rotation, so every node must agree on it, hence it is part of the genesis.
+    proposer_run: int = 1
 
     def __post_init__(self) -> None:
-        if isinstance(self.certificate_lag, bool) or not isinstance(self.certificate_lag, int):
-            raise TypeError("certificate_lag must be an int")
-        if not 1 <= self.certificate_lag <= MAX_CERTIFICATE_LAG:
-            raise ValueError(f"certificate_lag must be in 1..{MAX_CERTIFICATE_LAG}")
+        for name, top in (
+            ("certificate_lag", MAX_CERTIFICATE_LAG),
+            ("proposer_run", MAX_PROPOSER_RUN),
+        ):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"{name} must be an int")
+            if not 1 <= value <= top:
+                raise ValueError(f"{name} must be in 1..{top}")
+
+    @property
+    def pipelined(self) -> bool:
+        """Whether heights may be in flight before their parent commits (lag > 1). Such a
+        chain changes its committee only at epoch boundaries: every height in flight must
+        have a committee fixed by committed blocks (docs/ledger-throughput.md)."""
+        return self.certificate_lag > 1
 
     @cached_property
     def chain_id(self) -> str:
@@ -114,8 +134,10 @@ class ChainConfig:
             "genesis_time_ms": self.genesis_time_ms,
             "anchor_every": self.anchor_every,
         }
-        if self.certificate_lag != 1:  # absent for the default: genesis hashes unchanged
-            doc["certificate_lag"] = self.certificate_lag
+        # Absent when 1 (the default): genesis hashes of existing chains stay unchanged.
+        for name in ("certificate_lag", "proposer_run"):
+            if getattr(self, name) != 1:
+                doc[name] = getattr(self, name)
         return doc
 
     @classmethod
@@ -129,6 +151,7 @@ class ChainConfig:
                 genesis_time_ms=int(doc["genesis_time_ms"]),
                 anchor_every=int(doc.get("anchor_every", 10)),
                 certificate_lag=doc.get("certificate_lag", 1),
+                proposer_run=doc.get("proposer_run", 1),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise LedgerFormatError(f"malformed chain config: {exc}") from None
@@ -254,9 +277,12 @@ def _apply_evidence(state: ChainState, tx: Tx) -> None:
     if state.validator(offender) is None:
         raise TxRejected("evidence names an unknown validator")
     state.validators = election.eject(state.validators, {offender})
-    if offender in state.committee:
+    if offender in state.committee and not state.config.pipelined:
         # Replace the offender for the rest of the epoch (from the next height on; the
-        # current block is still certified by the committee that voted on it).
+        # current block is still certified by the committee that voted on it). A pipelined
+        # chain keeps the seat until the epoch ends (the offender is ejected at once, so it
+        # is not re-elected): heights after this one may already be in flight, and their
+        # committee must not depend on a block that was not committed when they began.
         state.committee = election.elect(
             state.validators, bytes.fromhex(state.head_hash), state.config.committee_size
         )

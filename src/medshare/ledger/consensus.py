@@ -12,7 +12,7 @@ Algorithm: Buchman, Kwon, Milosevic, "The latest gossip on BFT consensus" (2018,
 arXiv:1807.04938), Algorithm 1, with one committee per height taken from the chain
 rules (:func:`medshare.ledger.chain.begin_block`):
 
-* round ``r``: the proposer ``election.proposer(committee, h, r)`` proposes (its
+* round ``r``: the proposer ``election.proposer(committee, h, r, run)`` proposes (its
   ``valid`` block if it has one, else a new block from ``chain.build_block``);
 * prevote the proposal if it is valid (``chain.apply_block`` on the committed state)
   and we are not locked on another block, or it carries a proof-of-lock round
@@ -364,6 +364,7 @@ class Consensus:
         self.config = config or ConsensusConfig()
         self.state = state
         self.chain_id = state.config.chain_id
+        self._run = state.config.proposer_run
         self._certificates: dict[int, CommitCertificate] = dict(certificates or {})
         if last_commit is not None:
             self._certificates[state.height] = last_commit
@@ -439,6 +440,9 @@ class Consensus:
             self._own[(vote.round, vote.kind)] = vote
             self._count(vote)
 
+    def _proposer(self, round_: int) -> bytes:
+        return election.proposer(self.committee, self.height, round_, self._run)
+
     def _set_step(self, step: Step) -> None:
         if step not in TRANSITIONS[self.step_name]:
             raise ProtocolError(f"illegal step transition {self.step_name} -> {step}")
@@ -459,7 +463,7 @@ class Consensus:
             if vote is not None:
                 self._set_step(step)
                 acts.append(Broadcast(vote))
-        proposer = election.proposer(self.committee, h, round_)
+        proposer = self._proposer(round_)
         if self.step_name is Step.PROPOSE and proposer == self.public:
             if round_ in self._proposed:
                 pass  # signed a proposal here before a restart; never sign another one
@@ -483,7 +487,7 @@ class Consensus:
             or self.step_name is not Step.PROPOSE
             or not self.is_member
             or ev.round in self._proposed
-            or election.proposer(self.committee, self.height, self.round) != self.public
+            or self._proposer(self.round) != self.public
         ):
             return []  # stale answer
         block, _dropped = chain.build_block(
@@ -703,7 +707,7 @@ class Consensus:
             return []
         if p.block.height != p.height:
             return []
-        if p.proposer != election.proposer(self.committee, self.height, p.round):
+        if p.proposer != self._proposer(p.round):
             return []
         if p.pol_round == -1 and p.block.header.proposer != p.proposer:
             return []  # a fresh block is built by the proposer who signs it

@@ -141,13 +141,20 @@ def max_faults(size: int) -> int:
     return (_check_int(size, "size", 1) - 1) // 3
 
 
-def proposer(committee: Sequence[bytes], height: int, round: int) -> bytes:
-    """Round-robin proposer: ``committee[(height + round) % len(committee)]``."""
+def proposer(committee: Sequence[bytes], height: int, round: int, run: int = 1) -> bytes:
+    """Round-robin proposer: ``committee[(height // run + round) % len(committee)]``.
+
+    ``run`` > 1 keeps one leader for ``run`` consecutive heights (heights 0..run-1, then
+    run..2·run-1, …), so it can propose them back to back without waiting for a block
+    from another member: the precondition for overlapping heights
+    (docs/ledger-throughput.md). A failed round still hands the height to the next member.
+    """
     if not committee:
         raise ValueError("empty committee")
     _check_int(height, "height")
     _check_int(round, "round")
-    return committee[(height + round) % len(committee)]
+    _check_int(run, "run", 1)
+    return committee[(height // run + round) % len(committee)]
 
 
 def epoch_of(height: int, epoch_length: int) -> int:
