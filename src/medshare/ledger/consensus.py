@@ -358,8 +358,13 @@ class Consensus:
         certificates: Mapping[int, CommitCertificate] | None = None,
         wal: bytes | None = None,
         verified: Callable[[Tx], bool] | None = None,
+        one_height: bool = False,
     ) -> None:
         self._key = key
+        # A pipeline's slot decides one height and stops (ledger/pipeline.py); the next
+        # height is another slot's, built on a block that may not be committed yet.
+        self._one_height = one_height
+        self.finished = False
         self.public = key.public
         self.config = config or ConsensusConfig()
         self.state = state
@@ -370,7 +375,7 @@ class Consensus:
             self._certificates[state.height] = last_commit
         self._verified = verified
         self._future: list[Proposal | VoteReceived] = []
-        self._wal_record: dict | None = _decode_wal(wal) if wal is not None else None
+        self._wal_record: dict | None = decode_wal(wal) if wal is not None else None
         self._started = False
         self.rejected: dict[str, str] = {}  # block hash -> why it was invalid (last 256)
         self._enter_height()
@@ -384,12 +389,46 @@ class Consensus:
     def own_vote(self, round_: int, kind: VoteKind) -> Vote | None:
         return self._own.get((round_, kind))
 
+    @property
+    def horizon(self) -> int:
+        """The highest height whose messages this core keeps (the next one, buffered);
+        further ones only tell it that it is behind."""
+        return self.height + 1
+
+    def state_for(self, height: int) -> ChainState:
+        """The state a block at ``height`` builds on (the proposer's mempool takes its
+        nonces from it): the committed state, since one height runs at a time."""
+        if height != self.height:
+            raise ValueError(f"height {height} is not in flight (at {self.height})")
+        return self.state
+
+    def speculation(self) -> tuple[Block, ChainState] | None:
+        """The block this node expects its height to commit, with the state after it, or
+        None: the decided block, else the locked, else the valid one, else the current
+        round's valid proposal. A pipeline builds the next height on it before it commits
+        (:mod:`medshare.ledger.pipeline`)."""
+        if self._decided is not None:
+            block, _round, after = self._decided
+            return block, after
+        for block_hash in (self.locked_hash, self.valid_hash):
+            after = self._validity.get(block_hash) if block_hash is not None else None
+            if after is not None:
+                return self._blocks[block_hash], after
+        proposal = self._proposals.get(self.round)
+        if proposal is not None:
+            after = self._validate(proposal.block)
+            if after is not None:
+                return proposal.block, after
+        return None
+
     def step(self, event: Event) -> list[Action]:
         handler = _HANDLERS.get(type(event))
         if handler is None:
             raise ProtocolError(f"unknown event {type(event).__name__}")
         if not self._started and not isinstance(event, Start):
             raise ProtocolError("the first event must be Start")
+        if self.finished:
+            return []
         return handler(self, event)
 
     # --- height and round bookkeeping ------------------------------------------------------
@@ -858,6 +897,9 @@ class Consensus:
         for height in [h for h in self._certificates if h < oldest]:
             del self._certificates[height]  # carried by a committed block already
         acts: list[Action] = [Commit(committed)]
+        if self._one_height:
+            self.finished = True
+            return acts
         self._enter_height()
         acts += self._start_round(0)
         pending, self._future = self._future, []
@@ -888,8 +930,9 @@ _HANDLERS: dict[type, Callable[[Consensus, Any], list[Action]]] = {
 }
 
 
-def _decode_wal(data: bytes) -> dict:
-    """Parse the persisted record; any decode error is corruption (never ignored)."""
+def decode_wal(data: bytes) -> dict:
+    """Parse a persisted record (one height's); any decode error is corruption (never
+    ignored): raises :class:`WalCorrupted`."""
     try:
         doc = json.loads(data)
         if not isinstance(doc, dict) or doc.get("version") != WAL_VERSION:

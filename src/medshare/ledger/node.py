@@ -60,6 +60,7 @@ from medshare.ledger.consensus import (
     TxsAvailable,
     VoteReceived,
 )
+from medshare.ledger.pipeline import PipelinedConsensus
 from medshare.ledger.replay_cache import ReplayCache
 from medshare.ledger.store import BlockStore
 from medshare.ledger.types import (
@@ -359,12 +360,12 @@ class NodeRuntime:
         self.mempool = mempool if mempool is not None else Mempool()
         self.halted = False
         self.evidence: list[Equivocation | ConflictingProposals] = []
-        self._core: Consensus | None = None
+        self._core: Consensus | PipelinedConsensus | None = None
         self._seen: dict[int, set[bytes]] = {}  # height -> message signatures
         self._early: dict[int, set[bytes]] = {}  # the same, for far-ahead messages
         self._own: dict[bytes, Proposal | Vote] = {}  # what we signed at the current height
         self._proposals: dict[tuple[int, int], Proposal] = {}  # first per (height, round)
-        self._notice: CommitCertificate | None = None  # arrived before its proposal
+        self._notices: dict[int, CommitCertificate] = {}  # arrived before their proposal
         self._commits = 0
         self._commits_at_tick = -1
         self._reported: set[bytes] = set()
@@ -380,7 +381,7 @@ class NodeRuntime:
     # --- view ------------------------------------------------------------------------------
 
     @property
-    def core(self) -> Consensus:
+    def core(self) -> Consensus | PipelinedConsensus:
         if self._core is None:
             raise RuntimeError("node runtime not started")
         return self._core
@@ -419,7 +420,9 @@ class NodeRuntime:
         state = audit.init_store(self.store, self.config)
         if self.store.height() > 0:
             state = audit.replay(self.store, cache=replay_cache)
-        self._core = Consensus(
+        # A chain with a certificate lag > 1 overlaps heights (ledger/pipeline.py).
+        core = PipelinedConsensus if self.config.pipelined else Consensus
+        self._core = core(
             self.key,
             state,
             self.consensus_config,
@@ -448,7 +451,7 @@ class NodeRuntime:
         if self.halted:
             return
         if isinstance(payload, Proposal | Vote):
-            if payload.height > self.core.height + 1:
+            if payload.height > self.core.horizon:
                 # Far ahead: we are behind, or someone floods us with made-up heights. Only a
                 # validly signed message of a known validator is remembered (once) and may
                 # start a catch-up; it is not relayed. Forged ones cost one check and vanish.
@@ -476,12 +479,9 @@ class NodeRuntime:
             self._proposals.setdefault((payload.height, payload.round), payload)
             self._execute(self.core.step(payload), src)
             self._check_forged_txs(payload)
-            notice = self._notice
-            if notice is not None and (notice.height, notice.round) == (
-                payload.height,
-                payload.round,
-            ):
-                self._notice = None
+            notice = self._notices.get(payload.height)
+            if notice is not None and notice.round == payload.round:
+                del self._notices[payload.height]
                 self._on_notice(src, notice)
         elif isinstance(payload, CommitNotice):
             self._on_notice(src, payload.certificate)
@@ -594,8 +594,10 @@ class NodeRuntime:
         self.mempool.purge(self.core.state.next_nonce)
         for height in [h for h in self._seen if h < block.height]:
             del self._seen[height]
-        for height in [h for h in self._early if h <= self.core.height + 1]:
+        for height in [h for h in self._early if h <= self.core.horizon]:
             del self._early[height]  # no longer far ahead
+        for height in [h for h in self._notices if h <= block.height]:
+            del self._notices[height]
         if self.notify is not None and block.certificate is not None:
             notice = CommitNotice(block.certificate)
             for dest in self.notify(block):
@@ -609,7 +611,10 @@ class NodeRuntime:
         if cert.height < height:
             return
         held = self._proposals.get((cert.height, cert.round))
-        if cert.height > height:
+        # One height at a time, a notice for a later height means we are behind; a pipeline
+        # takes notices for every height it may have open.
+        last_open = self.core.horizon if self.config.pipelined else height
+        if cert.height > last_open:
             # A peer committed cert.height (believed as far as a far-ahead vote is: one
             # valid signature of a validator), even if we later get the blocks up to it.
             votes = cert.votes()
@@ -617,7 +622,7 @@ class NodeRuntime:
                 self._known_height = max(self._known_height, cert.height)
             self._behind(height, src)  # the blocks may still be on their way
         elif held is None:
-            self._notice = cert  # the proposal is still on its way: apply it then
+            self._notices[cert.height] = cert  # its proposal is on its way: apply it then
         elif held.block.hash != cert.block_hash:
             self._request_sync(height, src)  # we hold another block
         else:
@@ -637,7 +642,11 @@ class NodeRuntime:
     def _answer_txs(self, request: RequestTxs, *, deferred: bool) -> list[Action]:
         """Propose now if there is something to propose, else after the empty-block interval
         (an idle network would otherwise spin out empty blocks as fast as it can)."""
-        txs = self.mempool.take(request.max_txs, self.core.state.next_nonce)
+        try:  # nonces after the block this one builds on (in flight, on a pipeline)
+            base = self.core.state_for(request.height)
+        except ValueError:
+            return []  # a stale request: that height is no longer open
+        txs = self.mempool.take(request.max_txs, base.next_nonce)
         if not txs and not deferred:
             self._pending_request = request
             self.clock.schedule(self.empty_block_interval_ms, Wake(request))
