@@ -395,6 +395,10 @@ class Consensus:
         further ones only tell it that it is behind."""
         return self.height + 1
 
+    def open_committees(self) -> tuple[tuple[int, tuple[bytes, ...]], ...]:
+        """(height, committee) of every height in flight: here just the current one."""
+        return ((self.height, self.committee),)
+
     def state_for(self, height: int) -> ChainState:
         """The state a block at ``height`` builds on (the proposer's mempool takes its
         nonces from it): the committed state, since one height runs at a time."""

@@ -612,7 +612,7 @@ class NodeRuntime:
             return
         held = self._proposals.get((cert.height, cert.round))
         # One height at a time, a notice for a later height means we are behind; a pipeline
-        # takes notices for every height it may have open.
+        # keeps notices as far as it keeps messages.
         last_open = self.core.horizon if self.config.pipelined else height
         if cert.height > last_open:
             # A peer committed cert.height (believed as far as a far-ahead vote is: one

@@ -118,9 +118,16 @@ class PipelinedConsensus:
         return self.state.height + 1
 
     @property
-    def horizon(self) -> int:
+    def last_open(self) -> int:
         """The highest height that may be in flight."""
         return self.state.height + self.window
+
+    @property
+    def horizon(self) -> int:
+        """The highest height whose messages are kept: one window beyond the open ones
+        (a peer may be that far ahead of us), as the one-height core keeps the next
+        height's. Further ones only tell us that we are behind."""
+        return self.state.height + 2 * self.window
 
     @property
     def _front(self) -> Consensus:
@@ -162,6 +169,10 @@ class PipelinedConsensus:
             out.update(core.rejected)
         return out
 
+    def open_committees(self) -> tuple[tuple[int, tuple[bytes, ...]], ...]:
+        """(height, committee) of every open height."""
+        return tuple((h, self._slots[h].committee) for h in sorted(self._slots))
+
     def state_for(self, height: int) -> ChainState:
         """The state the block at ``height`` builds on: its slot's parent guess."""
         core = self._slots.get(height)
@@ -194,14 +205,14 @@ class PipelinedConsensus:
     def _route(self, height: int, event: _Logged) -> list[Action]:
         if height <= self.state.height:
             return []
-        if height > self.horizon + self.window:
+        if height > self.horizon:
             return self._sync(height)
         log = self._log.setdefault(height, [])
         if len(log) < MAX_LOGGED_PER_HEIGHT:
             log.append(event)
-        if height > self.horizon:
-            # Peers are ahead of our window: catch up, and keep the message (as the
-            # one-height core keeps the next height's) for when its slot opens.
+        if height > self.last_open:
+            # A peer opened it, so it committed past our lowest open height: catch up,
+            # and keep the message for when the slot opens.
             return self._sync(height)
         if height not in self._slots or height in self._held:
             return []  # replayed when the slot opens (or is rebuilt)
@@ -277,7 +288,7 @@ class PipelinedConsensus:
         while True:
             top = max(self._slots)
             nxt = top + 1
-            if nxt > self.horizon:
+            if nxt > self.last_open:
                 return acts
             if election.epoch_of(nxt, epoch_length) != election.epoch_of(top, epoch_length):
                 return acts  # a new epoch's committee needs the old epoch's last block

@@ -230,9 +230,21 @@ class Scenario:
     crashes: tuple[Crash, ...] = ()
     partitions: tuple[PartitionEvent, ...] = ()
     consensus: ConsensusConfig | None = None  # None: sim_consensus(nodes, block_txs, links)
+    # Heights in flight (chain.ChainConfig.certificate_lag; 1: one at a time) and heights
+    # one leader proposes back to back (proposer_run).
+    certificate_lag: int = 1
+    proposer_run: int = 1
 
     def __post_init__(self) -> None:
-        for name in ("seed", "nodes", "committee", "epoch_length", "block_txs"):
+        for name in (
+            "seed",
+            "nodes",
+            "committee",
+            "epoch_length",
+            "block_txs",
+            "certificate_lag",
+            "proposer_run",
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
                 raise TypeError(f"{name} must be an int")
@@ -313,6 +325,8 @@ def chain_config(scenario: Scenario, keys: list[signing.SigningKey]) -> chain.Ch
         validators,
         epoch_length=scenario.epoch_length,
         committee_size=scenario.committee,
+        certificate_lag=scenario.certificate_lag,
+        proposer_run=scenario.proposer_run,
     )
 
 
@@ -702,9 +716,9 @@ class _Run:
             self.sim.charge(node.index, count * self.costs.verify_us)
 
     def _note_committee(self, runtime: NodeRuntime) -> None:
-        core = runtime.core
-        if core.height not in self.committees:
-            self.committees[core.height] = tuple(self.index_of[p] for p in core.committee)
+        for height, committee in runtime.core.open_committees():
+            if height not in self.committees:
+                self.committees[height] = tuple(self.index_of[p] for p in committee)
 
     def _committee(self, height: int) -> tuple[int, ...]:
         members = self.committees.get(height)
