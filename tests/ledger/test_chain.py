@@ -6,6 +6,8 @@ import dataclasses
 
 import pytest
 from chainkit import Kit
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from medshare.crypto.signing import SigningKey
 from medshare.ledger import audit, chain, election
@@ -19,6 +21,8 @@ from medshare.ledger.types import (
     TxKind,
     Vote,
     VoteKind,
+    canonical,
+    digest_hex,
 )
 
 
@@ -368,3 +372,34 @@ def test_certificate_lag_is_part_of_the_genesis_only_when_not_1() -> None:
             dataclasses.replace(kit.config, certificate_lag=bad)
     with pytest.raises(LedgerFormatError, match="chain config"):
         chain.ChainConfig.from_json({**doc, "certificate_lag": 0})
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    names=st.lists(st.text(max_size=12), min_size=1, max_size=6),
+    reputations=st.lists(st.integers(1, 10_000), min_size=6, max_size=6),
+    nonces=st.dictionaries(
+        st.text("0123456789abcdef", min_size=2, max_size=8), st.integers(0, 2**53 - 1), max_size=5
+    ),
+    height=st.integers(0, 2**53 - 1),
+)
+def test_state_root_is_the_digest_of_the_whole_canonical_state(
+    names: list[str], reputations: list[int], nonces: dict[str, int], height: int
+) -> None:
+    """The state root is built member by member from cached parts; it must be the same
+    bytes as canonicalising the whole state object (any validator names, any nonces)."""
+    validators = tuple(
+        election.Validator(bytes([i + 1]) * 32, name, reputations[i], ejected=i % 2 == 1)
+        for i, name in enumerate(names)
+    )
+    config = chain.ChainConfig("roots", validators, committee_size=1)
+    _, state = chain.genesis(config)
+    state.height, state.nonces = height, nonces
+    whole = {
+        "height": state.height,
+        "validators": election.state_json(state.validators),
+        "committee": [c.hex() for c in state.committee],
+        "nonces": state.nonces,
+    }
+    assert state.state_root() == digest_hex(canonical(whole))
+    assert election.state_digest(validators) == digest_hex(canonical(whole["validators"]))

@@ -189,15 +189,21 @@ class ChainState:
     pending: tuple[CertifiedHead, ...] = ()
 
     def state_root(self) -> str:
+        """SHA-256 of the canonical (RFC 8785) {committee, height, nonces, validators}.
+
+        Written member by member in RFC 8785 key order, each value canonicalised on its
+        own and the validators from their cached bytes: the same bytes as canonicalising
+        the whole object (tested), at a fraction of the cost for 64 validators."""
         return digest_hex(
-            canonical(
-                {
-                    "height": self.height,
-                    "validators": election.state_json(self.validators),
-                    "committee": [c.hex() for c in self.committee],
-                    "nonces": self.nonces,
-                }
-            )
+            b'{"committee":'
+            + canonical([c.hex() for c in self.committee])
+            + b',"height":'
+            + canonical(self.height)
+            + b',"nonces":'
+            + canonical(self.nonces)
+            + b',"validators":'
+            + election.state_canonical(self.validators)
+            + b"}"
         )
 
     def clone(self) -> ChainState:

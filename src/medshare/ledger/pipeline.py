@@ -102,6 +102,7 @@ class PipelinedConsensus:
         self._certificates: dict[int, CommitCertificate] = dict(certificates or {})
         records = _decode_wal(wal) if wal is not None else {}
         self._records = {h: r for h, r in records.items() if h > state.height}  # not stale
+        self._record_bytes: dict[int, bytes] = {}
         self._slots: dict[int, Consensus] = {}
         self._parents: dict[int, str] = {}  # slot height -> hash of its parent guess
         self._held: dict[int, tuple[Block, ChainState]] = {}  # decided, parent not committed
@@ -234,9 +235,7 @@ class PipelinedConsensus:
         out: list[Action] = []
         for action in core.step(event):
             if isinstance(action, Persist):
-                record = json.loads(action.value)
-                record["parent"] = self._parents[height]
-                self._records[height] = record
+                self._keep_record(height, action.value)
                 out.append(Persist(WAL_KEY, self._wal()))
             elif isinstance(action, Commit):
                 self._held[height] = (action.block, core.state)
@@ -311,6 +310,7 @@ class PipelinedConsensus:
             del self._slots[height]
             self._parents.pop(height)
             self._records.pop(height, None)
+            self._record_bytes.pop(height, None)
             self._log.pop(height, None)
             self.state = after
             self._certificates[height] = block.certificate
@@ -335,13 +335,22 @@ class PipelinedConsensus:
             self._parents.pop(h)
             self._held.pop(h, None)
 
-    def _wal(self) -> bytes:
-        return canonical(
-            {
-                "version": PIPELINE_WAL_VERSION,
-                "pipeline": [self._records[h] for h in sorted(self._records)],
-            }
+    def _keep_record(self, height: int, value: bytes) -> None:
+        """Keep a slot's record (its core's JSON object) tagged with the slot's parent,
+        as a dict and as the bytes the pipeline WAL joins (a local file: plain JSON)."""
+        record = json.loads(value)
+        record["parent"] = self._parents[height]
+        self._records[height] = record
+        self._record_bytes[height] = (
+            value[:-1] + b',"parent":' + json.dumps(self._parents[height]).encode() + b"}"
         )
+
+    def _wal(self) -> bytes:
+        """Every open height's record, in height order: written whole on every change."""
+        for height in self._records.keys() - self._record_bytes.keys():  # restored ones
+            self._record_bytes[height] = json.dumps(self._records[height]).encode()
+        parts = b",".join(self._record_bytes[h] for h in sorted(self._records))
+        return b'{"pipeline":[' + parts + b'],"version":%d}' % PIPELINE_WAL_VERSION
 
 
 def _decode_wal(data: bytes) -> dict[int, dict]:

@@ -234,6 +234,10 @@ class Scenario:
     # one leader proposes back to back (proposer_run).
     certificate_lag: int = 1
     proposer_run: int = 1
+    # None: the proposer (and each commit-notice sender) sends to every node directly.
+    # F: nodes outside the height's committee get proposals and notices through a relay
+    # tree of fan-out F among themselves (the voters still get proposals directly).
+    relay_fanout: int | None = None
 
     def __post_init__(self) -> None:
         for name in (
@@ -263,6 +267,11 @@ class Scenario:
         for crash in self.crashes:
             if not 0 <= crash.node < self.nodes:
                 raise ValueError(f"crashed node {crash.node} out of range")
+        fanout = self.relay_fanout
+        if fanout is not None and (isinstance(fanout, bool) or not isinstance(fanout, int)):
+            raise TypeError("relay_fanout must be an int or None")
+        if fanout is not None and fanout < 1:
+            raise ValueError("relay_fanout must be >= 1")
 
     @property
     def mode(self) -> str:
@@ -515,6 +524,7 @@ class _Node:
     reported: set[tuple[Any, ...]] = field(default_factory=set)
     proposals: dict[tuple[int, int], Proposal] = field(default_factory=dict)  # first per slot
     fetched: set[tuple[int, int, str]] = field(default_factory=set)
+    relayed: set[tuple[str, int, int]] = field(default_factory=set)  # (kind, height, round)
 
     @property
     def honest(self) -> bool:
@@ -544,6 +554,8 @@ class _SimTransport:
         members = self._run.members(self._node, height)
         if isinstance(payload, Vote):
             return members
+        if isinstance(payload, Proposal) and self._run.s.relay_fanout is not None:
+            return members + self._run.relay_children(self._node, payload.height, None)
         inside = set(members)
         return members + [
             d for d in range(self._run.s.nodes) if d != self._node.index and d not in inside
@@ -633,7 +645,7 @@ class _Run:
             node.runtime = None  # memory lost; the store (blocks and WAL) survives
             node.verified_sigs, node.verified_txs = set(), set()
             node.seen_votes, node.pending_verifies, node.pending_txs = {}, 0, 0
-            node.proposals, node.fetched = {}, set()
+            node.proposals, node.fetched, node.relayed = {}, set(), set()
         elif kind == "recover":
             node = self.nodes[arg]
             if node.runtime is None:
@@ -700,6 +712,9 @@ class _Run:
         elif isinstance(msg, Proposal):
             node.proposals.setdefault((msg.height, msg.round), msg)
             self._check_certificate(node, msg.block.last_commit)
+            self._relay(node, msg)
+        elif isinstance(msg, CommitNotice):
+            self._relay(node, msg)
         elif isinstance(msg, SyncReply):
             for block in msg.blocks:
                 self._check_certificate(node, block.last_commit)
@@ -782,6 +797,42 @@ class _Run:
         self.kinds[_KINDS[type(payload)]] += 1
         self.sim.send(node.index, dst, (node.index, payload), size, cpu)
 
+    def relay_children(self, node: _Node, height: int, position: int | None) -> list[int]:
+        """Where ``node`` sends a proposal or notice of ``height`` in the relay tree: the
+        nodes outside that height's committee, in an order rotated by the height (so the
+        relaying load spreads), laid out as an F-ary heap. A member (``position`` None)
+        feeds the roots; the replica at ``position`` feeds its F children."""
+        fanout = self.s.relay_fanout
+        assert fanout is not None
+        order = self._replicas(height)
+        first = 0 if position is None else fanout * (position + 1)
+        return [d for d in order[first : first + fanout] if d != node.index]
+
+    def _replicas(self, height: int) -> list[int]:
+        inside = set(self._committee(height))
+        outside = [d for d in range(self.s.nodes) if d not in inside]
+        if not outside:
+            return []
+        shift = height % len(outside)
+        return outside[shift:] + outside[:shift]
+
+    def _relay(self, node: _Node, msg: Proposal | CommitNotice) -> None:
+        """Forward a proposal or notice to this replica's children, the first time."""
+        if self.s.relay_fanout is None:
+            return
+        if isinstance(msg, Proposal):
+            key = ("proposal", msg.height, msg.round)
+        else:
+            key = ("notice", msg.certificate.height, 0)
+        if key in node.relayed:
+            return
+        order = self._replicas(key[1])
+        if node.index not in order:
+            return  # a member: it relays nothing
+        node.relayed.add(key)
+        for child in self.relay_children(node, key[1], order.index(node.index)):
+            self.send(node, child, msg)
+
     def _notice_targets(self, node: _Node, block: Block) -> list[int]:
         """f+1 members of the block's committee, from position ``h mod m`` on: the
         certificate to everyone else."""
@@ -790,6 +841,8 @@ class _Run:
         senders = [members[(start + i) % len(members)] for i in range(count)]
         if node.index not in senders or node.behaviour is Behaviour.SILENT:
             return []
+        if self.s.relay_fanout is not None:
+            return self.relay_children(node, block.height, None)
         inside = set(members)
         return [d for d in range(self.s.nodes) if d not in inside]
 
@@ -802,6 +855,7 @@ class _Run:
             del node.seen_votes[old]
         for old_slot in [k for k in node.proposals if k[0] < h - 1]:
             del node.proposals[old_slot]
+        node.relayed = {k for k in node.relayed if k[1] >= h - 1}
         if not node.honest:
             return
         first = self.canonical.setdefault(h, block)
