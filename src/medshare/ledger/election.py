@@ -70,7 +70,7 @@ import hashlib
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, replace
 from decimal import ROUND_HALF_EVEN, Context, Decimal
-from functools import cached_property
+from functools import cached_property, lru_cache
 
 from medshare.ledger.types import LedgerFormatError, canonical, digest_hex
 
@@ -111,16 +111,10 @@ class Validator:
 
     @cached_property
     def canonical_json(self) -> bytes:
-        """RFC 8785 bytes of this validator's entry in the state. Cached: a state root
-        joins 64 of them per block, and a block changes only its committee's entries."""
-        return canonical(
-            {
-                "public": self.public.hex(),
-                "name": self.name,
-                "reputation": self.reputation,
-                "ejected": self.ejected,
-            }
-        )
+        """RFC 8785 bytes of this validator's entry in the state (a state root joins them).
+        Cached per object, and per value: nodes of one process (the simulator, the
+        in-process cluster) rebuild equal validators for every block they apply."""
+        return _entry_bytes(self.public, self.name, self.reputation, self.ejected)
 
 
 @dataclass(frozen=True)
@@ -143,6 +137,14 @@ class ReputationPolicy:
 
 
 # --- committee arithmetic ------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=1 << 14)
+def _entry_bytes(public: bytes, name: str, reputation: int, ejected: bool) -> bytes:
+    """A pure function of its arguments, so a bounded memo is safe to share."""
+    return canonical(
+        {"public": public.hex(), "name": name, "reputation": reputation, "ejected": ejected}
+    )
 
 
 def committee_size(f: int) -> int:

@@ -109,6 +109,8 @@ class PipelinedConsensus:
         self._log: dict[int, list[_Logged]] = {}
         self._sync_asked = -1
         self._started = False
+        self.rejected: dict[str, str] = {}  # block hash -> why it was invalid (last 256)
+        self._open_committees: tuple[tuple[int, tuple[bytes, ...]], ...] | None = None
         self._open(state.height + 1, state, state.head_hash)
 
     # --- the view a driver reads (the lowest open height's) ----------------------------------
@@ -162,17 +164,13 @@ class PipelinedConsensus:
     def open_heights(self) -> tuple[int, ...]:
         return tuple(sorted(self._slots))
 
-    @property
-    def rejected(self) -> dict[str, str]:
-        """Why blocks were refused, over all open heights."""
-        out: dict[str, str] = {}
-        for core in self._slots.values():
-            out.update(core.rejected)
-        return out
-
     def open_committees(self) -> tuple[tuple[int, tuple[bytes, ...]], ...]:
-        """(height, committee) of every open height."""
-        return tuple((h, self._slots[h].committee) for h in sorted(self._slots))
+        """(height, committee) of every open height (a driver asks for every message)."""
+        if self._open_committees is None:
+            self._open_committees = tuple(
+                (h, self._slots[h].committee) for h in sorted(self._slots)
+            )
+        return self._open_committees
 
     def state_for(self, height: int) -> ChainState:
         """The state the block at ``height`` builds on: its slot's parent guess."""
@@ -269,6 +267,8 @@ class PipelinedConsensus:
         )
         if core.height != height:  # pragma: no cover - guarded by the callers
             raise ProtocolError(f"slot {height} built on a state at {parent.height}")
+        core.rejected = self.rejected  # one bounded record for every height
+        self._open_committees = None
         self._slots[height] = core
         self._parents[height] = parent_hash
         if not self._started:
@@ -308,6 +308,7 @@ class PipelinedConsensus:
             height = self.height
             block, after = self._held.pop(height)
             del self._slots[height]
+            self._open_committees = None
             self._parents.pop(height)
             self._records.pop(height, None)
             self._record_bytes.pop(height, None)
@@ -330,6 +331,7 @@ class PipelinedConsensus:
     def _close_from(self, height: int) -> None:
         """Drop the slots from ``height`` up (their records stay: the votes they signed
         must never be contradicted, and rule 3 voids their locks when they reopen)."""
+        self._open_committees = None
         for h in [h for h in self._slots if h >= height]:
             del self._slots[h]
             self._parents.pop(h)

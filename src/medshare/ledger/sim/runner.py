@@ -555,7 +555,7 @@ class _SimTransport:
         if isinstance(payload, Vote):
             return members
         if isinstance(payload, Proposal) and self._run.s.relay_fanout is not None:
-            return members + self._run.relay_children(self._node, payload.height, None)
+            return members  # the other members feed the relay tree (_Run._relay)
         inside = set(members)
         return members + [
             d for d in range(self._run.s.nodes) if d != self._node.index and d not in inside
@@ -800,8 +800,9 @@ class _Run:
     def relay_children(self, node: _Node, height: int, position: int | None) -> list[int]:
         """Where ``node`` sends a proposal or notice of ``height`` in the relay tree: the
         nodes outside that height's committee, in an order rotated by the height (so the
-        relaying load spreads), laid out as an F-ary heap. A member (``position`` None)
-        feeds the roots; the replica at ``position`` feeds its F children."""
+        relaying load spreads), laid out as an F-ary heap: ``position`` None gives the F
+        roots (where a notice sender sends); the replica at ``position`` feeds its F
+        children."""
         fanout = self.s.relay_fanout
         assert fanout is not None
         order = self._replicas(height)
@@ -817,8 +818,11 @@ class _Run:
         return outside[shift:] + outside[:shift]
 
     def _relay(self, node: _Node, msg: Proposal | CommitNotice) -> None:
-        """Forward a proposal or notice to this replica's children, the first time."""
-        if self.s.relay_fanout is None:
+        """Forward a proposal or notice, the first time: a replica to its children in the
+        tree; a member other than the proposer a proposal to its share of the F roots
+        (so the proposer's uplink carries only the copies its voters need)."""
+        fanout = self.s.relay_fanout
+        if fanout is None:
             return
         if isinstance(msg, Proposal):
             key = ("proposal", msg.height, msg.round)
@@ -826,11 +830,21 @@ class _Run:
             key = ("notice", msg.certificate.height, 0)
         if key in node.relayed:
             return
-        order = self._replicas(key[1])
-        if node.index not in order:
-            return  # a member: it relays nothing
         node.relayed.add(key)
-        for child in self.relay_children(node, key[1], order.index(node.index)):
+        height = key[1]
+        order = self._replicas(height)
+        if node.index in order:
+            targets = self.relay_children(node, height, order.index(node.index))
+        elif isinstance(msg, Proposal):
+            proposer = self.index_of[msg.proposer]
+            feeders = [m for m in self._committee(height) if m != proposer]
+            if node.index not in feeders:
+                return
+            mine = range(feeders.index(node.index), min(fanout, len(order)), len(feeders))
+            targets = [order[i] for i in mine]
+        else:
+            return  # notices reach the roots from their senders (_notice_targets)
+        for child in targets:
             self.send(node, child, msg)
 
     def _notice_targets(self, node: _Node, block: Block) -> list[int]:
