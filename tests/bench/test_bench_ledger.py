@@ -56,6 +56,29 @@ def test_summary_ratios() -> None:
     assert out["ceiling_tps_ratio_at_64_by_block_txs"] == {"10": 6.0}
 
 
+def test_summary_compares_pipelined_rows_at_their_steady_rate() -> None:
+    def row(mode: str, committee: int, how: str, tps: float, steady: float, msgs: float):
+        return {"mode": mode, "nodes": 64, "committee": committee, "block_txs": 10,
+                "consensus": how, "tps": tps, "steady_tps": steady,
+                "messages_per_block": msgs, "ceiling_tps": 1.0}  # fmt: skip
+
+    rows = [
+        row("committee", 7, "sequential", 66.0, 66.0, 300.0),
+        row("all-node", 64, "sequential", 60.0, 60.0, 8100.0),
+        row("committee", 7, "pipelined", 3000.0, 4000.0, 200.0),
+        row("all-node", 64, "pipelined", 400.0, 640.0, 9000.0),
+    ]
+    out = summary(rows)
+    assert out["committee7_vs_all_at_64_tps_ratio"] == 1.1  # one height at a time
+    assert out["pipelined_at_64"]["tps_ratio"] == 6.25  # steady rates, not whole-run ones
+    assert out["pipelined_at_64"]["messages_ratio"] == 45.0
+    assert out["best_tps_ratio_at_64"] == 6.25 and out["targets"]["tps_ratio_met"]
+    rows[2] = row("committee", 7, "pipelined", 2000.0, 2560.0, 200.0)  # 4.0x
+    out = summary(rows)
+    assert out["best_tps_ratio_at_64"] == 4.0 and not out["targets"]["tps_ratio_met"]
+    assert summary(rows[:2])["pipelined_at_64"] is None  # no pipelined rows: sequential only
+
+
 @pytest.mark.slow
 def test_bench_ledger_quick_report_shape(tmp_path: Path) -> None:
     out, plot = tmp_path / "ledger.json", tmp_path / "ledger.png"
@@ -81,7 +104,14 @@ def test_bench_ledger_quick_report_shape(tmp_path: Path) -> None:
     assert report["summary"]["tps_ratio_at_64_with_f_silent"] == pytest.approx(
         silent[("committee", 7)]["tps"] / silent[("all-node", 64)]["tps"], rel=0.01
     )
-    rows = [r for r in rows if r["faults"] == "none"]
+    piped = {r["mode"]: r for r in rows if r["consensus"] == "pipelined"}
+    assert set(piped) == {"committee", "all-node"}
+    for r in piped.values():
+        assert (r["nodes"], r["block_txs"], r["certificate_lag"]) == (64, 10, 128), r
+    assert report["summary"]["pipelined_at_64"]["tps_ratio"] == pytest.approx(
+        piped["committee"]["steady_tps"] / piped["all-node"]["steady_tps"], rel=0.01
+    )
+    rows = [r for r in rows if r["faults"] == "none" and r["consensus"] == "sequential"]
     index = {(r["mode"], r["nodes"], r["committee"], r["block_txs"]) for r in rows}
     for nodes in (4, 16, 32, 64):
         assert ("all-node", nodes, nodes, 10) in index

@@ -48,9 +48,12 @@ def plot_ledger(report: dict, out: Path) -> None:
     """Left: committed tx/s vs N, one line per (mode, committee, block size), log-log.
     Right: messages per block vs N (log), same lines. Colour = block size; solid =
     all-node BFT (m = N), dashed = committee of 7, dotted = committee of 4. Runs with f
-    silent voters are single crosses beside their fault-free point."""
-    faulty = [r for r in report["sim"] if r.get("faults", "none") != "none"]
-    rows = [r for r in report["sim"] if r.get("faults", "none") == "none"]
+    silent voters are single crosses beside their fault-free point; runs with overlapping
+    heights (pipelined) are stars at their steady rate."""
+    sequential = [r for r in report["sim"] if r.get("consensus", "sequential") == "sequential"]
+    pipelined = [r for r in report["sim"] if r.get("consensus") == "pipelined"]
+    faulty = [r for r in sequential if r.get("faults", "none") != "none"]
+    rows = [r for r in sequential if r.get("faults", "none") == "none"]
     sizes = sorted({r["block_txs"] for r in rows})
     colours = {size: f"C{i}" for i, size in enumerate(sizes)}
     styles = {"all-node": "-", 7: "--", 4: ":"}
@@ -84,6 +87,18 @@ def plot_ledger(report: dict, out: Path) -> None:
             label=f"{who}, {row['block_txs']} tx/block, {row['byzantine']} silent",
         )
         left.plot([row["nodes"]], [row["tps"]], **style)
+        right.plot([row["nodes"]], [row["messages_per_block"]], **style)
+    for row in pipelined:
+        who = "all-node" if row["mode"] == "all-node" else f"committee m = {row['committee']}"
+        style = dict(
+            color="black" if row["mode"] == "all-node" else "C3",
+            marker="*",
+            markersize=11,
+            linestyle="none",
+            label=f"{who}, {row['block_txs']} tx/block, "
+            f"{row['certificate_lag']} heights in flight (steady)",
+        )
+        left.plot([row["nodes"]], [row["steady_tps"]], **style)
         right.plot([row["nodes"]], [row["messages_per_block"]], **style)
     costs = report["costs"]
     links = report["links"]

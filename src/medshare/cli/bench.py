@@ -88,7 +88,9 @@ def ledger(
         "m",
         "silent",
         "block txs",
+        "in flight",
         "tx/s",
+        "steady tx/s",
         "latency ms",
         "msgs/block",
         "KB/block",
@@ -103,7 +105,9 @@ def ledger(
             str(row["committee"]),
             str(row.get("byzantine", 0)),
             str(row["block_txs"]),
+            str(row.get("certificate_lag", 1)),
             f"{row['tps']:.1f}",
+            f"{row['steady_tps']:.1f}",
             f"{row['latency_ms']:.1f}",
             f"{row['messages_per_block']:.0f}",
             f"{row['bytes_per_block'] / 1024:.0f}",
@@ -111,9 +115,11 @@ def ledger(
         )
     Console().print(table)
     Console().print(
-        "ceiling tx/s: the rate at which the busiest node's CPU or uplink would saturate if "
-        "heights were pipelined (same work per block); the BFT measured here runs heights "
-        "one after another and is latency-bound below it."
+        "in flight: heights decided at once (1: one after another, latency-bound in both "
+        "modes; more: overlapping heights, the rows the summary's pipelined ratio compares). "
+        "steady tx/s: the rate once the first quarter of the heights is decided. "
+        "ceiling tx/s: the rate at which the busiest node's CPU or uplink would saturate "
+        "with the same work per block."
     )
     local = report["inprocess"]
     Console().print(

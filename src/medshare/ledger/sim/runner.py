@@ -284,12 +284,17 @@ class SimReport:
 
     ``committed_blocks``: heights 1..k decided (2f+1 honest members of the height's
     committee committed it); ``sim_ms``: when the last requested height was decided (or
-    when the run stopped); ``tps`` = committed txs / ``sim_ms``; ``latency_ms``: mean over
-    decided heights of (first proposal sent → decided); ``messages_per_block`` and
-    ``bytes_per_block``: everything sent (proposals, votes, notices, sync, retransmissions)
-    per decided height, bytes as put on uplinks; ``cpu_utilisation[i]``: node i's busy time
-    / ``sim_ms``; ``uplink_utilisation[i]``: the time node i's uplink was transmitting /
-    ``sim_ms``; ``view_changes``: decided heights whose certificate is from round > 0."""
+    when the run stopped); ``tps`` = committed txs / ``sim_ms``; ``steady_tps``: the rate
+    once the first quarter of the heights is decided (txs of heights k/4+1..k over the
+    time between those decisions), so that filling a pipeline of overlapping heights does
+    not count (close to ``tps`` when heights run one at a time; ``tps`` below 4 heights);
+    ``latency_ms``: mean over decided heights of (first proposal sent → decided);
+    ``messages_per_block`` and ``bytes_per_block``: everything sent (proposals, votes,
+    notices, sync, retransmissions) per decided height, bytes as put on uplinks, leaving
+    out what was about heights after the last decided one;
+    ``cpu_utilisation[i]``: node i's busy time / ``sim_ms``; ``uplink_utilisation[i]``:
+    the time node i's uplink was transmitting / ``sim_ms``; ``view_changes``: decided
+    heights whose certificate is from round > 0."""
 
     seed: int
     mode: str
@@ -300,6 +305,7 @@ class SimReport:
     committed_txs: int
     sim_ms: float
     tps: float
+    steady_tps: float
     latency_ms: float
     messages_per_block: float
     bytes_per_block: float
@@ -598,6 +604,10 @@ class _Run:
         self.sizes: dict[bytes, int] = {}
         self.hashes: dict[bytes, str] = {}
         self.kinds: Counter[str] = Counter()
+        # Messages and bytes about each height, so that heights still in flight when the run
+        # stops (many, with overlapping heights) are not charged to the decided ones.
+        self.sent_for: dict[int, int] = {}
+        self.bytes_for: dict[int, int] = {}
         self.proposed_at: dict[int, float] = {}
         self.member_commits: dict[int, int] = {}
         self.decided_at: dict[int, float] = {}
@@ -795,6 +805,10 @@ class _Run:
         else:
             size, cpu = _SMALL_MESSAGE_BYTES, 0.0
         self.kinds[_KINDS[type(payload)]] += 1
+        height = _height_of(payload)
+        if height is not None:
+            self.sent_for[height] = self.sent_for.get(height, 0) + 1
+            self.bytes_for[height] = self.bytes_for.get(height, 0) + size
         self.sim.send(node.index, dst, (node.index, payload), size, cpu)
 
     def relay_children(self, node: _Node, height: int, position: int | None) -> list[int]:
@@ -948,6 +962,14 @@ class _Run:
 
     # --- the report ------------------------------------------------------------------------
 
+    @staticmethod
+    def _after(counts: Mapping[int, int], height: int) -> int:
+        return sum(n for h, n in counts.items() if h > height)
+
+    def _steady_tps(self, committed: int) -> float | None:
+        sizes = {h: len(self.canonical[h].txs) for h in range(1, committed + 1)}
+        return _steady(self.decided_at, sizes, committed) if committed else None
+
     def _report(self) -> SimReport:
         s, sim = self.s, self.sim
         committed = 0  # heights 1..k decided (heights decide in order)
@@ -958,6 +980,7 @@ class _Run:
         )  # else: stalled, count to the stop
         duration = self.decided_at[committed] if finished else sim.now_ms
         txs = sum(len(self.canonical[h].txs) for h in range(1, committed + 1))
+        steady = self._steady_tps(committed)
         latencies = [self.decided_at[h] - self.proposed_at[h] for h in range(1, committed + 1)]
         stats = sim.stats()
         per_block = max(committed, 1)
@@ -972,9 +995,11 @@ class _Run:
             committed_txs=txs,
             sim_ms=duration,
             tps=txs / seconds if seconds > 0 else 0.0,
+            steady_tps=(txs / seconds if seconds > 0 else 0.0) if steady is None else steady,
             latency_ms=math.fsum(latencies) / len(latencies) if latencies else math.nan,
-            messages_per_block=stats.messages_sent / per_block,
-            bytes_per_block=stats.bytes_sent / per_block,
+            messages_per_block=(stats.messages_sent - self._after(self.sent_for, committed))
+            / per_block,
+            bytes_per_block=(stats.bytes_sent - self._after(self.bytes_for, committed)) / per_block,
             messages_by_kind=dict(sorted(self.kinds.items())),
             cpu_utilisation=tuple(
                 busy / duration if duration > 0 else 0.0 for busy in stats.cpu_busy_ms
@@ -991,6 +1016,26 @@ class _Run:
             ),
             trace_digest=sim.trace_digest(),
         )
+
+
+def _height_of(payload: Any) -> int | None:
+    """The height a message is about (None: sync and gossip traffic)."""
+    if isinstance(payload, Proposal | Vote):
+        return payload.height
+    if isinstance(payload, _Fetched):
+        return payload.proposal.height
+    if isinstance(payload, CommitNotice):
+        return payload.certificate.height
+    return None
+
+
+def _steady(decided_at: Mapping[int, float], txs: Mapping[int, int], k: int) -> float | None:
+    """Committed tx/s over heights k/4+1..k, timed between the decisions of k/4 and k."""
+    first = k // 4
+    if first < 1 or decided_at[k] <= decided_at[first]:
+        return None
+    count = sum(txs[h] for h in range(first + 1, k + 1))
+    return count / ((decided_at[k] - decided_at[first]) / 1000.0)
 
 
 def run(scenario: Scenario) -> SimReport:
