@@ -245,11 +245,14 @@ def test_forged_replayed_and_malformed_txs_get_400_and_never_commit(net_dir: Pat
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("lag", [1, 3])
-def test_sigkilled_node_restarts_from_its_db_and_catches_up(net_dir: Path, lag: int) -> None:
+@pytest.mark.parametrize(("lag", "run"), [(1, 1), (3, 1), (4, 5)])
+def test_sigkilled_node_restarts_from_its_db_and_catches_up(
+    net_dir: Path, lag: int, run: int
+) -> None:
     """With --certificate-lag 3 the restarted process must also reload, from its db, the
-    certificates its next blocks carry."""
-    summary = up(net_dir, 4, "--certificate-lag", str(lag))
+    certificates its next blocks carry; with a lag > 1 the nodes decide heights at once
+    (ledger/pipeline.py), and with --proposer-run one leader proposes several in a row."""
+    summary = up(net_dir, 4, "--certificate-lag", str(lag), "--proposer-run", str(run))
     nodes = summary["nodes"]
     urls = [n["url"] for n in nodes]
     victim = 3
@@ -319,3 +322,20 @@ def test_sigkilled_node_restarts_from_its_db_and_catches_up(net_dir: Path, lag: 
         assert carried and all(h - c == lag for h, c in carried)  # the lag, across processes
     finally:
         store.close()
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--certificate-lag", "0", "--certificate-lag must be in 1..256"),
+        ("--certificate-lag", "257", "--certificate-lag must be in 1..256"),
+        ("--proposer-run", "0", "--proposer-run must be in 1..1024"),
+    ],
+)
+def test_net_up_refuses_a_bad_lag_or_run_before_creating_anything(
+    tmp_path: Path, option: str, value: str, message: str
+) -> None:
+    target = tmp_path / "net"
+    result = runner.invoke(app, ["net", "up", "--dir", str(target), option, value])
+    assert result.exit_code == 2 and message in result.output, result.output
+    assert not target.exists()

@@ -71,7 +71,15 @@ def net_up(
         int,
         typer.Option(
             "--certificate-lag",
-            help="Block h carries the commit certificate of block h-W (default 1).",
+            help="Block h carries the commit certificate of block h-W (default 1); "
+            "W > 1 lets W heights be decided at once.",
+        ),
+    ] = 1,
+    proposer_run: Annotated[
+        int,
+        typer.Option(
+            "--proposer-run",
+            help="One leader proposes this many heights in a row (default 1: rotate).",
         ),
     ] = 1,
     base_port: Annotated[
@@ -89,6 +97,7 @@ def net_up(
             committee=committee,
             epoch=epoch,
             certificate_lag=certificate_lag,
+            proposer_run=proposer_run,
             base_port=base_port,
             timeout=timeout,
         )

@@ -238,6 +238,7 @@ def up(
     committee: int | None = None,
     epoch: int = 10,
     certificate_lag: int = 1,
+    proposer_run: int = 1,
     base_port: int | None = None,
     host: str = DEFAULT_HOST,
     timeout: float = START_TIMEOUT_S,
@@ -251,6 +252,8 @@ def up(
         raise NetError("--epoch must be at least 1")
     if not 1 <= certificate_lag <= chain.MAX_CERTIFICATE_LAG:
         raise NetError(f"--certificate-lag must be in 1..{chain.MAX_CERTIFICATE_LAG}")
+    if not 1 <= proposer_run <= chain.MAX_PROPOSER_RUN:
+        raise NetError(f"--proposer-run must be in 1..{chain.MAX_PROPOSER_RUN}")
     if base_port is not None:
         if not 0 < base_port <= 65535 - nodes:
             raise NetError(f"--base-port {base_port} out of range")
@@ -271,6 +274,7 @@ def up(
         committee_size=size,
         genesis_time_ms=int(time.time() * 1000),
         certificate_lag=certificate_lag,
+        proposer_run=proposer_run,
     )
     urls = [f"http://{host}:{port}" for port in ports]
     peers = [PeerConfig(n, k.public, u) for n, k, u in zip(names, keys, urls, strict=True)]
