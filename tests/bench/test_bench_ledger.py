@@ -36,9 +36,11 @@ def test_quick_plan_always_holds_the_key_comparison() -> None:
     assert plan.block_sizes(64) == (10, 100, 1000)
     assert plan.committees(64) == (4, 7, 64)
     assert plan.committees(4) == (4,)  # m = 4 at N = 4 is the all-node run
+    assert plan.pipelined() == [(64, 7), (64, 64)]  # 7 of 64 vs all 64, heights overlapping
     full = Plan.for_mode(quick=False)
     assert full.nodes[-2:] == (128, 256)
     assert all(full.block_sizes(n) == (10, 100, 1000) for n in full.nodes)
+    assert (64, 4) in full.pipelined() and (16, 16) in full.pipelined()
 
 
 def test_summary_ratios() -> None:
@@ -91,6 +93,7 @@ def test_bench_ledger_quick_report_shape(tmp_path: Path) -> None:
     for name in ("verify_us", "sign_us", "hash_us_per_kb", "per_message_us"):
         assert costs[name] > 0
     assert "calibrated costs" in result.output  # printed with the results
+    assert "with heights overlapping (target ≥ 5.0×" in result.output
     assert report["links"]["latency_ms_min"] == 5.0 and report["links"]["latency_ms_max"] == 80.0
     rows = report["sim"]
     for row in rows:

@@ -66,6 +66,7 @@ FULL_BLOCKS = {10: 20, 100: 15, 1000: 8}
 #: pipeline rarely drains (it does at every epoch boundary, for the next committee).
 PIPELINE = {"certificate_lag": 128, "proposer_run": 100, "relay_fanout": 4}
 PIPELINE_EPOCH_LENGTH = 1000
+PIPELINE_FULL_NODES = (16, 32, 64)
 #: Heights per pipelined run. All-node BFT at N = 64 costs ~1 s of Python per height and
 #: is CPU-bound from its first heights on; the committee needs about three windows to
 #: reach its steady rate. Both are measured the same way (steady_tps).
@@ -109,6 +110,13 @@ class Plan:
         """Committee sizes below N, then N itself (all-node; at N = 4 that is m = 4)."""
         return (*[m for m in COMMITTEES if m < nodes], nodes)
 
+    def pipelined(self) -> list[tuple[int, int]]:
+        """(N, m) of the runs with overlapping heights: quick, the DESIGN's comparison point
+        (7 of 64 and all 64); full, the curve over N = 16 … 64 and m = 4, 7, N."""
+        if self.quick:
+            return [(KEY_NODES, 7), (KEY_NODES, KEY_NODES)]
+        return [(n, m) for n in PIPELINE_FULL_NODES for m in self.committees(n)]
+
 
 def sim_rows(
     plan: Plan,
@@ -127,8 +135,8 @@ def sim_rows(
     for committee in (7, KEY_NODES):
         scenario = _with_silent_members(_scenario(plan, costs, KEY_NODES, committee, 10))
         runs.append((scenario, "f_silent"))
-    for committee in (7, KEY_NODES):
-        runs.append((_pipelined(plan, costs, committee), "none"))
+    for nodes, committee in plan.pipelined():
+        runs.append((_pipelined(plan, costs, nodes, committee), "none"))
     if workers <= 1:
         return [_simulated(scenario, faults, progress) for scenario, faults in runs]
     order = sorted(range(len(runs)), key=lambda i: -_python_cost(runs[i][0]))
@@ -156,10 +164,10 @@ def _describe(row: dict) -> str:
     )
 
 
-def _pipelined(plan: Plan, costs: CostModel, committee: int) -> Scenario:
-    mode = "all-node" if committee == KEY_NODES else "committee"
+def _pipelined(plan: Plan, costs: CostModel, nodes: int, committee: int) -> Scenario:
+    mode = "all-node" if committee == nodes else "committee"
     return replace(
-        _scenario(plan, costs, KEY_NODES, committee, BLOCK_SIZES[0]),
+        _scenario(plan, costs, nodes, committee, BLOCK_SIZES[0]),
         epoch_length=PIPELINE_EPOCH_LENGTH,
         blocks=PIPELINE_BLOCKS[plan.quick][mode],
         **PIPELINE,

@@ -126,7 +126,16 @@ def ledger(
         f"in-process cluster ({local['nodes']} nodes, SQLite, real signatures): "
         f"{local['tps']:.0f} tx/s ({local['txs']} txs in blocks of {local['block_txs']})"
     )
-    Console().print(f"summary: {json.dumps(report['summary'])}")
+    summary = report["summary"]
+    piped = summary.get("pipelined_at_64")
+    met = "met" if summary["targets"]["tps_ratio_met"] else "not met"
+    Console().print(
+        f"committee of 7 vs all 64 nodes, 10-tx blocks: "
+        f"{summary['committee7_vs_all_at_64_tps_ratio']}× one height at a time"
+        + (f", {piped['tps_ratio']}× with heights overlapping" if piped else "")
+        + f" (target ≥ {summary['targets']['tps_ratio_min']}×: {met})"
+    )
+    Console().print(f"summary: {json.dumps(summary)}")
     typer.echo(f"report written to {json_out}" + (f", plot to {plot}" if plot else ""))
 
 
