@@ -644,8 +644,10 @@ class NodeRuntime:
         (an idle network would otherwise spin out empty blocks as fast as it can)."""
         try:  # nonces after the block this one builds on (in flight, on a pipeline)
             base = self.core.state_for(request.height)
-        except ValueError:
-            return []  # a stale request: that height is no longer open
+        except ValueError:  # a stale request: that height is no longer open
+            if self._pending_request == request:
+                self._pending_request = self._early_wake = None
+            return []
         txs = self.mempool.take(request.max_txs, base.next_nonce)
         if not txs and not deferred:
             self._pending_request = request
