@@ -16,7 +16,7 @@ import pytest
 from medshare.crypto.signing import SigningKey
 from medshare.ledger import audit, chain, election
 from medshare.ledger.cluster import Behaviour, InProcessCluster, LivenessError, Mempool
-from medshare.ledger.consensus import WAL_KEY, Broadcast, Commit, ConsensusConfig
+from medshare.ledger.consensus import WAL_KEY, Broadcast, Commit, ConsensusConfig, Proposal
 from medshare.ledger.store import BlockStore, MemoryStore, SQLiteStore
 from medshare.ledger.types import (
     Equivocation,
@@ -433,3 +433,30 @@ def test_mempool_verifies_once_and_forgets_stale_nonces() -> None:
     pool.purge(next_nonce)
     assert len(pool) == 1 and txs[2].txid in pool
     assert not pool.admit(anchor(cfg, CLIENTS[0], 1, "-late"), "x", next_nonce)  # stale nonce
+
+
+@pytest.mark.parametrize("lag", [1, 3])
+def test_a_node_that_missed_a_whole_height_catches_up_when_its_vote_is_needed(lag: int) -> None:
+    """Node X gets neither the proposal nor the precommits of height 2, and member C falls
+    silent after it: the others need X's votes above 2. A pipeline that has nothing to
+    build on at its lowest height must ask for blocks when it hears of higher ones (the
+    one-height core learns it from the next proposal's last_commit)."""
+    cfg = config(4, 4, epoch_length=100, lag=lag)
+    committee = chain.genesis(cfg)[1].committee
+    index = {k.public: i for i, k in enumerate(KEYS)}
+    leaders = {index[election.proposer(committee, h, 0)] for h in (2, 3)}
+    x, c = [i for i in range(4) if i not in leaders][:2]
+
+    def lose(dest: int, src: int, message: object) -> bool:
+        if not isinstance(message, Proposal | Vote):
+            return False
+        signer = message.proposer if isinstance(message, Proposal) else message.voter
+        if signer == KEYS[c].public and message.height > 2:
+            return True  # C stops after height 2
+        missed = isinstance(message, Proposal) or message.kind is VoteKind.PRECOMMIT
+        return dest == x and message.height == 2 and missed
+
+    cluster = InProcessCluster(cfg, KEYS[:4], lose=lose, regossip_ms=300)
+    cluster.run_until_height(5, max_steps=30_000)
+    assert cluster.lost > 0
+    assert_replicated(cluster, 5)

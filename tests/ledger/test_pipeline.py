@@ -296,3 +296,18 @@ def test_a_one_height_record_is_read_and_garbage_is_refused(two_blocks) -> None:
     bad_parent = json.dumps({"version": 1, "pipeline": [{**json.loads(record), "parent": 7}]})
     with pytest.raises(WalCorrupted, match="parent"):
         PipelinedConsensus(follower, state, wal=bad_parent.encode())
+
+
+def test_a_bad_record_for_a_later_height_refuses_the_start(two_blocks) -> None:
+    """Checked when the pipeline starts, not when that height's slot opens (which would
+    fail in the middle of committing the height below)."""
+    state, leader, follower, p1, p2 = two_blocks
+    node = PipelinedConsensus(follower, state)
+    doc = json.loads(
+        last_wal(feed(node, [Start(), proposal(state, p1), proposal(after(state, p1), p2)]))
+    )
+    later = next(r for r in doc["pipeline"] if r["height"] == 2)
+    later["votes"] = [votes(state, PV, p2, [leader])[0].vote.to_json()]  # not ours
+    doc["pipeline"] = [later]
+    with pytest.raises(WalCorrupted, match="not ours"):
+        PipelinedConsensus(follower, state, wal=json.dumps(doc).encode())

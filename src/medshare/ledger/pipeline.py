@@ -100,7 +100,7 @@ class PipelinedConsensus:
         self.window = state.config.certificate_lag
         self._verified = verified
         self._certificates: dict[int, CommitCertificate] = dict(certificates or {})
-        records = _decode_wal(wal) if wal is not None else {}
+        records = _decode_wal(wal, key.public) if wal is not None else {}
         self._records = {h: r for h, r in records.items() if h > state.height}  # not stale
         self._record_bytes: dict[int, bytes] = {}
         self._slots: dict[int, Consensus] = {}
@@ -214,8 +214,16 @@ class PipelinedConsensus:
             # and keep the message for when the slot opens.
             return self._sync(height)
         if height not in self._slots or height in self._held:
-            return []  # replayed when the slot opens (or is rebuilt)
+            # Replayed when the slot opens (or is rebuilt). If our lowest height has no
+            # block to build on (we missed its proposal), peers may already have decided
+            # it and need our votes above: catch up rather than wait (the one-height core
+            # does the same from the next proposal's last_commit).
+            return self._sync(height) if self._front_blind() else []
         return self._drive(height, event) + self._grow()
+
+    def _front_blind(self) -> bool:
+        """Whether the lowest open height has nothing the next one could build on."""
+        return self.height not in self._held and self._front.speculation() is None
 
     def _sync(self, seen_height: int) -> list[Action]:
         """Ask for certified blocks from our lowest open height (once per height seen)."""
@@ -355,9 +363,11 @@ class PipelinedConsensus:
         return b'{"pipeline":[' + parts + b'],"version":%d}' % PIPELINE_WAL_VERSION
 
 
-def _decode_wal(data: bytes) -> dict[int, dict]:
+def _decode_wal(data: bytes, public: bytes) -> dict[int, dict]:
     """Per-height records of a pipeline WAL; a one-height core's record (written before
-    the chain was pipelined) becomes the record of its height with an unknown parent."""
+    the chain was pipelined) becomes the record of its height with an unknown parent.
+    Every record is checked now (its votes are ours, at its height), not when its slot
+    opens: a bad one refuses the start instead of failing in the middle of a commit."""
     try:
         doc = json.loads(data)
     except ValueError as exc:
@@ -375,7 +385,11 @@ def _decode_wal(data: bytes) -> dict[int, dict]:
         parent = record.get("parent")
         if parent is not None and not isinstance(parent, str):
             raise WalCorrupted("consensus WAL parent is not a block hash")
-        out[decode_wal(_core_record(record))["height"]] = record
+        decoded = decode_wal(_core_record(record))
+        height = decoded["height"]
+        if any(v.voter != public or v.height != height for v in decoded["votes"]):
+            raise WalCorrupted("consensus WAL holds a vote that is not ours at its height")
+        out[height] = record
     return out
 
 
