@@ -24,7 +24,7 @@ from medshare.ledger.consensus import (
     VoteReceived,
     WalCorrupted,
 )
-from medshare.ledger.pipeline import PipelinedConsensus
+from medshare.ledger.pipeline import MAX_LOGGED_PER_SIGNER, PipelinedConsensus
 from medshare.ledger.types import Block, CommitCertificate, Tx, TxKind, Vote, VoteKind
 
 PV, PC = VoteKind.PREVOTE, VoteKind.PRECOMMIT
@@ -248,11 +248,11 @@ def test_a_message_just_beyond_the_window_is_kept_and_far_ones_ask_for_blocks(tw
     ahead = votes(state, PV, p2, others(state, follower))[0].vote
     near = VoteReceived(Vote.create(PV, 6, 0, "ab" * 32, leader, chain=state.config.chain_id))
     assert node.step(near) == [RequestBlocks(1)]
-    assert near in node._log[6]
+    assert near in node._log[6].events
     far = VoteReceived(Vote.create(PV, 9, 0, "ab" * 32, leader, chain=state.config.chain_id))
     assert node.step(far) == [RequestBlocks(1)] and 9 not in node._log
     assert node.step(VoteReceived(ahead)) == []  # height 2: no slot yet, kept for it
-    assert VoteReceived(ahead) in node._log[2]
+    assert VoteReceived(ahead) in node._log[2].events
 
 
 # --- write-ahead log ---------------------------------------------------------------------------
@@ -311,3 +311,27 @@ def test_a_bad_record_for_a_later_height_refuses_the_start(two_blocks) -> None:
     doc["pipeline"] = [later]
     with pytest.raises(WalCorrupted, match="not ours"):
         PipelinedConsensus(follower, state, wal=json.dumps(doc).encode())
+
+
+def test_the_log_keeps_each_message_once_and_cannot_be_crowded_out(two_blocks) -> None:
+    """Junk for a height not open yet (from a non-validator, repeated, or beyond one
+    signer's share) is not kept; the others' real proposal and votes that come after are."""
+    state, leader, follower, p1, p2 = two_blocks
+    node = PipelinedConsensus(follower, state)
+    node.step(Start())
+    chain_id = state.config.chain_id
+    outsider, byzantine = SigningKey(b"\x77" * 32), others(state, follower, leader)[0]
+    for n in range(200):
+        node.step(VoteReceived(Vote.create(PV, 2, n, "ab" * 32, outsider, chain=chain_id)))
+        node.step(VoteReceived(Vote.create(PV, 2, n, "cd" * 32, byzantine, chain=chain_id)))
+    assert 2 not in node._slots
+    kept = node._log[2].events
+    assert len(kept) == MAX_LOGGED_PER_SIGNER  # the Byzantine member's share, nobody else's
+    honest = [proposal(after(state, p1), p2), *votes(state, PC, p2, others(state, follower))]
+    for event in honest + honest:
+        node.step(event)
+    for event in honest:  # each kept once, except the Byzantine member's, beyond its share
+        over_share = isinstance(event, VoteReceived) and event.vote.voter == byzantine.public
+        assert kept.count(event) == (0 if over_share else 1)
+    node.step(Committed(p2))  # a "certified" block without its certificate is not kept
+    assert Committed(p2) not in kept

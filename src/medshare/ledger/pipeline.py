@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 
 from medshare.crypto import signing
 from medshare.ledger import election
@@ -66,10 +67,20 @@ from medshare.ledger.consensus import (
 from medshare.ledger.types import Block, CommitCertificate, LedgerFormatError, Tx, canonical
 
 PIPELINE_WAL_VERSION = 1
-#: Messages kept per open height for a rebuild (a slot re-judges them on the new parent).
-MAX_LOGGED_PER_HEIGHT = 4096
+#: Messages kept per height and signer for a rebuild (a slot re-judges them on the new
+#: parent): a proposal and two votes per round, for many rounds.
+MAX_LOGGED_PER_SIGNER = 64
 
 _Logged = Proposal | VoteReceived | Committed
+
+
+@dataclass
+class _HeightLog:
+    """What a height's slot must re-judge if it opens or is rebuilt later."""
+
+    events: list[_Logged] = field(default_factory=list)
+    seen: set[str] = field(default_factory=set)  # signatures, or certified block hashes
+    per_signer: dict[bytes, int] = field(default_factory=dict)  # b"": certified blocks
 
 
 class PipelinedConsensus:
@@ -106,7 +117,7 @@ class PipelinedConsensus:
         self._slots: dict[int, Consensus] = {}
         self._parents: dict[int, str] = {}  # slot height -> hash of its parent guess
         self._held: dict[int, tuple[Block, ChainState]] = {}  # decided, parent not committed
-        self._log: dict[int, list[_Logged]] = {}
+        self._log: dict[int, _HeightLog] = {}
         self._sync_asked = -1
         self._started = False
         self.rejected: dict[str, str] = {}  # block hash -> why it was invalid (last 256)
@@ -206,9 +217,8 @@ class PipelinedConsensus:
             return []
         if height > self.horizon:
             return self._sync(height)
-        log = self._log.setdefault(height, [])
-        if len(log) < MAX_LOGGED_PER_HEIGHT:
-            log.append(event)
+        if height != self.height:  # the lowest open height is never rebuilt
+            self._keep(height, event)
         if height > self.last_open:
             # A peer opened it, so it committed past our lowest open height: catch up,
             # and keep the message for when the slot opens.
@@ -224,6 +234,28 @@ class PipelinedConsensus:
     def _front_blind(self) -> bool:
         """Whether the lowest open height has nothing the next one could build on."""
         return self.height not in self._held and self._front.speculation() is None
+
+    def _keep(self, height: int, event: _Logged) -> None:
+        """Log a message for a slot that may open or be rebuilt later: once each, a
+        bounded number per signer (so nobody can crowd out the others' messages), only
+        from validators, and a certified block only with its certificate."""
+        log = self._log.setdefault(height, _HeightLog())
+        if isinstance(event, Committed):
+            block = event.block
+            signer, mark = b"", block.hash
+            if block.certificate is None:
+                return
+        else:
+            message = event if isinstance(event, Proposal) else event.vote
+            signer = message.proposer if isinstance(message, Proposal) else message.voter
+            mark = message.signature.hex()
+            if self.state.validator(signer) is None:
+                return
+        if mark in log.seen or log.per_signer.get(signer, 0) >= MAX_LOGGED_PER_SIGNER:
+            return
+        log.seen.add(mark)
+        log.per_signer[signer] = log.per_signer.get(signer, 0) + 1
+        log.events.append(event)
 
     def _sync(self, seen_height: int) -> list[Action]:
         """Ask for certified blocks from our lowest open height (once per height seen)."""
@@ -282,7 +314,8 @@ class PipelinedConsensus:
         if not self._started:
             return []
         acts = self._drive(height, Start())
-        for event in list(self._log.get(height, ())):
+        logged = self._log.get(height)
+        for event in list(logged.events if logged is not None else ()):
             if height in self._held or height not in self._slots:
                 break
             acts += self._drive(height, event)
