@@ -505,6 +505,28 @@ def test_restarted_node_keeps_its_lock(roles) -> None:
     assert [(v.round, v.block_hash) for v in sent_votes(acts)] == [(1, None)]
 
 
+def test_a_restarted_locked_proposer_re_proposes_its_lock_with_the_proof(roles) -> None:
+    """The WAL keeps the locked block and its 2f+1 prevotes: without them a restarted
+    proposer proposes a new block, prevotes nil on it, and if f+1 honest members are
+    locked the height never commits."""
+    state, p, me = roles  # me proposes round 3
+    node, acts = start(me, state)
+    b = build(state, p[0])
+    acts += node.step(propose(state, 0, b, p[0]))
+    acts += node.step(vote(PV, 1, 0, b.hash, p[0]))
+    acts += node.step(vote(PV, 1, 0, b.hash, p[1]))  # polka: locked on B, precommitted
+    restarted, _ = start(me, state, wal=last_wal(acts))
+    assert restarted.locked == (0, b.hash)
+    acts = restarted.step(vote(PV, 1, 3, None, p[0])) + restarted.step(vote(PV, 1, 3, None, p[1]))
+    proposals = [a.message for a in acts if isinstance(a, Broadcast)]
+    proposals = [m for m in proposals if isinstance(m, Proposal)]
+    assert len(proposals) == 1 and proposals[0].round == 3  # f+1 in round 3: it leads there
+    assert (proposals[0].block.hash, proposals[0].pol_round) == (b.hash, 0)
+    assert len(proposals[0].pol_votes) == 3  # the proof others can check
+    assert [(v.round, v.block_hash) for v in sent_votes(acts)] == [(3, b.hash)]
+    assert not [a for a in acts if isinstance(a, RequestTxs)]
+
+
 def test_stale_wal_is_ignored_and_garbage_is_refused(roles) -> None:
     state, p, me = roles
     node, acts = start(me, state)
@@ -515,6 +537,11 @@ def test_stale_wal_is_ignored_and_garbage_is_refused(roles) -> None:
     assert later.height == 2 and later.own_vote(0, PV) is None
     with pytest.raises(WalCorrupted):
         Consensus(me, state, wal=b"{not json")
+    record = json.loads(last_wal(acts))
+    for bad in ({"valid_block": 7}, {"proof": {"blocks": [1]}}, {"proof": [1]},
+                {"proof": {"prevotes": [{"kind": "prevote"}]}}):  # fmt: skip
+        with pytest.raises(WalCorrupted):
+            Consensus(me, state, wal=json.dumps({**record, **bad}).encode())
 
 
 def test_an_echo_of_our_own_vote_is_adopted(roles) -> None:

@@ -67,7 +67,6 @@ from medshare.ledger.types import (
     Tx,
     Vote,
     VoteKind,
-    canonical,
     proposal_domain,
     proposal_signing_bytes,
     quorum,
@@ -453,6 +452,7 @@ class Consensus:
         self.valid_round, self.valid_hash = -1, _NIL
         self._proposals: dict[int, Proposal] = {}
         self._blocks: dict[str, Block] = {}
+        self._json_of: dict[str, dict] = {}  # block hash -> JSON form, for the WAL
         self._validity: dict[str, ChainState | None] = {}
         # Per (round, kind): each voter's first vote (totals "2f+1 of anything"), and per
         # block every validly signed vote for it (quorums for one value, as in the paper:
@@ -476,12 +476,27 @@ class Consensus:
     def _restore(self, record: dict) -> None:
         self.round = record["round"]
         self.locked_round, self.locked_hash = record["locked_round"], record["locked_block"]
+        self.valid_round, self.valid_hash = record["valid_round"], record["valid_block"]
+        if self.valid_round < self.locked_round:  # a record from before valid values were kept
+            self.valid_round, self.valid_hash = self.locked_round, self.locked_hash
         self._proposed = dict(record["proposed"])
         for vote in record["votes"]:
             if vote.voter != self.public or vote.height != self.height:
                 raise WalCorrupted("WAL holds a vote that is not ours at this height")
             self._own[(vote.round, vote.kind)] = vote
             self._count(vote)
+        # The locked and valid blocks with their proof-of-lock: without them a restarted
+        # node that must re-propose (or accept) its lock could never do so, and if f+1
+        # honest members are locked the height stalls. Judged again when used.
+        for block in record["blocks"]:
+            self._blocks.setdefault(block.hash, block)
+        for vote in record["prevotes"]:
+            if (
+                vote.height == self.height
+                and vote.voter in self._members
+                and vote.is_valid(self.chain_id)
+            ):
+                self._count(vote)
 
     def _proposer(self, round_: int) -> bytes:
         return election.proposer(self.committee, self.height, round_, self._run)
@@ -844,8 +859,38 @@ class Consensus:
             "locked_block": self.locked_hash,
             "proposed": sorted([r, h] for r, h in self._proposed.items()),
             "votes": [v.to_json() for _, v in sorted(self._own.items())],
+            "valid_round": self.valid_round,
+            "valid_block": self.valid_hash,
         }
-        return Persist(WAL_KEY, canonical(record))
+        proof = self._lock_proof()
+        if proof["blocks"]:
+            record["proof"] = proof
+        # A local file read back with json.loads: plain JSON (C speed), not RFC 8785.
+        return Persist(WAL_KEY, json.dumps(record, separators=(",", ":")).encode())
+
+    def _block_json(self, block_hash: str) -> dict:
+        cached = self._json_of.get(block_hash)
+        if cached is None:
+            cached = self._json_of[block_hash] = self._blocks[block_hash].to_json()
+        return cached
+
+    def _lock_proof(self) -> dict:
+        """The locked and valid blocks we hold, and the 2f+1 prevotes that justify them."""
+        blocks, prevotes = {}, {}
+        for round_, block_hash in (
+            (self.locked_round, self.locked_hash),
+            (self.valid_round, self.valid_hash),
+        ):
+            if block_hash is None or block_hash not in self._blocks:
+                continue
+            blocks[block_hash] = self._block_json(block_hash)
+            voters = self._by_block.get((round_, VoteKind.PREVOTE), {}).get(block_hash, {})
+            for vote in voters.values():
+                prevotes[vote.signature] = vote.to_json()
+        return {
+            "blocks": [blocks[h] for h in sorted(blocks)],
+            "prevotes": [prevotes[k] for k in sorted(prevotes)],
+        }
 
     def _decide(self, block: Block, round_: int, nxt: ChainState) -> list[Action]:
         self._decided = (block, round_, nxt)
@@ -948,11 +993,17 @@ def decode_wal(data: bytes) -> dict:
             "locked_block": doc["locked_block"],
             "proposed": [(_nat(r), str(h)) for r, h in doc["proposed"]],
             "votes": [Vote.from_json(v) for v in doc["votes"]],
+            # Absent from records written before valid values and lock proofs were kept.
+            "valid_round": int(doc.get("valid_round", -1)),
+            "valid_block": doc.get("valid_block"),
+            "blocks": [Block.from_json(b) for b in doc.get("proof", {}).get("blocks", [])],
+            "prevotes": [Vote.from_json(v) for v in doc.get("proof", {}).get("prevotes", [])],
         }
-    except (LedgerFormatError, KeyError, TypeError, ValueError) as exc:
+    except (LedgerFormatError, KeyError, TypeError, ValueError, AttributeError) as exc:
         raise WalCorrupted(f"consensus WAL does not decode: {exc}") from None
-    if record["locked_block"] is not None and not isinstance(record["locked_block"], str):
-        raise WalCorrupted("consensus WAL lock is not a block hash")
+    for name in ("locked_block", "valid_block"):
+        if record[name] is not None and not isinstance(record[name], str):
+            raise WalCorrupted(f"consensus WAL {name.replace('_', ' ')} is not a block hash")
     return record
 
 

@@ -209,7 +209,7 @@ class PipelinedConsensus:
         if isinstance(event, Timeout | TxsAvailable):
             if event.height not in self._slots or event.height in self._held:
                 return []
-            return self._drive(event.height, event) + self._grow()
+            return self._on_timeout(event)
         raise ProtocolError(f"unknown event {type(event).__name__}")
 
     def _route(self, height: int, event: _Logged) -> list[Action]:
@@ -224,16 +224,26 @@ class PipelinedConsensus:
             # and keep the message for when the slot opens.
             return self._sync(height)
         if height not in self._slots or height in self._held:
-            # Replayed when the slot opens (or is rebuilt). If our lowest height has no
-            # block to build on (we missed its proposal), peers may already have decided
-            # it and need our votes above: catch up rather than wait (the one-height core
-            # does the same from the next proposal's last_commit).
-            return self._sync(height) if self._front_blind() else []
+            return []  # replayed when the slot opens (or is rebuilt)
         return self._drive(height, event) + self._grow()
 
-    def _front_blind(self) -> bool:
-        """Whether the lowest open height has nothing the next one could build on."""
-        return self.height not in self._held and self._front.speculation() is None
+    def _on_timeout(self, event: Timeout | TxsAvailable) -> list[Action]:
+        front = self.height
+        acts = self._drive(event.height, event) + self._grow()
+        if (
+            isinstance(event, Timeout)
+            and (event.height, event.step) == (front, Step.PROPOSE)
+            and self.height == front
+            and self._front.speculation() is None
+        ):
+            # No proposal for our lowest height in time, and nothing to build on above it:
+            # if peers sent messages for higher heights, they may have decided it and
+            # need our votes there, so catch up (the one-height core learns it from the
+            # next proposal's last_commit).
+            above = [h for h in self._log if h > front]
+            if above:
+                acts += self._sync(max(above))
+        return acts
 
     def _keep(self, height: int, event: _Logged) -> None:
         """Log a message for a slot that may open or be rebuilt later: once each, a
@@ -293,8 +303,9 @@ class PipelinedConsensus:
         if record is not None:
             # A one-height core's record (no parent) was taken on the committed head.
             taken_on = record.get("parent", self.state.head_hash)
-            if taken_on != parent_hash:
-                record = {**record, "locked_round": -1, "locked_block": None}
+            if taken_on != parent_hash:  # children of a block that lost: void
+                record = {k: v for k, v in record.items() if k != "proof"}
+                record.update(locked_round=-1, locked_block=None, valid_round=-1, valid_block=None)
             wal = _core_record(record)
         core = Consensus(
             self._key,
