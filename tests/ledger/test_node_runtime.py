@@ -1,11 +1,14 @@
-"""NodeRuntime's handling of messages from far-ahead heights (flooding and catch-up)."""
+"""NodeRuntime's handling of messages from far-ahead heights (flooding and catch-up), and
+of its requests for transactions."""
 
 from __future__ import annotations
 
 from chainkit import Kit
+from test_pipeline import child, genesis, others, proposal, proposer, votes
 
 from medshare.crypto.signing import SigningKey
-from medshare.ledger.node import CommitNotice, NodeRuntime, SyncReply, SyncRequest, SyncRetry
+from medshare.ledger.consensus import Proposal
+from medshare.ledger.node import CommitNotice, NodeRuntime, SyncReply, SyncRequest, SyncRetry, Wake
 from medshare.ledger.store import MemoryStore
 from medshare.ledger.types import CommitCertificate, Vote, VoteKind
 
@@ -139,3 +142,29 @@ def test_a_far_ahead_message_is_handled_when_sent_again_after_catch_up() -> None
     runtime.receive(1, vote)  # regossiped: now a vote of the current height
     assert any(payload is vote for _, payload in transport.sent)  # relayed: handled
     assert runtime.core._total(0, VoteKind.PREVOTE) == 1
+
+
+def test_a_pipelined_node_answers_every_deferred_request_for_txs() -> None:
+    """With heights overlapping a node may be asked to propose two (height, round) slots
+    at once, e.g. round 1 of height 1 and round 0 of height 2; with an empty mempool both
+    wait, and both are proposed when they wake (one used to replace the other)."""
+    state = genesis(lag=3, run=1)
+    me = proposer(state, 2, 0)
+    assert me is proposer(state, 1, 1)
+    transport, clock = RecordingTransport(), ManualClock()
+    node = NodeRuntime(me, state.config, MemoryStore(), transport, clock)
+    node.start()
+    p1 = child(state, proposer(state, 1, 0), 0)
+    node.receive(1, proposal(state, p1))  # height 2 opens on P1: asks for txs, waits
+    for event in votes(state, VoteKind.PREVOTE, p1, others(state, me)[:2], round_=1):
+        node.receive(1, event.vote)  # f+1 in round 1 of height 1: asks again, waits
+    wakes = [event for _, event in clock.timers if isinstance(event, Wake)]
+    assert {(w.request.height, w.request.round) for w in wakes} == {(1, 1), (2, 0)}
+    for wake in wakes:
+        node.fire(wake)
+    mine = {
+        (m.height, m.round)
+        for _, m in transport.sent
+        if isinstance(m, Proposal) and m.proposer == me.public
+    }
+    assert mine == {(1, 1), (2, 0)}

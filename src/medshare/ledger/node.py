@@ -370,8 +370,10 @@ class NodeRuntime:
         self._commits_at_tick = -1
         self._reported: set[bytes] = set()
         self._next_own_nonce = 0
-        self._pending_request: RequestTxs | None = None
-        self._early_wake: RequestTxs | None = None
+        # Requests for txs waiting for some (by height and round: a pipeline may have
+        # several open at once), and those already given an early wake-up.
+        self._pending_requests: dict[tuple[int, int], RequestTxs] = {}
+        self._early_wakes: set[tuple[int, int]] = set()
         self._known_height = -1  # highest height some peer is known to have committed
         self._sync_cursor = 0
         self._sync_retry_armed = False
@@ -517,8 +519,9 @@ class NodeRuntime:
         if self.halted:
             return
         if isinstance(event, Wake):
-            if self._pending_request == event.request:
-                self._execute(self._answer_txs(event.request, deferred=True))
+            request = event.request
+            if self._pending_requests.get((request.height, request.round)) == request:
+                self._execute(self._answer_txs(request, deferred=True))
         elif isinstance(event, SyncRetry):
             self._sync_retry_armed = False
             # Still behind, ask from where we are now: this node may have advanced past
@@ -642,18 +645,20 @@ class NodeRuntime:
     def _answer_txs(self, request: RequestTxs, *, deferred: bool) -> list[Action]:
         """Propose now if there is something to propose, else after the empty-block interval
         (an idle network would otherwise spin out empty blocks as fast as it can)."""
+        slot = (request.height, request.round)
         try:  # nonces after the block this one builds on (in flight, on a pipeline)
             base = self.core.state_for(request.height)
         except ValueError:  # a stale request: that height is no longer open
-            if self._pending_request == request:
-                self._pending_request = self._early_wake = None
+            self._pending_requests.pop(slot, None)
+            self._early_wakes.discard(slot)
             return []
         txs = self.mempool.take(request.max_txs, base.next_nonce)
         if not txs and not deferred:
-            self._pending_request = request
+            self._pending_requests[slot] = request
             self.clock.schedule(self.empty_block_interval_ms, Wake(request))
             return []
-        self._pending_request = self._early_wake = None
+        self._pending_requests.pop(slot, None)
+        self._early_wakes.discard(slot)
         return self.core.step(TxsAvailable(request.height, request.round, txs, self.clock.now_ms()))
 
     def _admit(self, tx: Tx, txid: str) -> str | None:
@@ -664,12 +669,15 @@ class NodeRuntime:
         reason = self.mempool.offer(tx, txid, self.core.state.next_nonce)
         if reason is not None:
             return reason
-        request = self._pending_request
-        if request is not None and len(self.mempool) >= request.max_txs:
-            self._execute(self._answer_txs(request, deferred=True))
-        elif request is not None and self.batch_wait_ms is not None and self._early_wake != request:
-            self._early_wake = request
-            self.clock.schedule(self.batch_wait_ms, Wake(request))
+        for slot in sorted(self._pending_requests):
+            request = self._pending_requests.get(slot)
+            if request is None:
+                continue  # answered meanwhile
+            if len(self.mempool) >= request.max_txs:
+                self._execute(self._answer_txs(request, deferred=True))
+            elif self.batch_wait_ms is not None and slot not in self._early_wakes:
+                self._early_wakes.add(slot)
+                self.clock.schedule(self.batch_wait_ms, Wake(request))
         return None
 
     def _request_sync(self, from_height: int, dest: Address | None = None) -> None:
