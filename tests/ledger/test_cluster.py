@@ -460,3 +460,29 @@ def test_a_node_that_missed_a_whole_height_catches_up_when_its_vote_is_needed(la
     cluster.run_until_height(5, max_steps=30_000)
     assert cluster.lost > 0
     assert_replicated(cluster, 5)
+
+
+@pytest.mark.parametrize("lag", [1, 3])
+def test_a_node_that_missed_the_last_precommits_of_an_epoch_catches_up(lag: int) -> None:
+    """One member is silent and another never gets the precommits of height 3, the last of
+    an epoch; when that node also leads the next epoch's first height, the others wait for
+    it. Peers never resend votes of a decided height, so the node must notice that it
+    stalls while peers are past its height, and ask for the block (every pair tried)."""
+    cfg = config(4, 4, epoch_length=3, lag=lag)
+
+    for silent in range(4):
+        for stuck in (i for i in range(4) if i != silent):
+
+            def lose(dest: int, src: int, message: object, stuck: int = stuck) -> bool:
+                return (
+                    dest == stuck
+                    and isinstance(message, Vote)
+                    and message.kind is VoteKind.PRECOMMIT
+                    and message.height == 3
+                )
+
+            cluster = InProcessCluster(
+                cfg, KEYS[:4], byzantine={silent: Behaviour.SILENT}, lose=lose, regossip_ms=300
+            )
+            cluster.run_until_height(6, max_steps=50_000)
+            assert_replicated(cluster, 6)

@@ -388,6 +388,12 @@ class Consensus:
     def own_vote(self, round_: int, kind: VoteKind) -> Vote | None:
         return self._own.get((round_, kind))
 
+    @staticmethod
+    def peer_committed(height: int) -> int:
+        """What a peer that sent a message for ``height`` has surely committed: the
+        height before (one height at a time)."""
+        return height - 1
+
     @property
     def horizon(self) -> int:
         """The highest height whose messages this core keeps (the next one, buffered);

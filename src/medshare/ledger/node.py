@@ -203,7 +203,15 @@ class Regossip:
     that waits for 2f+1 messages has no timeout running until they arrive)."""
 
 
-TimerEvent = Timeout | Wake | SyncRetry | Regossip
+@dataclass(frozen=True)
+class StallCheck:
+    """Armed when a peer is known to have committed our height: if we have committed
+    nothing since (``commits``), our height's last messages were lost; ask for blocks."""
+
+    commits: int
+
+
+TimerEvent = Timeout | Wake | SyncRetry | Regossip | StallCheck
 
 
 # --- ports --------------------------------------------------------------------------------------
@@ -377,6 +385,7 @@ class NodeRuntime:
         self._known_height = -1  # highest height some peer is known to have committed
         self._sync_cursor = 0
         self._sync_retry_armed = False
+        self._stall_armed = False
         self._twins: dict[str, str] = {}  # equivocator: block -> twin hash
         self._tampered = 0  # invalid proposals sent (alternates the kind of invalidity)
 
@@ -463,7 +472,7 @@ class NodeRuntime:
                 if payload.signature in early or not self._credible(payload):
                     return
                 self._early.setdefault(payload.height, set()).add(payload.signature)
-                self._known_height = max(self._known_height, payload.height - 1)
+                self._learn_height(payload.height)
                 self._execute(self.core.step(_as_event(payload)), src)
                 return
             seen = self._seen.setdefault(payload.height, set())
@@ -474,7 +483,7 @@ class NodeRuntime:
                 for peer in self.transport.peers():
                     if peer != src:
                         self.transport.send(peer, payload)
-            self._known_height = max(self._known_height, payload.height - 1)
+            self._learn_height(payload.height)
             if isinstance(payload, Vote):
                 self._execute(self.core.step(VoteReceived(payload)), src)
                 return
@@ -504,6 +513,16 @@ class NodeRuntime:
         else:  # pragma: no cover - the Message union is closed
             raise TypeError(f"unknown message {payload!r}")
 
+    def _learn_height(self, message_height: int) -> None:
+        """A peer sent a message for ``message_height``, so it committed at least
+        ``core.peer_committed`` of it. If that is ours, check after a while that we moved on:
+        a node whose height's last votes were lost (peers never resend them once they
+        have decided) would otherwise wait forever if its votes are needed above."""
+        self._known_height = max(self._known_height, self.core.peer_committed(message_height))
+        if self._known_height >= self.core.height and not self._stall_armed:
+            self._stall_armed = True
+            self.clock.schedule(self.sync_retry_ms, StallCheck(self._commits))
+
     def _credible(self, message: Proposal | Vote) -> bool:
         signer = message.proposer if isinstance(message, Proposal) else message.voter
         if self.core.state.validator(signer) is None:
@@ -528,6 +547,10 @@ class NodeRuntime:
             # ``event.from_height`` since it was armed (a late proposal, notices) and
             # still lack a block; no other retry could be armed meanwhile.
             if self.core.height <= self._known_height:
+                self._request_sync(self.core.height)
+        elif isinstance(event, StallCheck):
+            self._stall_armed = False
+            if self._commits == event.commits and self.core.height <= self._known_height:
                 self._request_sync(self.core.height)
         elif isinstance(event, Regossip):
             if self._commits == self._commits_at_tick:

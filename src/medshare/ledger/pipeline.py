@@ -175,6 +175,14 @@ class PipelinedConsensus:
     def open_heights(self) -> tuple[int, ...]:
         return tuple(sorted(self._slots))
 
+    def peer_committed(self, height: int) -> int:
+        """What a peer that sent a message for ``height`` has surely committed: it opens at
+        most ``window`` heights past its chain, and no height of an epoch before the epoch
+        before it has committed."""
+        length = self.state.config.epoch_length
+        first = election.epoch_start(election.epoch_of(height, length), length)
+        return max(height - self.window, first - 1)
+
     def open_committees(self) -> tuple[tuple[int, tuple[bytes, ...]], ...]:
         """(height, committee) of every open height (a driver asks for every message)."""
         if self._open_committees is None:
