@@ -486,3 +486,30 @@ def test_a_node_that_missed_the_last_precommits_of_an_epoch_catches_up(lag: int)
             )
             cluster.run_until_height(6, max_steps=50_000)
             assert_replicated(cluster, 6)
+
+
+@pytest.mark.parametrize("regossip_ms", [None, 300])
+def test_a_stalled_node_keeps_checking_after_one_commit(regossip_ms: int | None) -> None:
+    """Node 1 loses the precommits of heights 2 and 3, node 0 is silent: node 1 learns 2
+    from the next proposal, but 3 only by asking; its stall check, armed before it
+    committed 2, must look again rather than give up."""
+    cfg = config(4, 4, epoch_length=3)
+
+    def lose(dest: int, src: int, message: object) -> bool:
+        return (
+            dest == 1
+            and isinstance(message, Vote)
+            and message.kind is VoteKind.PRECOMMIT
+            and message.height in (2, 3)
+        )
+
+    cluster = InProcessCluster(
+        cfg,
+        KEYS[:4],
+        byzantine={0: Behaviour.SILENT},
+        lose=lose,
+        regossip_ms=regossip_ms,
+        consensus=ConsensusConfig(propose_timeout_ms=100),
+    )
+    cluster.run_until_height(7, max_steps=60_000)
+    assert_replicated(cluster, 7)

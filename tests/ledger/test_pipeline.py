@@ -3,6 +3,7 @@ chain rules, one node at a time, with every other member's messages made by hand
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -20,6 +21,8 @@ from medshare.ledger.consensus import (
     RequestBlocks,
     RequestTxs,
     Start,
+    Step,
+    Timeout,
     TxsAvailable,
     VoteReceived,
     WalCorrupted,
@@ -335,3 +338,30 @@ def test_the_log_keeps_each_message_once_and_cannot_be_crowded_out(two_blocks) -
         assert kept.count(event) == (0 if over_share else 1)
     node.step(Committed(p2))  # a "certified" block without its certificate is not kept
     assert Committed(p2) not in kept
+
+
+def test_forged_messages_neither_fill_a_share_nor_hide_the_latest_rounds(two_blocks) -> None:
+    """Votes naming a validator without its signature are not kept (they used to use up
+    its share); past a signer's share a newer round replaces its oldest message; junk
+    from outsiders does not make the lowest height's timeout ask for blocks."""
+    state, leader, follower, p1, _ = two_blocks
+    node = PipelinedConsensus(follower, state)
+    node.step(Start())
+    chain_id = state.config.chain_id
+    for n in range(MAX_LOGGED_PER_SIGNER):
+        real = Vote.create(PV, 2, n, "ab" * 32, SigningKey(b"\x66" * 32), chain=chain_id)
+        node.step(VoteReceived(dataclasses.replace(real, voter=leader.public)))  # forged
+    assert 2 not in node._log  # nothing kept, no trace of a higher height either
+    acts = node.step(Timeout(1, 0, Step.PROPOSE))  # no proposal for 1: but nobody is ahead
+    assert not [a for a in acts if isinstance(a, RequestBlocks)]
+    base = after(state, p1)
+    voters = others(state, follower)
+    for r in range(40):  # the others go through 40 rounds at height 2 meanwhile
+        for kind in (PV, PC):
+            for key in voters:
+                node.step(VoteReceived(Vote.create(kind, 2, r, None, key, chain=chain_id)))
+    late = child(base, proposer(state, 2, 40), 1, t=2000)
+    node.step(proposal(base, late, round_=40))
+    node.step(Committed(certified(state, p1, voters)))
+    slot = node._slots[2]
+    assert slot.round == 39 and 40 in slot._proposals  # the latest rounds were kept

@@ -550,8 +550,13 @@ class NodeRuntime:
                 self._request_sync(self.core.height)
         elif isinstance(event, StallCheck):
             self._stall_armed = False
-            if self._commits == event.commits and self.core.height <= self._known_height:
+            if self.core.height > self._known_height:
+                return  # caught up
+            if self._commits == event.commits:
                 self._request_sync(self.core.height)
+            else:  # moved on, but still behind: look again later
+                self._stall_armed = True
+                self.clock.schedule(self.sync_retry_ms, StallCheck(self._commits))
         elif isinstance(event, Regossip):
             if self._commits == self._commits_at_tick:
                 for message in list(self._own.values()):

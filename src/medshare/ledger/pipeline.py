@@ -64,7 +64,14 @@ from medshare.ledger.consensus import (
     WalCorrupted,
     decode_wal,
 )
-from medshare.ledger.types import Block, CommitCertificate, LedgerFormatError, Tx, canonical
+from medshare.ledger.types import (
+    Block,
+    CommitCertificate,
+    LedgerFormatError,
+    Tx,
+    Vote,
+    canonical,
+)
 
 PIPELINE_WAL_VERSION = 1
 #: Messages kept per height and signer for a rebuild (a slot re-judges them on the new
@@ -248,32 +255,53 @@ class PipelinedConsensus:
             # if peers sent messages for higher heights, they may have decided it and
             # need our votes there, so catch up (the one-height core learns it from the
             # next proposal's last_commit).
-            above = [h for h in self._log if h > front]
+            above = [h for h, log in self._log.items() if h > front and log.events]
             if above:
                 acts += self._sync(max(above))
         return acts
 
     def _keep(self, height: int, event: _Logged) -> None:
-        """Log a message for a slot that may open or be rebuilt later: once each, a
-        bounded number per signer (so nobody can crowd out the others' messages), only
-        from validators, and a certified block only with its certificate."""
-        log = self._log.setdefault(height, _HeightLog())
-        if isinstance(event, Committed):
-            block = event.block
-            signer, mark = b"", block.hash
-            if block.certificate is None:
-                return
-        else:
-            message = event if isinstance(event, Proposal) else event.vote
-            signer = message.proposer if isinstance(message, Proposal) else message.voter
-            mark = message.signature.hex()
-            if self.state.validator(signer) is None:
-                return
-        if mark in log.seen or log.per_signer.get(signer, 0) >= MAX_LOGGED_PER_SIGNER:
+        """Log a message for a slot that may open or be rebuilt later: once each, only if
+        validly signed by a validator (a certified block: by validators), and a bounded
+        share per signer in which a newer round replaces the oldest (so nobody can crowd
+        out the others' messages, nor their latest rounds)."""
+        log = self._log.get(height) or _HeightLog()
+        signer, mark, round_ = self._credentials(event)
+        if mark is None or mark in log.seen:
             return
+        if log.per_signer.get(signer, 0) >= MAX_LOGGED_PER_SIGNER:
+            theirs = [e for e in log.events if self._credentials(e)[0] == signer]
+            oldest = min(theirs, key=_round_of)
+            if _round_of(oldest) >= round_:
+                return
+            log.events.remove(oldest)
+            log.per_signer[signer] -= 1
+        self._log[height] = log
         log.seen.add(mark)
         log.per_signer[signer] = log.per_signer.get(signer, 0) + 1
         log.events.append(event)
+
+    def _credentials(self, event: _Logged) -> tuple[bytes, str | None, int]:
+        """(signer, a mark unique to the message or None if it does not check out, round);
+        a certified block's signer is b"" (its certificate's validators vouch for it)."""
+        if isinstance(event, Committed):
+            block, cert = event.block, event.block.certificate
+            votes = cert.votes() if cert is not None else ()
+            valid = bool(votes) and all(
+                self.state.validator(v.voter) is not None and v.is_valid(self.chain_id)
+                for v in votes
+            )
+            return b"", block.hash if valid else None, _round_of(event)
+        message = event if isinstance(event, Proposal) else event.vote
+        signer = message.proposer if isinstance(message, Proposal) else message.voter
+        if self.state.validator(signer) is None:
+            return signer, None, message.round
+        ok = (
+            message.is_valid(self.chain_id)
+            if isinstance(message, Vote)
+            else _proposal_is_valid(message, self.chain_id)
+        )
+        return signer, message.signature.hex() if ok else None, message.round
 
     def _sync(self, seen_height: int) -> list[Action]:
         """Ask for certified blocks from our lowest open height (once per height seen)."""
@@ -451,3 +479,18 @@ def _core_record(record: dict) -> bytes:
         return canonical({k: v for k, v in record.items() if k != "parent"})
     except LedgerFormatError as exc:
         raise WalCorrupted(f"consensus WAL does not decode: {exc}") from None
+
+
+def _round_of(event: _Logged) -> int:
+    if isinstance(event, Committed):
+        cert = event.block.certificate
+        return cert.round if cert is not None else 0
+    return event.round if isinstance(event, Proposal) else event.vote.round
+
+
+def _proposal_is_valid(proposal: Proposal, chain_id: str) -> bool:
+    try:
+        proposal.verify(chain_id)
+    except signing.InvalidSignature:
+        return False
+    return True
