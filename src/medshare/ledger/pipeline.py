@@ -224,7 +224,7 @@ class PipelinedConsensus:
         if isinstance(event, Timeout | TxsAvailable):
             if event.height not in self._slots or event.height in self._held:
                 return []
-            return self._on_timeout(event)
+            return self._on_local(event)
         raise ProtocolError(f"unknown event {type(event).__name__}")
 
     def _route(self, height: int, event: _Logged) -> list[Action]:
@@ -242,7 +242,8 @@ class PipelinedConsensus:
             return []  # replayed when the slot opens (or is rebuilt)
         return self._drive(height, event) + self._grow()
 
-    def _on_timeout(self, event: Timeout | TxsAvailable) -> list[Action]:
+    def _on_local(self, event: Timeout | TxsAvailable) -> list[Action]:
+        """A timer of an open height fired, or the txs its proposer asked for arrived."""
         front = self.height
         acts = self._drive(event.height, event) + self._grow()
         if (
