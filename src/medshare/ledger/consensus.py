@@ -205,6 +205,31 @@ class Proposal:
         return cls(height, round_, block, pol, proposer, signature, pol_votes)
 
 
+def signer(message: Proposal | Vote) -> bytes:
+    """Who signed a proposal or a vote."""
+    return message.proposer if isinstance(message, Proposal) else message.voter
+
+
+def credible(message: Proposal | Vote, state: ChainState) -> bool:
+    """Signed, on this chain, by a validator ``state`` knows: worth keeping before the
+    height it is about is open (a forged one costs one check and is dropped)."""
+    if state.validator(signer(message)) is None:
+        return False
+    try:
+        message.verify(state.config.chain_id)
+    except signing.InvalidSignature:
+        return False
+    return True
+
+
+def forget_carried(certificates: dict[int, CommitCertificate], state: ChainState) -> None:
+    """Drop the certificates that committed blocks already carried: only those of
+    ``state.pending`` are still needed (the next block carries the oldest)."""
+    oldest = min((head.height for head in state.pending), default=state.height)
+    for height in [h for h in certificates if h < oldest]:
+        del certificates[height]
+
+
 @dataclass(frozen=True)
 class ConflictingProposals:
     """Two signed proposals of one proposer for the same height and round, different blocks.
@@ -948,9 +973,7 @@ class Consensus:
         committed = block.with_certificate(cert)
         self.state = nxt
         self._certificates[block.height] = cert
-        oldest = min((head.height for head in nxt.pending), default=block.height)
-        for height in [h for h in self._certificates if h < oldest]:
-            del self._certificates[height]  # carried by a committed block already
+        forget_carried(self._certificates, nxt)
         acts: list[Action] = [Commit(committed)]
         if self._one_height:
             self.finished = True

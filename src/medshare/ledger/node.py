@@ -59,6 +59,7 @@ from medshare.ledger.consensus import (
     Timeout,
     TxsAvailable,
     VoteReceived,
+    credible,
 )
 from medshare.ledger.pipeline import PipelinedConsensus
 from medshare.ledger.replay_cache import ReplayCache
@@ -524,14 +525,7 @@ class NodeRuntime:
             self.clock.schedule(self.sync_retry_ms, StallCheck(self._commits))
 
     def _credible(self, message: Proposal | Vote) -> bool:
-        signer = message.proposer if isinstance(message, Proposal) else message.voter
-        if self.core.state.validator(signer) is None:
-            return False
-        try:
-            message.verify(self.config.chain_id)
-        except signing.InvalidSignature:
-            return False
-        return True
+        return credible(message, self.core.state)
 
     def fire(self, event: TimerEvent) -> None:
         """A timer scheduled through the clock came due."""

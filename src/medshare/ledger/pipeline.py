@@ -62,14 +62,16 @@ from medshare.ledger.consensus import (
     TxsAvailable,
     VoteReceived,
     WalCorrupted,
+    credible,
     decode_wal,
+    forget_carried,
+    signer,
 )
 from medshare.ledger.types import (
     Block,
     CommitCertificate,
     LedgerFormatError,
     Tx,
-    Vote,
     canonical,
 )
 
@@ -294,15 +296,8 @@ class PipelinedConsensus:
             )
             return b"", block.hash if valid else None, _round_of(event)
         message = event if isinstance(event, Proposal) else event.vote
-        signer = message.proposer if isinstance(message, Proposal) else message.voter
-        if self.state.validator(signer) is None:
-            return signer, None, message.round
-        ok = (
-            message.is_valid(self.chain_id)
-            if isinstance(message, Vote)
-            else _proposal_is_valid(message, self.chain_id)
-        )
-        return signer, message.signature.hex() if ok else None, message.round
+        mark = message.signature.hex() if credible(message, self.state) else None
+        return signer(message), mark, message.round
 
     def _sync(self, seen_height: int) -> list[Action]:
         """Ask for certified blocks from our lowest open height (once per height seen)."""
@@ -404,9 +399,7 @@ class PipelinedConsensus:
             self._log.pop(height, None)
             self.state = after
             self._certificates[height] = block.certificate
-            oldest = min((head.height for head in after.pending), default=height)
-            for old in [h for h in self._certificates if h < oldest]:
-                del self._certificates[old]
+            forget_carried(self._certificates, after)
             acts.append(Commit(block))
             nxt = height + 1
             if self._parents.get(nxt, block.hash) != block.hash:
@@ -487,11 +480,3 @@ def _round_of(event: _Logged) -> int:
         cert = event.block.certificate
         return cert.round if cert is not None else 0
     return event.round if isinstance(event, Proposal) else event.vote.round
-
-
-def _proposal_is_valid(proposal: Proposal, chain_id: str) -> bool:
-    try:
-        proposal.verify(chain_id)
-    except signing.InvalidSignature:
-        return False
-    return True

@@ -103,7 +103,7 @@ from typing import Any
 
 from medshare.crypto import signing
 from medshare.ledger import chain, election
-from medshare.ledger.consensus import ConflictingProposals, ConsensusConfig, Proposal
+from medshare.ledger.consensus import ConflictingProposals, ConsensusConfig, Proposal, signer
 from medshare.ledger.node import (
     Behaviour,
     CommitNotice,
@@ -781,14 +781,14 @@ class _Run:
         sender's signature (and block hash) once per message it signed."""
         self.charge(node)
         if isinstance(payload, Proposal | Vote):
-            signer = payload.proposer if isinstance(payload, Proposal) else payload.voter
-            if signer == node.key.public and payload.signature not in node.signed:
+            author = signer(payload)
+            if author == node.key.public and payload.signature not in node.signed:
                 if isinstance(payload, Proposal):
                     self.proposed_at.setdefault(payload.height, self.sim.node_time(node.index))
                     node.proposals.setdefault((payload.height, payload.round), payload)
                 node.signed.add(payload.signature)
                 cost = self.costs.sign_us
-                if isinstance(payload, Proposal) and payload.block.header.proposer == signer:
+                if isinstance(payload, Proposal) and payload.block.header.proposer == author:
                     cost += self.costs.hash_us(self._size(payload))
                 self.sim.charge(node.index, cost)
         if isinstance(payload, Proposal | Vote | _Fetched):
