@@ -173,10 +173,6 @@ class PipelinedConsensus:
         return self._front.step_name
 
     @property
-    def last_commit(self) -> CommitCertificate | None:
-        return self._front.last_commit
-
-    @property
     def locked(self) -> tuple[int, str | None]:
         return self._front.locked
 
