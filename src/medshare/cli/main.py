@@ -8,8 +8,7 @@ from typing import Annotated
 import typer
 
 from medshare import __version__
-from medshare.cli import anchor, bench, crypto, ledger, records
-from medshare.cli.node import net_app, run_node
+from medshare.cli import anchor, bench, crypto, ledger, net, records
 
 app = typer.Typer(
     help="medshare: accountable, patient-controlled sharing of medical records.",
@@ -20,8 +19,7 @@ app.add_typer(crypto.app, name="crypto")
 app.add_typer(ledger.app, name="ledger")
 app.add_typer(anchor.app, name="anchor")
 app.add_typer(bench.app, name="bench")
-app.add_typer(net_app, name="net")
-app.command("node")(run_node)
+app.add_typer(net.app, name="net")
 records.register(app)
 
 

@@ -245,7 +245,7 @@ def elect(validators: Sequence[Validator], seed: bytes, size: int) -> tuple[byte
 def update_reputation(
     validators: Sequence[Validator],
     committee: Collection[bytes],
-    proposer: bytes,
+    proposer: bytes | None,
     signers: Collection[bytes],
     policy: ReputationPolicy,
     evidence_offenders: Collection[bytes] = (),
@@ -255,7 +255,9 @@ def update_reputation(
     The proposer gains ``proposal_bonus``; committee members whose precommit is in the
     certificate (``signers``) gain ``vote_bonus``; committee members absent from it lose
     ``missed_penalty``; results are clamped to ``[floor, cap]``. Non-members are untouched
-    (signers outside the committee are ignored). Offenders named by evidence get reputation
+    (signers outside the committee are ignored). ``proposer`` None gives no proposal
+    bonus (CometBFT reports a block's signers and the next block's proposer, who may sit
+    in another validator set at an epoch boundary). Offenders named by evidence get reputation
     0 and ``ejected=True``, and ejected validators never gain reputation again.
     """
     _unique(validators)
@@ -263,7 +265,7 @@ def update_reputation(
     known = {v.public for v in validators}
     if not members <= known:
         raise ValueError("committee member is not a known validator")
-    if proposer not in members:
+    if proposer is not None and proposer not in members:
         raise ValueError("proposer is not a committee member")
     signed = set(signers)
     offenders = set(evidence_offenders)

@@ -109,6 +109,7 @@ class TxKind(StrEnum):
     """The transaction types of DESIGN §4."""
 
     REGISTER_NODE = "register_node"
+    REGISTER_IDENTITY = "register_identity"
     REGISTER_KEY_TAG = "register_key_tag"
     ANCHOR_RECORD = "anchor_record"
     GRANT = "grant"
@@ -124,6 +125,7 @@ class TxKind(StrEnum):
 # services above it give the fields meaning.
 REQUIRED_FIELDS: Mapping[TxKind, tuple[str, ...]] = {
     TxKind.REGISTER_NODE: ("node", "name"),
+    TxKind.REGISTER_IDENTITY: ("identity", "key"),
     TxKind.REGISTER_KEY_TAG: ("identity", "tag"),
     TxKind.ANCHOR_RECORD: ("record", "patient", "dept", "digest"),
     TxKind.GRANT: ("grant", "patient", "grantee"),

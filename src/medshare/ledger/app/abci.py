@@ -1,0 +1,253 @@
+"""The ABCI 2.0 adapter: CometBFT's protobuf requests in, the rules' answers out.
+
+CometBFT calls the application on four connections (consensus, mempool, query,
+snapshot); the socket server (:mod:`medshare.ledger.cometbft.server`) serves them all from
+one event loop, so the methods here never run concurrently and need no locks.
+
+Two views of the state are kept, as CometBFT's ABCI spec asks:
+
+* the **committed** state, advanced only by ``FinalizeBlock`` → ``Commit``;
+* the **mempool** view for ``CheckTx``: the committed nonces plus one for every
+  transaction admitted since, so a sender can have several transactions in flight (each
+  must carry the next nonce). After each ``Commit`` it restarts from the committed state
+  and CometBFT re-checks the transactions left in its mempool, in order.
+
+A transaction is decoded and its signature verified once per process: ``CheckTx``
+remembers the decoded transactions whose signature it checked, keyed by their exact bytes,
+and the same bytes re-checked after a commit, in a proposal or in a decided block are
+neither decoded nor verified again (equal bytes, equal transaction and signature).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from medshare.crypto import signing
+from medshare.ledger.app import rules
+from medshare.ledger.app.genesis import Genesis
+from medshare.ledger.app.state import BlockChanges, LedgerState
+from medshare.ledger.app.store import StateStore
+from medshare.ledger.cometbft.proto.tendermint.abci import types_pb2 as abci
+from medshare.ledger.cometbft.proto.tendermint.crypto import keys_pb2
+from medshare.ledger.cometbft.proto.tendermint.types import validator_pb2 as cmt_validator
+from medshare.ledger.types import LedgerFormatError, Tx
+
+log = logging.getLogger(__name__)
+
+APP_VERSION = 1
+VERIFIED_CACHE = 50_000  # verified transactions kept decoded (≈ 50 MB at most)
+
+
+@dataclass
+class _Pending:
+    """A finalized block waiting for ``Commit``."""
+
+    state: LedgerState
+    changes: BlockChanges
+
+
+class LedgerApplication:
+    """One node's application instance over its own :class:`StateStore`."""
+
+    def __init__(self, store: StateStore) -> None:
+        self._store = store
+        self._state = store.load()
+        self._pending: _Pending | None = None
+        self._mempool_nonces: dict[str, int] = {}
+        self._verified: OrderedDict[bytes, Tx] = OrderedDict()
+
+    # --- info and genesis -----------------------------------------------------------------
+
+    def info(self, req: abci.RequestInfo) -> abci.ResponseInfo:
+        state = self._state
+        return abci.ResponseInfo(
+            data="medshare",
+            version="1",
+            app_version=APP_VERSION,
+            last_block_height=state.height if state else 0,
+            last_block_app_hash=state.app_hash if state and state.height else b"",
+        )
+
+    def init_chain(self, req: abci.RequestInitChain) -> abci.ResponseInitChain:
+        genesis = Genesis.from_json(json.loads(req.app_state_bytes or b"null"))
+        state = LedgerState.initial(genesis)
+        self._store.reset(state)
+        self._state = state
+        return abci.ResponseInitChain(
+            validators=[
+                _update(m, power) for m, power in rules.validator_updates((), state.committee)
+            ],
+            app_hash=state.app_hash,
+        )
+
+    def query(self, req: abci.RequestQuery) -> abci.ResponseQuery:
+        state = self._committed()
+        if req.path == "/state":
+            value = json.dumps(state.summary()).encode()
+        elif req.path == "/nonce":
+            value = json.dumps({"next_nonce": state.nonces.get(req.data.hex(), 0)}).encode()
+        elif req.path == "/identity":
+            value = json.dumps({"identity": state.identities.get(req.data.hex())}).encode()
+        else:
+            return abci.ResponseQuery(code=1, log=f"unknown query path {req.path!r}")
+        return abci.ResponseQuery(code=0, value=value, height=state.height)
+
+    # --- mempool --------------------------------------------------------------------------
+
+    def check_tx(self, req: abci.RequestCheckTx) -> abci.ResponseCheckTx:
+        state = self._committed()
+        try:
+            tx = self._decode(req.tx)
+            sender = tx.sender.hex()
+            expected = self._mempool_nonces.get(sender, state.nonces.get(sender, 0))
+            rules.admit(state, tx, expected, verified=self._is_verified)
+        except rules.TxRejected as exc:
+            return abci.ResponseCheckTx(code=exc.code, log=exc.log)
+        self._remember(tx)
+        self._mempool_nonces[sender] = tx.nonce + 1
+        return abci.ResponseCheckTx(code=0)
+
+    # --- consensus ------------------------------------------------------------------------
+
+    def prepare_proposal(self, req: abci.RequestPrepareProposal) -> abci.ResponsePrepareProposal:
+        """Propose the mempool's transactions that are valid in order, within the size cap."""
+        state = self._committed()
+        nonces: dict[str, int] = {}
+        chosen: list[bytes] = []
+        room = req.max_tx_bytes
+        for raw in req.txs:
+            if len(raw) > room:
+                continue
+            try:
+                tx = self._decode(raw)
+                sender = tx.sender.hex()
+                rules.admit(
+                    state,
+                    tx,
+                    nonces.get(sender, state.nonces.get(sender, 0)),
+                    verified=self._is_verified,
+                )
+            except rules.TxRejected:
+                continue
+            self._remember(tx)
+            nonces[sender] = tx.nonce + 1
+            chosen.append(raw)
+            room -= len(raw)
+        return abci.ResponsePrepareProposal(txs=chosen)
+
+    def process_proposal(self, req: abci.RequestProcessProposal) -> abci.ResponseProcessProposal:
+        """Reject a proposal carrying bytes that are not a well-signed transaction: only a
+        faulty proposer makes one. State-dependent failures (nonce, permission) are not a
+        reason to reject; they are skipped in ``FinalizeBlock`` like anywhere else."""
+        accept = abci.ResponseProcessProposal.ACCEPT
+        for raw in req.txs:
+            try:
+                tx = self._decode(raw)
+                if not self._is_verified(tx):
+                    tx.verify()
+                    self._remember(tx)
+            except (rules.TxRejected, signing.InvalidSignature):
+                accept = abci.ResponseProcessProposal.REJECT
+                break
+        return abci.ResponseProcessProposal(status=accept)
+
+    def finalize_block(self, req: abci.RequestFinalizeBlock) -> abci.ResponseFinalizeBlock:
+        before = self._committed()
+        state = before.clone()
+        changes = BlockChanges()
+        report = rules.CommitReport(
+            tuple(
+                (v.validator.address, v.block_id_flag == cmt_validator.BLOCK_ID_FLAG_COMMIT)
+                for v in req.decided_last_commit.votes
+            ),
+            req.proposer_address,
+        )
+        rules.credit(state, report, changes)
+        rules.punish(state, [m.validator.address for m in req.misbehavior], req.hash, changes)
+        results = [self._execute(state, raw, changes) for raw in req.txs]
+        if rules.epoch_ends(state, req.height):
+            rules.elect_next(state, req.hash, changes)
+        updates = rules.validator_updates(before.committee, state.committee)
+        app_hash = state.seal(req.height, changes)
+        self._pending = _Pending(state, changes)
+        return abci.ResponseFinalizeBlock(
+            tx_results=results,
+            validator_updates=[_update(m, power) for m, power in updates],
+            app_hash=app_hash,
+        )
+
+    def commit(self, req: abci.RequestCommit) -> abci.ResponseCommit:
+        if self._pending is None:
+            raise RuntimeError("Commit without FinalizeBlock")
+        self._store.save(self._pending.state, self._pending.changes)
+        self._state = self._pending.state
+        self._pending = None
+        self._mempool_nonces = {}
+        return abci.ResponseCommit(retain_height=0)
+
+    # --- snapshots and vote extensions: not used -----------------------------------------
+
+    def list_snapshots(self, req: abci.RequestListSnapshots) -> abci.ResponseListSnapshots:
+        return abci.ResponseListSnapshots()
+
+    def offer_snapshot(self, req: abci.RequestOfferSnapshot) -> abci.ResponseOfferSnapshot:
+        return abci.ResponseOfferSnapshot(result=abci.ResponseOfferSnapshot.REJECT)
+
+    def load_snapshot_chunk(
+        self, req: abci.RequestLoadSnapshotChunk
+    ) -> abci.ResponseLoadSnapshotChunk:
+        return abci.ResponseLoadSnapshotChunk()
+
+    def apply_snapshot_chunk(
+        self, req: abci.RequestApplySnapshotChunk
+    ) -> abci.ResponseApplySnapshotChunk:
+        return abci.ResponseApplySnapshotChunk(result=abci.ResponseApplySnapshotChunk.ABORT)
+
+    def extend_vote(self, req: abci.RequestExtendVote) -> abci.ResponseExtendVote:
+        return abci.ResponseExtendVote()
+
+    def verify_vote_extension(
+        self, req: abci.RequestVerifyVoteExtension
+    ) -> abci.ResponseVerifyVoteExtension:
+        return abci.ResponseVerifyVoteExtension(status=abci.ResponseVerifyVoteExtension.ACCEPT)
+
+    # --- internals ------------------------------------------------------------------------
+
+    def _committed(self) -> LedgerState:
+        if self._state is None:
+            raise RuntimeError("the chain is not initialised (no InitChain yet)")
+        return self._state
+
+    def _execute(self, state: LedgerState, raw: bytes, changes: BlockChanges) -> abci.ExecTxResult:
+        try:
+            tx = self._decode(raw)
+            rules.apply_tx(state, tx, changes, verified=self._is_verified)
+        except rules.TxRejected as exc:
+            return abci.ExecTxResult(code=exc.code, log=exc.log)
+        except (LedgerFormatError, ValueError) as exc:  # defensive: a rule that raised oddly
+            return abci.ExecTxResult(code=rules.Code.REJECTED, log=str(exc))
+        return abci.ExecTxResult(code=0)
+
+    def _decode(self, raw: bytes) -> Tx:
+        """The decoded transaction: from the cache when these bytes were verified here."""
+        cached = self._verified.get(raw)
+        return cached if cached is not None else rules.decode(raw)
+
+    def _is_verified(self, tx: Tx) -> bool:
+        return self._verified.get(tx.encode()) is tx
+
+    def _remember(self, tx: Tx) -> None:
+        raw = tx.encode()
+        if raw in self._verified:
+            self._verified.move_to_end(raw)
+            return
+        self._verified[raw] = tx
+        if len(self._verified) > VERIFIED_CACHE:
+            self._verified.popitem(last=False)
+
+
+def _update(public: bytes, power: int) -> abci.ValidatorUpdate:
+    return abci.ValidatorUpdate(pub_key=keys_pb2.PublicKey(ed25519=public), power=power)

@@ -1,0 +1,282 @@
+"""The ledger's rules, as pure functions over :class:`~medshare.ledger.app.state.LedgerState`.
+
+CometBFT orders transactions and commits blocks; these functions say which transactions
+are valid and how a decided block changes the state:
+
+* **Admission** (``CheckTx`` and again when a block is applied): the bytes must be one
+  canonical (RFC 8785) signed :class:`~medshare.ledger.types.Tx` for this chain, the
+  signature must verify, the nonce must be the sender's next one, and the sender must be
+  allowed to send that kind (:data:`SENDERS`). Invalid transactions inside a decided block
+  are skipped with a non-zero code, deterministically on every node.
+* **Reputation** from what CometBFT reports about the previous block: every member of the
+  validator set that signed it (``decided_last_commit``) gains, every member that did not
+  loses; the proposer of this block gains when it sat in that set.
+* **Misbehaviour** (duplicate votes, light-client attacks, reported by CometBFT with the
+  offender's address): the offender's reputation is zeroed, it is ejected for good, and if
+  it holds a committee seat the seat goes at once to a newly elected non-member.
+* **Election** at the end of every epoch (heights E, 2E, …): a fresh committee is drawn
+  from the committed reputations (Efraimidis–Spirakis, :mod:`medshare.ledger.election`),
+  seeded by that block's hash. The app returns the difference to CometBFT as validator
+  updates, which take effect at height H+2.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from enum import Enum
+
+from medshare.crypto import signing
+from medshare.ledger import election
+from medshare.ledger.app.genesis import MEMBER_POWER
+from medshare.ledger.app.state import BlockChanges, LedgerState
+from medshare.ledger.types import LedgerFormatError, Tx, TxKind
+
+ADDRESS_BYTES = 20
+
+
+class Code(int, Enum):
+    """``CheckTx`` / ``ExecTxResult`` codes (0 is success)."""
+
+    OK = 0
+    MALFORMED = 1
+    WRONG_CHAIN = 2
+    BAD_SIGNATURE = 3
+    BAD_NONCE = 4
+    NOT_PERMITTED = 5
+    REJECTED = 6
+
+
+class TxRejected(Exception):
+    def __init__(self, code: Code, log: str) -> None:
+        super().__init__(log)
+        self.code = code
+        self.log = log
+
+
+class Sender(Enum):
+    NODE = "node"  # a consortium node (its CometBFT validator key)
+    REGISTERED = "registered"  # a node, or an identity a node registered
+    ENGINE = "engine"  # reported by CometBFT or decided by the app: never a transaction
+
+
+# Who may send each kind. Unregistered keys may send nothing: a person's identity key is
+# registered by a node first (``register_identity``), so every transaction on the chain is
+# signed by a key some hospital vouched for. Evidence comes from CometBFT's own
+# ``misbehavior`` reports and committees from the election, so neither is a transaction.
+SENDERS: Mapping[TxKind, Sender] = {
+    TxKind.REGISTER_NODE: Sender.NODE,
+    TxKind.REGISTER_IDENTITY: Sender.NODE,
+    TxKind.ANCHOR_RECORD: Sender.NODE,
+    TxKind.TRACE_VERDICT: Sender.NODE,
+    TxKind.REGISTER_KEY_TAG: Sender.REGISTERED,
+    TxKind.GRANT: Sender.REGISTERED,
+    TxKind.REVOKE: Sender.REGISTERED,
+    TxKind.ACCESS: Sender.REGISTERED,
+    TxKind.BREAK_GLASS: Sender.REGISTERED,
+    TxKind.EVIDENCE: Sender.ENGINE,
+    TxKind.COMMITTEE_CHANGE: Sender.ENGINE,
+}
+MAX_IDENTITY_NAME = 256
+
+
+def address(public: bytes) -> bytes:
+    """CometBFT's validator address of an Ed25519 key: the first 20 bytes of SHA-256."""
+    return hashlib.sha256(public).digest()[:ADDRESS_BYTES]
+
+
+# --- admission -----------------------------------------------------------------------------
+
+
+def decode(raw: bytes) -> Tx:
+    """The transaction in ``raw``, which must be its canonical signed encoding (so the
+    CometBFT tx hash, SHA-256 of the bytes, is the transaction id)."""
+    try:
+        tx = Tx.decode(raw)
+    except LedgerFormatError as exc:
+        raise TxRejected(Code.MALFORMED, str(exc)) from None
+    if tx.encode() != raw:
+        raise TxRejected(Code.MALFORMED, "transaction bytes are not canonical (RFC 8785)")
+    return tx
+
+
+def admit(
+    state: LedgerState,
+    tx: Tx,
+    expected_nonce: int,
+    *,
+    verified: Callable[[Tx], bool] | None = None,
+) -> None:
+    """Raise :class:`TxRejected` unless ``tx`` may be applied when the sender's next nonce
+    is ``expected_nonce``. ``verified`` lets a caller skip a signature it already checked."""
+    if tx.chain != state.genesis.chain_id:
+        raise TxRejected(Code.WRONG_CHAIN, "transaction signed for another chain")
+    sender = SENDERS.get(tx.kind, Sender.ENGINE)
+    if sender is Sender.ENGINE:
+        raise TxRejected(Code.NOT_PERMITTED, f"{tx.kind.value} is not accepted as a transaction")
+    is_node = state.node(tx.sender) is not None
+    if sender is Sender.NODE and not is_node:
+        raise TxRejected(Code.NOT_PERMITTED, f"only a consortium node may send {tx.kind.value}")
+    if sender is Sender.REGISTERED and not is_node and tx.sender.hex() not in state.identities:
+        raise TxRejected(Code.NOT_PERMITTED, "sender key is not registered by a node")
+    if tx.nonce != expected_nonce:
+        raise TxRejected(
+            Code.BAD_NONCE, f"nonce {tx.nonce}, expected {expected_nonce} (replay or gap)"
+        )
+    if verified is None or not verified(tx):
+        try:
+            tx.verify()
+        except signing.InvalidSignature:
+            raise TxRejected(Code.BAD_SIGNATURE, "invalid signature") from None
+
+
+def _register_node(state: LedgerState, tx: Tx, changes: BlockChanges) -> None:
+    sponsor = state.node(tx.sender)
+    if sponsor is None or sponsor.ejected:
+        raise TxRejected(Code.NOT_PERMITTED, "only an active node may register a node")
+    public = _public_key(tx.body.get("node"), "node")
+    if state.node(public) is not None:
+        raise TxRejected(Code.REJECTED, "node already registered")
+    name = tx.body.get("name")
+    if not isinstance(name, str) or not 0 < len(name) <= MAX_IDENTITY_NAME:
+        raise TxRejected(Code.REJECTED, "node name must be a short non-empty string")
+    new = election.Validator(public, name, state.genesis.policy.initial)
+    state.validators = (*state.validators, new)
+    changes.validators = True
+
+
+def _register_identity(state: LedgerState, tx: Tx, changes: BlockChanges) -> None:
+    sponsor = state.node(tx.sender)
+    if sponsor is None or sponsor.ejected:
+        raise TxRejected(Code.NOT_PERMITTED, "only an active node may register an identity")
+    public = _public_key(tx.body.get("key"), "key")
+    name = tx.body.get("identity")
+    if not isinstance(name, str) or not 0 < len(name) <= MAX_IDENTITY_NAME:
+        raise TxRejected(Code.REJECTED, "identity must be a short non-empty string")
+    if public.hex() in state.identities or state.node(public) is not None:
+        raise TxRejected(Code.REJECTED, "key already registered")
+    state.identities[public.hex()] = name
+    changes.identities[public.hex()] = name
+
+
+def _public_key(value: object, name: str) -> bytes:
+    try:
+        raw = bytes.fromhex(value) if isinstance(value, str) else b""
+    except ValueError:
+        raw = b""
+    if len(raw) != signing.PUBLIC_KEY_BYTES or raw.hex() != value:
+        raise TxRejected(Code.REJECTED, f"{name} must be a lower-case hex Ed25519 public key")
+    return raw
+
+
+_KIND_RULES: Mapping[TxKind, Callable[[LedgerState, Tx, BlockChanges], None]] = {
+    TxKind.REGISTER_NODE: _register_node,
+    TxKind.REGISTER_IDENTITY: _register_identity,
+}
+
+
+def apply_tx(
+    state: LedgerState,
+    tx: Tx,
+    changes: BlockChanges,
+    *,
+    verified: Callable[[Tx], bool] | None = None,
+) -> None:
+    """Apply one transaction of a decided block; :class:`TxRejected` leaves the state as it
+    was (kind rules check before they write)."""
+    admit(state, tx, state.next_nonce(tx.sender), verified=verified)
+    rule = _KIND_RULES.get(tx.kind)
+    if rule is not None:
+        rule(state, tx, changes)
+    nonce = tx.nonce + 1
+    state.nonces[tx.sender.hex()] = nonce
+    changes.nonces[tx.sender.hex()] = nonce
+
+
+# --- what CometBFT reports ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CommitReport:
+    """``decided_last_commit``: the previous block's validator set, by address, and who
+    signed it; plus this block's proposer address."""
+
+    votes: tuple[tuple[bytes, bool], ...]
+    proposer: bytes
+
+
+def _by_address(state: LedgerState) -> dict[bytes, bytes]:
+    return {address(v.public): v.public for v in state.validators}
+
+
+def credit(state: LedgerState, report: CommitReport, changes: BlockChanges) -> None:
+    """Reputation from one commit report (unknown addresses are ignored: CometBFT reports
+    only validators the app put there, so one would mean a bug, not an attack)."""
+    known = _by_address(state)
+    members = [known[a] for a, _ in report.votes if a in known]
+    if not members:
+        return
+    signers = [known[a] for a, signed in report.votes if signed and a in known]
+    proposer = known.get(report.proposer)
+    updated = election.update_reputation(
+        state.validators,
+        members,
+        proposer if proposer in members else None,
+        signers,
+        state.genesis.policy,
+    )
+    if updated != state.validators:
+        state.validators = updated
+        changes.validators = True
+
+
+def punish(
+    state: LedgerState, offenders: Iterable[bytes], seed: bytes, changes: BlockChanges
+) -> None:
+    """Eject the validators at these addresses; their committee seats go to non-members
+    elected with ``seed`` (the block's hash), so the committee keeps its size while there
+    are eligible nodes."""
+    known = _by_address(state)
+    bad = {known[a] for a in offenders if a in known}
+    if not bad:
+        return
+    state.validators = election.eject(state.validators, bad)
+    changes.validators = True
+    seats = [m for m in state.committee if m not in bad]
+    if len(seats) != len(state.committee):
+        state.committee = _fill(state, seats, seed)
+        changes.committee = True
+
+
+def _fill(state: LedgerState, seats: Sequence[bytes], seed: bytes) -> tuple[bytes, ...]:
+    missing = state.genesis.committee_size - len(seats)
+    outsiders = [v for v in state.validators if v.eligible and v.public not in seats]
+    if missing > 0 and outsiders:
+        seats = [*seats, *election.elect(outsiders, seed, min(missing, len(outsiders)))]
+    return tuple(sorted(seats))
+
+
+def epoch_ends(state: LedgerState, height: int) -> bool:
+    return height % state.genesis.epoch_length == 0
+
+
+def elect_next(state: LedgerState, seed: bytes, changes: BlockChanges) -> None:
+    """At an epoch's last block: the next committee, from the committed reputations."""
+    try:
+        committee = election.elect(state.validators, seed, state.genesis.committee_size)
+    except ValueError:
+        return  # nobody eligible: keep the committee rather than halt the chain
+    if committee != state.committee:
+        state.committee = committee
+        changes.committee = True
+
+
+def validator_updates(
+    before: Collection[bytes], after: Collection[bytes]
+) -> list[tuple[bytes, int]]:
+    """CometBFT validator updates turning the set ``before`` into ``after``: power 0
+    removes a validator. Sorted by key, so every node returns the same list."""
+    removed = [(m, 0) for m in before if m not in after]
+    added = [(m, MEMBER_POWER) for m in after if m not in before]
+    return sorted(removed + added)

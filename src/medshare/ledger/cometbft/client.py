@@ -1,0 +1,246 @@
+"""The ledger client: submit signed transactions to CometBFT and learn when they commit.
+
+Submitting is ``broadcast_tx_sync``: the node runs ``CheckTx`` and answers with its code;
+code 0 means "in this node's mempool", nothing more. A transaction is committed when a
+block carrying it is decided; its ``ExecTxResult`` code then says whether the rules
+applied it (0) or skipped it. The client learns both by reading blocks in order.
+
+**Retry rule** for a transaction acknowledged (code 0) but not seen committed in time
+(the node may have crashed with it in its mempool): ask any node for it by hash; if no
+node has it and the sender's committed nonce is still ≤ its nonce, broadcast the same
+bytes again — at most one copy can ever commit, because its nonce is used by the first.
+If the committed nonce has passed its nonce and no block holds its hash, it can never
+commit (another transaction of the same key took that nonce) and is reported as not
+committed. :meth:`LedgerClient.submit` applies this rule.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import itertools
+import json
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import httpx
+
+from medshare.ledger.types import Tx
+
+IN_CACHE = -2  # broadcast answer: the node has these bytes in its mempool cache
+
+
+class LedgerUnavailable(RuntimeError):
+    """No node answered, or a transaction did not commit in time."""
+
+
+class TxRefused(ValueError):
+    """A node's ``CheckTx`` refused the transaction; ``code`` and the log say why."""
+
+    def __init__(self, txid: str, code: int, log: str) -> None:
+        super().__init__(f"transaction {txid[:12]} refused (code {code}): {log}")
+        self.txid = txid
+        self.code = code
+        self.log = log
+
+
+@dataclass(frozen=True)
+class Committed:
+    txid: str
+    height: int
+    index: int
+    code: int  # 0: applied; otherwise the rule that skipped it
+    log: str = ""
+
+
+def tx_hash(raw: bytes) -> str:
+    """CometBFT's transaction hash (SHA-256 of the bytes), lower-case hex; equals
+    :attr:`Tx.txid` for our canonical transactions."""
+    return hashlib.sha256(raw).hexdigest()
+
+
+class LedgerClient:
+    """JSON-RPC over HTTP to one or more nodes (the first that answers serves a call)."""
+
+    def __init__(self, rpc_urls: Sequence[str], *, timeout: float = 10.0) -> None:
+        if not rpc_urls:
+            raise ValueError("at least one RPC URL is needed")
+        self._urls = list(rpc_urls)
+        self._http = httpx.Client(timeout=timeout)
+        self._ids = itertools.count(1)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> LedgerClient:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    # --- plain calls ----------------------------------------------------------------------
+
+    def call(self, method: str, **params: object) -> dict:
+        return self.batch([(method, params)])[0]
+
+    def batch(self, calls: Sequence[tuple[str, dict]], *, errors: bool = False) -> list[dict]:
+        """Several JSON-RPC calls in one request, answered in order. An error answer raises
+        :class:`LedgerUnavailable`, or with ``errors`` is returned as ``{"error": …}``."""
+        body = [
+            {"jsonrpc": "2.0", "id": next(self._ids), "method": m, "params": p} for m, p in calls
+        ]
+        last: Exception | None = None
+        for url in self._urls:
+            try:
+                response = self._http.post(url, json=body)
+                response.raise_for_status()
+                answers = response.json()
+            except (httpx.HTTPError, json.JSONDecodeError) as exc:
+                last = exc
+                continue
+            if not isinstance(answers, list):
+                answers = [answers]
+            by_id = {a.get("id"): a for a in answers}
+            out = []
+            for request in body:
+                answer = by_id.get(request["id"], {})
+                if errors and "error" in answer:
+                    out.append({"error": answer["error"]})
+                    continue
+                if "error" in answer or "result" not in answer:
+                    raise LedgerUnavailable(f"{request['method']}: {answer.get('error', answer)}")
+                out.append(answer["result"])
+            return out
+        raise LedgerUnavailable(f"no node answered ({', '.join(self._urls)}): {last}")
+
+    def height(self) -> int:
+        return int(self.call("status")["sync_info"]["latest_block_height"])
+
+    def query(self, path: str, data: bytes = b"") -> bytes:
+        result = self.call("abci_query", path=path, data=data.hex())["response"]
+        if int(result.get("code", 0)) != 0:
+            raise LedgerUnavailable(f"query {path}: {result.get('log')}")
+        return base64.b64decode(result.get("value") or "")
+
+    def state(self) -> dict:
+        return json.loads(self.query("/state"))
+
+    def next_nonce(self, public: bytes) -> int:
+        return int(json.loads(self.query("/nonce", public))["next_nonce"])
+
+    def find(self, txid: str) -> Committed | None:
+        try:
+            result = self.call("tx", hash="0x" + txid)
+        except LedgerUnavailable:
+            return None
+        res = result.get("tx_result", {})
+        return Committed(
+            txid,
+            int(result["height"]),
+            int(result["index"]),
+            int(res.get("code", 0)),
+            res.get("log", ""),
+        )
+
+    def block_txs(self, height: int) -> list[Committed] | None:
+        """The transactions decided at ``height``, with their results; None while the node
+        has not stored the results yet (``status`` may report a height a moment before)."""
+        block, results = self.batch(
+            [("block", {"height": str(height)}), ("block_results", {"height": str(height)})],
+            errors=True,
+        )
+        if "error" in block or "error" in results:
+            return None
+        raws = block["block"]["data"].get("txs") or []
+        codes = results.get("txs_results") or []
+        return [
+            Committed(
+                tx_hash(base64.b64decode(raw)),
+                height,
+                i,
+                int(codes[i].get("code", 0)) if i < len(codes) else -1,
+                codes[i].get("log", "") if i < len(codes) else "",
+            )
+            for i, raw in enumerate(raws)
+        ]
+
+    # --- submitting -----------------------------------------------------------------------
+
+    def broadcast(self, raws: Sequence[bytes]) -> list[tuple[int, str]]:
+        """``broadcast_tx_sync`` of each, in order, in one request: (code, log) each.
+        A node that has the bytes in its mempool cache already (seen recently, committed
+        or pending) answers :data:`IN_CACHE`."""
+        answers = self.batch(
+            [("broadcast_tx_sync", {"tx": base64.b64encode(raw).decode()}) for raw in raws],
+            errors=True,
+        )
+        out = []
+        for a in answers:
+            if "error" in a:
+                data = str(a["error"].get("data", a["error"].get("message", "")))
+                out.append((IN_CACHE if "already exists in cache" in data else -1, data))
+            else:
+                out.append((int(a.get("code", 0)), a.get("log", "")))
+        return out
+
+    def submit(self, txs: Sequence[Tx], *, timeout: float = 30.0) -> list[Committed]:
+        """Broadcast ``txs`` (in order) and wait until every one is committed.
+
+        Raises :class:`TxRefused` for the first one ``CheckTx`` refused (those before it
+        may still commit: the caller sees them through :meth:`find`), and
+        :class:`LedgerUnavailable` when they are not all committed within ``timeout``
+        after the retry rule of this module's docstring."""
+        if not txs:
+            return []
+        start = self.height()
+        raws = [tx.encode() for tx in txs]
+        found: dict[str, Committed] = {}
+        for tx, (code, log) in zip(txs, self.broadcast(raws), strict=True):
+            if code == IN_CACHE:  # seen before: maybe committed long ago
+                committed = self.find(tx.txid)
+                if committed is not None:
+                    found[tx.txid] = committed
+            elif code != 0:
+                raise TxRefused(tx.txid, code, log)
+        wanted = {tx.txid for tx in txs}
+        found.update(self.wait(wanted - set(found), start, timeout=timeout / 2))
+        if len(found) < len(wanted):
+            self._retry([tx for tx in txs if tx.txid not in found], found)
+            found.update(self.wait(wanted - set(found), start, timeout=timeout / 2))
+        missing = wanted - set(found)
+        if missing:
+            raise LedgerUnavailable(
+                f"{len(missing)} transaction(s) not committed in {timeout:.0f} s"
+            )
+        return [found[tx.txid] for tx in txs]
+
+    def _retry(self, txs: Iterable[Tx], found: dict[str, Committed]) -> None:
+        for tx in txs:
+            committed = self.find(tx.txid)
+            if committed is not None:
+                found[tx.txid] = committed
+            elif self.next_nonce(tx.sender) <= tx.nonce:
+                self.broadcast([tx.encode()])
+
+    def wait(
+        self, txids: Iterable[str], from_height: int, *, timeout: float
+    ) -> dict[str, Committed]:
+        """Read blocks from ``from_height`` on until every id is seen or time runs out."""
+        wanted = set(txids)
+        found: dict[str, Committed] = {}
+        next_height = max(from_height, 1)
+        deadline = time.monotonic() + timeout
+        while wanted - set(found) and time.monotonic() < deadline:
+            top = self.height()
+            while next_height <= top:
+                decided = self.block_txs(next_height)
+                if decided is None:
+                    break
+                for committed in decided:
+                    if committed.txid in wanted:
+                        found[committed.txid] = committed
+                next_height += 1
+            if wanted - set(found):
+                time.sleep(0.05)
+        return found

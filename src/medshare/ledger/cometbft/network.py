@@ -1,0 +1,390 @@
+"""A consortium of CometBFT nodes with our application, started as real processes.
+
+``medshare net up`` lays out one folder per node and starts, per node, two processes: the
+application (``appmain``, ABCI on a Unix socket in the node's folder) and CometBFT (p2p
+with its own authenticated encryption between nodes, RPC bound to 127.0.0.1 unless told
+otherwise). The first ``committee`` nodes' worth of voting power is given by the
+election, not by position: every node holds a validator key, only the elected committee
+has power, the others follow as full nodes.
+
+Layout::
+
+    D/net.json                 who is where (no secrets)
+    D/node-<i>/config/         CometBFT config, genesis, keys (0600)
+    D/node-<i>/data/           CometBFT blocks and state
+    D/node-<i>/app.db          the application state
+    D/node-<i>/abci.sock       the app's socket (0600)
+    D/node-<i>/pids.json       the two process ids
+    D/node-<i>/*.log           their output
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+
+from medshare.fileio import write_file
+from medshare.ledger import election
+from medshare.ledger.app.genesis import Genesis
+from medshare.ledger.cometbft import home as node_home
+from medshare.ledger.cometbft import install
+from medshare.ledger.cometbft.appmain import SOCKET
+
+NET_FILE = "net.json"
+FORMAT = "medshare-net"
+VERSION = 1
+START_TIMEOUT_S = 60.0
+
+
+class NetworkError(RuntimeError):
+    """Something about the network that a user must fix; the message says what."""
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    index: int
+    name: str
+    folder: str  # relative to the network folder
+    public: str  # validator key, hex
+    node_id: str
+    p2p: str  # host:port
+    rpc: str  # URL
+
+
+@dataclass(frozen=True)
+class Network:
+    directory: Path
+    chain_id: str
+    cometbft_chain_id: str
+    nodes: tuple[NodeInfo, ...]
+
+    def node_dir(self, i: int) -> Path:
+        return self.directory / self.node(i).folder
+
+    def node(self, i: int) -> NodeInfo:
+        if not 0 <= i < len(self.nodes):
+            raise NetworkError(f"no node {i}: the network has nodes 0..{len(self.nodes) - 1}")
+        return self.nodes[i]
+
+    def save(self) -> None:
+        doc = {
+            "format": FORMAT,
+            "version": VERSION,
+            "chain_id": self.chain_id,
+            "cometbft_chain_id": self.cometbft_chain_id,
+            "nodes": [asdict(n) for n in self.nodes],
+        }
+        write_file(self.directory / NET_FILE, json.dumps(doc, indent=2).encode())
+
+    @classmethod
+    def load(cls, directory: Path) -> Network:
+        path = directory / NET_FILE
+        try:
+            doc = json.loads(path.read_text())
+            if doc.get("format") != FORMAT or doc.get("version") != VERSION:
+                raise NetworkError(f"{path} is not a medshare network file (version {VERSION})")
+            nodes = tuple(NodeInfo(**n) for n in doc["nodes"])
+            return cls(directory, doc["chain_id"], doc["cometbft_chain_id"], nodes)
+        except FileNotFoundError:
+            raise NetworkError(f"no network in {directory} (run `medshare net up`)") from None
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise NetworkError(f"{path} is damaged: {exc}") from None
+
+
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """Ports the kernel says are free now (bound together, so they are distinct)."""
+    sockets = []
+    try:
+        for _ in range(count):
+            s = socket.socket()
+            s.bind((host, 0))
+            sockets.append(s)
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def create(
+    directory: Path,
+    *,
+    nodes: int,
+    committee: int,
+    epoch: int = 100,
+    chain_name: str = "medshare",
+    p2p_host: str = "127.0.0.1",
+    rpc_host: str = "127.0.0.1",
+    ports: Sequence[int] | None = None,
+) -> Network:
+    """Lay out a new network (keys, genesis, configs); starts nothing."""
+    if nodes < 1:
+        raise NetworkError("a network needs at least one node")
+    if not 1 <= committee <= nodes:
+        raise NetworkError(f"the committee must have 1..{nodes} members")
+    if (directory / NET_FILE).exists():
+        raise NetworkError(f"{directory} already holds a network (`medshare net down` first)")
+    install.binary()
+    directory.mkdir(parents=True, exist_ok=True)
+    homes = [directory / f"node-{i}" for i in range(nodes)]
+    for i, home in enumerate(homes):
+        node_home.init(home, f"node-{i}")
+        os.chmod(home, 0o700)
+        socket_path = home.resolve() / SOCKET
+        if len(str(socket_path)) > 107:
+            raise NetworkError(f"folder path too long for a Unix socket: {socket_path}")
+    publics = [node_home.validator_public(h) for h in homes]
+    genesis = Genesis(
+        chain_name,
+        tuple(election.Validator(p, f"node-{i}", 1000) for i, p in enumerate(publics)),
+        epoch_length=epoch,
+        committee_size=committee,
+    )
+    if ports is None:
+        ports = free_ports(2 * nodes, rpc_host if rpc_host != "0.0.0.0" else "127.0.0.1")
+    if len(ports) < 2 * nodes:
+        raise NetworkError(f"{nodes} nodes need {2 * nodes} ports")
+    node_ports = [node_home.Ports(ports[2 * i], ports[2 * i + 1]) for i in range(nodes)]
+    ids = [node_home.node_id(h) for h in homes]
+    genesis_time = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    infos = []
+    for i, home in enumerate(homes):
+        peers = [f"{ids[j]}@{p2p_host}:{node_ports[j].p2p}" for j in range(nodes) if j != i]
+        node_home.write_genesis(home, genesis, genesis_time)
+        node_home.configure(
+            home,
+            ports=node_ports[i],
+            p2p_host=p2p_host,
+            rpc_host=rpc_host,
+            peers=peers,
+            socket=home.resolve() / SOCKET,
+        )
+        rpc_ip = "127.0.0.1" if rpc_host == "0.0.0.0" else rpc_host
+        infos.append(
+            NodeInfo(
+                i,
+                f"node-{i}",
+                home.name,
+                publics[i].hex(),
+                ids[i],
+                f"{p2p_host}:{node_ports[i].p2p}",
+                f"http://{rpc_ip}:{node_ports[i].rpc}",
+            )
+        )
+    network = Network(
+        directory.resolve(), genesis.chain_id, node_home.cometbft_chain_id(genesis), tuple(infos)
+    )
+    network.save()
+    return network
+
+
+# --- processes ------------------------------------------------------------------------------
+
+
+def _pid_file(network: Network, i: int) -> Path:
+    return network.node_dir(i) / "pids.json"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie (killed, not yet reaped) is not running
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def pids(network: Network, i: int) -> dict[str, int]:
+    try:
+        doc = json.loads(_pid_file(network, i).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+    return {k: v for k, v in doc.items() if isinstance(v, int) and _alive(v)}
+
+
+def running(network: Network, i: int) -> bool:
+    return len(pids(network, i)) == 2
+
+
+def start(network: Network, i: int, *, wait: bool = True) -> None:
+    """Start node ``i``'s application, then its CometBFT (which connects to it)."""
+    if pids(network, i):
+        raise NetworkError(f"node {i} is already running (`medshare net kill` it first)")
+    folder = network.node_dir(i)
+    sock = folder / SOCKET
+    if sock.exists():
+        sock.unlink()
+    app_log = open(folder / "app.log", "ab")  # noqa: SIM115 - handed to the child
+    app = subprocess.Popen(
+        [sys.executable, "-m", "medshare.ledger.cometbft.appmain", str(folder)],
+        stdout=app_log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    app_log.close()
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while not sock.exists():
+        if app.poll() is not None or time.monotonic() > deadline:
+            raise NetworkError(f"node {i}'s application did not start: {_tail(folder / 'app.log')}")
+        time.sleep(0.02)
+    engine_log = open(folder / "cometbft.log", "ab")  # noqa: SIM115
+    engine = subprocess.Popen(
+        [str(install.binary()), "start", "--home", str(folder)],
+        stdout=engine_log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    engine_log.close()
+    write_file(_pid_file(network, i), json.dumps({"app": app.pid, "cometbft": engine.pid}).encode())
+    if wait:
+        wait_rpc(network, i, deadline)
+
+
+def wait_rpc(network: Network, i: int, deadline: float) -> None:
+    url = network.node(i).rpc
+    while True:
+        try:
+            if httpx.get(f"{url}/status", timeout=1.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if not running(network, i) or time.monotonic() > deadline:
+            folder = network.node_dir(i)
+            raise NetworkError(
+                f"node {i} did not come up: {_tail(folder / 'cometbft.log')} "
+                f"{_tail(folder / 'app.log')}"
+            )
+        time.sleep(0.1)
+
+
+def _tail(path: Path, lines: int = 5) -> str:
+    try:
+        return " | ".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except FileNotFoundError:
+        return "(no log)"
+
+
+def kill(network: Network, i: int, sig: int = signal.SIGKILL) -> None:
+    """Send ``sig`` to both processes of node ``i`` (SIGKILL: a crash)."""
+    for pid in pids(network, i).values():
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, sig)
+    if sig in (signal.SIGKILL, signal.SIGTERM):
+        _reap(network, i, 10.0)
+
+
+def _reap(network: Network, i: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while pids(network, i) and time.monotonic() < deadline:
+        for pid in pids(network, i).values():
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)
+        time.sleep(0.05)
+
+
+def pause(network: Network, i: int) -> None:
+    """SIGSTOP both processes: the node is partitioned away, its state kept."""
+    kill(network, i, signal.SIGSTOP)
+
+
+def resume(network: Network, i: int) -> None:
+    kill(network, i, signal.SIGCONT)
+
+
+def stop(network: Network, i: int) -> None:
+    """Stop node ``i`` cleanly (SIGTERM; SIGKILL after 10 s)."""
+    kill(network, i, signal.SIGCONT)
+    kill(network, i, signal.SIGTERM)
+    if pids(network, i):
+        kill(network, i, signal.SIGKILL)
+
+
+def up(directory: Path, **kwargs) -> Network:
+    network = create(directory, **kwargs)
+    try:
+        for i in range(len(network.nodes)):
+            start(network, i, wait=False)
+        deadline = time.monotonic() + START_TIMEOUT_S
+        for i in range(len(network.nodes)):
+            wait_rpc(network, i, deadline)
+    except BaseException:
+        down(network)
+        raise
+    return network
+
+
+def down(network: Network) -> None:
+    for i in range(len(network.nodes)):
+        stop(network, i)
+
+
+def status(network: Network) -> dict:
+    """Every node's height, and the validator set with power as CometBFT reports it next
+    to the committee and reputations the application holds."""
+    from medshare.ledger.app.rules import address
+
+    per_node = []
+    validators: list[dict] | None = None
+    app_state: dict | None = None
+    names = {address(bytes.fromhex(n.public)).hex().upper(): n.name for n in network.nodes}
+    for i, node in enumerate(network.nodes):
+        entry: dict = {
+            "node": i,
+            "name": node.name,
+            "rpc": node.rpc,
+            "running": running(network, i),
+        }
+        try:
+            with httpx.Client(timeout=2.0) as http:
+                sync = http.get(f"{node.rpc}/status").json()["result"]["sync_info"]
+                entry["height"] = int(sync["latest_block_height"])
+                entry["catching_up"] = bool(sync["catching_up"])
+                if validators is None:
+                    vals = http.get(f"{node.rpc}/validators", params={"per_page": 100}).json()
+                    validators = [
+                        {
+                            "name": names.get(v["address"], "?"),
+                            "address": v["address"],
+                            "power": int(v["voting_power"]),
+                        }
+                        for v in vals["result"]["validators"]
+                    ]
+                if app_state is None:
+                    query = http.get(f"{node.rpc}/abci_query", params={"path": '"/state"'}).json()
+                    value = query["result"]["response"].get("value")
+                    app_state = json.loads(base64.b64decode(value)) if value else None
+        except (httpx.HTTPError, KeyError, ValueError) as exc:
+            entry["height"] = None
+            entry["error"] = type(exc).__name__
+        per_node.append(entry)
+    heights = [e["height"] for e in per_node if e.get("height") is not None]
+    return {
+        "chain_id": network.chain_id,
+        "height": max(heights) if heights else None,
+        "validators": validators,
+        "committee": app_state["committee"] if app_state else None,
+        "reputation": {v["name"]: v["reputation"] for v in app_state["nodes"]}
+        if app_state
+        else None,
+        "ejected": [v["name"] for v in app_state["nodes"] if v["ejected"]] if app_state else None,
+        "nodes": per_node,
+    }

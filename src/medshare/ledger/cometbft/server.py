@@ -1,0 +1,160 @@
+"""The ABCI socket server: CometBFT's connections to our application.
+
+Wire format (CometBFT v0.38 ``abci/types/messages.go``): each message is a protobuf
+``Request`` or ``Response`` preceded by its length as an unsigned varint. CometBFT opens
+four connections (consensus, mempool, query, snapshot) and sends requests on each in
+order, expecting responses in the same order; it sends ``Flush`` when it wants buffered
+responses written out. All connections are served by one asyncio loop, so application
+methods run one at a time.
+
+The server listens on a Unix socket in the node's own folder: only processes of the same
+user can reach it, never another machine or another local user.
+
+An exception inside the application is a bug, not bad input (transactions are judged by
+return codes): the server answers it with ABCI's ``exception`` response, which makes
+CometBFT stop instead of going on with a state it cannot trust.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from pathlib import Path
+
+from google.protobuf.message import DecodeError
+
+from medshare.ledger.app.abci import LedgerApplication
+from medshare.ledger.cometbft.proto.tendermint.abci import types_pb2 as abci
+
+log = logging.getLogger(__name__)
+
+MAX_MESSAGE_BYTES = 256 * 1024 * 1024  # a decided block is at most consensus max_bytes (≪)
+UNIX_PATH_MAX = 107
+
+
+class WireError(Exception):
+    """A malformed frame: the connection is closed."""
+
+
+def encode_frame(message: bytes) -> bytes:
+    """``message`` preceded by its length as an unsigned varint."""
+    n = len(message)
+    out = bytearray()
+    while True:
+        byte = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out) + message
+
+
+async def read_frame(reader: asyncio.StreamReader) -> bytes | None:
+    """The next frame's payload, or None at a clean end of stream."""
+    length = 0
+    for shift in range(0, 64, 7):
+        try:
+            byte = (await reader.readexactly(1))[0]
+        except asyncio.IncompleteReadError:
+            if shift == 0:
+                return None
+            raise WireError("stream ended inside a length prefix") from None
+        length |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            break
+    else:
+        raise WireError("length prefix longer than 10 bytes")
+    if length > MAX_MESSAGE_BYTES:
+        raise WireError(f"message of {length} bytes exceeds {MAX_MESSAGE_BYTES}")
+    try:
+        return await reader.readexactly(length)
+    except asyncio.IncompleteReadError:
+        raise WireError("stream ended inside a message") from None
+
+
+# The Request oneof fields answered by the application method of the same name.
+_APP_METHODS = frozenset(
+    {
+        "info",
+        "init_chain",
+        "query",
+        "check_tx",
+        "commit",
+        "list_snapshots",
+        "offer_snapshot",
+        "load_snapshot_chunk",
+        "apply_snapshot_chunk",
+        "prepare_proposal",
+        "process_proposal",
+        "extend_vote",
+        "verify_vote_extension",
+        "finalize_block",
+    }
+)
+
+
+def handle(app: LedgerApplication, request: abci.Request) -> abci.Response:
+    """One request → one response (pure dispatch; exceptions become ``exception``)."""
+    kind = request.WhichOneof("value")
+    if kind == "echo":
+        return abci.Response(echo=abci.ResponseEcho(message=request.echo.message))
+    if kind == "flush":
+        return abci.Response(flush=abci.ResponseFlush())
+    if kind not in _APP_METHODS:
+        return abci.Response(exception=abci.ResponseException(error=f"unknown request {kind}"))
+    try:
+        result = getattr(app, kind)(getattr(request, kind))
+    except Exception as exc:  # a bug in the app: CometBFT must stop, not go on
+        log.exception("ABCI %s failed", kind)
+        return abci.Response(exception=abci.ResponseException(error=f"{kind}: {exc}"))
+    return abci.Response(**{kind: result})
+
+
+class AbciServer:
+    def __init__(self, app: LedgerApplication, socket_path: Path) -> None:
+        if len(str(socket_path)) > UNIX_PATH_MAX:
+            raise ValueError(f"socket path longer than {UNIX_PATH_MAX} bytes: {socket_path}")
+        self._app = app
+        self._path = socket_path
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                payload = await read_frame(reader)
+                if payload is None:
+                    return
+                request = abci.Request.FromString(payload)
+                response = handle(self._app, request)
+                writer.write(encode_frame(response.SerializeToString()))
+                if request.WhichOneof("value") == "flush":
+                    await writer.drain()
+                if response.WhichOneof("value") == "exception":
+                    await writer.drain()
+        except (WireError, ConnectionError, DecodeError) as exc:
+            log.warning("ABCI connection closed: %s", exc)
+        finally:
+            writer.close()
+
+    async def serve(self, stop: asyncio.Event) -> None:
+        if self._path.exists():
+            self._path.unlink()
+        server = await asyncio.start_unix_server(self._connection, path=str(self._path))
+        os.chmod(self._path, 0o600)
+        async with server:
+            await stop.wait()
+
+
+def run(app: LedgerApplication, socket_path: Path) -> None:
+    """Serve until SIGTERM or SIGINT."""
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await AbciServer(app, socket_path).serve(stop)
+
+    asyncio.run(main())
