@@ -33,7 +33,7 @@ from medshare.ledger.app.store import StateStore
 from medshare.ledger.cometbft.proto.tendermint.abci import types_pb2 as abci
 from medshare.ledger.cometbft.proto.tendermint.crypto import keys_pb2
 from medshare.ledger.cometbft.proto.tendermint.types import validator_pb2 as cmt_validator
-from medshare.ledger.types import LedgerFormatError, Tx
+from medshare.ledger.types import Tx
 
 log = logging.getLogger(__name__)
 
@@ -155,28 +155,26 @@ class LedgerApplication:
         return abci.ResponseProcessProposal(status=accept)
 
     def finalize_block(self, req: abci.RequestFinalizeBlock) -> abci.ResponseFinalizeBlock:
-        before = self._committed()
-        state = before.clone()
-        changes = BlockChanges()
-        report = rules.CommitReport(
-            tuple(
-                (v.validator.address, v.block_id_flag == cmt_validator.BLOCK_ID_FLAG_COMMIT)
-                for v in req.decided_last_commit.votes
+        state = self._committed().clone()
+        block = rules.DecidedBlock(
+            req.height,
+            req.hash,
+            rules.CommitReport(
+                tuple(
+                    (v.validator.address, v.block_id_flag == cmt_validator.BLOCK_ID_FLAG_COMMIT)
+                    for v in req.decided_last_commit.votes
+                ),
+                req.proposer_address,
             ),
-            req.proposer_address,
+            tuple(m.validator.address for m in req.misbehavior),
+            tuple(req.txs),
         )
-        rules.credit(state, report, changes)
-        rules.punish(state, [m.validator.address for m in req.misbehavior], req.hash, changes)
-        results = [self._execute(state, raw, changes) for raw in req.txs]
-        if rules.epoch_ends(state, req.height):
-            rules.elect_next(state, req.hash, changes)
-        updates = rules.validator_updates(before.committee, state.committee)
-        app_hash = state.seal(req.height, changes)
-        self._pending = _Pending(state, changes)
+        outcome = rules.finalize(state, block, decode=self._decode, verified=self._is_verified)
+        self._pending = _Pending(state, outcome.changes)
         return abci.ResponseFinalizeBlock(
-            tx_results=results,
-            validator_updates=[_update(m, power) for m, power in updates],
-            app_hash=app_hash,
+            tx_results=[abci.ExecTxResult(code=code, log=log) for code, log in outcome.results],
+            validator_updates=[_update(m, power) for m, power in outcome.updates],
+            app_hash=state.app_hash,
         )
 
     def commit(self, req: abci.RequestCommit) -> abci.ResponseCommit:
@@ -220,16 +218,6 @@ class LedgerApplication:
         if self._state is None:
             raise RuntimeError("the chain is not initialised (no InitChain yet)")
         return self._state
-
-    def _execute(self, state: LedgerState, raw: bytes, changes: BlockChanges) -> abci.ExecTxResult:
-        try:
-            tx = self._decode(raw)
-            rules.apply_tx(state, tx, changes, verified=self._is_verified)
-        except rules.TxRejected as exc:
-            return abci.ExecTxResult(code=exc.code, log=exc.log)
-        except (LedgerFormatError, ValueError) as exc:  # defensive: a rule that raised oddly
-            return abci.ExecTxResult(code=rules.Code.REJECTED, log=str(exc))
-        return abci.ExecTxResult(code=0)
 
     def _decode(self, raw: bytes) -> Tx:
         """The decoded transaction: from the cache when these bytes were verified here."""

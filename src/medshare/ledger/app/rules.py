@@ -13,11 +13,21 @@ are valid and how a decided block changes the state:
   loses; the proposer of this block gains when it sat in that set.
 * **Misbehaviour** (duplicate votes, light-client attacks, reported by CometBFT with the
   offender's address): the offender's reputation is zeroed, it is ejected for good, and if
-  it holds a committee seat the seat goes at once to a newly elected non-member.
+  it holds a committee seat the seat goes at once to a newly elected non-member (the
+  committee shrinks when there is none, but never to zero).
 * **Election** at the end of every epoch (heights E, 2E, …): a fresh committee is drawn
   from the committed reputations (Efraimidis–Spirakis, :mod:`medshare.ledger.election`),
   seeded by that block's hash. The app returns the difference to CometBFT as validator
   updates, which take effect at height H+2.
+
+Timing and small committees. CometBFT fixes the validator set of height H+1 before H is
+finalized, so updates returned by block H (an election, or an ejection) first vote on
+H+2; an offender caught at H can still sign H+1, and its evidence is already committed.
+A committee of m = 3f+1 members tolerates f Byzantine ones. When fewer than m nodes are
+eligible (ejections, zero reputation), the committee is every eligible node; below 4 it
+tolerates none (f = 0), and CometBFT stops deciding blocks — without forking — while
+more than a third of the committee's power is down. Registering nodes (``register_node``,
+by any active node) and the next election restore it. The committee is never emptied.
 """
 
 from __future__ import annotations
@@ -245,8 +255,13 @@ def punish(
     changes.validators = True
     seats = [m for m in state.committee if m not in bad]
     if len(seats) != len(state.committee):
-        state.committee = _fill(state, seats, seed)
-        changes.committee = True
+        refilled = _fill(state, seats, seed)
+        # CometBFT cannot run without validators: when every member is an offender and
+        # nobody is left to elect, the seats stay (ejected, never re-elected) until a node
+        # is registered; the chain keeps its liveness, the offenders lose everything else.
+        if refilled:
+            state.committee = refilled
+            changes.committee = True
 
 
 def _fill(state: LedgerState, seats: Sequence[bytes], seed: bytes) -> tuple[bytes, ...]:
@@ -270,6 +285,54 @@ def elect_next(state: LedgerState, seed: bytes, changes: BlockChanges) -> None:
     if committee != state.committee:
         state.committee = committee
         changes.committee = True
+
+
+@dataclass(frozen=True)
+class DecidedBlock:
+    """What ``FinalizeBlock`` tells the app about a decided block (also what a verifier
+    reads back from a node's RPC to replay the chain)."""
+
+    height: int
+    hash: bytes
+    report: CommitReport
+    misbehaving: tuple[bytes, ...]  # validator addresses CometBFT has evidence against
+    txs: tuple[bytes, ...]
+
+
+@dataclass(frozen=True)
+class BlockOutcome:
+    results: tuple[tuple[int, str], ...]  # (code, log) per transaction
+    updates: tuple[tuple[bytes, int], ...]  # (public key, power), CometBFT validator updates
+    changes: BlockChanges
+
+
+def finalize(
+    state: LedgerState,
+    block: DecidedBlock,
+    *,
+    decode: Callable[[bytes], Tx] = decode,
+    verified: Callable[[Tx], bool] | None = None,
+) -> BlockOutcome:
+    """Apply one decided block to ``state`` (in place) in the one order every node and
+    every verifier uses: reputation from the previous block's commit, ejection on
+    evidence, the transactions, the election at an epoch's end, then the app hash."""
+    before = state.committee
+    changes = BlockChanges()
+    credit(state, block.report, changes)
+    punish(state, block.misbehaving, block.hash, changes)
+    results = []
+    for raw in block.txs:
+        try:
+            apply_tx(state, decode(raw), changes, verified=verified)
+        except TxRejected as exc:
+            results.append((int(exc.code), exc.log))
+        else:
+            results.append((int(Code.OK), ""))
+    if epoch_ends(state, block.height):
+        elect_next(state, block.hash, changes)
+    updates = tuple(validator_updates(before, state.committee))
+    state.seal(block.height, changes)
+    return BlockOutcome(tuple(results), updates, changes)
 
 
 def validator_updates(

@@ -1,0 +1,279 @@
+"""The ledger application's rules, as pure functions (no CometBFT, no I/O)."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+from appkit import NODE_KEYS, make_genesis
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from medshare.crypto.signing import SigningKey
+from medshare.ledger.app import rules
+from medshare.ledger.app.genesis import MEMBER_POWER, Genesis
+from medshare.ledger.app.rules import Code, CommitReport, DecidedBlock, TxRejected
+from medshare.ledger.app.state import LedgerState
+from medshare.ledger.types import LedgerFormatError, Tx, TxKind
+
+
+def tx(kind: TxKind, body: dict, nonce: int, key: SigningKey, genesis: Genesis) -> Tx:
+    return Tx.create(kind, body, nonce, key, chain=genesis.chain_id)
+
+
+def block(
+    state: LedgerState, height: int, txs: list[Tx], *, signed=None, misbehaving=()
+) -> DecidedBlock:
+    members = state.committee
+    signers = set(members if signed is None else signed)
+    votes = tuple((rules.address(m), m in signers) for m in members)
+    return DecidedBlock(
+        height,
+        hashlib.sha256(b"block %d" % height).digest(),
+        CommitReport(votes, rules.address(members[0])),
+        tuple(rules.address(m) for m in misbehaving),
+        tuple(t.encode() for t in txs),
+    )
+
+
+@pytest.fixture
+def genesis() -> Genesis:
+    return make_genesis()
+
+
+@pytest.fixture
+def state(genesis: Genesis) -> LedgerState:
+    return LedgerState.initial(genesis)
+
+
+def register(state: LedgerState, who: SigningKey, nonce: int = 0) -> Tx:
+    body = {"identity": "dr.wang@H001", "key": who.public.hex()}
+    return tx(TxKind.REGISTER_IDENTITY, body, nonce, NODE_KEYS[0], state.genesis)
+
+
+def access(state: LedgerState, who: SigningKey, nonce: int) -> Tx:
+    body = {"record": "r1", "actor": "dr.wang@H001", "area": "institution"}
+    return tx(TxKind.ACCESS, body, nonce, who, state.genesis)
+
+
+# --- admission ------------------------------------------------------------------------------
+
+
+def test_decode_requires_the_canonical_bytes(state: LedgerState) -> None:
+    t = register(state, SigningKey.generate())
+    assert rules.decode(t.encode()) == t
+    spaced = t.encode().replace(b",", b", ", 1)
+    with pytest.raises(TxRejected) as err:
+        rules.decode(spaced)
+    assert err.value.code is Code.MALFORMED
+    for junk in (b"", b"\xff\xfe", b"[]", b'{"kind": "access"}', b"x" * 70_000):
+        with pytest.raises(TxRejected) as err:
+            rules.decode(junk)
+        assert err.value.code is Code.MALFORMED
+
+
+def test_a_node_registers_an_identity_which_may_then_send(state: LedgerState) -> None:
+    alice = SigningKey.generate()
+    outcome = rules.finalize(
+        state, block(state, 1, [register(state, alice), access(state, alice, 0)])
+    )
+    assert outcome.results == ((0, ""), (0, ""))
+    assert state.identities == {alice.public.hex(): "dr.wang@H001"}
+    assert state.next_nonce(alice.public) == 1
+    assert state.next_nonce(NODE_KEYS[0].public) == 1
+
+
+@pytest.mark.parametrize(
+    ("kind", "body"),
+    [
+        (TxKind.ACCESS, {"record": "r", "actor": "a", "area": "x"}),
+        (TxKind.REGISTER_IDENTITY, {"identity": "me", "key": "00" * 32}),
+        (TxKind.ANCHOR_RECORD, {"record": "r", "patient": "p", "dept": "03", "digest": "00"}),
+    ],
+)
+def test_unregistered_keys_may_send_nothing(state: LedgerState, kind: TxKind, body: dict) -> None:
+    stranger = SigningKey.generate()
+    with pytest.raises(TxRejected) as err:
+        rules.admit(state, tx(kind, body, 0, stranger, state.genesis), 0)
+    assert err.value.code is Code.NOT_PERMITTED
+
+
+def test_a_registered_identity_may_not_send_node_kinds(state: LedgerState) -> None:
+    alice = SigningKey.generate()
+    rules.finalize(state, block(state, 1, [register(state, alice)]))
+    body = {"identity": "eve", "key": SigningKey.generate().public.hex()}
+    with pytest.raises(TxRejected) as err:
+        rules.admit(state, tx(TxKind.REGISTER_IDENTITY, body, 0, alice, state.genesis), 0)
+    assert err.value.code is Code.NOT_PERMITTED
+
+
+@pytest.mark.parametrize("kind", [TxKind.EVIDENCE, TxKind.COMMITTEE_CHANGE])
+def test_engine_kinds_are_never_transactions(state: LedgerState, kind: TxKind) -> None:
+    body = {"offender": "00", "kind": "x", "proof": {}, "epoch": 1, "committee": []}
+    with pytest.raises(TxRejected) as err:
+        rules.admit(state, tx(kind, body, 0, NODE_KEYS[0], state.genesis), 0)
+    assert err.value.code is Code.NOT_PERMITTED
+
+
+def test_wrong_chain_bad_signature_and_bad_nonce(state: LedgerState) -> None:
+    other = make_genesis(epoch=7)
+    good = register(state, SigningKey.generate())
+    foreign = tx(good.kind, dict(good.body), 0, NODE_KEYS[0], other)
+    forged = Tx(good.kind, good.sender, good.nonce, good.body, bytes(64), good.chain)
+    cases = [
+        (foreign, 0, Code.WRONG_CHAIN),
+        (forged, 0, Code.BAD_SIGNATURE),
+        (good, 1, Code.BAD_NONCE),
+    ]
+    for t, expected_nonce, code in cases:
+        with pytest.raises(TxRejected) as err:
+            rules.admit(state, t, expected_nonce)
+        assert err.value.code is code
+
+
+def test_a_replayed_transaction_is_skipped_in_a_block(state: LedgerState) -> None:
+    t = register(state, SigningKey.generate())
+    rules.finalize(state, block(state, 1, [t]))
+    outcome = rules.finalize(state, block(state, 2, [t]))
+    assert outcome.results[0][0] == Code.BAD_NONCE
+    assert len(state.identities) == 1
+
+
+def test_register_identity_rejects_bad_keys_and_duplicates(state: LedgerState) -> None:
+    alice = SigningKey.generate()
+    bad_bodies = [
+        {"identity": "x", "key": "zz" * 32},
+        {"identity": "x", "key": "AB" * 32},
+        {"identity": "", "key": alice.public.hex()},
+        {"identity": "x" * 300, "key": alice.public.hex()},
+        {"identity": "x", "key": NODE_KEYS[1].public.hex()},
+    ]
+    # Each is rejected, so none consumes nonce 0.
+    txs = [tx(TxKind.REGISTER_IDENTITY, b, 0, NODE_KEYS[0], state.genesis) for b in bad_bodies]
+    outcome = rules.finalize(state, block(state, 1, txs))
+    assert [code for code, _ in outcome.results] == [Code.REJECTED] * len(bad_bodies)
+    assert state.identities == {}
+    # A rejected transaction does not consume its nonce.
+    assert state.next_nonce(NODE_KEYS[0].public) == 0
+
+
+def test_register_node_adds_a_candidate_with_initial_reputation(state: LedgerState) -> None:
+    newcomer = SigningKey.generate()
+    body = {"node": newcomer.public.hex(), "name": "H009"}
+    outcome = rules.finalize(
+        state, block(state, 1, [tx(TxKind.REGISTER_NODE, body, 0, NODE_KEYS[0], state.genesis)])
+    )
+    assert outcome.results == ((0, ""),)
+    added = state.node(newcomer.public)
+    assert added is not None and added.reputation == state.genesis.policy.initial
+
+
+# --- what CometBFT reports ------------------------------------------------------------------
+
+
+def test_reputation_follows_the_commit_report(state: LedgerState) -> None:
+    members = state.committee
+    absent = members[-1]
+    before = {v.public: v.reputation for v in state.validators}
+    rules.finalize(state, block(state, 1, [], signed=members[:-1]))
+    after = {v.public: v.reputation for v in state.validators}
+    policy = state.genesis.policy
+    assert after[absent] == before[absent] - policy.missed_penalty
+    assert after[members[0]] == before[members[0]] + policy.vote_bonus + policy.proposal_bonus
+    assert after[members[1]] == before[members[1]] + policy.vote_bonus
+    outsiders = [v.public for v in state.validators if v.public not in members]
+    assert all(after[o] == before[o] for o in outsiders)
+
+
+def test_misbehaviour_ejects_and_refills_the_seat_at_once(state: LedgerState) -> None:
+    offender = state.committee[1]
+    outcome = rules.finalize(state, block(state, 1, [], misbehaving=[offender]))
+    node = state.node(offender)
+    assert node is not None and node.ejected and node.reputation == 0
+    assert offender not in state.committee
+    assert len(state.committee) == state.genesis.committee_size
+    removed = [m for m, power in outcome.updates if power == 0]
+    added = [m for m, power in outcome.updates if power == MEMBER_POWER]
+    assert removed == [offender] and len(added) == 1 and added[0] in state.committee
+    # An ejected node is never elected again.
+    for h in range(2, 3 * state.genesis.epoch_length):
+        rules.finalize(state, block(state, h, []))
+        assert offender not in state.committee
+
+
+def test_evidence_against_unknown_addresses_changes_nothing(genesis: Genesis) -> None:
+    plain, state = LedgerState.initial(genesis), LedgerState.initial(genesis)
+    b = block(state, 1, [])
+    rules.finalize(plain, b)
+    outcome = rules.finalize(state, DecidedBlock(1, b.hash, b.report, (b"\x01" * 20,), ()))
+    assert (state.validators, state.committee) == (plain.validators, plain.committee)
+    assert outcome.updates == ()
+
+
+def test_the_committee_is_reelected_at_epoch_ends_only(genesis: Genesis) -> None:
+    state = LedgerState.initial(genesis)
+    first = state.committee
+    changed_at = []
+    for h in range(1, 6 * genesis.epoch_length + 1):
+        before = state.committee
+        outcome = rules.finalize(state, block(state, h, []))
+        if state.committee != before:
+            changed_at.append(h)
+            assert {m for m, p in outcome.updates if p} == set(state.committee) - set(before)
+            assert {m for m, p in outcome.updates if not p} == set(before) - set(state.committee)
+        else:
+            assert outcome.updates == ()
+    assert all(h % genesis.epoch_length == 0 for h in changed_at)
+    assert len(state.committee) == genesis.committee_size
+    assert changed_at, f"six elections of 4 of 6 nodes never changed the committee {first}"
+
+
+def test_validator_updates_are_sorted_and_minimal() -> None:
+    a, b, c = (bytes([i]) * 32 for i in (3, 1, 2))
+    assert rules.validator_updates((a, b), (b, c)) == [(c, MEMBER_POWER), (a, 0)]
+    assert rules.validator_updates((a,), (a,)) == []
+
+
+# --- determinism and the app hash --------------------------------------------------------------
+
+
+def test_two_replicas_agree_and_any_change_moves_the_app_hash(genesis: Genesis) -> None:
+    alice = SigningKey.generate()
+    one, two = LedgerState.initial(genesis), LedgerState.initial(genesis)
+    blocks = [block(one, 1, [register(one, alice)]), block(one, 2, [access(one, alice, 0)])]
+    for b in blocks:
+        rules.finalize(one, b)
+        rules.finalize(two, b)
+    assert one.app_hash == two.app_hash
+    three = LedgerState.initial(genesis)
+    rules.finalize(three, blocks[0])
+    rules.finalize(three, DecidedBlock(2, blocks[1].hash, blocks[1].report, (), ()))
+    assert three.app_hash != one.app_hash
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 5), st.booleans()), min_size=1, max_size=12))
+def test_replay_is_deterministic(steps: list[tuple[int, bool]]) -> None:
+    """Any sequence of blocks (absent signers, evidence) gives equal states on two replicas."""
+    genesis = make_genesis()
+    one, two = LedgerState.initial(genesis), LedgerState.initial(genesis)
+    for height, (who, misbehave) in enumerate(steps, start=1):
+        node = NODE_KEYS[who].public
+        b = block(
+            one,
+            height,
+            [],
+            signed=[m for m in one.committee if m != node],
+            misbehaving=[node] if misbehave else [],
+        )
+        out_one, out_two = rules.finalize(one, b), rules.finalize(two, b)
+        assert out_one.updates == out_two.updates
+        assert one.app_hash == two.app_hash and one.committee == two.committee
+        assert one.committee, "the committee is never empty"
+
+
+def test_genesis_round_trips_and_rejects_garbage(genesis: Genesis) -> None:
+    assert Genesis.from_json(genesis.to_json()) == genesis
+    for bad in (None, [], {"chain": "x"}, {**genesis.to_json(), "committee_size": 0}):
+        with pytest.raises(LedgerFormatError):
+            Genesis.from_json(bad)
