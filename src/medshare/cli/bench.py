@@ -62,6 +62,39 @@ def crypto(
     typer.echo(f"report written to {json_out}" + (f", plot to {plot}" if plot else ""))
 
 
+def _real_ledger(quick: bool) -> dict:
+    from medshare.bench import ledger_real
+
+    with Console(stderr=True).status("benchmarking real processes") as status:
+        report = ledger_real.run(quick, progress=lambda msg: status.update(msg))
+    table = Table(title="medshare bench ledger: real processes on this machine, one run")
+    columns = ("case", "system", "tx/s", "p50 ms", "p99 ms", "CPU s/block", "vote KB/block")
+    for column in columns:
+        table.add_column(column, justify="left" if column in ("case", "system") else "right")
+
+    def fmt(value: object, spec: str) -> str:
+        return "–" if value is None else format(value, spec)
+
+    for row in report["rows"]:
+        table.add_row(
+            row["case"],
+            row.get("system", ""),
+            fmt(row.get("tx_per_s"), ".0f"),
+            fmt(row.get("p50_ms"), ".0f"),
+            fmt(row.get("p99_ms"), ".0f"),
+            fmt(row.get("cpu_s_per_block"), ".3f"),
+            fmt(
+                row.get("vote_bytes_per_block", 0) / 1024
+                if "vote_bytes_per_block" in row
+                else None,
+                ".1f",
+            ),
+        )
+    Console().print(table)
+    Console().print(f"real-process summary: {json.dumps(report['summary'])}")
+    return report
+
+
 @app.command("ledger")
 def ledger(
     json_out: Annotated[Path, typer.Option("--json", help="Where to write the JSON report.")],
@@ -69,11 +102,28 @@ def ledger(
     quick: Annotated[
         bool, typer.Option(help="N up to 64, block-size curve at N = 64 only (under a minute).")
     ] = False,
+    sim: Annotated[bool, typer.Option(help="Run the simulated model.")] = True,
+    real: Annotated[
+        bool, typer.Option(help="Run real CometBFT processes and etcd on this machine.")
+    ] = True,
 ) -> None:
-    """Elected committee vs all-node BFT on the simulated network, and the in-process rate."""
+    """Real CometBFT processes under load next to etcd; the elected committee vs every node
+    a validator; and the simulated model over larger N."""
     from medshare.bench import ledger as bench_ledger
 
-    report = _run_and_save(bench_ledger.run, "plot_ledger", quick, json_out, plot)
+    real_report = _real_ledger(quick) if real else None
+    if not sim:
+        write_file(json_out, json.dumps({"real": real_report}, indent=1).encode() + b"\n")
+        typer.echo(f"report written to {json_out}")
+        return
+
+    def run_both(quick: bool, progress: Callable[[str], None]) -> dict:
+        report = bench_ledger.run(quick, progress=progress)
+        if real_report is not None:
+            report["real"] = real_report
+        return report
+
+    report = _run_and_save(run_both, "plot_ledger", quick, json_out, plot)
     costs = report["costs"]
     Console().print(
         "calibrated costs (this machine, this run): "

@@ -1,4 +1,5 @@
-"""``medshare ledger …``: audit a node's database (verify from genesis, inclusion proofs)."""
+"""``medshare ledger …``: audit a chain from genesis (a node's database, or a CometBFT
+node's RPC) and inclusion proofs."""
 
 from __future__ import annotations
 
@@ -19,17 +20,47 @@ DbOption = Annotated[Path, typer.Option("--db", help="A node's SQLite database."
 
 
 @app.command("verify")
-def verify(db: DbOption) -> None:
-    """Re-verify the whole chain from genesis; names the first bad height. Exit 1 if bad."""
-    with user_errors():
-        store = open_node_db(db)
-        try:
-            report = audit.verify_chain(store)
-        finally:
-            store.close()
-    typer.echo(json.dumps(report.as_dict()))
-    if not report.ok:
+def verify(
+    db: Annotated[Path | None, typer.Option("--db", help="A node's SQLite database.")] = None,
+    rpc: Annotated[
+        str | None,
+        typer.Option("--rpc", help="A CometBFT node's RPC URL (e.g. http://127.0.0.1:26657)."),
+    ] = None,
+    to: Annotated[
+        int | None, typer.Option("--to", min=0, help="With --rpc: stop at this height.")
+    ] = None,
+) -> None:
+    """Re-verify the whole chain from genesis; names the first bad height. Exit 1 if bad.
+
+    With --rpc, only the node's genesis is trusted: every header, commit signature,
+    validator set and transaction result is checked and the application is replayed."""
+    if (db is None) == (rpc is None):
+        raise fail("give exactly one of --db and --rpc")
+    if to is not None and rpc is None:
+        raise fail("--to goes with --rpc")
+    if rpc is not None:
+        report = _verify_rpc(rpc, to)
+    else:
+        with user_errors():
+            store = open_node_db(db)
+            try:
+                report = audit.verify_chain(store).as_dict()
+            finally:
+                store.close()
+    typer.echo(json.dumps(report))
+    if not report["ok"]:
         raise typer.Exit(EXIT_DENIED)
+
+
+def _verify_rpc(url: str, to: int | None) -> dict:
+    from medshare.ledger.cometbft import verify as cometbft_verify
+    from medshare.ledger.cometbft.client import LedgerUnavailable
+
+    with user_errors():
+        try:
+            return cometbft_verify.verify_node(url, to=to).as_dict()
+        except LedgerUnavailable as exc:
+            raise fail(f"cannot read the node at {url}: {exc}") from None
 
 
 @app.command("prove")

@@ -39,6 +39,7 @@ CONSENSUS = {
 class Ports:
     p2p: int
     rpc: int
+    metrics: int  # Prometheus, on the RPC host
 
 
 def init(home: Path, moniker: str) -> None:
@@ -146,6 +147,8 @@ def configure(
             ("mempool", "size"): 20_000,
             ("mempool", "cache_size"): 100_000,
             ("tx_index", "indexer"): "kv",
+            ("instrumentation", "prometheus"): True,
+            ("instrumentation", "prometheus_listen_addr"): f"{rpc_host}:{ports.metrics}",
             **{("consensus", key): value for key, value in CONSENSUS.items()},
         },
     )

@@ -62,6 +62,7 @@ class NodeInfo:
     node_id: str
     p2p: str  # host:port
     rpc: str  # URL
+    metrics: str  # Prometheus URL
 
 
 @dataclass(frozen=True)
@@ -153,10 +154,10 @@ def create(
         committee_size=committee,
     )
     if ports is None:
-        ports = free_ports(2 * nodes, rpc_host if rpc_host != "0.0.0.0" else "127.0.0.1")
-    if len(ports) < 2 * nodes:
-        raise NetworkError(f"{nodes} nodes need {2 * nodes} ports")
-    node_ports = [node_home.Ports(ports[2 * i], ports[2 * i + 1]) for i in range(nodes)]
+        ports = free_ports(3 * nodes, rpc_host if rpc_host != "0.0.0.0" else "127.0.0.1")
+    if len(ports) < 3 * nodes:
+        raise NetworkError(f"{nodes} nodes need {3 * nodes} ports")
+    node_ports = [node_home.Ports(*ports[3 * i : 3 * i + 3]) for i in range(nodes)]
     ids = [node_home.node_id(h) for h in homes]
     genesis_time = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     infos = []
@@ -181,6 +182,7 @@ def create(
                 ids[i],
                 f"{p2p_host}:{node_ports[i].p2p}",
                 f"http://{rpc_ip}:{node_ports[i].rpc}",
+                f"http://{rpc_ip}:{node_ports[i].metrics}/metrics",
             )
         )
     network = Network(

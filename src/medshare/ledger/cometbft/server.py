@@ -121,6 +121,9 @@ class AbciServer:
         self._path = socket_path
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # Responses are buffered and written when CometBFT asks (Flush), as its own socket
+        # server does: one write per batch of pipelined requests instead of one per response.
+        pending = bytearray()
         try:
             while True:
                 payload = await read_frame(reader)
@@ -128,10 +131,13 @@ class AbciServer:
                     return
                 request = abci.Request.FromString(payload)
                 response = handle(self._app, request)
-                writer.write(encode_frame(response.SerializeToString()))
-                if request.WhichOneof("value") == "flush":
-                    await writer.drain()
-                if response.WhichOneof("value") == "exception":
+                pending += encode_frame(response.SerializeToString())
+                if (
+                    request.WhichOneof("value") == "flush"
+                    or response.WhichOneof("value") == "exception"
+                ):
+                    writer.write(bytes(pending))
+                    pending.clear()
                     await writer.drain()
         except (WireError, ConnectionError, DecodeError) as exc:
             log.warning("ABCI connection closed: %s", exc)
