@@ -50,8 +50,7 @@ from medshare.ledger.types import Tx, TxKind
 T = TypeVar("T")
 
 MAX_SOCKET_PATH = 90  # AF_UNIX allows 107 bytes; keep a margin for longer node folders
-NODES_UP_S = 60.0  # bounds for waits: generous, since CI machines may be slow
-CATCH_UP_S = 90.0
+CATCH_UP_S = 90.0  # bound for a node to catch up: generous, since CI machines may be slow
 
 
 # --- fixture: one network folder per test, always torn down ---------------------------------
@@ -60,7 +59,7 @@ CATCH_UP_S = 90.0
 def _processes_under(directory: Path) -> dict[int, str]:
     """Live processes whose command line names ``directory`` (every app and CometBFT
     process of a node has its folder on its command line)."""
-    needle = str(directory).encode()
+    needle = str(directory).encode() + b"/"
     found = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -131,14 +130,14 @@ def lab(tmp_path: Path) -> Iterator[Lab]:
         while survivors and time.monotonic() < deadline:
             time.sleep(0.1)
             survivors = _processes_under(directory)
-        alive = {pid for pid in lab.seen_pids if network._alive(pid)}
-        for pid in set(survivors) | alive:  # started by this test: never leave them behind
+        for pid in survivors:  # ours (they name this test's folder): never leave them
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         if own_temp is not None:
             shutil.rmtree(own_temp, ignore_errors=True)
-        assert not survivors, f"processes survived network.down: {survivors}"
-        assert not alive, f"recorded node processes still alive after down: {sorted(alive)}"
+        recorded = sorted(set(survivors) & lab.seen_pids)
+        assert not survivors, f"processes survived network.down ({recorded} recorded): {survivors}"
+        assert lab.seen_pids, "no node process was ever recorded"
 
 
 # --- helpers ------------------------------------------------------------------------------------
@@ -243,10 +242,6 @@ def _full_status(net: network.Network, timeout: float = 30.0) -> dict:
     )
 
 
-def _node_key(net: network.Network, i: int) -> SigningKey:
-    return SigningKey(node_home.validator_seed(net.node_dir(i)))
-
-
 def _access(key: SigningKey, nonce: int, chain: str, record: str = "r") -> Tx:
     body = {"record": f"{record}-{nonce}", "actor": "dr-test", "area": "institution"}
     return Tx.create(TxKind.ACCESS, body, nonce, key, chain=chain)
@@ -283,6 +278,16 @@ def _log_lines(folder: Path, needle: str, limit: int = 5) -> list[str]:
 
 def _process_state(pid: int) -> str:
     return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+def _wait_stopped(pids: Sequence[int]) -> None:
+    """SIGSTOP is delivered asynchronously: wait until every process shows state T."""
+    _wait_for(
+        f"processes {list(pids)} to be stopped",
+        lambda: all(_process_state(pid) == "T" for pid in pids),
+        10.0,
+        every=0.05,
+    )
 
 
 # --- 1. basics through the CLI ------------------------------------------------------------------
@@ -334,7 +339,7 @@ def test_cli_up_status_and_admission(lab: Lab) -> None:
         tx0 = _access(staff, 0, chain)
         [done] = client.submit([tx0])
         assert done.code == 0
-        assert _find(urls, tx0.txid) == done
+        assert _wait_for("tx0 in the tx index", lambda: _find(urls, tx0.txid), 10.0) == done
         assert client.next_nonce(staff.public) == 1
 
         # an unregistered key is refused by CheckTx (never reaches a block)
@@ -383,6 +388,7 @@ def test_cli_up_status_and_admission(lab: Lab) -> None:
 @pytest.mark.slow
 @pytest.mark.xfail(
     strict=True,
+    raises=AssertionError,
     reason="src bug: LedgerClient.find sends hash='0x…' in a JSON-RPC POST body, where "
     "CometBFT decodes []byte params as base64 (-32602 Invalid params); find swallows the "
     "error and always returns None, so submit() of a committed tx never finds it",
@@ -394,7 +400,8 @@ def test_client_find_and_resubmit_of_a_committed_tx(lab: Lab) -> None:
     tx = _access(staff, 0, net.chain_id)
     with LedgerClient([net.node(0).rpc]) as client:
         [done] = client.submit([tx])
-        assert _find([net.node(0).rpc], tx.txid) == done  # the node has indexed it
+        url = [net.node(0).rpc]
+        assert _wait_for("the tx indexed", lambda: _find(url, tx.txid), 10.0) == done
         assert client.find(tx.txid) == done
         # the same bytes again: the node answers "in cache"; submit must find the commit
         assert client.submit([tx], timeout=6.0) == [done]
@@ -413,6 +420,7 @@ class Ledgerbook:
     committed: dict[str, Committed] = dataclasses.field(default_factory=dict)
     unresolved: list[Tx] = dataclasses.field(default_factory=list)
     refusals: list[tuple[int, str]] = dataclasses.field(default_factory=list)
+    uncertain: list[Tx] = dataclasses.field(default_factory=list)  # broadcast raised
     errors: list[str] = dataclasses.field(default_factory=list)
 
 
@@ -425,64 +433,79 @@ def _load_thread(
     book: Ledgerbook,
 ) -> None:
     """One background thread driving every identity, each strictly sequential: broadcast
-    its next transaction, then wait for it (applying the client's retry rule once when it
-    is late); an identity whose transaction stays unresolved stops (its nonce state is
-    unknown), as in :mod:`medshare.ledger.cometbft.load`."""
-    clients = [LedgerClient(urls_for(k), timeout=3.0) for k in range(len(keys))]
+    its next transaction, wait until a block carries it, then the next. A transaction
+    late by 8 s gets the client's retry rule once (ask any node by hash; resend if the
+    sender's committed nonce has not passed it); an identity whose transaction is still
+    unresolved after 20 s stops (its nonce state is unknown), as in
+    :mod:`medshare.ledger.cometbft.load`."""
+    submitters = [LedgerClient(urls_for(k), timeout=3.0) for k in range(len(keys))]
+    reader = LedgerClient(all_urls, timeout=3.0)
     try:
-        nonces = [c.next_nonce(key.public) for c, key in zip(clients, keys, strict=True)]
-        # per identity: (tx, height before its broadcast) while one is in flight
-        pending: list[tuple[Tx, int] | None] = [None] * len(keys)
+        nonces = [c.next_nonce(key.public) for c, key in zip(submitters, keys, strict=True)]
+        pending: dict[int, Tx] = {}  # identity -> its transaction in flight
         active = set(range(len(keys)))
-        late_retried: set[str] = set()
+        retried: set[str] = set()
+        cursor = reader.height() + 1
         counter = 0
         while active and not stop.is_set():
-            for k in sorted(active):
-                client, key = clients[k], keys[k]
-                try:
-                    if pending[k] is None:
-                        counter += 1
-                        tx = _access(key, nonces[k], chain, record=f"load-{k}-{counter}")
-                        start = client.height()
-                        [(code, log)] = client.broadcast([tx.encode()])
-                        if code != 0:
-                            with book.lock:
-                                book.refusals.append((code, log))
-                            continue  # a new tx with the same nonce next round
+            try:
+                for k in sorted(active - set(pending)):
+                    counter += 1
+                    tx = _access(keys[k], nonces[k], chain, record=f"load-{k}-{counter}")
+                    try:
+                        [(code, log)] = submitters[k].broadcast([tx.encode()])
+                    except LedgerUnavailable:  # no answer: it may have reached a mempool
                         with book.lock:
-                            book.acked.append(tx)
-                            book.acked_at[tx.txid] = time.monotonic()
-                        pending[k] = (tx, start)
-                    tx, start = pending[k]
-                    found = client.wait([tx.txid], start, timeout=0.5)
-                    if tx.txid in found:
-                        with book.lock:
-                            book.committed[tx.txid] = found[tx.txid]
-                        pending[k] = None
-                        nonces[k] = tx.nonce + 1
+                            book.uncertain.append(tx)
                         continue
+                    with book.lock:
+                        if code != 0:  # not acknowledged: a fresh tx, same nonce, next round
+                            book.refusals.append((code, log))
+                            continue
+                        book.acked.append(tx)
+                        book.acked_at[tx.txid] = time.monotonic()
+                    pending[k] = tx
+                top = reader.height()
+                progressed = False
+                while cursor <= top:
+                    decided = reader.block_txs(cursor)
+                    if decided is None:
+                        break
+                    by_id = {c.txid: c for c in decided}
+                    for k, tx in list(pending.items()):
+                        if tx.txid in by_id:
+                            with book.lock:
+                                book.committed[tx.txid] = by_id[tx.txid]
+                            del pending[k]
+                            nonces[k] = reader.next_nonce(keys[k].public)
+                    cursor += 1
+                    progressed = True
+                for k, tx in list(pending.items()):
                     waited = time.monotonic() - book.acked_at[tx.txid]
-                    if waited > 8.0 and tx.txid not in late_retried:
-                        # the client's retry rule: ask by hash, resend if the nonce is free
-                        late_retried.add(tx.txid)
+                    if waited > 8.0 and tx.txid not in retried:
+                        retried.add(tx.txid)
                         committed = _find(all_urls, tx.txid)
-                        if committed is not None:
+                        if committed is not None:  # seen by another node's index
                             with book.lock:
                                 book.committed[tx.txid] = committed
-                            pending[k] = None
-                            nonces[k] = tx.nonce + 1
-                        elif client.next_nonce(tx.sender) <= tx.nonce:
-                            client.broadcast([tx.encode()])
+                            del pending[k]
+                            nonces[k] = reader.next_nonce(keys[k].public)
+                        elif reader.next_nonce(tx.sender) <= tx.nonce:
+                            submitters[k].broadcast([tx.encode()])
                     elif waited > 20.0:
                         with book.lock:
                             book.unresolved.append(tx)
+                        del pending[k]
                         active.discard(k)
-                except LedgerUnavailable as exc:  # every node failed this call: try again
-                    with book.lock:
-                        book.errors.append(str(exc))
-                    time.sleep(0.1)
+                if not progressed:
+                    time.sleep(0.05)
+            except LedgerUnavailable as exc:  # every node failed this call: try again
+                with book.lock:
+                    book.errors.append(str(exc))
+                time.sleep(0.1)
     finally:
-        for c in clients:
+        reader.close()
+        for c in submitters:
             c.close()
 
 
@@ -511,7 +534,6 @@ def test_validator_crash_under_load(lab: Lab) -> None:
         network.kill(net, victim)
         assert not network.running(net, victim)
         assert _height(urls[victim]) is None
-        crashed_at = time.monotonic()
         committed_at_crash = len(book.committed)
         while time.monotonic() - began < 8.0:
             time.sleep(0.05)
@@ -538,7 +560,6 @@ def test_validator_crash_under_load(lab: Lab) -> None:
     assert not loader.is_alive(), "the load thread did not stop"
     assert book.acked, "no load transaction was acknowledged"
     assert len(book.committed) > committed_at_crash, "nothing committed after the crash"
-    assert crashed_at < restarted_at
 
     # Every acknowledged transaction is accounted for: committed, or (retry rule) its
     # nonce was taken and no block holds it, or resent and then committed.
@@ -558,10 +579,17 @@ def test_validator_crash_under_load(lab: Lab) -> None:
             if tx.txid not in client.wait([tx.txid], start, timeout=20.0):
                 lost.append(tx.txid)
         assert not lost, f"acknowledged but neither committed nor refused by nonce: {lost}"
-        # no acknowledged tx committed twice, and their nonces are each used once
-        by_height = [_find(survivors, t.txid) for t in book.acked]
-        ids = [c.txid for c in by_height if c is not None]
-        assert len(ids) == len(set(ids))
+        # each identity's nonces 0..next-1 were used by exactly one acknowledged tx each:
+        # nothing committed twice, nothing committed that was not acknowledged
+        for key in keys:
+            applied = sorted(
+                tx.nonce
+                for tx in [*book.acked, *book.uncertain]
+                if tx.sender == key.public
+                and (c := _find(survivors, tx.txid)) is not None
+                and c.code == 0
+            )
+            assert applied == list(range(client.next_nonce(key.public))), applied
 
     # all four nodes agree, and the restarted one caught up
     h = _assert_same_chain(net, range(4), CATCH_UP_S)
@@ -588,7 +616,7 @@ def test_partitioned_validator_catches_up(lab: Lab) -> None:
     try:
         pids = network.pids(net, paused)
         assert len(pids) == 2
-        assert all(_process_state(pid) == "T" for pid in pids.values()), "not stopped"
+        _wait_stopped(list(pids.values()))
         with LedgerClient([net.node(i).rpc for i in others]) as client:
             nonce = client.next_nonce(staff.public)
             began = time.monotonic()
@@ -613,7 +641,8 @@ def test_partitioned_validator_catches_up(lab: Lab) -> None:
     # the resumed node holds what was committed while it was away
     with LedgerClient([net.node(paused).rpc]) as client:
         last = committed[-1]
-        assert _find([net.node(paused).rpc], last.txid) == last
+        resumed = [net.node(paused).rpc]
+        assert _wait_for("the last tx indexed", lambda: _find(resumed, last.txid), 30.0) == last
         assert client.next_nonce(staff.public) == len(committed)
     assert network.running(net, paused)
 
@@ -636,23 +665,24 @@ def _start_copy(lab: Lab, net: network.Network, source: int) -> network.Network:
         json.dumps({"height": "0", "round": 0, "step": 0})
     )
     shutil.copy(net.node_dir(0) / "config" / "genesis.json", folder / "config" / "genesis.json")
-    p2p, rpc = network.free_ports(2)
+    p2p, rpc, metrics = network.free_ports(3)
     node_home.configure(
         folder,
-        ports=node_home.Ports(p2p, rpc),
+        ports=node_home.Ports(p2p=p2p, rpc=rpc, metrics=metrics),
         p2p_host="127.0.0.1",
         rpc_host="127.0.0.1",
         peers=[f"{n.node_id}@{n.p2p}" for n in net.nodes],
         socket=folder.resolve() / SOCKET,
     )
-    info = network.NodeInfo(
-        len(net.nodes),
-        f"copy-of-node-{source}",
-        folder.name,
-        net.node(source).public,
-        node_home.node_id(folder),
-        f"127.0.0.1:{p2p}",
-        f"http://127.0.0.1:{rpc}",
+    info = dataclasses.replace(
+        net.node(source),  # same validator key
+        index=len(net.nodes),
+        name=f"copy-of-node-{source}",
+        folder=folder.name,
+        node_id=node_home.node_id(folder),
+        p2p=f"127.0.0.1:{p2p}",
+        rpc=f"http://127.0.0.1:{rpc}",
+        metrics=f"http://127.0.0.1:{metrics}/metrics",
     )
     extended = dataclasses.replace(net, nodes=(*net.nodes, info))
     lab.track(extended)  # stopped by the fixture even if starting fails half-way

@@ -326,6 +326,10 @@ def finalize(
             apply_tx(state, decode(raw), changes, verified=verified)
         except TxRejected as exc:
             results.append((int(exc.code), exc.log))
+        except (LedgerFormatError, ValueError) as exc:
+            # A rule that failed in an unforeseen way: skip the transaction on every node
+            # alike rather than halt the chain on input an attacker chose.
+            results.append((int(Code.REJECTED), f"rejected: {exc}"))
         else:
             results.append((int(Code.OK), ""))
     if epoch_ends(state, block.height):

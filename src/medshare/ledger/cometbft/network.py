@@ -40,7 +40,7 @@ from medshare.fileio import write_file
 from medshare.ledger import election
 from medshare.ledger.app.genesis import Genesis
 from medshare.ledger.cometbft import home as node_home
-from medshare.ledger.cometbft import install
+from medshare.ledger.cometbft import install, server
 from medshare.ledger.cometbft.appmain import SOCKET
 
 NET_FILE = "net.json"
@@ -144,7 +144,7 @@ def create(
         node_home.init(home, f"node-{i}")
         os.chmod(home, 0o700)
         socket_path = home.resolve() / SOCKET
-        if len(str(socket_path)) > 107:
+        if len(str(socket_path)) > server.UNIX_PATH_MAX - len(".new"):
             raise NetworkError(f"folder path too long for a Unix socket: {socket_path}")
     publics = [node_home.validator_public(h) for h in homes]
     genesis = Genesis(

@@ -115,7 +115,7 @@ def handle(app: LedgerApplication, request: abci.Request) -> abci.Response:
 
 class AbciServer:
     def __init__(self, app: LedgerApplication, socket_path: Path) -> None:
-        if len(str(socket_path)) > UNIX_PATH_MAX:
+        if len(str(socket_path)) + len(".new") > UNIX_PATH_MAX:
             raise ValueError(f"socket path longer than {UNIX_PATH_MAX} bytes: {socket_path}")
         self._app = app
         self._path = socket_path
@@ -145,12 +145,19 @@ class AbciServer:
             writer.close()
 
     async def serve(self, stop: asyncio.Event) -> None:
-        if self._path.exists():
-            self._path.unlink()
-        server = await asyncio.start_unix_server(self._connection, path=str(self._path))
-        os.chmod(self._path, 0o600)
+        """Listen until ``stop`` is set. The socket appears at its path only once it is
+        listening, with mode 0600 (bound and chmod'ed under a temporary name, then renamed):
+        whoever waits for the path (``network.start``, then CometBFT) never connects to a
+        socket that is bound but not yet listening."""
+        staging = self._path.with_name(self._path.name + ".new")
+        for stale in (self._path, staging):
+            stale.unlink(missing_ok=True)
+        server = await asyncio.start_unix_server(self._connection, path=str(staging))
+        os.chmod(staging, 0o600)
+        os.rename(staging, self._path)
         async with server:
             await stop.wait()
+        self._path.unlink(missing_ok=True)
 
 
 def run(app: LedgerApplication, socket_path: Path) -> None:

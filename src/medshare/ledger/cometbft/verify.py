@@ -27,8 +27,8 @@ through hashes and > 2/3 of the voting power's Ed25519 signatures:
 * **Evidence**: duplicate-vote evidence must carry two conflicting, validly signed votes
   of a validator of that height, with that height's powers and block time.
 * **Application**: the state machine is replayed in Python from the genesis
-  ``app_state`` with :func:`replay_block` (the same rules, in the same order, as
-  ``LedgerApplication.finalize_block``); every transaction's result code must equal the
+  ``app_state`` with :func:`replay_block`, i.e. :func:`rules.finalize`, the function
+  ``LedgerApplication.finalize_block`` runs; every transaction's result code must equal the
   node's ``/block_results``, the replayed app hash after block h must be the one in header
   h+1, the validator updates the node reports must be the replay's, and the validator set
   of every height must be the committee the rules elected (CometBFT applies the updates of
@@ -52,7 +52,7 @@ import json
 import re
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -64,7 +64,7 @@ from google.protobuf.wrappers_pb2 import BytesValue, Int64Value, StringValue
 
 from medshare.ledger.app import rules
 from medshare.ledger.app.genesis import MEMBER_POWER, Genesis
-from medshare.ledger.app.state import BlockChanges, LedgerState
+from medshare.ledger.app.state import LedgerState
 from medshare.ledger.cometbft.client import LedgerClient, LedgerUnavailable
 from medshare.ledger.cometbft.proto.tendermint.abci import types_pb2 as abci_pb
 from medshare.ledger.cometbft.proto.tendermint.crypto import keys_pb2
@@ -77,7 +77,6 @@ from medshare.ledger.cometbft.proto.tendermint.types import (
     validator_pb2,
 )
 from medshare.ledger.cometbft.proto.tendermint.version import types_pb2 as version_pb2
-from medshare.ledger.types import LedgerFormatError, Tx
 
 BLOCK_PROTOCOL = 11  # CometBFT v0.38's block protocol version (version.BlockProtocol)
 PART_SIZE = 65536  # types.BlockPartSizeBytes
@@ -437,28 +436,9 @@ def signature_ok(public: bytes, signature: bytes, message: bytes) -> bool:
     return True
 
 
-# --- the application's block, in one place ---------------------------------------------------
+# --- the application's block -------------------------------------------------------------
 
 TxResult = tuple[int, str]  # (code, log): 0 applied, else the rule that skipped it
-
-
-def execute_tx(
-    state: LedgerState,
-    raw: bytes,
-    changes: BlockChanges,
-    *,
-    decode: Callable[[bytes], Tx] = rules.decode,
-    verified: Callable[[Tx], bool] | None = None,
-) -> TxResult:
-    """Apply one transaction of a decided block; a rejected one leaves the state as is."""
-    try:
-        tx = decode(raw)
-        rules.apply_tx(state, tx, changes, verified=verified)
-    except rules.TxRejected as exc:
-        return int(exc.code), exc.log
-    except (LedgerFormatError, ValueError) as exc:  # defensive: a rule that raised oddly
-        return int(rules.Code.REJECTED), str(exc)
-    return 0, ""
 
 
 def replay_block(
@@ -470,28 +450,24 @@ def replay_block(
     block_hash: bytes,
     height: int,
     txs: Iterable[bytes],
-    changes: BlockChanges | None = None,
-    decode: Callable[[bytes], Tx] = rules.decode,
-    verified: Callable[[Tx], bool] | None = None,
 ) -> tuple[list[TxResult], list[tuple[bytes, int]]]:
-    """What ``FinalizeBlock`` does to ``state`` for one decided block, in its order:
-    reputation from the last commit (``votes``: each validator of the previous height's
-    set by address, and whether it signed the block), ejection of the misbehaving,
-    the transactions, the election at an epoch's end, then the seal (``state.app_hash``
-    becomes the block's app hash). Returns the transactions' results and the validator
-    updates (power 0 removes). ``changes`` collects the block's changes for a caller that
-    stores them; ``decode``/``verified`` let a caller reuse transactions it decoded and
-    verified already (results are the same)."""
-    changes = BlockChanges() if changes is None else changes
-    before = state.committee
-    rules.credit(state, rules.CommitReport(tuple(votes), proposer), changes)
-    rules.punish(state, list(misbehaving_addresses), block_hash, changes)
-    results = [execute_tx(state, raw, changes, decode=decode, verified=verified) for raw in txs]
-    if rules.epoch_ends(state, height):
-        rules.elect_next(state, block_hash, changes)
-    updates = rules.validator_updates(before, state.committee)
-    state.seal(height, changes)
-    return results, updates
+    """What ``FinalizeBlock`` does to ``state`` (in place) for one decided block, read
+    back from the RPC: ``votes`` are the previous height's validators by address with
+    whether each signed the block (its ``last_commit``), ``misbehaving_addresses`` who the
+    block's evidence names. The order of the steps lives in :func:`rules.finalize`, which
+    ``LedgerApplication.finalize_block`` calls too. Returns the transactions' (code, log)
+    and the validator updates (power 0 removes); ``state.app_hash`` is the block's."""
+    outcome = rules.finalize(
+        state,
+        rules.DecidedBlock(
+            height,
+            block_hash,
+            rules.CommitReport(tuple(votes), proposer),
+            tuple(misbehaving_addresses),
+            tuple(txs),
+        ),
+    )
+    return list(outcome.results), list(outcome.updates)
 
 
 # --- the report ----------------------------------------------------------------------------
