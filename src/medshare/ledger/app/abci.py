@@ -7,10 +7,16 @@ one event loop, so the methods here never run concurrently and need no locks.
 Two views of the state are kept, as CometBFT's ABCI spec asks:
 
 * the **committed** state, advanced only by ``FinalizeBlock`` → ``Commit``;
-* the **mempool** view for ``CheckTx``: the committed nonces plus one for every
-  transaction admitted since, so a sender can have several transactions in flight (each
-  must carry the next nonce). After each ``Commit`` it restarts from the committed state
-  and CometBFT re-checks the transactions left in its mempool, in order.
+* the **mempool** view for ``CheckTx``: per sender, the next nonce after the
+  transactions admitted since the last commit, so a sender can have several in flight.
+  ``CheckTx`` admits a nonce from the committed one up to that next one (no gaps; a
+  repeated nonce is admitted because the sender may re-send after a crash, and only one
+  of them can ever be applied). CometBFT runs without re-checking its mempool after each
+  block (``mempool.recheck = false``: with the ABCI socket client every re-check is a
+  round trip through this process, the largest avoidable cost under load), so a
+  transaction left in the mempool that a block made invalid is dropped later by
+  ``PrepareProposal``, which proposes only transactions valid in order, and skipped
+  with a code by ``FinalizeBlock`` if a faulty proposer includes it.
 
 A transaction is decoded and its signature verified once per process: ``CheckTx``
 remembers the decoded transactions whose signature it checked, keyed by their exact bytes,
@@ -102,12 +108,14 @@ class LedgerApplication:
         try:
             tx = self._decode(req.tx)
             sender = tx.sender.hex()
-            expected = self._mempool_nonces.get(sender, state.nonces.get(sender, 0))
-            rules.admit(state, tx, expected, verified=self._is_verified)
+            committed = state.nonces.get(sender, 0)
+            pending = self._mempool_nonces.get(sender, committed)
+            rules.admit(state, tx, committed, highest_nonce=pending, verified=self._is_verified)
         except rules.TxRejected as exc:
             return abci.ResponseCheckTx(code=exc.code, log=exc.log)
         self._remember(tx)
-        self._mempool_nonces[sender] = tx.nonce + 1
+        if tx.nonce + 1 > pending:
+            self._mempool_nonces[sender] = tx.nonce + 1
         return abci.ResponseCheckTx(code=0)
 
     # --- consensus ------------------------------------------------------------------------
@@ -183,7 +191,13 @@ class LedgerApplication:
         self._store.save(self._pending.state, self._pending.changes)
         self._state = self._pending.state
         self._pending = None
-        self._mempool_nonces = {}
+        # Forget senders whose admitted transactions are all committed (or overtaken).
+        nonces = self._state.nonces
+        self._mempool_nonces = {
+            sender: pending
+            for sender, pending in self._mempool_nonces.items()
+            if pending > nonces.get(sender, 0)
+        }
         return abci.ResponseCommit(retain_height=0)
 
     # --- snapshots and vote extensions: not used -----------------------------------------

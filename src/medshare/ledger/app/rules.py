@@ -116,10 +116,12 @@ def admit(
     tx: Tx,
     expected_nonce: int,
     *,
+    highest_nonce: int | None = None,
     verified: Callable[[Tx], bool] | None = None,
 ) -> None:
     """Raise :class:`TxRejected` unless ``tx`` may be applied when the sender's next nonce
-    is ``expected_nonce``. ``verified`` lets a caller skip a signature it already checked."""
+    is ``expected_nonce`` (or, for the mempool, any nonce from ``expected_nonce`` up to
+    ``highest_nonce``). ``verified`` lets a caller skip a signature it already checked."""
     if tx.chain != state.genesis.chain_id:
         raise TxRejected(Code.WRONG_CHAIN, "transaction signed for another chain")
     sender = SENDERS.get(tx.kind, Sender.ENGINE)
@@ -130,7 +132,8 @@ def admit(
         raise TxRejected(Code.NOT_PERMITTED, f"only a consortium node may send {tx.kind.value}")
     if sender is Sender.REGISTERED and not is_node and tx.sender.hex() not in state.identities:
         raise TxRejected(Code.NOT_PERMITTED, "sender key is not registered by a node")
-    if tx.nonce != expected_nonce:
+    top = expected_nonce if highest_nonce is None else max(expected_nonce, highest_nonce)
+    if not expected_nonce <= tx.nonce <= top:
         raise TxRejected(
             Code.BAD_NONCE, f"nonce {tx.nonce}, expected {expected_nonce} (replay or gap)"
         )

@@ -144,6 +144,7 @@ def configure(
             ("p2p", "allow_duplicate_ip"): True,
             ("p2p", "send_rate"): 20_480_000,
             ("p2p", "recv_rate"): 20_480_000,
+            ("mempool", "recheck"): False,  # see medshare.ledger.app.abci
             ("mempool", "size"): 20_000,
             ("mempool", "cache_size"): 100_000,
             ("tx_index", "indexer"): "kv",

@@ -15,6 +15,7 @@ would register its staff.
 from __future__ import annotations
 
 import multiprocessing
+import resource
 import statistics
 import time
 from collections.abc import Sequence
@@ -79,7 +80,7 @@ def _drive(job: _Job) -> dict:
     refused = 0
     failed = 0
     submitter = LedgerClient([job.submit_url])
-    reader = LedgerClient(list(job.read_urls))
+    reader = LedgerClient([job.submit_url, *(u for u in job.read_urls if u != job.submit_url)])
     cursor = reader.height() + 1
     idle = list(range(len(keys)))
     while time.time() < job.start_at:
@@ -116,9 +117,8 @@ def _drive(job: _Job) -> dict:
                     in_flight[tx.txid] = (slot, sent_at)
                 else:
                     refused += 1  # this slot stops: its nonce state is unknown
-        top = reader.height()
         progressed = False
-        while cursor <= top:
+        while True:  # read blocks until the next one is not decided yet
             seen_at = time.time()
             decided = reader.block_txs(cursor)
             if decided is None:
@@ -142,7 +142,9 @@ def _drive(job: _Job) -> dict:
             time.sleep(0.02)
     submitter.close()
     reader.close()
+    usage = resource.getrusage(resource.RUSAGE_SELF)
     return {
+        "cpu_s": usage.ru_utime + usage.ru_stime,
         "committed_in_window": committed_in_window,
         "latencies": latencies,
         "refused": refused,
@@ -198,4 +200,5 @@ def run_load(directory: Path, *, seconds: float, clients: int, outstanding: int 
         "refused": sum(r["refused"] for r in results),
         "failed": sum(r["failed"] for r in results),
         "not_committed_after_drain": sum(r["lost"] for r in results),
+        "client_cpu_s": sum(r["cpu_s"] for r in results),
     }
