@@ -130,18 +130,35 @@ class LedgerClient:
         return int(json.loads(self.query("/nonce", public))["next_nonce"])
 
     def find(self, txid: str) -> Committed | None:
-        try:
-            result = self.call("tx", hash="0x" + txid)
-        except LedgerUnavailable:
-            return None
-        res = result.get("tx_result", {})
-        return Committed(
-            txid,
-            int(result["height"]),
-            int(result["index"]),
-            int(res.get("code", 0)),
-            res.get("log", ""),
-        )
+        """The committed transaction with this id, asking every node in turn (one that lost
+        its index or is behind may not have it); None if none has it."""
+        param = {"hash": base64.b64encode(bytes.fromhex(txid)).decode()}
+        answered = False
+        for url in self._urls:
+            try:
+                response = self._http.post(
+                    url,
+                    json={"jsonrpc": "2.0", "id": next(self._ids), "method": "tx", "params": param},
+                )
+                answer = response.json()
+            except (httpx.HTTPError, json.JSONDecodeError):
+                continue
+            answered = True
+            if "result" in answer:
+                result = answer["result"]
+                res = result.get("tx_result", {})
+                return Committed(
+                    txid,
+                    int(result["height"]),
+                    int(result["index"]),
+                    int(res.get("code", 0)),
+                    res.get("log", ""),
+                )
+            if "not found" not in str(answer.get("error", {}).get("data", "")):
+                raise LedgerUnavailable(f"tx {txid[:12]}: {answer.get('error')}")
+        if not answered:
+            raise LedgerUnavailable(f"no node answered ({', '.join(self._urls)})")
+        return None
 
     def block_txs(self, height: int) -> list[Committed] | None:
         """The transactions decided at ``height``, with their results; None while the node

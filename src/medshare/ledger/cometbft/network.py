@@ -261,13 +261,16 @@ def start(network: Network, i: int, *, wait: bool = True) -> None:
         wait_rpc(network, i, deadline)
 
 
-def wait_rpc(network: Network, i: int, deadline: float) -> None:
+def wait_rpc(network: Network, i: int, deadline: float, *, min_height: int = 0) -> None:
+    """Wait until node ``i`` answers its RPC at ``min_height`` or above."""
     url = network.node(i).rpc
     while True:
         try:
-            if httpx.get(f"{url}/status", timeout=1.0).status_code == 200:
+            response = httpx.get(f"{url}/status", timeout=1.0)
+            height = int(response.json()["result"]["sync_info"]["latest_block_height"])
+            if response.status_code == 200 and height >= min_height:
                 return
-        except httpx.HTTPError:
+        except (httpx.HTTPError, KeyError, ValueError):
             pass
         if not running(network, i) or time.monotonic() > deadline:
             folder = network.node_dir(i)
@@ -327,7 +330,7 @@ def up(directory: Path, **kwargs) -> Network:
             start(network, i, wait=False)
         deadline = time.monotonic() + START_TIMEOUT_S
         for i in range(len(network.nodes)):
-            wait_rpc(network, i, deadline)
+            wait_rpc(network, i, deadline, min_height=1)  # the chain has started
     except BaseException:
         down(network)
         raise
@@ -360,6 +363,9 @@ def status(network: Network) -> dict:
                 sync = http.get(f"{node.rpc}/status").json()["result"]["sync_info"]
                 entry["height"] = int(sync["latest_block_height"])
                 entry["catching_up"] = bool(sync["catching_up"])
+                if entry["height"] < 1:
+                    per_node.append(entry)  # nothing decided yet: no validators to ask for
+                    continue
                 if validators is None:
                     vals = http.get(f"{node.rpc}/validators", params={"per_page": 100}).json()
                     validators = [
