@@ -22,15 +22,19 @@ from medshare.ledger.anchor import (
     Checkpoint,
     Deployment,
     checkpoints_due,
+    compare,
     compile_contracts,
     dump_artifacts,
     load_artifacts,
+    read_anchored,
+    read_validator_registry,
     source_digests,
     to_bytes32,
     validator_address,
     verify_against_chain,
 )
 from medshare.ledger.anvil import AnvilError, AnvilProcess
+from medshare.ledger.cometbft.checkpoints import due_heights
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -270,6 +274,7 @@ def test_verify_reports_a_different_local_block_hash(
     assert report.mismatches == [
         f"height 20: block hash differs (local {h(777)}, anchored {h(20)})"
     ]
+    assert report.first_mismatch == 20
     assert "FAILED" in report.summary() and "height 20" in report.summary()
 
 
@@ -289,7 +294,7 @@ def test_verify_reports_anchored_heights_missing_locally(
     report = verify_against_chain(truncated, anvil.rpc_url, registry(anchored))
     assert not report.ok
     assert report.missing == [30, 40]
-    assert report.checked == 3 and report.mismatches == []
+    assert report.checked == 3 and report.mismatches == [] and report.first_mismatch is None
     assert "missing locally: heights 30, 40" in report.summary()
 
 
@@ -310,7 +315,48 @@ def test_verify_rejects_bad_local_input_and_bad_addresses(
         verify_against_chain(CHAIN, anvil.rpc_url, "registry")
 
 
+def test_read_anchored_and_the_validator_registry_need_no_account(
+    anvil: AnvilProcess, anchored: Anchorer
+) -> None:
+    assert anchored.deployment is not None
+    deployment = anchored.deployment
+    assert read_anchored(anvil.rpc_url, deployment.checkpoint_registry) == anchored.checkpoints()
+    assert read_validator_registry(anvil.rpc_url, deployment.validator_registry) is None
+    anchored.set_validators(7, [bytes([i]) * 32 for i in range(1, 4)])
+    published = read_validator_registry(anvil.rpc_url, deployment.validator_registry)
+    assert published == anchored.validators() and published.epoch == 7
+    with pytest.raises(AnchorError, match="no contract code"):
+        read_validator_registry(anvil.rpc_url, "0x" + "ab" * 20)
+
+
 # --- pure helpers --------------------------------------------------------------------------------
+
+
+def test_compare_reports_the_lowest_mismatching_height_first() -> None:
+    anchored = [Checkpoint(k, h(k), h(10_000 + k)) for k in (5, 10, 15)]
+    local = {k: (h(k), h(10_000 + k)) for k in (5, 10, 15)}
+    assert compare(anchored, local).ok
+    local[15] = (h(1), h(10_015))
+    report = compare(anchored, local, [(10, "the node contradicts itself")])
+    assert not report.ok and report.first_mismatch == 10 and report.checked == 3
+    assert report.mismatches == [
+        "height 10: the node contradicts itself",
+        f"height 15: block hash differs (local {h(1)}, anchored {h(15)})",
+    ]
+    report = compare(anchored, {5: local[5]})
+    assert report.missing == [10, 15] and report.first_mismatch is None and not report.ok
+
+
+def test_cometbft_due_heights_start_at_k_and_need_the_next_header() -> None:
+    assert due_heights(10, 31) == [10, 20, 30]
+    assert due_heights(10, 30) == [10, 20]  # 30 needs header 31 (its state root)
+    assert due_heights(10, 10) == []
+    assert due_heights(10, 45, after=20) == [30, 40]
+    assert due_heights(10, 45, after=25) == [30, 40]
+    assert due_heights(5, 12, after=0) == [5, 10]  # a --db registry may hold genesis (0)
+    for bad in (0, -1, True):
+        with pytest.raises(ValueError, match="every"):
+            due_heights(bad, 20)
 
 
 def test_checkpoints_due_picks_multiples_of_k() -> None:

@@ -226,19 +226,19 @@ def _commit(
 
 def test_commit_needs_valid_signatures_of_more_than_two_thirds() -> None:
     commit, members = _commit(_keys(4), [2, 2, 2, 1])
-    assert v._verify_commit(7, "c", commit, members) == 3
+    assert v.verify_commit(7, "c", commit, members) == 3
     commit, members = _commit(_keys(4), [2, 2, 3, 1])  # a nil vote is checked, not counted
     with pytest.raises(v.Bad, match="20 of 40"):
-        v._verify_commit(7, "c", commit, members)
+        v.verify_commit(7, "c", commit, members)
     commit, members = _commit(_keys(4), [2, 2, 2, 2])
     sig = bytearray(commit.signatures[1].signature)
     sig[5] ^= 1
     commit.signatures[1].signature = bytes(sig)
     with pytest.raises(v.Bad, match="is invalid"):
-        v._verify_commit(7, "c", commit, members)
+        v.verify_commit(7, "c", commit, members)
     commit, members = _commit(_keys(4), [2, 2, 2, 2], chain_id="other")
     with pytest.raises(v.Bad, match="is invalid"):
-        v._verify_commit(7, "c", commit, members)
+        v.verify_commit(7, "c", commit, members)
 
 
 # --- the replay is the application's finalize_block -------------------------------------------

@@ -16,7 +16,6 @@ from medshare.ledger.store import StoreCorrupted
 
 app = typer.Typer(help="Verify a ledger database and prove transactions.", no_args_is_help=True)
 
-DbOption = Annotated[Path, typer.Option("--db", help="A node's SQLite database.")]
 
 
 @app.command("verify")
@@ -65,13 +64,34 @@ def _verify_rpc(url: str, to: int | None) -> dict:
 
 @app.command("prove")
 def prove(
-    db: DbOption, tx: Annotated[str, typer.Option("--tx", help="Transaction id (hex).")]
+    tx: Annotated[str, typer.Option("--tx", help="Transaction id (hex).")],
+    db: Annotated[Path | None, typer.Option("--db", help="A node's SQLite database.")] = None,
+    rpc: Annotated[str | None, typer.Option("--rpc", help="A CometBFT node's RPC URL.")] = None,
 ) -> None:
-    """Print a JSON inclusion proof for a committed transaction."""
+    """Print a JSON inclusion proof for a committed transaction (from a CometBFT node with
+    --rpc: CometBFT's merkle proof, the header and the commit that decided it)."""
+    if (db is None) == (rpc is None):
+        raise fail("give exactly one of --db and --rpc")
+    txid = tx.strip().lower()
+    if rpc is not None:
+        from medshare.ledger.cometbft import proofs
+        from medshare.ledger.cometbft.client import LedgerUnavailable
+
+        try:
+            bytes.fromhex(txid)
+            proof = proofs.make(rpc, txid)
+        except ValueError:
+            raise fail("--tx must be a hex transaction id") from None
+        except KeyError as exc:
+            raise fail(str(exc.args[0]), EXIT_DENIED) from None
+        except LedgerUnavailable as exc:
+            raise fail(f"cannot read the node at {rpc}: {exc}") from None
+        typer.echo(json.dumps(proof, indent=1))
+        return
     with user_errors():
         store = open_node_db(db)
         try:
-            proof = audit.make_proof(store, tx.strip().lower())
+            proof = audit.make_proof(store, txid)
         except KeyError as exc:
             raise fail(str(exc.args[0]), EXIT_DENIED) from None
         except StoreCorrupted as exc:
@@ -87,28 +107,58 @@ def check_proof(
     db: Annotated[
         Path | None, typer.Option("--db", help="Check the committee against this chain.")
     ] = None,
+    rpc: Annotated[
+        str | None,
+        typer.Option("--rpc", help="Check the committee against this CometBFT node's chain."),
+    ] = None,
 ) -> None:
-    """Check an inclusion proof: the tx against the header, the header against 2f+1 signatures
-    of the committee in the proof. Exit 1 if it fails. Without --db the committee itself is
-    taken on trust (the output says so); with --db the committee and the chain must be that
-    database's own."""
+    """Check an inclusion proof: the tx against the header, the header against > 2/3 of the
+    committee's signatures. Exit 1 if it fails. Without --db/--rpc the committee itself is
+    taken on trust (the output says so); with --rpc the chain is re-verified from its
+    genesis up to the proof's height and the committee must be the one it elected."""
+    if db is not None and rpc is not None:
+        raise fail("give at most one of --db and --rpc")
     with user_errors():
         try:
             doc = json.loads(proof.read_bytes())
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise fail(f"{proof} is not JSON") from None
-        trusted, chain_id = None, None
-        if db is not None:
-            store = open_node_db(db)
-            try:
-                trusted = audit.committee_at(store, int(doc.get("height", -1)))
-                chain_id = audit.load_config(store).chain_id
-            except (StoreCorrupted, ValueError, TypeError) as exc:
-                raise fail(f"cannot read the committee from {db}: {exc}", EXIT_DENIED) from None
-            finally:
-                store.close()
-        try:
-            summary = audit.check_proof(doc, trusted, chain_id)
-        except audit.ProofError as exc:
-            raise fail(f"proof does not check: {exc}", EXIT_DENIED) from None
+        if isinstance(doc, dict) and str(doc.get("format", "")).startswith("medshare-cometbft"):
+            summary = _check_cometbft_proof(doc, rpc)
+        else:
+            if rpc is not None:
+                raise fail("--rpc checks proofs made with `ledger prove --rpc`")
+            summary = _check_db_proof(doc, db)
     typer.echo(json.dumps(summary))
+
+
+def _check_cometbft_proof(doc: dict, rpc: str | None) -> dict:
+    from medshare.ledger.cometbft import proofs
+    from medshare.ledger.cometbft.client import LedgerUnavailable
+
+    trusted, chain_id = None, None
+    try:
+        if rpc is not None:
+            trusted, chain_id = proofs.trusted_set(rpc, int(doc.get("height", 0)))
+        return proofs.check(doc, trusted, chain_id)
+    except proofs.ProofError as exc:
+        raise fail(f"proof does not check: {exc}", EXIT_DENIED) from None
+    except (LedgerUnavailable, ValueError, TypeError) as exc:
+        raise fail(f"cannot check against {rpc}: {exc}", EXIT_DENIED) from None
+
+
+def _check_db_proof(doc: object, db: Path | None) -> dict:
+    trusted, chain_id = None, None
+    if db is not None:
+        store = open_node_db(db)
+        try:
+            trusted = audit.committee_at(store, int(doc.get("height", -1)))
+            chain_id = audit.load_config(store).chain_id
+        except (StoreCorrupted, ValueError, TypeError, AttributeError) as exc:
+            raise fail(f"cannot read the committee from {db}: {exc}", EXIT_DENIED) from None
+        finally:
+            store.close()
+    try:
+        return audit.check_proof(doc, trusted, chain_id)
+    except audit.ProofError as exc:
+        raise fail(f"proof does not check: {exc}", EXIT_DENIED) from None

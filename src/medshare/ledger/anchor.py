@@ -1,11 +1,18 @@
 """Public anchoring of consortium-ledger checkpoints on an EVM chain (DESIGN.md §4).
 
 Every K blocks the consortium writes the checkpoint ``(height, block hash, state root)``
-of a committed block to the ``CheckpointRegistry`` contract, and publishes each epoch's
-elected committee in the ``ValidatorRegistry`` contract (whose ``getValidators()`` is the
+of a committed block to the ``CheckpointRegistry`` contract, and publishes the elected
+committee in the ``ValidatorRegistry`` contract (whose ``getValidators()`` is the
 interface a Hyperledger Besu QBFT network in validator-contract mode reads). Anyone with a
 copy of the ledger can then call :func:`verify_against_chain` to check that the copy
 agrees with every anchored checkpoint, i.e. that history was not rewritten.
+
+What a checkpoint and the registry's ``epoch`` mean depends on the ledger it comes from:
+for a CometBFT chain (:mod:`medshare.ledger.cometbft.checkpoints`, ``medshare anchor
+… --node``) the state root is the ``app_hash`` of header h+1 and the registry's epoch is
+the height whose validator set is registered; for the retired engine's database
+(:mod:`medshare.ledger.checkpoints`, ``--db``) they are the block's own state root and the
+election epoch.
 
 Contracts live in ``medshare/ledger/contracts/*.sol``; their ABI and bytecode are
 committed as ``contracts/artifacts.json`` so that running medshare needs no compiler.
@@ -28,7 +35,7 @@ import json
 import os
 import shutil
 import subprocess
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -121,7 +128,8 @@ class AnchorReport:
 
     ``checked`` counts the anchored checkpoints that were compared with a local block;
     ``missing`` lists anchored heights the local chain lacks; ``mismatches`` has one line
-    per anchored height whose local block hash or state root differs. ``anchored`` is the
+    per difference (``"height H: …"``), lowest height first, and ``first_mismatch`` is
+    the lowest height with a difference (None if there is none). ``anchored`` is the
     number of checkpoints in the registry and ``latest_anchored`` the highest one.
     """
 
@@ -131,6 +139,7 @@ class AnchorReport:
     missing: list[int] = field(default_factory=list)
     anchored: int = 0
     latest_anchored: int | None = None
+    first_mismatch: int | None = None
 
     def summary(self) -> str:
         if self.anchored == 0:
@@ -560,6 +569,72 @@ class Anchorer:
 # --- verification -------------------------------------------------------------------------------
 
 
+def read_anchored(
+    rpc_url: str, contract_address: str, *, timeout: float = DEFAULT_TIMEOUT
+) -> list[Checkpoint]:
+    """Every checkpoint anchored in the ``CheckpointRegistry`` at ``contract_address``,
+    oldest first. Reads only: no account is needed."""
+    registry = _contract(_connect(rpc_url, timeout), "CheckpointRegistry", contract_address)
+    return _read_checkpoints(registry)
+
+
+def read_validator_registry(
+    rpc_url: str, contract_address: str, *, timeout: float = DEFAULT_TIMEOUT
+) -> ValidatorSet | None:
+    """The committee published in the ``ValidatorRegistry`` at ``contract_address``, or
+    None if none was published yet. Reads only."""
+    registry = _contract(_connect(rpc_url, timeout), "ValidatorRegistry", contract_address)
+    if not registry.functions.initialized().call():
+        return None
+    members = registry.functions.getValidators().call()
+    epoch = registry.functions.epoch().call()
+    return ValidatorSet(epoch, tuple(to_checksum_address(a) for a in members))
+
+
+def compare(
+    anchored: Sequence[Checkpoint],
+    local: Mapping[int, tuple[str, str]],
+    problems: Iterable[tuple[int, str]] = (),
+) -> AnchorReport:
+    """Compare anchored checkpoints with what a local chain has at those heights.
+
+    ``local`` maps a height to its ``(block hash, state root)`` as bare lower-case hex (a
+    height absent from it is reported missing); ``problems`` are further differences the
+    caller found itself, as ``(height, text)`` (e.g. a node whose answers contradict each
+    other). ``ok`` is true when nothing is missing and nothing differs.
+    """
+    found: list[tuple[int, str]] = list(problems)
+    missing: list[int] = []
+    checked = 0
+    for cp in anchored:
+        mine = local.get(cp.height)
+        if mine is None:
+            missing.append(cp.height)
+            continue
+        checked += 1
+        for what, mine_hex, theirs in (
+            ("block hash", mine[0], cp.block_hash),
+            ("state root", mine[1], cp.state_root),
+        ):
+            if mine_hex != theirs:
+                found.append(
+                    (
+                        cp.height,
+                        f"{what} differs (local {mine_hex}, anchored {theirs})",
+                    )
+                )
+    found.sort(key=lambda item: item[0])
+    return AnchorReport(
+        ok=not found and not missing,
+        checked=checked,
+        mismatches=[f"height {height}: {text}" for height, text in found],
+        missing=missing,
+        anchored=len(anchored),
+        latest_anchored=anchored[-1].height if anchored else None,
+        first_mismatch=found[0][0] if found else None,
+    )
+
+
 def verify_against_chain(
     local_checkpoints: Iterable[tuple[int, str | bytes, str | bytes]],
     rpc_url: str,
@@ -578,37 +653,14 @@ def verify_against_chain(
     and ValueError if the local input is malformed (including two different blocks at one
     height).
     """
-    local: dict[int, tuple[bytes, bytes]] = {}
+    local: dict[int, tuple[str, str]] = {}
     for row in local_checkpoints:
         height, block_hash, state_root = row
-        entry = (to_bytes32(block_hash, "block hash"), to_bytes32(state_root, "state root"))
+        entry = (
+            to_bytes32(block_hash, "block hash").hex(),
+            to_bytes32(state_root, "state root").hex(),
+        )
         height = _height(height)
         if local.setdefault(height, entry) != entry:
             raise ValueError(f"local chain lists two different blocks at height {height}")
-    registry = _contract(_connect(rpc_url, timeout), "CheckpointRegistry", contract_address)
-    anchored = _read_checkpoints(registry)
-    mismatches: list[str] = []
-    missing: list[int] = []
-    checked = 0
-    for cp in anchored:
-        mine = local.get(cp.height)
-        if mine is None:
-            missing.append(cp.height)
-            continue
-        checked += 1
-        for what, mine_hex, theirs in (
-            ("block hash", mine[0].hex(), cp.block_hash),
-            ("state root", mine[1].hex(), cp.state_root),
-        ):
-            if mine_hex != theirs:
-                mismatches.append(
-                    f"height {cp.height}: {what} differs (local {mine_hex}, anchored {theirs})"
-                )
-    return AnchorReport(
-        ok=not mismatches and not missing,
-        checked=checked,
-        mismatches=mismatches,
-        missing=missing,
-        anchored=len(anchored),
-        latest_anchored=anchored[-1].height if anchored else None,
-    )
+    return compare(read_anchored(rpc_url, contract_address, timeout=timeout), local)

@@ -1,5 +1,7 @@
-"""Glue between a node's store and the public anchor: which checkpoints to publish, and
-what the local chain says at each anchored height."""
+"""Glue between a node's store of the retired engine (``medshare anchor … --db``) and
+the public anchor: which checkpoints to publish, and what the local chain says at each
+anchored height. A CometBFT chain is anchored by :mod:`medshare.ledger.cometbft.checkpoints`
+(``--node``)."""
 
 from __future__ import annotations
 

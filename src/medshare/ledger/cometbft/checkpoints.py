@@ -105,7 +105,7 @@ class _Recorder(verify.ChainVerifier):
         header = served.block["block"]["header"]
         if h in self.wanted:
             block_hash = verify.header_hash(verify.header_pb(header)).hex()
-            self.headers[h] = (block_hash, verify._members(h, served.validators))
+            self.headers[h] = (block_hash, verify.served_members(h, served.validators))
         if h - 1 in self.wanted:
             self.app_hashes[h] = verify.hex_bytes(header["app_hash"]).hex()
 
@@ -270,7 +270,7 @@ def _registry_problems(registered: anchor.ValidatorSet, answer: dict) -> list[tu
     if "error" in answer:
         return [(h, f"the validator registry names height {h}, which the node does not serve")]
     try:
-        members = verify._members(h, answer.get("validators") or [])
+        members = verify.served_members(h, answer.get("validators") or [])
         if int(answer.get("total") or len(members)) != len(members):
             return [(h, "the node's validator set there has more than one page")]
     except (verify.Bad, KeyError, TypeError, ValueError) as exc:

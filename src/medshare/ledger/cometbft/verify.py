@@ -515,7 +515,7 @@ class Served:
     validators: list[dict]
 
 
-def _members(height: int, validators: Sequence[dict]) -> ValidatorSet:
+def served_members(height: int, validators: Sequence[dict]) -> ValidatorSet:
     out = []
     for v in validators:
         key = v["pub_key"]
@@ -656,7 +656,7 @@ class ChainVerifier:
                 raise Bad(h, "block time is not the weighted median of the last commit's")
 
         # the validator set: CometBFT's hashes and the application's committee rule
-        served_set = _members(h, served.validators)
+        served_set = served_members(h, served.validators)
         if served_set == prev_set:
             served_set = prev_set  # one object per run of equal sets (the history keeps it)
         if validator_set_hash(served_set) != header.validators_hash:
@@ -686,7 +686,7 @@ class ChainVerifier:
             or commit.block_id.SerializeToString() != block_id.SerializeToString()
         ):
             raise Bad(h, "the commit is not for this block")
-        self.counts["signatures"] += _verify_commit(h, self.chain_id, commit, served_set)
+        self.counts["signatures"] += verify_commit(h, self.chain_id, commit, served_set)
 
         # evidence: what it proves, and who it names
         misbehaving = [self._check_evidence(h, e.duplicate_vote_evidence) for e in evidence]
@@ -820,7 +820,7 @@ def _median_time(h: int, commit: types_pb2.Commit, validators: ValidatorSet) -> 
     return (0, 0)
 
 
-def _verify_commit(
+def verify_commit(
     h: int, chain_id: str, commit: types_pb2.Commit, validators: ValidatorSet
 ) -> int:
     """``VerifyCommit``: one slot per validator, every present signature valid, and the
