@@ -277,3 +277,11 @@ def test_genesis_round_trips_and_rejects_garbage(genesis: Genesis) -> None:
     for bad in (None, [], {"chain": "x"}, {**genesis.to_json(), "committee_size": 0}):
         with pytest.raises(LedgerFormatError):
             Genesis.from_json(bad)
+
+
+def test_blocks_out_of_order_halt_instead_of_forking(state: LedgerState) -> None:
+    rules.finalize(state, block(state, 1, []))
+    with pytest.raises(RuntimeError):
+        rules.finalize(state, block(state, 3, []))
+    with pytest.raises(RuntimeError):
+        rules.finalize(state, block(state, 1, []))

@@ -319,6 +319,10 @@ def finalize(
     """Apply one decided block to ``state`` (in place) in the one order every node and
     every verifier uses: reputation from the previous block's commit, ejection on
     evidence, the transactions, the election at an epoch's end, then the app hash."""
+    if block.height != state.height + 1:
+        # CometBFT hands blocks over in order; anything else means the app's store and the
+        # engine's disagree, and going on would sign a state nobody else has.
+        raise RuntimeError(f"block {block.height} applied to the state after {state.height}")
     before = state.committee
     changes = BlockChanges()
     credit(state, block.report, changes)
