@@ -103,30 +103,28 @@ def test_init_chain_returns_the_elected_committee_as_validators(store: StateStor
     assert app.info(abci.RequestInfo()).last_block_height == 0
 
 
-def test_check_tx_tracks_pending_nonces_across_commits(store: StateStore) -> None:
+def test_check_tx_tracks_pending_nonces_and_recheck_after_commit(store: StateStore) -> None:
     app = LedgerApplication(store)
     init(app)
     alice = SigningKey.generate()
     assert check(app, identity_tx(app, alice, 0)).code == 0
     assert check(app, identity_tx(app, SigningKey.generate(), 1)).code == 0  # next pending nonce
-    # A repeated pending nonce is admitted (a re-send; only one can be applied), a gap not.
-    assert check(app, identity_tx(app, SigningKey.generate(), 1)).code == 0
+    # A second transaction for a nonce already pending is refused, and so is a gap.
+    assert check(app, identity_tx(app, SigningKey.generate(), 1)).code == rules.Code.BAD_NONCE
     assert check(app, identity_tx(app, SigningKey.generate(), 3)).code == rules.Code.BAD_NONCE
     assert (
         check(app, access_tx(app, alice, 0)).code == rules.Code.NOT_PERMITTED
     )  # not committed yet
+    pending = identity_tx(app, SigningKey.generate(), 1)
     commit_block(app, 1, [identity_tx(app, alice, 0).encode()])
-    # The mempool view survives the commit (CometBFT does not re-check): nonce 2 follows
-    # the pending 1; the committed 0 is now a replay.
-    assert check(app, identity_tx(app, SigningKey.generate(), 2)).code == 0
-    assert check(app, identity_tx(app, SigningKey.generate(), 0)).code == rules.Code.BAD_NONCE
+    # After the commit the mempool view restarts from the committed state; CometBFT
+    # re-checks what is left in its mempool, in order, and the pending nonce 1 still fits.
+    assert check(app, pending, recheck=True).code == 0
+    assert (
+        check(app, identity_tx(app, SigningKey.generate(), 0), recheck=True).code
+        == rules.Code.BAD_NONCE
+    )
     assert check(app, access_tx(app, alice, 0)).code == 0
-    # Once everything admitted is committed, the sender is forgotten and starts again from
-    # the committed nonce.
-    node_txs = [identity_tx(app, SigningKey.generate(), n).encode() for n in (1, 2)]
-    commit_block(app, 2, node_txs)
-    assert check(app, identity_tx(app, SigningKey.generate(), 3)).code == 0
-    assert check(app, identity_tx(app, SigningKey.generate(), 5)).code == rules.Code.BAD_NONCE
 
 
 def test_check_tx_refuses_garbage_with_a_code_not_an_exception(store: StateStore) -> None:

@@ -157,15 +157,23 @@ def test_register_identity_rejects_bad_keys_and_duplicates(state: LedgerState) -
     assert state.next_nonce(NODE_KEYS[0].public) == 0
 
 
-def test_register_node_adds_a_candidate_with_initial_reputation(state: LedgerState) -> None:
+def test_a_node_joins_only_when_more_than_two_thirds_of_active_nodes_approve(
+    state: LedgerState,
+) -> None:
     newcomer = SigningKey.generate()
     body = {"node": newcomer.public.hex(), "name": "H009"}
-    outcome = rules.finalize(
-        state, block(state, 1, [tx(TxKind.REGISTER_NODE, body, 0, NODE_KEYS[0], state.genesis)])
-    )
-    assert outcome.results == ((0, ""),)
+    approvals = [tx(TxKind.REGISTER_NODE, body, 0, key, state.genesis) for key in NODE_KEYS]
+    # 6 active nodes: 4 approvals are 2/3, not more; the 5th admits the node.
+    outcome = rules.finalize(state, block(state, 1, approvals[:4]))
+    assert outcome.results == ((0, ""),) * 4
+    assert state.node(newcomer.public) is None
+    again = tx(TxKind.REGISTER_NODE, body, 1, NODE_KEYS[0], state.genesis)
+    renamed = tx(TxKind.REGISTER_NODE, {**body, "name": "H010"}, 0, NODE_KEYS[4], state.genesis)
+    outcome = rules.finalize(state, block(state, 2, [again, renamed, approvals[4]]))
+    assert [code for code, _ in outcome.results] == [Code.REJECTED, Code.REJECTED, 0]
     added = state.node(newcomer.public)
     assert added is not None and added.reputation == state.genesis.policy.initial
+    assert state.candidates == {}
 
 
 # --- what CometBFT reports ------------------------------------------------------------------

@@ -17,7 +17,6 @@ from medshare.ledger.store import StoreCorrupted
 app = typer.Typer(help="Verify a ledger database and prove transactions.", no_args_is_help=True)
 
 
-
 @app.command("verify")
 def verify(
     db: Annotated[Path | None, typer.Option("--db", help="A node's SQLite database.")] = None,
@@ -28,6 +27,14 @@ def verify(
     to: Annotated[
         int | None, typer.Option("--to", min=0, help="With --rpc: stop at this height.")
     ] = None,
+    genesis: Annotated[
+        Path | None,
+        typer.Option(
+            "--genesis",
+            help="With --rpc: the consortium's genesis.json, the trust anchor (else the "
+            "node's own genesis is taken on trust, and the report says so).",
+        ),
+    ] = None,
 ) -> None:
     """Re-verify the whole chain from genesis; names the first bad height. Exit 1 if bad.
 
@@ -35,10 +42,16 @@ def verify(
     validator set and transaction result is checked and the application is replayed."""
     if (db is None) == (rpc is None):
         raise fail("give exactly one of --db and --rpc")
-    if to is not None and rpc is None:
-        raise fail("--to goes with --rpc")
+    if (to is not None or genesis is not None) and rpc is None:
+        raise fail("--to and --genesis go with --rpc")
     if rpc is not None:
-        report = _verify_rpc(rpc, to)
+        trusted = None
+        if genesis is not None:
+            try:
+                trusted = json.loads(genesis.read_bytes())
+            except (OSError, ValueError) as exc:
+                raise fail(f"cannot read the genesis {genesis}: {exc}") from None
+        report = _verify_rpc(rpc, to, trusted)
     else:
         with user_errors():
             store = open_node_db(db)
@@ -51,13 +64,13 @@ def verify(
         raise typer.Exit(EXIT_DENIED)
 
 
-def _verify_rpc(url: str, to: int | None) -> dict:
+def _verify_rpc(url: str, to: int | None, genesis: dict | None = None) -> dict:
     from medshare.ledger.cometbft import verify as cometbft_verify
     from medshare.ledger.cometbft.client import LedgerUnavailable
 
     with user_errors():
         try:
-            return cometbft_verify.verify_node(url, to=to).as_dict()
+            return cometbft_verify.verify_node(url, to=to, genesis=genesis).as_dict()
         except LedgerUnavailable as exc:
             raise fail(f"cannot read the node at {url}: {exc}") from None
 

@@ -82,6 +82,23 @@ def verify(public: bytes, signature: bytes, domain: bytes, message: bytes) -> No
         raise InvalidSignature("signature does not verify") from None
 
 
+def is_sound_public_key(public: bytes) -> bool:
+    """Whether ``public`` is a canonical Ed25519 point of the prime-order subgroup.
+
+    Ed25519 verification as implemented by OpenSSL (and CometBFT's ZIP-215 rules) accepts,
+    under a small-order "key" such as the identity point, signatures that anyone can make
+    for any message. A key registered on the ledger must therefore be checked once, at
+    registration, with libsodium's ``crypto_core_ed25519_is_valid_point`` (canonical,
+    on the curve, in the main subgroup, not of small order)."""
+    from nacl.bindings import crypto_core_ed25519_is_valid_point
+
+    return (
+        isinstance(public, bytes)
+        and len(public) == PUBLIC_KEY_BYTES
+        and crypto_core_ed25519_is_valid_point(public)
+    )
+
+
 def is_valid(public: bytes, signature: bytes, domain: bytes, message: bytes) -> bool:
     """Boolean form for tallies that must skip bad votes rather than abort."""
     try:

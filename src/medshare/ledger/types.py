@@ -63,7 +63,7 @@ def canonical(obj: Any) -> bytes:
     """RFC 8785 canonical JSON bytes."""
     try:
         return rfc8785.dumps(obj)
-    except (rfc8785.CanonicalizationError, TypeError, ValueError) as exc:
+    except (rfc8785.CanonicalizationError, TypeError, ValueError, RecursionError) as exc:
         raise LedgerFormatError(f"not canonicalisable JSON: {exc}") from None
 
 
@@ -226,12 +226,45 @@ class Tx:
 
     @classmethod
     def decode(cls, data: bytes) -> Tx:
+        """Parse and check a transaction; every bad input raises :class:`LedgerFormatError`
+        (a replica must reach the same verdict whatever its stack depth, so nesting is
+        bounded by :data:`MAX_JSON_DEPTH` before the parser recurses)."""
         if len(data) > MAX_TX_BYTES:
             raise LedgerFormatError(f"transaction larger than {MAX_TX_BYTES} bytes")
+        check_depth(data)
         try:
             return cls.from_json(json.loads(data))
-        except (json.JSONDecodeError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             raise LedgerFormatError("transaction is not JSON") from None
+
+
+MAX_JSON_DEPTH = 32  # arrays and objects nested deeper are refused before parsing
+
+
+def check_depth(data: bytes, limit: int = MAX_JSON_DEPTH) -> None:
+    """Raise :class:`LedgerFormatError` if the JSON text nests arrays/objects deeper than
+    ``limit``. Brackets inside strings do not count. Fast path: a text with at most
+    ``limit`` opening brackets cannot nest deeper."""
+    if data.count(b"[") + data.count(b"{") <= limit:
+        return
+    depth = 0
+    in_string = escaped = False
+    for byte in data:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # quote
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):  # [ {
+            depth += 1
+            if depth > limit:
+                raise LedgerFormatError(f"JSON nested deeper than {limit} levels")
+        elif byte in (0x5D, 0x7D):  # ] }
+            depth -= 1
 
 
 def check_chain_id(value: object) -> str:
@@ -248,7 +281,8 @@ def check_fields(kind: TxKind, body: Mapping[str, Any]) -> None:
 
 def check_body(kind: TxKind, body: Mapping[str, Any]) -> None:
     check_fields(kind, body)
-    canonical(dict(body))  # must be canonicalisable JSON (no floats out of range, str keys)
+    # Canonicalisable JSON (no floats out of range, str keys) and no deeper than decode takes.
+    check_depth(canonical(dict(body)), MAX_JSON_DEPTH - 1)
 
 
 # --- votes and certificates ---------------------------------------------------------------------

@@ -7,16 +7,15 @@ one event loop, so the methods here never run concurrently and need no locks.
 Two views of the state are kept, as CometBFT's ABCI spec asks:
 
 * the **committed** state, advanced only by ``FinalizeBlock`` → ``Commit``;
-* the **mempool** view for ``CheckTx``: per sender, the next nonce after the
-  transactions admitted since the last commit, so a sender can have several in flight.
-  ``CheckTx`` admits a nonce from the committed one up to that next one (no gaps; a
-  repeated nonce is admitted because the sender may re-send after a crash, and only one
-  of them can ever be applied). CometBFT runs without re-checking its mempool after each
-  block (``mempool.recheck = false``: with the ABCI socket client every re-check is a
-  round trip through this process, the largest avoidable cost under load), so a
-  transaction left in the mempool that a block made invalid is dropped later by
-  ``PrepareProposal``, which proposes only transactions valid in order, and skipped
-  with a code by ``FinalizeBlock`` if a faulty proposer includes it.
+* the **mempool** view for ``CheckTx``: the committed nonces plus one for every
+  transaction admitted since, so a sender can have several transactions in flight (each
+  must carry the sender's next nonce: no gaps, no second transaction for a nonce already
+  taken). After each ``Commit`` it restarts from the committed state and CometBFT
+  re-checks the transactions left in its mempool, in order (``mempool.recheck``), which
+  drops those a block made invalid. Without the re-check such transactions would stay in
+  the mempool for good, and a sender who spread conflicting transactions over several
+  nodes could fill the head of every mempool with them and starve proposals (found by
+  an adversarial review).
 
 A transaction is decoded and its signature verified once per process: ``CheckTx``
 remembers the decoded transactions whose signature it checked, keyed by their exact bytes,
@@ -39,7 +38,7 @@ from medshare.ledger.app.store import StateStore
 from medshare.ledger.cometbft.proto.tendermint.abci import types_pb2 as abci
 from medshare.ledger.cometbft.proto.tendermint.crypto import keys_pb2
 from medshare.ledger.cometbft.proto.tendermint.types import validator_pb2 as cmt_validator
-from medshare.ledger.types import Tx
+from medshare.ledger.types import LedgerFormatError, Tx
 
 log = logging.getLogger(__name__)
 
@@ -108,22 +107,22 @@ class LedgerApplication:
         try:
             tx = self._decode(req.tx)
             sender = tx.sender.hex()
-            committed = state.nonces.get(sender, 0)
-            pending = self._mempool_nonces.get(sender, committed)
-            rules.admit(state, tx, committed, highest_nonce=pending, verified=self._is_verified)
+            expected = self._mempool_nonces.get(sender, state.nonces.get(sender, 0))
+            rules.admit(state, tx, expected, verified=self._is_verified)
         except rules.TxRejected as exc:
             return abci.ResponseCheckTx(code=exc.code, log=exc.log)
         self._remember(tx)
-        if tx.nonce + 1 > pending:
-            self._mempool_nonces[sender] = tx.nonce + 1
+        self._mempool_nonces[sender] = tx.nonce + 1
         return abci.ResponseCheckTx(code=0)
 
     # --- consensus ------------------------------------------------------------------------
 
     def prepare_proposal(self, req: abci.RequestPrepareProposal) -> abci.ResponsePrepareProposal:
-        """Propose the mempool's transactions that are valid in order, within the size cap."""
-        state = self._committed()
-        nonces: dict[str, int] = {}
+        """Propose the mempool's transactions that apply in order (all rules, on a scratch
+        copy of the state), within the size cap: an honest proposer's block carries no
+        transaction another replica would skip."""
+        scratch = self._committed().clone()
+        changes = BlockChanges()
         chosen: list[bytes] = []
         room = req.max_tx_bytes
         for raw in req.txs:
@@ -131,17 +130,10 @@ class LedgerApplication:
                 continue
             try:
                 tx = self._decode(raw)
-                sender = tx.sender.hex()
-                rules.admit(
-                    state,
-                    tx,
-                    nonces.get(sender, state.nonces.get(sender, 0)),
-                    verified=self._is_verified,
-                )
-            except rules.TxRejected:
+                rules.apply_tx(scratch, tx, changes, verified=self._is_verified)
+            except (rules.TxRejected, LedgerFormatError, ValueError):
                 continue
             self._remember(tx)
-            nonces[sender] = tx.nonce + 1
             chosen.append(raw)
             room -= len(raw)
         return abci.ResponsePrepareProposal(txs=chosen)
@@ -191,13 +183,7 @@ class LedgerApplication:
         self._store.save(self._pending.state, self._pending.changes)
         self._state = self._pending.state
         self._pending = None
-        # Forget senders whose admitted transactions are all committed (or overtaken).
-        nonces = self._state.nonces
-        self._mempool_nonces = {
-            sender: pending
-            for sender, pending in self._mempool_nonces.items()
-            if pending > nonces.get(sender, 0)
-        }
+        self._mempool_nonces = {}  # rebuilt by CometBFT's re-check of its mempool
         return abci.ResponseCommit(retain_height=0)
 
     # --- snapshots and vote extensions: not used -----------------------------------------

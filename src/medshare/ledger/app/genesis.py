@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
+from medshare.crypto import signing
 from medshare.ledger import election
 from medshare.ledger.types import CHAIN_ID_BYTES, LedgerFormatError, canonical, digest_hex
 
@@ -29,6 +30,9 @@ class Genesis:
     epoch_length: int = 100
     committee_size: int = 4
     policy: election.ReputationPolicy = field(default_factory=election.ReputationPolicy)
+    # When this chain was launched (CometBFT's genesis time): part of the chain id, so a
+    # consortium relaunched with the same keys never accepts the old chain's transactions.
+    launched: str = ""
 
     def __post_init__(self) -> None:
         if not self.chain_name or not isinstance(self.chain_name, str):
@@ -36,6 +40,9 @@ class Genesis:
         if not self.nodes:
             raise ValueError("a consortium needs at least one node")
         election.state_json(self.nodes)  # unique keys
+        for node in self.nodes:
+            if not signing.is_sound_public_key(node.public):
+                raise ValueError(f"node {node.name}: not a sound Ed25519 key")
         if not isinstance(self.epoch_length, int) or self.epoch_length < 1:
             raise ValueError("epoch_length must be an integer ≥ 1")
         if (
@@ -72,6 +79,7 @@ class Genesis:
                 "cap": policy.cap,
                 "floor": policy.floor,
             },
+            **({"launched": self.launched} if self.launched else {}),
         }
 
     @classmethod
@@ -86,6 +94,7 @@ class Genesis:
                 epoch_length=doc["epoch_length"],
                 committee_size=doc["committee_size"],
                 policy=election.ReputationPolicy(**rep),
+                launched=str(doc.get("launched", "")),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise LedgerFormatError(f"malformed genesis app_state: {exc}") from None

@@ -104,7 +104,7 @@ def decode(raw: bytes) -> Tx:
     CometBFT tx hash, SHA-256 of the bytes, is the transaction id)."""
     try:
         tx = Tx.decode(raw)
-    except LedgerFormatError as exc:
+    except (LedgerFormatError, ValueError, RecursionError) as exc:
         raise TxRejected(Code.MALFORMED, str(exc)) from None
     if tx.encode() != raw:
         raise TxRejected(Code.MALFORMED, "transaction bytes are not canonical (RFC 8785)")
@@ -116,24 +116,24 @@ def admit(
     tx: Tx,
     expected_nonce: int,
     *,
-    highest_nonce: int | None = None,
     verified: Callable[[Tx], bool] | None = None,
 ) -> None:
     """Raise :class:`TxRejected` unless ``tx`` may be applied when the sender's next nonce
-    is ``expected_nonce`` (or, for the mempool, any nonce from ``expected_nonce`` up to
-    ``highest_nonce``). ``verified`` lets a caller skip a signature it already checked."""
+    is ``expected_nonce``. ``verified`` lets a caller skip a signature it already checked."""
     if tx.chain != state.genesis.chain_id:
         raise TxRejected(Code.WRONG_CHAIN, "transaction signed for another chain")
     sender = SENDERS.get(tx.kind, Sender.ENGINE)
     if sender is Sender.ENGINE:
         raise TxRejected(Code.NOT_PERMITTED, f"{tx.kind.value} is not accepted as a transaction")
-    is_node = state.node(tx.sender) is not None
+    node = state.node(tx.sender)
+    is_node = node is not None and not node.ejected  # an ejected node loses every privilege
     if sender is Sender.NODE and not is_node:
-        raise TxRejected(Code.NOT_PERMITTED, f"only a consortium node may send {tx.kind.value}")
+        raise TxRejected(
+            Code.NOT_PERMITTED, f"only an active consortium node may send {tx.kind.value}"
+        )
     if sender is Sender.REGISTERED and not is_node and tx.sender.hex() not in state.identities:
         raise TxRejected(Code.NOT_PERMITTED, "sender key is not registered by a node")
-    top = expected_nonce if highest_nonce is None else max(expected_nonce, highest_nonce)
-    if not expected_nonce <= tx.nonce <= top:
+    if tx.nonce != expected_nonce:
         raise TxRejected(
             Code.BAD_NONCE, f"nonce {tx.nonce}, expected {expected_nonce} (replay or gap)"
         )
@@ -145,15 +145,31 @@ def admit(
 
 
 def _register_node(state: LedgerState, tx: Tx, changes: BlockChanges) -> None:
+    """One active node's approval of a new node. The newcomer joins (with the initial
+    reputation, eligible at the next election) once more than 2/3 of the active nodes
+    approved the same key and name: no single member — possibly the Byzantine one the
+    committee is sized to tolerate — can fill the consortium with keys of its own."""
     sponsor = state.node(tx.sender)
     if sponsor is None or sponsor.ejected:
         raise TxRejected(Code.NOT_PERMITTED, "only an active node may register a node")
     public = _public_key(tx.body.get("node"), "node")
-    if state.node(public) is not None:
+    if state.node(public) is not None or public.hex() in state.identities:
         raise TxRejected(Code.REJECTED, "node already registered")
     name = tx.body.get("name")
     if not isinstance(name, str) or not 0 < len(name) <= MAX_IDENTITY_NAME:
         raise TxRejected(Code.REJECTED, "node name must be a short non-empty string")
+    proposed_name, approvals = state.candidates.get(public.hex(), (name, frozenset()))
+    if proposed_name != name:
+        raise TxRejected(Code.REJECTED, f"node proposed under another name ({proposed_name!r})")
+    if tx.sender.hex() in approvals:
+        raise TxRejected(Code.REJECTED, "this node already approved that registration")
+    approvals = approvals | {tx.sender.hex()}
+    active = sum(1 for v in state.validators if not v.ejected)
+    changes.candidates = True
+    if 3 * len(approvals) <= 2 * active:
+        state.candidates[public.hex()] = (name, approvals)
+        return
+    state.candidates.pop(public.hex(), None)
     new = election.Validator(public, name, state.genesis.policy.initial)
     state.validators = (*state.validators, new)
     changes.validators = True
@@ -180,6 +196,8 @@ def _public_key(value: object, name: str) -> bytes:
         raw = b""
     if len(raw) != signing.PUBLIC_KEY_BYTES or raw.hex() != value:
         raise TxRejected(Code.REJECTED, f"{name} must be a lower-case hex Ed25519 public key")
+    if not signing.is_sound_public_key(raw):
+        raise TxRejected(Code.REJECTED, f"{name} is not a sound Ed25519 key (small order?)")
     return raw
 
 

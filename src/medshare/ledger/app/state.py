@@ -33,6 +33,7 @@ class BlockChanges:
     identities: dict[str, str] = field(default_factory=dict)
     validators: bool = False
     committee: bool = False
+    candidates: bool = False
 
     def canonical(self, state: LedgerState) -> bytes:
         doc: dict = {"nonces": self.nonces, "identities": self.identities}
@@ -40,6 +41,8 @@ class BlockChanges:
             doc["validators"] = election.state_json(state.validators)
         if self.committee:
             doc["committee"] = [m.hex() for m in state.committee]
+        if self.candidates:
+            doc["candidates"] = state.candidates_json()
         return canonical(doc)
 
 
@@ -54,12 +57,30 @@ class LedgerState:
     committee: tuple[bytes, ...]
     nonces: dict[str, int]
     identities: dict[str, str]
+    # Nodes proposed by some active nodes, not yet approved by more than 2/3 of them:
+    # public key hex -> (name, approving nodes' keys hex).
+    candidates: dict[str, tuple[str, frozenset[str]]] = field(default_factory=dict)
 
     @classmethod
     def initial(cls, genesis: Genesis) -> LedgerState:
         """The state before block 1: the genesis nodes and the first elected committee."""
         app_hash = hashlib.sha256(GENESIS_APP_HASH_DOMAIN + canonical(genesis.to_json())).digest()
         return cls(genesis, 0, app_hash, genesis.nodes, genesis.first_committee(), {}, {})
+
+    def candidates_json(self) -> dict:
+        return {
+            key: {"name": name, "approvals": sorted(approvals)}
+            for key, (name, approvals) in sorted(self.candidates.items())
+        }
+
+    @staticmethod
+    def candidates_from_json(doc: object) -> dict[str, tuple[str, frozenset[str]]]:
+        if not isinstance(doc, dict):
+            raise ValueError("candidates must be an object")
+        return {
+            str(key): (str(entry["name"]), frozenset(map(str, entry["approvals"])))
+            for key, entry in doc.items()
+        }
 
     def next_nonce(self, sender: bytes) -> int:
         return self.nonces.get(sender.hex(), 0)
@@ -76,6 +97,7 @@ class LedgerState:
             self.committee,
             dict(self.nonces),
             dict(self.identities),
+            dict(self.candidates),
         )
 
     def seal(self, height: int, changes: BlockChanges) -> bytes:

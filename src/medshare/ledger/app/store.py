@@ -57,8 +57,9 @@ class StateStore:
                 committee,
                 dict(self._db.execute("SELECT sender, nonce FROM nonces")),
                 dict(self._db.execute("SELECT key, name FROM identities")),
+                LedgerState.candidates_from_json(json.loads(rows.get("candidates", "{}"))),
             )
-        except (KeyError, ValueError, LedgerFormatError) as exc:
+        except (KeyError, TypeError, ValueError, LedgerFormatError) as exc:
             raise StateCorrupted(f"application state unreadable: {exc}") from None
         return state
 
@@ -71,7 +72,7 @@ class StateStore:
             self._db.execute(
                 "INSERT INTO meta VALUES ('genesis', ?)", (json.dumps(state.genesis.to_json()),)
             )
-            self._write(state, BlockChanges(state.nonces, state.identities, True, True))
+            self._write(state, BlockChanges(state.nonces, state.identities, True, True, True))
 
     def save(self, state: LedgerState, changes: BlockChanges) -> None:
         """Persist one committed block's changes and the new height and app hash."""
@@ -88,6 +89,8 @@ class StateStore:
             meta["validators"] = json.dumps(election.state_json(state.validators))
         if changes.committee:
             meta["committee"] = json.dumps([m.hex() for m in state.committee])
+        if changes.candidates:
+            meta["candidates"] = json.dumps(state.candidates_json())
         self._db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", meta.items())
 
     @contextmanager

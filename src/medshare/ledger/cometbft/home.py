@@ -13,7 +13,7 @@ import json
 import re
 import subprocess
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from medshare.ledger.app.genesis import MEMBER_POWER, Genesis
@@ -82,8 +82,11 @@ def cometbft_chain_id(genesis: Genesis) -> str:
 
 
 def write_genesis(home: Path, genesis: Genesis, genesis_time: str) -> None:
-    """CometBFT's genesis: our app state, and the first elected committee as validators
-    (the app's ``InitChain`` elects the same committee and returns it)."""
+    """CometBFT's genesis: our app state (launched at ``genesis_time``, which enters the
+    chain id), and the first elected committee as validators (the app's ``InitChain``
+    elects the same committee and returns it)."""
+    if genesis.launched != genesis_time:
+        genesis = replace(genesis, launched=genesis_time)
     names = {v.public: v.name for v in genesis.nodes}
     doc = {
         "genesis_time": genesis_time,
@@ -144,7 +147,7 @@ def configure(
             ("p2p", "allow_duplicate_ip"): True,
             ("p2p", "send_rate"): 20_480_000,
             ("p2p", "recv_rate"): 20_480_000,
-            ("mempool", "recheck"): False,  # see medshare.ledger.app.abci
+            ("mempool", "recheck"): True,  # see medshare.ledger.app.abci
             ("mempool", "size"): 20_000,
             ("mempool", "cache_size"): 100_000,
             ("tx_index", "indexer"): "kv",

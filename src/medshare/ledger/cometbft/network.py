@@ -147,11 +147,13 @@ def create(
         if len(str(socket_path)) > server.UNIX_PATH_MAX - len(".new"):
             raise NetworkError(f"folder path too long for a Unix socket: {socket_path}")
     publics = [node_home.validator_public(h) for h in homes]
+    genesis_time = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     genesis = Genesis(
         chain_name,
         tuple(election.Validator(p, f"node-{i}", 1000) for i, p in enumerate(publics)),
         epoch_length=epoch,
         committee_size=committee,
+        launched=genesis_time,
     )
     if ports is None:
         ports = free_ports(3 * nodes, rpc_host if rpc_host != "0.0.0.0" else "127.0.0.1")
@@ -159,7 +161,6 @@ def create(
         raise NetworkError(f"{nodes} nodes need {3 * nodes} ports")
     node_ports = [node_home.Ports(*ports[3 * i : 3 * i + 3]) for i in range(nodes)]
     ids = [node_home.node_id(h) for h in homes]
-    genesis_time = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     infos = []
     for i, home in enumerate(homes):
         peers = [f"{ids[j]}@{p2p_host}:{node_ports[j].p2p}" for j in range(nodes) if j != i]

@@ -66,6 +66,7 @@ from medshare.ledger.app import rules
 from medshare.ledger.app.genesis import MEMBER_POWER, Genesis
 from medshare.ledger.app.state import LedgerState
 from medshare.ledger.cometbft.client import LedgerClient, LedgerUnavailable
+from medshare.ledger.cometbft.home import cometbft_chain_id
 from medshare.ledger.cometbft.proto.tendermint.abci import types_pb2 as abci_pb
 from medshare.ledger.cometbft.proto.tendermint.crypto import keys_pb2
 from medshare.ledger.cometbft.proto.tendermint.types import (
@@ -481,6 +482,7 @@ class ChainReport:
     problem: str | None
     checked: dict[str, int] = field(default_factory=dict)
     chain_id: str = ""
+    genesis_trusted: bool = False  # the genesis came from the caller, not the node
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -490,6 +492,7 @@ class ChainReport:
             "problem": self.problem,
             "checked": dict(self.checked),
             "chain_id": self.chain_id,
+            "genesis": "given by the caller" if self.genesis_trusted else "taken from the node",
         }
 
 
@@ -563,6 +566,13 @@ class ChainVerifier:
             raise ValueError(f"the genesis is not a medshare CometBFT genesis: {exc}") from None
         if initial != 1:
             raise ValueError(f"initial_height {initial} is not supported (only 1)")
+        if self.chain_id != cometbft_chain_id(app_genesis):
+            # The id every vote signs must be the one the app state (which every
+            # transaction signs, and which elects the first committee) names.
+            raise ValueError(
+                f"chain_id {self.chain_id!r} is not the app state's "
+                f"{cometbft_chain_id(app_genesis)!r}"
+            )
         self.state = LedgerState.initial(app_genesis)
         # committee after block k, for k = h-2, h-1, h (the set at h is the one after h-2)
         self._committees: dict[int, tuple[bytes, ...]] = {0: self.state.committee}
@@ -820,9 +830,7 @@ def _median_time(h: int, commit: types_pb2.Commit, validators: ValidatorSet) -> 
     return (0, 0)
 
 
-def verify_commit(
-    h: int, chain_id: str, commit: types_pb2.Commit, validators: ValidatorSet
-) -> int:
+def verify_commit(h: int, chain_id: str, commit: types_pb2.Commit, validators: ValidatorSet) -> int:
     """``VerifyCommit``: one slot per validator, every present signature valid, and the
     power of those for the block > 2/3 of the set's. Returns the signatures checked."""
     if len(commit.signatures) != len(validators):
@@ -973,18 +981,28 @@ class Unserved(LedgerUnavailable):
         self.call = call
 
 
-def verify_node(url: str, *, to: int | None = None, window: int = 16) -> ChainReport:
+def verify_node(
+    url: str, *, to: int | None = None, window: int = 16, genesis: dict | None = None
+) -> ChainReport:
     """Re-verify the chain a node serves at ``url`` from its genesis up to ``to`` (default:
-    its latest height). Raises :class:`LedgerUnavailable` when the node cannot be read at
-    all and ``ValueError`` for a genesis that is not ours or a ``to`` past the node."""
+    its latest height). ``genesis`` is the trust anchor (the consortium's published
+    ``genesis.json``): the node must serve exactly that genesis; without it the node's own
+    genesis is taken on trust and the report says so (``genesis_trusted`` false). Raises
+    :class:`LedgerUnavailable` when the node cannot be read at all and ``ValueError`` for a
+    genesis that is not ours, another than the trusted one, or a ``to`` past the node."""
     source = NodeSource(url, window=window)
     try:
-        verifier = ChainVerifier(source.genesis())
+        served = source.genesis()
+        if genesis is not None and served != genesis:
+            raise ValueError("the node serves another genesis than the trusted one")
+        verifier = ChainVerifier(served)
         latest = source.latest()
         stop = latest if to is None else to
         if stop > latest:
             raise ValueError(f"the node is at height {latest}, below --to {stop}")
-        return run(verifier, source, stop, latest)
+        report = run(verifier, source, stop, latest)
+        report.genesis_trusted = genesis is not None
+        return report
     finally:
         source.close()
 
