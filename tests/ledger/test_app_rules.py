@@ -168,7 +168,8 @@ def test_a_node_joins_only_when_more_than_two_thirds_of_active_nodes_approve(
     assert outcome.results == ((0, ""),) * 4
     assert state.node(newcomer.public) is None
     again = tx(TxKind.REGISTER_NODE, body, 1, NODE_KEYS[0], state.genesis)
-    renamed = tx(TxKind.REGISTER_NODE, {**body, "name": "H010"}, 0, NODE_KEYS[4], state.genesis)
+    # Node 0 has its proposal pending: it may not open another (under another name).
+    renamed = tx(TxKind.REGISTER_NODE, {**body, "name": "H010"}, 1, NODE_KEYS[0], state.genesis)
     outcome = rules.finalize(state, block(state, 2, [again, renamed, approvals[4]]))
     assert [code for code, _ in outcome.results] == [Code.REJECTED, Code.REJECTED, 0]
     added = state.node(newcomer.public)

@@ -77,7 +77,8 @@ def _recorded_pids(directory: Path) -> set[int]:
     pids: set[int] = set()
     for path in directory.glob("*/pids.json"):
         with contextlib.suppress(OSError, ValueError):
-            pids.update(v for v in json.loads(path.read_text()).values() if isinstance(v, int))
+            for entry in json.loads(path.read_text()).values():
+                pids.add(entry["pid"] if isinstance(entry, dict) else entry)
     return pids
 
 

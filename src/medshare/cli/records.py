@@ -23,7 +23,7 @@ from medshare.cli.errors import EXIT_BAD_INPUT, EXIT_DENIED, fail, user_errors
 from medshare.crypto import hkac
 from medshare.crypto.errors import CryptoError
 from medshare.fileio import write_file
-from medshare.ledger.embedded import LedgerUnavailable, TxRejected
+from medshare.ledger.port import LedgerUnavailable, TxRejected
 from medshare.service.areas import Area, parse_area
 from medshare.service.config import ConfigError, ServiceConfig
 from medshare.service.errors import AccessDenied, IntegrityError, NotFound, ServiceError
@@ -61,8 +61,12 @@ def service_errors() -> Iterator[None]:
 def opened(data_dir: Path) -> Iterator[MedShare]:
     from medshare.service.api import MedShare  # imported when a records command runs
 
-    with service_errors(), MedShare.open(data_dir) as service:
+    with service_errors(), MedShare.open(data_dir, notice=_notice) as service:
         yield service
+
+
+def _notice(message: str) -> None:
+    typer.echo(f"· {message}", err=True)
 
 
 def _print_json(doc: Any) -> None:
@@ -106,8 +110,17 @@ def init(
     database_url: Annotated[
         str | None, typer.Option(help="SQLAlchemy URL (default: SQLite in the data dir).")
     ] = None,
+    ledger: Annotated[
+        str,
+        typer.Option(
+            help="cometbft: node processes on 127.0.0.1 that keep running (stop them with "
+            "`medshare net down --dir DATA_DIR/ledger`); inprocess: the ledger application "
+            "in each command's process, no consensus (tests, offline use)."
+        ),
+    ] = "cometbft",
 ) -> None:
-    """Create an embedded consortium: authorities, staff keys, ledger nodes, storage."""
+    """Create a consortium: authorities, staff keys, ledger nodes, storage."""
+    from medshare.service import ledgers
     from medshare.service.consortium import init as make
 
     if not 1 <= hospitals <= 99:
@@ -121,17 +134,22 @@ def init(
             committee=committee,
             replication=min(2, hospitals),
             database_url=database_url,
+            ledger=ledger,
         )
-        with make(config, progress=lambda msg: typer.echo(f"· {msg}", err=True)) as service:
-            _print_json(
-                {
-                    "data_dir": str(data_dir),
-                    "hospitals": list(codes),
-                    "nodes": list(service.ledger.node_names),
-                    "committee": list(service.ledger.committee()),
-                    "people": service.people(),
-                }
-            )
+        with make(config, progress=_notice) as service:
+            labels = dict(zip(service.ledger.node_names, ledgers.node_labels(config), strict=True))
+            doc: dict[str, Any] = {
+                "data_dir": str(data_dir),
+                "hospitals": list(codes),
+                "ledger": {"kind": config.ledger, "dir": str(config.ledger_dir)},
+                "nodes": list(labels.values()),
+                "committee": [labels[n] for n in service.ledger.committee()],
+                "people": service.people(),
+            }
+            if config.ledger == "cometbft":
+                rpc = [n.rpc for n in service.ledger.network.nodes]  # type: ignore[attr-defined]
+                doc["ledger"]["rpc"] = rpc
+            _print_json(doc)
 
 
 def ingest(
@@ -238,7 +256,8 @@ def verify(
     data_dir: DataDir,
     record: Annotated[str | None, typer.Option(help="Check only this record.")] = None,
 ) -> None:
-    """Check the ledger on every node and every record against it; exit 3 on a problem."""
+    """Re-verify the ledger from genesis on every running node and every record against it;
+    exit 3 on a problem."""
     with opened(data_dir) as service:
         report = service.verify(record)
     _print_json(report)

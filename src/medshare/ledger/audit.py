@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from medshare.ledger import chain, merkle
 from medshare.ledger.store import BlockStore, SQLiteStore, StoreCorrupted
@@ -33,9 +33,6 @@ from medshare.ledger.types import (
     digest_hex,
     quorum,
 )
-
-if TYPE_CHECKING:
-    from medshare.ledger.replay_cache import ReplayCache
 
 CONFIG_KEY = "chain_config"
 # 2: a proof names its chain id, which the certificate's precommits are signed with.
@@ -86,14 +83,8 @@ class VerifyReport:
         }
 
 
-def replay(store: BlockStore, *, cache: ReplayCache | None = None) -> chain.ChainState:
-    """The state after the stored head, re-verified from genesis (raises on the first bad block).
-
-    With ``cache`` (:class:`~medshare.ledger.replay_cache.ReplayCache`), blocks whose exact
-    bytes were already verified on the same state, e.g. by another node of the same
-    process, are not applied again; the verdict and the state are the same as without it."""
-    if cache is not None and isinstance(store, SQLiteStore):
-        return cache.replay(store)
+def replay(store: BlockStore) -> chain.ChainState:
+    """The state after the stored head, re-verified from genesis (raises on the first bad block)."""
     report, state = _verify(store)
     if not report.ok:
         raise StoreCorrupted(f"block {report.first_bad_height}: {report.reason}")

@@ -36,7 +36,6 @@ from medshare.ledger.node import (
     TimerEvent,
     TxGossip,
 )
-from medshare.ledger.replay_cache import ReplayCache
 from medshare.ledger.store import BlockStore, MemoryStore
 from medshare.ledger.types import Equivocation, Tx
 
@@ -154,10 +153,7 @@ class InProcessCluster:
     an empty mempool waits before proposing an empty block; ``regossip_ms`` (off by
     default) makes a node that committed nothing for that long re-send its own messages of
     the current height, which more than f nodes down at once (messages to them are lost)
-    need to get going again once they are back. ``replay_cache`` is handed to every node
-    boot (restarts too): the nodes' stores hold copies of one chain, so each distinct block
-    is verified once rather than once per node
-    (:class:`~medshare.ledger.replay_cache.ReplayCache`). ``lose(dest, src, message)``,
+    need to get going again once they are back. ``lose(dest, src, message)``,
     if given, names messages the network loses (a lossy link, for fault experiments);
     :attr:`lost` counts them."""
 
@@ -175,7 +171,6 @@ class InProcessCluster:
         empty_block_interval_ms: int = 50,
         regossip_ms: int | None = None,
         start_ms: int | None = None,
-        replay_cache: ReplayCache | None = None,
         lose: Callable[[int, int, Message], bool] | None = None,
     ) -> None:
         if stores is not None and len(stores) != len(keys):
@@ -186,7 +181,6 @@ class InProcessCluster:
         self.relay, self.shuffle = relay, shuffle
         self.empty_block_interval_ms = empty_block_interval_ms
         self.regossip_ms = regossip_ms
-        self.replay_cache = replay_cache
         self.lose = lose
         self.lost = 0
         # A cluster re-opened over existing stores starts its clock later than genesis
@@ -329,7 +323,7 @@ class InProcessCluster:
             on_evidence=on_evidence,
             on_halt=lambda: self.crash(node.index),
         )
-        node.runtime.start(catch_up=catch_up, replay_cache=self.replay_cache)
+        node.runtime.start(catch_up=catch_up)
 
     def _deliver(self, dest: int, src: int, payload: Message) -> None:
         runtime = self.nodes[dest].runtime

@@ -62,7 +62,6 @@ from medshare.ledger.consensus import (
     credible,
 )
 from medshare.ledger.pipeline import PipelinedConsensus
-from medshare.ledger.replay_cache import ReplayCache
 from medshare.ledger.store import BlockStore
 from medshare.ledger.types import (
     TX_DOMAIN,
@@ -424,14 +423,12 @@ class NodeRuntime:
 
     # --- inputs ----------------------------------------------------------------------------
 
-    def start(self, *, catch_up: bool = False, replay_cache: ReplayCache | None = None) -> None:
+    def start(self, *, catch_up: bool = False) -> None:
         """Boot from the store (re-verified from genesis) and the consensus WAL; with
-        ``catch_up``, ask a peer for the blocks committed while we were away.
-        ``replay_cache`` lets nodes of one process that hold copies of the same chain verify
-        each distinct block once (see :class:`~medshare.ledger.replay_cache.ReplayCache`)."""
+        ``catch_up``, ask a peer for the blocks committed while we were away."""
         state = audit.init_store(self.store, self.config)
         if self.store.height() > 0:
-            state = audit.replay(self.store, cache=replay_cache)
+            state = audit.replay(self.store)
         # A chain with a certificate lag > 1 overlaps heights (ledger/pipeline.py).
         core = PipelinedConsensus if self.config.pipelined else Consensus
         self._core = core(

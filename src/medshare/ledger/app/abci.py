@@ -43,7 +43,15 @@ from medshare.ledger.types import LedgerFormatError, Tx
 log = logging.getLogger(__name__)
 
 APP_VERSION = 1
-VERIFIED_CACHE = 50_000  # verified transactions kept decoded (≈ 50 MB at most)
+# Verified transactions are kept decoded, weighed by their size (a decoded transaction
+# with its cached encodings takes several times its bytes: measured ≈ 8×) within a budget,
+# and dropped once a block commits them.
+VERIFIED_CACHE_BUDGET = 256 * 1024 * 1024
+
+
+def cache_weight(raw: bytes) -> int:
+    """What one cached transaction is charged against :data:`VERIFIED_CACHE_BUDGET`."""
+    return 8 * len(raw) + 2048
 
 
 @dataclass
@@ -52,6 +60,7 @@ class _Pending:
 
     state: LedgerState
     changes: BlockChanges
+    txs: list[bytes]
 
 
 class LedgerApplication:
@@ -63,6 +72,7 @@ class LedgerApplication:
         self._pending: _Pending | None = None
         self._mempool_nonces: dict[str, int] = {}
         self._verified: OrderedDict[bytes, Tx] = OrderedDict()
+        self._verified_weight = 0
 
     # --- info and genesis -----------------------------------------------------------------
 
@@ -170,7 +180,7 @@ class LedgerApplication:
             tuple(req.txs),
         )
         outcome = rules.finalize(state, block, decode=self._decode, verified=self._is_verified)
-        self._pending = _Pending(state, outcome.changes)
+        self._pending = _Pending(state, outcome.changes, list(req.txs))
         return abci.ResponseFinalizeBlock(
             tx_results=[abci.ExecTxResult(code=code, log=log) for code, log in outcome.results],
             validator_updates=[_update(m, power) for m, power in outcome.updates],
@@ -182,6 +192,7 @@ class LedgerApplication:
             raise RuntimeError("Commit without FinalizeBlock")
         self._store.save(self._pending.state, self._pending.changes)
         self._state = self._pending.state
+        self._forget(self._pending.txs)  # committed: never checked again
         self._pending = None
         self._mempool_nonces = {}  # rebuilt by CometBFT's re-check of its mempool
         return abci.ResponseCommit(retain_height=0)
@@ -233,8 +244,15 @@ class LedgerApplication:
             self._verified.move_to_end(raw)
             return
         self._verified[raw] = tx
-        if len(self._verified) > VERIFIED_CACHE:
-            self._verified.popitem(last=False)
+        self._verified_weight += cache_weight(raw)
+        while self._verified_weight > VERIFIED_CACHE_BUDGET and self._verified:
+            old, _ = self._verified.popitem(last=False)
+            self._verified_weight -= cache_weight(old)
+
+    def _forget(self, raws: list[bytes]) -> None:
+        for raw in raws:
+            if self._verified.pop(raw, None) is not None:
+                self._verified_weight -= cache_weight(raw)
 
 
 def _update(public: bytes, power: int) -> abci.ValidatorUpdate:

@@ -145,10 +145,13 @@ def admit(
 
 
 def _register_node(state: LedgerState, tx: Tx, changes: BlockChanges) -> None:
-    """One active node's approval of a new node. The newcomer joins (with the initial
-    reputation, eligible at the next election) once more than 2/3 of the active nodes
-    approved the same key and name: no single member — possibly the Byzantine one the
-    committee is sized to tolerate — can fill the consortium with keys of its own."""
+    """One active node's approval of a new node (key and name). The newcomer joins (with
+    the initial reputation, eligible at the next election) once more than 2/3 of the
+    nodes active now approved that same key and name: no single member — possibly the
+    Byzantine one the committee is sized to tolerate — can fill the consortium with keys
+    of its own, or block a newcomer by proposing it under another name. Each node may
+    have opened at most one proposal still pending, and pending proposals expire at the
+    end of the epoch, so the proposals kept in the state stay as few as the nodes."""
     sponsor = state.node(tx.sender)
     if sponsor is None or sponsor.ejected:
         raise TxRejected(Code.NOT_PERMITTED, "only an active node may register a node")
@@ -158,18 +161,24 @@ def _register_node(state: LedgerState, tx: Tx, changes: BlockChanges) -> None:
     name = tx.body.get("name")
     if not isinstance(name, str) or not 0 < len(name) <= MAX_IDENTITY_NAME:
         raise TxRejected(Code.REJECTED, "node name must be a short non-empty string")
-    proposed_name, approvals = state.candidates.get(public.hex(), (name, frozenset()))
-    if proposed_name != name:
-        raise TxRejected(Code.REJECTED, f"node proposed under another name ({proposed_name!r})")
-    if tx.sender.hex() in approvals:
-        raise TxRejected(Code.REJECTED, "this node already approved that registration")
-    approvals = approvals | {tx.sender.hex()}
-    active = sum(1 for v in state.validators if not v.ejected)
+    key = f"{public.hex()}/{name}"
+    me = tx.sender.hex()
+    if key in state.candidates:
+        opener, approvals = state.candidates[key]
+        if me in approvals:
+            raise TxRejected(Code.REJECTED, "this node already approved that registration")
+    else:
+        if any(opener == me for opener, _ in state.candidates.values()):
+            raise TxRejected(Code.REJECTED, "this node already has a registration pending")
+        opener, approvals = me, frozenset()
+    approvals = approvals | {me}
+    active = {v.public.hex() for v in state.validators if not v.ejected}
     changes.candidates = True
-    if 3 * len(approvals) <= 2 * active:
-        state.candidates[public.hex()] = (name, approvals)
+    if 3 * len(approvals & active) <= 2 * len(active):
+        state.candidates[key] = (opener, approvals)
         return
-    state.candidates.pop(public.hex(), None)
+    for other in [k for k in state.candidates if k.startswith(public.hex() + "/")]:
+        del state.candidates[other]
     new = election.Validator(public, name, state.genesis.policy.initial)
     state.validators = (*state.validators, new)
     changes.validators = True
@@ -298,7 +307,11 @@ def epoch_ends(state: LedgerState, height: int) -> bool:
 
 
 def elect_next(state: LedgerState, seed: bytes, changes: BlockChanges) -> None:
-    """At an epoch's last block: the next committee, from the committed reputations."""
+    """At an epoch's last block: the next committee, from the committed reputations; node
+    registrations still pending expire."""
+    if state.candidates:
+        state.candidates = {}
+        changes.candidates = True
     try:
         committee = election.elect(state.validators, seed, state.genesis.committee_size)
     except ValueError:

@@ -57,8 +57,8 @@ class LedgerState:
     committee: tuple[bytes, ...]
     nonces: dict[str, int]
     identities: dict[str, str]
-    # Nodes proposed by some active nodes, not yet approved by more than 2/3 of them:
-    # public key hex -> (name, approving nodes' keys hex).
+    # Node registrations pending approval by more than 2/3 of the active nodes:
+    # "<public key hex>/<name>" -> (opening node's key hex, approving nodes' keys hex).
     candidates: dict[str, tuple[str, frozenset[str]]] = field(default_factory=dict)
 
     @classmethod
@@ -69,8 +69,8 @@ class LedgerState:
 
     def candidates_json(self) -> dict:
         return {
-            key: {"name": name, "approvals": sorted(approvals)}
-            for key, (name, approvals) in sorted(self.candidates.items())
+            key: {"opener": opener, "approvals": sorted(approvals)}
+            for key, (opener, approvals) in sorted(self.candidates.items())
         }
 
     @staticmethod
@@ -78,7 +78,7 @@ class LedgerState:
         if not isinstance(doc, dict):
             raise ValueError("candidates must be an object")
         return {
-            str(key): (str(entry["name"]), frozenset(map(str, entry["approvals"])))
+            str(key): (str(entry["opener"]), frozenset(map(str, entry["approvals"])))
             for key, entry in doc.items()
         }
 

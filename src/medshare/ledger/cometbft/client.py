@@ -35,6 +35,30 @@ class LedgerUnavailable(RuntimeError):
     """No node answered, or a transaction did not commit in time."""
 
 
+class OutcomeUnknown(LedgerUnavailable):
+    """Transactions acknowledged but not seen committed in time, which may still commit
+    (their nonces are not used yet): the caller must not sign them again with new nonces;
+    :meth:`LedgerClient.submit` of the same transactions later resumes waiting."""
+
+    def __init__(self, txids: list[str], timeout: float) -> None:
+        super().__init__(
+            f"{len(txids)} transaction(s) not seen in a block within {timeout:.0f} s: the "
+            "outcome is unknown, they may still commit (submit the same ones again to wait)"
+        )
+        self.txids = txids
+
+
+class NeverCommitted(LedgerUnavailable):
+    """Transactions whose nonces were taken by other transactions: they can never commit."""
+
+    def __init__(self, txids: list[str]) -> None:
+        super().__init__(
+            f"{len(txids)} transaction(s) can never commit: another transaction of the same "
+            "sender took their nonce"
+        )
+        self.txids = txids
+
+
 class TxRefused(ValueError):
     """A node's ``CheckTx`` refused the transaction; ``code`` and the log say why."""
 
@@ -206,8 +230,9 @@ class LedgerClient:
 
         Raises :class:`TxRefused` for the first one ``CheckTx`` refused (those before it
         may still commit: the caller sees them through :meth:`find`), and
-        :class:`LedgerUnavailable` when they are not all committed within ``timeout``
-        after the retry rule of this module's docstring."""
+        :class:`OutcomeUnknown` when some are not committed within ``timeout`` but still
+        may, :class:`NeverCommitted` when some never can (the retry rule of this module's
+        docstring); both are :class:`LedgerUnavailable`."""
         if not txs:
             return []
         start = self.height()
@@ -225,11 +250,14 @@ class LedgerClient:
         if len(found) < len(wanted):
             self._retry([tx for tx in txs if tx.txid not in found], found)
             found.update(self.wait(wanted - set(found), start, timeout=timeout / 2))
-        missing = wanted - set(found)
+        missing = [tx for tx in txs if tx.txid not in found]
         if missing:
-            raise LedgerUnavailable(
-                f"{len(missing)} transaction(s) not committed in {timeout:.0f} s"
-            )
+            # Final only when a nonce was taken by another transaction (the retry rule).
+            dead = [tx.txid for tx in missing if self.next_nonce(tx.sender) > tx.nonce]
+            dead = [txid for txid in dead if self.find(txid) is None]
+            if dead:
+                raise NeverCommitted(dead)
+            raise OutcomeUnknown([tx.txid for tx in missing], timeout)
         return [found[tx.txid] for tx in txs]
 
     def _retry(self, txs: Iterable[Tx], found: dict[str, Committed]) -> None:

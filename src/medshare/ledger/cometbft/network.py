@@ -214,12 +214,40 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
+def _identity(pid: int) -> tuple[int, str] | None:
+    """(start time in clock ticks since boot, command line) of a process, or None."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        return int(stat[19]), cmdline
+    except (OSError, IndexError, ValueError, UnicodeDecodeError):
+        return None
+
+
+def _record(pid: int) -> dict:
+    identity = _identity(pid)
+    return {"pid": pid, "start": identity[0] if identity else -1}
+
+
 def pids(network: Network, i: int) -> dict[str, int]:
+    """Node ``i``'s live processes. A pid counts only while it is the very process the
+    network started — same start time, and its command line names the node's folder — so
+    a pid reused by another process after a crash or a reboot is never signalled."""
     try:
         doc = json.loads(_pid_file(network, i).read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         return {}
-    return {k: v for k, v in doc.items() if isinstance(v, int) and _alive(v)}
+    folder = str(network.node_dir(i))
+    out = {}
+    for role, entry in doc.items() if isinstance(doc, dict) else ():
+        if not isinstance(entry, dict) or not isinstance(entry.get("pid"), int):
+            continue
+        identity = _identity(entry["pid"])
+        if identity is None or identity[0] != entry.get("start") or folder not in identity[1]:
+            continue
+        if _alive(entry["pid"]):
+            out[role] = entry["pid"]
+    return out
 
 
 def running(network: Network, i: int) -> bool:
@@ -257,7 +285,10 @@ def start(network: Network, i: int, *, wait: bool = True) -> None:
         start_new_session=True,
     )
     engine_log.close()
-    write_file(_pid_file(network, i), json.dumps({"app": app.pid, "cometbft": engine.pid}).encode())
+    write_file(
+        _pid_file(network, i),
+        json.dumps({"app": _record(app.pid), "cometbft": _record(engine.pid)}).encode(),
+    )
     if wait:
         wait_rpc(network, i, deadline)
 
