@@ -27,7 +27,11 @@ A committee of m = 3f+1 members tolerates f Byzantine ones. When fewer than m no
 eligible (ejections, zero reputation), the committee is every eligible node; below 4 it
 tolerates none (f = 0), and CometBFT stops deciding blocks — without forking — while
 more than a third of the committee's power is down. Registering nodes (``register_node``,
-by any active node) and the next election restore it. The committee is never emptied.
+approved by more than 2/3 of the active nodes) and the next election restore the size,
+but only while blocks are still decided: if more than a third of the committee is gone
+for good, no block comes, so no election and no registration either; the consortium must
+then restart from a new genesis carrying the last state (not automated yet). The
+committee is never emptied.
 """
 
 from __future__ import annotations
