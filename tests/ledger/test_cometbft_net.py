@@ -35,6 +35,7 @@ from medshare.crypto.signing import SigningKey
 from medshare.ledger.app.rules import Code, address
 from medshare.ledger.cometbft import home as node_home
 from medshare.ledger.cometbft import install, network
+from medshare.ledger.cometbft import verify as cometbft_verify
 from medshare.ledger.cometbft.appmain import SOCKET
 from medshare.ledger.cometbft.client import (
     IN_CACHE,
@@ -592,6 +593,11 @@ def test_validator_crash_under_load(lab: Lab) -> None:
     victim_sync = _rpc(urls[victim], "status")["sync_info"]
     assert victim_sync["catching_up"] is False
     assert int(victim_sync["latest_block_height"]) >= h
+    # `ledger verify` from genesis passes on every node, up to the common height.
+    genesis = json.loads((net.node_dir(0) / "config" / "genesis.json").read_text())
+    for url in urls:
+        report = cometbft_verify.verify_node(url, to=h, genesis=genesis)
+        assert report.ok, report.as_dict()
 
 
 # --- 3. a partition (SIGSTOP) of one validator for 30 s ----------------------------------------
