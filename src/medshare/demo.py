@@ -1,13 +1,15 @@
-"""``medshare demo``: the whole story on the embedded defaults, every step checked.
+"""``medshare demo``: the whole story on a local CometBFT consortium, every step checked.
 
-Three hospitals and seven ledger nodes form a consortium with an elected committee;
-synthetic Synthea-style patients are ingested; then each access area is tried, allowed
-and denied; a department share opens a record added after it; shares expire and are
-revoked; a referral expires; a researcher reads de-identified copies of consenting
-patients only; an emergency physician breaks the glass; a leaked key is traced to its
-holder and revoked, a forged one blamed on the authority; a tampered blob is repaired, a
-tampered ledger byte found; a node is killed and the ledger goes on; the patient reads
-the access log as FHIR AuditEvents and exports their records with their own keys.
+Three hospitals and seven ledger nodes (CometBFT processes with our application, on
+127.0.0.1) form a consortium with an elected committee; synthetic Synthea-style patients
+are ingested; then each access area is tried, allowed and denied; a department share
+opens a record added after it; shares expire and are revoked; a referral expires; a
+researcher reads de-identified copies of consenting patients only; an emergency physician
+breaks the glass; a leaked key is traced to its holder and revoked, a forged one blamed on
+the authority; a tampered blob is repaired, a byte changed in a block a node serves is
+found at its height; a committee member is killed and the ledger goes on, then it
+restarts and catches up; the patient reads the access log as FHIR AuditEvents and exports
+their records with their own keys. The nodes are stopped at the end, also on failure.
 
 Every step states what it expects and the demo exits non-zero if any step does not
 behave that way. The service runs on a demo clock that starts at the wall clock and is
@@ -16,11 +18,13 @@ moved forward to show expiry without waiting.
 
 from __future__ import annotations
 
+import base64
+import copy
+import dataclasses
 import json
 import shutil
-import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,11 +33,13 @@ from rich.progress import Progress
 from rich.table import Table
 
 from medshare.crypto import abe, group, hkac
-from medshare.ledger import audit
-from medshare.ledger.store import SQLiteStore
+from medshare.ledger.comet_port import CometLedger
+from medshare.ledger.cometbft import network
+from medshare.ledger.cometbft import verify as chain_verify
+from medshare.ledger.cometbft.client import LedgerClient, LedgerUnavailable
 from medshare.ledger.types import TxKind
 from medshare.records import canonical, synthetic
-from medshare.service import db
+from medshare.service import db, ledgers
 from medshare.service.api import MedShare, wall_clock_ms
 from medshare.service.areas import Area
 from medshare.service.config import ServiceConfig
@@ -44,6 +50,7 @@ DAY_MS = 86_400_000
 PATIENTS_PER_HOSPITAL = 6
 RECORDS_PER_PATIENT = 30
 SEED = 2026
+CATCH_UP_S = 60.0
 
 
 class DemoClock:
@@ -67,6 +74,7 @@ class Story:
     """What the steps build on; filled in as the story goes."""
 
     out: Path
+    config: ServiceConfig | None = None
     clock: DemoClock = field(default_factory=DemoClock)
     service: MedShare | None = None
     bundles: dict[str, list[Path]] = field(default_factory=dict)
@@ -78,6 +86,12 @@ class Story:
     def svc(self) -> MedShare:
         assert self.service is not None
         return self.service
+
+    @property
+    def ledger(self) -> CometLedger:
+        ledger = self.svc.ledger
+        assert isinstance(ledger, CometLedger)
+        return ledger
 
 
 def _denied(fn: Callable[[], object]) -> str | None:
@@ -101,15 +115,20 @@ def _record_in(svc: MedShare, pid: str, prefix: str, hospital: str | None = None
 
 
 def step_consortium(story: Story) -> Outcome:
-    config = ServiceConfig(data_dir=story.out / "data")
-    story.service = init(config, clock=story.clock)
-    committee = story.svc.ledger.committee()
+    story.config = ServiceConfig(data_dir=story.out / "data", ledger="cometbft")
+    story.service = init(story.config, clock=story.clock)
+    labels = dict(zip(story.svc.ledger.node_names, ledgers.node_labels(story.config), strict=True))
+    committee = [labels[n] for n in story.svc.ledger.committee()]
     people = story.svc.people()
-    ok = len(story.svc.ledger.node_names) == 7 and len(committee) == 4
+    running = sum(
+        network.running(story.ledger.network, i) for i in range(len(story.ledger.network.nodes))
+    )
+    ok = len(story.svc.ledger.node_names) == 7 and running == 7 and len(committee) == 4
     return Outcome(
         ok,
-        f"3 hospitals, 7 nodes, elected committee {', '.join(committee)}; "
-        f"{sum(p['kind'] == 'clinician' for p in people)} clinicians' keys issued "
+        f"3 hospitals, 7 CometBFT nodes on 127.0.0.1, elected committee "
+        f"{', '.join(committee)}; {len(people)} identities registered by their hospitals' "
+        f"nodes, {sum(p['kind'] == 'clinician' for p in people)} clinicians' keys issued "
         "(accountable protocol, tags on the ledger)",
     )
 
@@ -342,49 +361,81 @@ def step_tamper(story: Story) -> Outcome:
     return Outcome(
         bool(repaired and height),
         f"a flipped bit in one blob copy was found and repaired from the other replica; a "
-        f"changed byte in a copy of a node's database: {reason[:70]}",
+        f"byte changed in block {height} as a node serves it: {reason[:70]}",
     )
 
 
 def _tampered_ledger_copy(svc: MedShare, out: Path) -> tuple[int | None, str]:
-    original = svc.config.ledger_dir / "node-2.db"
-    copy = out / "tampered-node.db"
-    for suffix in ("", "-wal", "-shm"):
-        src = Path(f"{original}{suffix}")
-        if src.exists():
-            shutil.copy(src, Path(f"{copy}{suffix}"))
-    store = SQLiteStore(copy)
+    """A byte of an anchored digest changed in the block a node serves (an attacker who
+    controls that node): re-verification from genesis names that height."""
     anchor = next(svc.ledger.txs(TxKind.ANCHOR_RECORD))
-    data = store.raw(anchor.height)
-    store.close()
-    at = data.index(b'"digest":"') + len(b'"digest":"')
-    changed = data[:at] + bytes([data[at] ^ 0x01]) + data[at + 1 :]
-    with sqlite3.connect(copy) as conn:  # an attacker with file access, not the node API
-        conn.execute("UPDATE blocks SET data = ? WHERE height = ?", (changed, anchor.height))
-    store = SQLiteStore(copy, readonly=True)
-    result = audit.verify_chain(store)
-    store.close()
-    if result.ok or result.first_bad_height != anchor.height:
+    assert isinstance(svc.ledger, CometLedger)
+    url = svc.ledger.network.nodes[1].rpc
+    source = _TamperingSource(url, anchor.height, anchor.index)
+    try:
+        verifier = chain_verify.ChainVerifier(source.genesis())
+        report = chain_verify.run(verifier, source, anchor.height, source.latest())
+    finally:
+        source.close()
+    (out / "tampered-chain-report.json").write_text(json.dumps(report.as_dict(), indent=1))
+    if report.ok or report.first_bad_height != anchor.height:
         return None, "not detected"
-    return anchor.height, result.reason
+    return anchor.height, report.problem or ""
+
+
+class _TamperingSource(chain_verify.NodeSource):
+    """A node's RPC, with one byte of one transaction changed at ``height``."""
+
+    def __init__(self, url: str, height: int, index: int) -> None:
+        super().__init__(url)
+        self._height, self._index = height, index
+
+    def heights(self, start: int, stop: int) -> Iterator[chain_verify.Served]:
+        for served in super().heights(start, stop):
+            if served.height == self._height:
+                block = copy.deepcopy(served.block)
+                txs = block["block"]["data"]["txs"]
+                raw = base64.b64decode(txs[self._index])
+                at = raw.index(b'"digest":"') + len(b'"digest":"')
+                raw = raw[:at] + bytes([raw[at] ^ 0x01]) + raw[at + 1 :]
+                txs[self._index] = base64.b64encode(raw).decode()
+                served = dataclasses.replace(served, block=block)
+            yield served
 
 
 def step_node_down(story: Story) -> Outcome:
-    svc = story.svc
-    names = svc.ledger.node_names
-    victim = names.index(svc.ledger.committee()[0])
-    svc.ledger.kill_node(victim)
+    svc, net = story.svc, story.ledger.network
+    labels = dict(zip(svc.ledger.node_names, ledgers.node_labels(svc.config), strict=True))
+    member = svc.ledger.committee()[0]
+    victim = svc.ledger.node_names.index(member)
+    network.kill(net, victim)
     rid = _record_in(svc, story.patient, "03", "H001")
     served = svc.read("dr.wang@H001", rid, area=Area.INSTITUTION)
-    svc.ledger.restart_node(victim)
+    down = not network.running(net, victim)
+    network.start(net, victim)
+    caught_up = _catch_up(net, victim, svc.ledger.height())
     checks = svc.ledger.verify()
     heads = {c.height for c in checks}
-    ok = served.resource and all(c.ok for c in checks) and len(heads) == 1
+    ok = served.resource and down and caught_up and all(c.ok for c in checks) and len(heads) == 1
     return Outcome(
         bool(ok),
-        f"committee member {names[victim]} killed: reads and their log entries still commit; "
-        f"restarted, it caught up; all 7 chains verify to height {heads.pop()}",
+        f"committee member {labels[member]} ({member}) killed: reads and their log entries "
+        f"still commit; restarted, it caught up; all {len(checks)} nodes' chains re-verified "
+        f"from genesis (signatures, validator sets, app replay) to height {max(heads)}",
     )
+
+
+def _catch_up(net: network.Network, i: int, height: int) -> bool:
+    deadline = time.monotonic() + CATCH_UP_S
+    with LedgerClient([net.nodes[i].rpc], timeout=2.0) as client:
+        while time.monotonic() < deadline:
+            try:
+                if client.height() >= height:
+                    return True
+            except LedgerUnavailable:  # its RPC may refuse for a moment after its start
+                pass
+            time.sleep(0.2)
+    return False
 
 
 def step_log_and_export(story: Story) -> Outcome:
@@ -437,7 +488,7 @@ STEPS: tuple[tuple[str, Callable[[Story], Outcome]], ...] = (
     ("research on de-identified copies", step_research),
     ("emergency break-glass", step_break_glass),
     ("leaked key traced, forged key blamed", step_trace),
-    ("tampered blob and ledger byte", step_tamper),
+    ("tampered blob and block byte", step_tamper),
     ("node killed, ledger goes on", step_node_down),
     ("access log and patient export", step_log_and_export),
 )
@@ -471,6 +522,8 @@ def run_demo(data_dir: Path | None, console: Console | None = None) -> int:
     finally:
         if story.service is not None:
             story.service.close()
+        if story.config is not None and ledgers.stop(story.config):
+            console.print(f"ledger nodes in {story.config.ledger_dir} stopped")
     _summary(console, results)
     failed = [name for name, outcome, _ in results if not outcome.ok]
     if failed or len(results) != len(STEPS):

@@ -16,7 +16,10 @@ def _run(*args: object):
 
 def test_delete_shreds_logs_and_refuses_twice(tmp_path):
     data = tmp_path / "data"
-    assert _run("init", "--data-dir", data, "--hospitals", 1, "--nodes", 4).exit_code == 0
+    result = _run(
+        "init", "--data-dir", data, "--hospitals", 1, "--nodes", 4, "--ledger", "inprocess"
+    )
+    assert result.exit_code == 0, result.output
     bundle = tmp_path / "bundle.json"
     bundle.write_text(json.dumps(synthetic.generate_bundle(11, 0, 8)))
     assert _run("ingest", "--data-dir", data, "--hospital", "H001", bundle).exit_code == 0

@@ -2,27 +2,45 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from medshare.cli.main import app
+from medshare.ledger.cometbft import install, network
 
 
 @pytest.mark.slow
-def test_demo_succeeds_and_writes_outputs(tmp_path: Path) -> None:
-    out = tmp_path / "out"
-    result = CliRunner().invoke(app, ["demo", "--data-dir", str(out)])
-    assert result.exit_code == 0, result.output
-    assert "steps behaved as expected" in result.output
-    assert "FAILED" not in result.output
-    log = json.loads((out / "access-log.json").read_text())
-    outcomes = {e["resource"]["outcome"] for e in log["entry"]}
-    assert outcomes == {"0", "4"}  # successes and refusals are both in the patient's log
-    assert (out / "share-daughter.json").exists()
-    assert (out / "export.ndjson").read_bytes().count(b"\n") > 10
+def test_demo_succeeds_and_writes_outputs() -> None:
+    """The demo runs on CometBFT nodes (a short folder: their Unix sockets need one) and
+    stops them at the end."""
+    try:
+        install.binary()
+    except install.EngineMissing as exc:
+        pytest.skip(f"CometBFT binary missing ({exc})")
+    root = Path(tempfile.mkdtemp(prefix="ms-demo-", dir="/tmp"))
+    out = root / "out"
+    try:
+        result = CliRunner().invoke(app, ["demo", "--data-dir", str(out)])
+        assert result.exit_code == 0, result.output
+        assert "steps behaved as expected" in result.output
+        assert "FAILED" not in result.output
+        log = json.loads((out / "access-log.json").read_text())
+        outcomes = {e["resource"]["outcome"] for e in log["entry"]}
+        assert outcomes == {"0", "4"}  # successes and refusals are both in the patient's log
+        assert (out / "share-daughter.json").exists()
+        assert (out / "export.ndjson").read_bytes().count(b"\n") > 10
+        net = network.Network.load(out / "data" / "ledger")
+        assert not any(network.running(net, i) for i in range(len(net.nodes)))
+    finally:
+        with contextlib.suppress(network.NetworkError):
+            network.down(network.Network.load(out / "data" / "ledger"))
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def test_demo_refuses_a_non_empty_directory(tmp_path: Path) -> None:

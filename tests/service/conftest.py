@@ -1,4 +1,5 @@
-"""A small embedded consortium per test module: real SQLite, real ledger nodes, real keys."""
+"""A small consortium per test module: real SQLite, real keys, and the ledger application
+behind the in-process harness (:class:`medshare.ledger.inprocess.InProcessLedger`)."""
 
 from __future__ import annotations
 

@@ -10,6 +10,8 @@ import pytest
 from sqlalchemy import select
 
 from medshare.crypto.signing import SigningKey
+from medshare.ledger.app.rules import Code
+from medshare.ledger.port import TxRejected
 from medshare.ledger.types import TxKind
 from medshare.service.areas import Area
 from medshare.service.errors import AccessDenied
@@ -102,6 +104,13 @@ def test_the_log_ignores_txs_from_strangers_and_survives_malformed_ones(consorti
         "area": "nowhere",
         "outcome": "success",
     }
+    # The ledger refuses a key no node registered; once a node vouches for it (someone
+    # this service has no principal for), its tx commits but is still not in the log.
+    with pytest.raises(TxRejected) as refused:
+        service.ledger.sign_and_submit(stranger, TxKind.ACCESS, [fake])
+    assert refused.value.code == Code.NOT_PERMITTED and refused.value.committed == []
+    body = {"identity": "stranger@elsewhere", "key": stranger.public.hex()}
+    service.ledger.sign_and_submit(service.node_key("H002"), TxKind.REGISTER_IDENTITY, [body])
     txid = service.ledger.sign_and_submit(stranger, TxKind.ACCESS, [fake])[0].tx.txid
     insider = service.wallets.identity("dr.wang@H001")
     bad = {**fake, "area": "nowhere"}

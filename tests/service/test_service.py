@@ -1,4 +1,5 @@
-"""The records service end to end on a real embedded consortium (SQLite, ledger, keys)."""
+"""The records service end to end on a real consortium (SQLite, keys, the ledger application
+in-process)."""
 
 from __future__ import annotations
 

@@ -373,10 +373,12 @@ class CometLedger:
     # --- verification ----------------------------------------------------------------------
 
     def verify(self) -> list[NodeCheck]:
-        """Re-verify the chain every running node serves, from genesis
-        (:func:`medshare.ledger.cometbft.verify.verify_node`: headers, commit signatures,
-        validator sets, and a replay of the application), all up to the same height: the
-        lowest of the running nodes' at the start. A stopped node is reported, not read."""
+        """Re-verify the chain every running node serves, from the genesis this folder was
+        created with (node 0's ``genesis.json``, the trust anchor: a node serving another
+        fails) with :func:`medshare.ledger.cometbft.verify.verify_node` (headers, commit
+        signatures, validator sets, and a replay of the application), all up to the same
+        height: the lowest of the running nodes' at the start. A stopped node is reported,
+        not read."""
         net = self.network
         running = [i for i in range(len(net.nodes)) if network.running(net, i)]
         heights = {}
@@ -387,6 +389,13 @@ class CometLedger:
             except ClientUnavailable:
                 pass
         stop = min(heights.values()) if heights else 0
+        anchor = net.node_dir(0) / "config" / "genesis.json"
+        try:
+            trusted = json.loads(anchor.read_text())
+        except (OSError, ValueError) as exc:
+            problem = f"cannot read the consortium's genesis {anchor}: {exc}"
+            nodes = enumerate(net.nodes)
+            return [NodeCheck(n.name, False, 0, problem, i in running) for i, n in nodes]
         checks = []
         for i, node in enumerate(net.nodes):
             if i not in running:
@@ -394,7 +403,7 @@ class CometLedger:
                 checks.append(NodeCheck(node.name, False, 0, f"not running (start: {how})", False))
                 continue
             try:
-                report = chain_verify.verify_node(node.rpc, to=stop)
+                report = chain_verify.verify_node(node.rpc, to=stop, genesis=trusted)
             except (ClientUnavailable, ValueError) as exc:
                 checks.append(NodeCheck(node.name, False, 0, f"cannot be read: {exc}"))
                 continue

@@ -1,10 +1,16 @@
 """The records service: what hospitals, patients, clinicians and auditors call.
 
 One :class:`MedShare` per data directory and process. It composes the parts built
-elsewhere and owns their side effects: the SQL index (:mod:`.db`), the embedded ledger
-(:mod:`medshare.ledger.embedded`), the replicated blob store, the wallets. Every state
-change that matters to accountability is a ledger transaction *first*: a record is
-served only after its read is committed, a grant exists once its tx is committed.
+elsewhere and owns their side effects: the SQL index (:mod:`.db`), the consortium ledger
+(any :class:`~medshare.ledger.port.LedgerPort`: CometBFT nodes or the in-process harness,
+see :mod:`.ledgers`), the replicated blob store, the wallets. Every state change that
+matters to accountability is a ledger transaction *first*: a record is served only after
+its read is committed, a grant exists once its tx is committed.
+
+Who signs: people sign with their own identity keys (wallets), registered on the ledger
+by a node of their hospital before their first transaction (``register_identity``; the
+ledger refuses transactions from unregistered keys); a hospital's records service signs
+with the key of the hospital's node (anchors and trace verdicts may only come from a node).
 
 Who may do what is decided by cryptography where it can be (a reader who lacks the
 attributes or the aggregate key cannot decrypt, whatever the service does) and by the
@@ -14,7 +20,7 @@ out wraps only to requests it has logged.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -23,11 +29,11 @@ from sqlalchemy.orm import Session
 
 from medshare.crypto import kac
 from medshare.crypto.signing import SigningKey
-from medshare.ledger.embedded import EmbeddedLedger
-from medshare.ledger.types import TxKind
+from medshare.ledger.port import CommittedTx, LedgerPort, sign
+from medshare.ledger.types import Tx, TxKind
 from medshare.records.blobstore import DirectoryReplica, ReplicatedBlobStore
 from medshare.records.classify import Classifier
-from medshare.service import db
+from medshare.service import db, ledgers
 from medshare.service.area_keys import AreaKeyMixin
 from medshare.service.areas import AreaTemplates
 from medshare.service.audit_log import AuditLogMixin
@@ -55,7 +61,7 @@ class MedShare(IngestMixin, AreaKeyMixin, GrantMixin, ReadingMixin, AuditLogMixi
     def __init__(
         self,
         config: ServiceConfig,
-        ledger: EmbeddedLedger,
+        ledger: LedgerPort,
         *,
         clock: Clock = wall_clock_ms,
         templates: AreaTemplates | None = None,
@@ -79,9 +85,20 @@ class MedShare(IngestMixin, AreaKeyMixin, GrantMixin, ReadingMixin, AuditLogMixi
         self._tags: dict[bytes, bytes] = {}  # key or registry encoding -> public tag
 
     @classmethod
-    def open(cls, data_dir: Path, *, clock: Clock = wall_clock_ms) -> MedShare:
+    def open(
+        cls,
+        data_dir: Path,
+        *,
+        clock: Clock = wall_clock_ms,
+        notice: Callable[[str], None] | None = None,
+    ) -> MedShare:
         config = ServiceConfig.load(data_dir)
-        return cls(config, EmbeddedLedger.open(config.ledger_dir), clock=clock)
+        ledger = ledgers.open_ledger(config, notice)
+        try:
+            return cls(config, ledger, clock=clock)
+        except BaseException:
+            ledger.close()
+            raise
 
     def close(self) -> None:
         self.ledger.close()
@@ -136,8 +153,42 @@ class MedShare(IngestMixin, AreaKeyMixin, GrantMixin, ReadingMixin, AuditLogMixi
             raise NotFound(f"unknown person {who!r}: no identity registered in this consortium")
         return row
 
-    def _submit(self, key: SigningKey, kind: TxKind, bodies: Sequence[dict[str, Any]]) -> list:
+    def _submit(
+        self, key: SigningKey, kind: TxKind, bodies: Sequence[dict[str, Any]]
+    ) -> list[CommittedTx]:
         return self.ledger.sign_and_submit(key, kind, bodies)
+
+    def _submit_batches(
+        self, batches: Sequence[tuple[SigningKey, TxKind, Sequence[dict[str, Any]]]]
+    ) -> list[CommittedTx]:
+        """Several signers' transactions committed together, in this order (one block on
+        the in-process ledger)."""
+        used: dict[bytes, int] = {}
+        txs: list[Tx] = []
+        for key, kind, bodies in batches:
+            txs += sign(self.ledger, key, kind, bodies, skip=used.get(key.public, 0))
+            used[key.public] = used.get(key.public, 0) + len(bodies)
+        return self.ledger.submit(txs) if txs else []
+
+    def node_key(self, hospital: str) -> SigningKey:
+        """The key of ``hospital``'s ledger node: its records service signs with it."""
+        return self.ledger.node_key(self.config.hospital_node(hospital))
+
+    def registrations(self, people: Sequence[tuple[str, str | None]]) -> list[tuple]:
+        """``register_identity`` batches for (principal, hospital) pairs whose identity key
+        the ledger does not know yet, each signed by the node of the person's hospital (the
+        first hospital's for people of none). For :meth:`_submit_batches`."""
+        bodies: dict[str, list[dict[str, Any]]] = {}
+        for who, hospital in people:
+            public = self.wallets.identity(who).public
+            if self.ledger.registered(public) is None:
+                sponsor = hospital or self.config.hospitals[0]
+                bodies.setdefault(sponsor, []).append({"identity": who, "key": public.hex()})
+        return [(self.node_key(h), TxKind.REGISTER_IDENTITY, items) for h, items in bodies.items()]
+
+    def register(self, people: Sequence[tuple[str, str | None]]) -> None:
+        """Register these people's identity keys on the ledger (see :meth:`registrations`)."""
+        self._submit_batches(self.registrations(people))
 
     # -- patients and people ---------------------------------------------------------------
 

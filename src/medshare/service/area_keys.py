@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import select
@@ -120,36 +121,55 @@ class AreaKeyMixin:
     def issue_key(self, who: str, authority: str, attributes: tuple[str, ...]) -> bytes:
         """Issue ``who`` a key of ``authority`` (accountable protocol) and register its tag
         on the ledger, signed by ``who``'s own identity key: what tracing later trusts."""
+        return self.issue_keys([(who, authority, attributes)])[0]
+
+    def issue_keys(self, requests: Sequence[tuple[str, str, tuple[str, ...]]]) -> list[bytes]:
+        """:meth:`issue_key` for each (who, authority, attributes), the tags registered on
+        the ledger together (one block); returns the keys' tags in order."""
         with db.transaction(self.sessions) as session:
-            return self._issue_in(session, who, authority, attributes)
+            return self._issue_in(session, requests)
 
     def _issue_in(
-        self, session: Session, who: str, authority: str, attributes: tuple[str, ...]
-    ) -> bytes:
-        """:meth:`issue_key` inside the caller's transaction: the tag is registered on the
-        ledger and the key is in ``who``'s wallet before the row can commit, so a crash
-        leaves at worst an unused key, never a recorded key its holder does not have."""
-        identity = self.wallets.identity(who)
-        issued = keyring.issue(self.wallets.authority(authority), who, identity, attributes)
-        body = {
-            "identity": who,
-            "tag": issued.registration.tag().hex(),
-            "R": issued.registration.R_hex(),
-            "authority": authority,
-            "attributes": list(attributes),
-        }
-        self._submit(identity, TxKind.REGISTER_KEY_TAG, [body])
-        self.wallets.save_abe_key(who, authority, issued.key)
-        session.add(
-            db.AbeKey(
-                principal=who,
-                authority=authority,
-                attributes=list(attributes),
-                registration=abe.registry_to_bytes([issued.registration]),
-                issued_ms=self.clock(),
+        self,
+        session: Session,
+        requests: Sequence[tuple[str, str, tuple[str, ...]]],
+        saved: list[tuple[str, bytes]] | None = None,
+    ) -> list[bytes]:
+        """:meth:`issue_keys` inside the caller's transaction: the tags are registered on
+        the ledger and the keys are in their holders' wallets before the rows can commit,
+        so a crash leaves at worst unused keys, never a recorded key its holder does not
+        have. Each (holder, tag) written to a wallet is appended to ``saved``."""
+        pending = []
+        batches = []
+        for who, authority, attributes in requests:
+            identity = self.wallets.identity(who)
+            one = keyring.issue(self.wallets.authority(authority), who, identity, attributes)
+            body = {
+                "identity": who,
+                "tag": one.registration.tag().hex(),
+                "R": one.registration.R_hex(),
+                "authority": authority,
+                "attributes": list(attributes),
+            }
+            batches.append((identity, TxKind.REGISTER_KEY_TAG, [body]))
+            pending.append((who, authority, attributes, one))
+        self._submit_batches(batches)
+        tags = []
+        for who, authority, attributes, one in pending:
+            self.wallets.save_abe_key(who, authority, one.key)
+            if saved is not None:
+                saved.append((who, one.key.tag()))
+            session.add(
+                db.AbeKey(
+                    principal=who,
+                    authority=authority,
+                    attributes=list(attributes),
+                    registration=abe.registry_to_bytes([one.registration]),
+                    issued_ms=self.clock(),
+                )
             )
-        )
-        return issued.key.tag()
+            tags.append(one.key.tag())
+        return tags
 
     def revoke_key(self, who: str, authority: str, tag: bytes | None = None) -> dict[str, Any]:
         """Revoke ``who``'s key of ``authority`` with public tag ``tag`` (every key of
@@ -194,9 +214,11 @@ class AreaKeyMixin:
             for r in others:
                 r.revoked_ms = self.clock()
             epoch = hosp.epoch
-            for holder, attrs, _ in reissue:
-                new = self._issue_in(session, holder, authority, areas.with_epoch(attrs, epoch))
-                issued.append((holder, new))
+            self._issue_in(
+                session,
+                [(h, authority, areas.with_epoch(attrs, epoch)) for h, attrs, _ in reissue],
+                issued,
+            )
             # On the ledger before the database commits: the revocation is public record.
             signer = self.wallets.identity(authority_principal(authority))
             bodies = [
@@ -287,7 +309,8 @@ class AreaKeyMixin:
             "identity": result.identity,
             "reason": result.reason,
         }
-        signer = self.wallets.identity(authority_principal(signer_hospital))
+        # A verdict is recorded by the authority's hospital's node (only nodes may send it).
+        signer = self.node_key(signer_hospital)
         body = {"verdict": result.verdict.value, "evidence": evidence}
         tx = self._submit(signer, TxKind.TRACE_VERDICT, [body])[0]
         out: dict[str, Any] = {**result.as_dict(), "txid": tx.tx.txid, "height": tx.height}

@@ -30,12 +30,14 @@ def wall_clock_ms() -> int:
 
 
 def service_principal(hospital: str) -> str:
-    """The identity a hospital's records service signs anchors and grants with."""
+    """A hospital's records service: it signs anchors, referrals and study approvals with
+    the key of the hospital's ledger node (:meth:`MedShare.node_key`)."""
     return f"records@{hospital}"
 
 
 def authority_principal(hospital: str) -> str:
-    """The identity a hospital's attribute authority signs trace verdicts with."""
+    """The identity a hospital's attribute authority signs key revocations with (its trace
+    verdicts are recorded by the hospital's node: only nodes may send them)."""
     return f"authority@{hospital}"
 
 

@@ -17,6 +17,7 @@ from medshare.fileio import write_file
 
 CONFIG_FILE = "medshare.json"
 CONFIG_VERSION = 1
+LEDGER_KINDS = ("cometbft", "inprocess")
 
 
 class ConfigError(ValueError):
@@ -27,10 +28,12 @@ class ConfigError(ValueError):
 class ServiceConfig:
     """What a consortium is made of and how the service stores things.
 
-    ``hospitals`` are the codes of the member hospitals (each runs an attribute authority
-    and holds blob replicas); ``nodes`` is the number of ledger nodes spread over them (plus
-    a regulator node when there are more nodes than hospitals × 2); ``committee`` is the
-    elected committee size m = 3f+1; ``replication`` is how many hospitals keep a copy of
+    ``hospitals`` are the codes of the member hospitals (each runs an attribute authority,
+    holds blob replicas and runs at least one ledger node); ``nodes`` is the number of
+    ledger nodes spread over them (the last one a regulator's when there are more nodes
+    than hospitals); ``committee`` is the elected committee size m = 3f+1; ``ledger`` is
+    the kind of ledger (:mod:`medshare.service.ledgers`: ``cometbft`` node processes or the
+    ``inprocess`` harness); ``replication`` is how many hospitals keep a copy of
     every encrypted blob; ``kac_classes`` is the KAC parameter size n (classes per block);
     ``slab_size`` is the classes a department reserves at a time; ``policy_templates``
     overrides the CP-ABE areas' policy templates (:class:`~medshare.service.areas.AreaTemplates`,
@@ -49,6 +52,7 @@ class ServiceConfig:
     referral_days: int = 30
     break_glass_minutes: int = 60
     policy_templates: dict[str, str] = field(default_factory=dict)
+    ledger: str = "inprocess"
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -59,6 +63,15 @@ class ServiceConfig:
         for code in self.hospitals:
             if not code.isalnum() or len(code) > 16:
                 raise ConfigError(f"hospital code {code!r} must be 1-16 letters or digits")
+        if self.ledger not in LEDGER_KINDS:
+            raise ConfigError(
+                f"ledger must be one of {', '.join(LEDGER_KINDS)}, not {self.ledger!r}"
+            )
+        if self.nodes < len(self.hospitals):
+            raise ConfigError(
+                f"every hospital runs a ledger node: need nodes >= {len(self.hospitals)} "
+                f"(the hospitals), got {self.nodes}"
+            )
         if self.committee < 1 or self.nodes < self.committee:
             raise ConfigError(
                 f"need 1 <= committee <= nodes, got committee {self.committee}, nodes {self.nodes}"
@@ -80,6 +93,12 @@ class ServiceConfig:
     @property
     def ledger_dir(self) -> Path:
         return self.data_dir / "ledger"
+
+    def hospital_node(self, hospital: str) -> int:
+        """The ledger node whose key a hospital's records service signs with (its first)."""
+        if hospital not in self.hospitals:
+            raise ConfigError(f"unknown hospital {hospital!r}; the consortium has {self.hospitals}")
+        return self.hospitals.index(hospital)
 
     @property
     def wallet_dir(self) -> Path:

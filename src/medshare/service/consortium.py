@@ -1,11 +1,14 @@
-"""``medshare init``: an embedded consortium in one data directory.
+"""``medshare init``: a consortium in one data directory.
 
 It makes, in order: the configuration file; the consortium's public KAC parameters (the
-setup ceremony: ``α`` is discarded inside :func:`medshare.crypto.kac.setup`); per hospital
-an attribute authority, a KEK seed and the identities of its records service and
-authority; the ledger's nodes and genesis; the schema (Alembic); and the starting roster,
-each member's CP-ABE keys issued through the accountable protocol and their key tags
-registered on the ledger under their own identity keys.
+setup ceremony: ``α`` is discarded inside :func:`medshare.crypto.kac.setup`); the ledger
+(its nodes' keys and genesis; CometBFT nodes are started, see :mod:`.ledgers`); the
+schema (Alembic); per hospital an attribute authority, a KEK seed, its records service
+(which signs with the hospital's node key) and the authority's identity; the starting
+roster and a researcher with their identity keys, registered on the ledger by their
+hospital's node in one block; then each member's CP-ABE keys, issued through the
+accountable protocol, their key tags registered on the ledger under their own identity
+keys.
 """
 
 from __future__ import annotations
@@ -16,8 +19,7 @@ from pathlib import Path
 
 from medshare.crypto import issuance, kac
 from medshare.fileio import write_file
-from medshare.ledger.embedded import EmbeddedLedger
-from medshare.service import areas, db
+from medshare.service import areas, db, ledgers
 from medshare.service.api import (
     Clock,
     MedShare,
@@ -29,19 +31,6 @@ from medshare.service.config import ConfigError, ServiceConfig
 from medshare.service.roster import RESEARCHER, StaffMember, default_roster
 
 Progress = Callable[[str], None]
-
-
-def node_names(config: ServiceConfig) -> list[str]:
-    """Ledger nodes spread over the hospitals (``H001-a``…), the last one a regulator's
-    when there are more nodes than hospitals."""
-    names = []
-    count = len(config.hospitals)
-    for i in range(config.nodes):
-        if i == config.nodes - 1 and config.nodes > count:
-            names.append("regulator")
-        else:
-            names.append(f"{config.hospitals[i % count]}-{chr(ord('a') + i // count)}")
-    return names
 
 
 def init(
@@ -56,25 +45,40 @@ def init(
     data_dir = config.data_dir
     if data_dir.exists() and any(data_dir.iterdir()):
         raise ConfigError(f"{data_dir} is not empty; choose a new directory")
+    ledgers.check(config)
     config.save()
     say("KAC parameters")
     write_file(config.kac_params_file, kac.setup(config.kac_classes).to_bytes())
-    say("ledger nodes and genesis")
-    ledger = EmbeddedLedger.create(
-        config.ledger_dir, node_names(config), committee_size=config.committee
-    )
-    service = MedShare(config, ledger, clock=clock)
+    kind = "CometBFT nodes" if config.ledger == "cometbft" else "in-process ledger"
+    say(f"ledger: {kind}, {config.nodes} nodes, committee {config.committee}")
+    try:
+        ledger = ledgers.create(config, say)
+        try:
+            service = MedShare(config, ledger, clock=clock)
+        except BaseException:
+            ledger.close()
+            raise
+    except BaseException:
+        ledgers.stop(config)  # a half-made consortium leaves no node running
+        raise
     try:
         say("hospitals and their authorities")
         for code in config.hospitals:
             _add_hospital(service, code)
         members = roster if roster is not None else default_roster(config.hospitals)
-        say(f"{len(members)} staff keys (accountable issuance)")
         for member in members:
-            add_staff(service, member)
-        add_person(service, RESEARCHER, "researcher", None, ["researcher"])
+            _add_member(service, member)
+        add_person(service, RESEARCHER, "researcher", None, ["researcher"], register=False)
+        people = [(authority_principal(code), code) for code in config.hospitals]
+        people += [(m.id, m.hospital) for m in members] + [(RESEARCHER, None)]
+        say(f"{len(people)} identities registered on the ledger by their hospitals' nodes")
+        service.register(people)
+        requests = [r for member in members for r in _staff_key_requests(service, member)]
+        say(f"{len(requests)} staff keys (accountable issuance; tags on the ledger)")
+        service.issue_keys(requests)
     except BaseException:
         service.close()
+        ledgers.stop(config)
         raise
     return service
 
@@ -94,15 +98,29 @@ def _add_hospital(service: MedShare, code: str) -> None:
                 created_ms=service.clock(),
             )
         )
-    add_person(service, service_principal(code), "service", code, ["records-service"])
-    add_person(service, authority_principal(code), "authority", code, ["authority"])
+    # The records service's identity is the hospital's node key (no wallet file: the key
+    # stays with the node); a node needs no registration.
+    _add_principal(
+        service,
+        service_principal(code),
+        "service",
+        code,
+        ["records-service"],
+        None,
+        service.node_key(code).public,
+    )
+    add_person(service, authority_principal(code), "authority", code, ["authority"], register=False)
 
 
-def add_person(
-    service: MedShare, who: str, kind: str, hospital: str | None, roles: list[str], dept=None
+def _add_principal(
+    service: MedShare,
+    who: str,
+    kind: str,
+    hospital: str | None,
+    roles: list[str],
+    dept: str | None,
+    public: bytes,
 ) -> None:
-    """A principal with a fresh identity key in their wallet."""
-    identity = service.wallets.create_identity(who)
     with db.transaction(service.sessions) as session:
         session.add(
             db.Principal(
@@ -111,24 +129,64 @@ def add_person(
                 hospital=hospital,
                 roles=roles,
                 dept=dept,
-                identity_public=identity.public,
+                identity_public=public,
                 created_ms=service.clock(),
             )
         )
 
 
+def add_person(
+    service: MedShare,
+    who: str,
+    kind: str,
+    hospital: str | None,
+    roles: list[str],
+    dept=None,
+    *,
+    register: bool = True,
+) -> None:
+    """A principal with a fresh identity key in their wallet, registered on the ledger by
+    their hospital's node (unless ``register`` is False: the caller registers a batch)."""
+    identity = service.wallets.create_identity(who)
+    _add_principal(service, who, kind, hospital, roles, dept, identity.public)
+    if register:
+        service.register([(who, hospital)])
+
+
+def _add_member(service: MedShare, member: StaffMember, *, register: bool = False) -> None:
+    add_person(
+        service,
+        member.id,
+        "clinician",
+        member.hospital,
+        [member.role],
+        member.dept,
+        register=register,
+    )
+
+
 def add_staff(service: MedShare, member: StaffMember) -> None:
-    """A clinician: identity, then keys: the own authority's institution key (or, for
-    emergency staff, an emergency key from every consortium authority)."""
-    add_person(service, member.id, "clinician", member.hospital, [member.role], member.dept)
+    """A clinician: identity (registered by their hospital's node), then keys: the own
+    authority's institution key (or, for emergency staff, an emergency key from every
+    consortium authority)."""
+    _add_member(service, member, register=True)
+    service.issue_keys(_staff_key_requests(service, member))
+
+
+def _staff_key_requests(
+    service: MedShare, member: StaffMember
+) -> list[tuple[str, str, tuple[str, ...]]]:
+    """The keys a clinician gets: the own authority's institution key, or for emergency
+    staff an emergency key from every consortium authority."""
     if member.role == "emergency":
-        for code in service.config.hospitals:
-            service.issue_key(member.id, code, areas.emergency_attributes(_epoch(service, code)))
-    else:
-        attrs = areas.staff_attributes(
-            member.hospital, member.dept, member.role, _epoch(service, member.hospital)
-        )
-        service.issue_key(member.id, member.hospital, attrs)
+        return [
+            (member.id, code, areas.emergency_attributes(_epoch(service, code)))
+            for code in service.config.hospitals
+        ]
+    attrs = areas.staff_attributes(
+        member.hospital, member.dept, member.role, _epoch(service, member.hospital)
+    )
+    return [(member.id, member.hospital, attrs)]
 
 
 def _epoch(service: MedShare, hospital: str) -> int:

@@ -8,7 +8,7 @@ stays the source of truth for *what happened* (ingests, grants, reads, verdicts)
 tables are the working index.
 
 The schema is created and upgraded only through Alembic (``migrations/``), never with
-``create_all``, so a deployed PostgreSQL database follows the same steps as the embedded
+``create_all``, so a deployed PostgreSQL database follows the same steps as the default
 SQLite file. A test checks that the migrations and these models agree.
 """
 

@@ -22,7 +22,6 @@ from medshare.records.departments import Taxonomy
 from medshare.service import areas, db, protect
 from medshare.service.areas import Area
 from medshare.service.common import (
-    service_principal,
     utc,
     valid_at,
 )
@@ -63,7 +62,7 @@ class GrantMixin:
             raise InvalidInput("--until must be in the future")
         with db.transaction(self.sessions) as session:
             patient = self._patient(session, patient_id)
-            self._enroll_grantee(session, to)
+            self._enroll_grantee(session, to, patient.home_hospital)
             for rid in records:
                 if self._record(session, rid).patient != patient_id:
                     raise NotFound(f"record {rid} is not a record of patient {patient_id}")
@@ -108,12 +107,16 @@ class GrantMixin:
         grant.txid = committed.tx.txid
         session.add(grant)
 
-    def _enroll_grantee(self, session: Session, who: str) -> None:
+    def _enroll_grantee(self, session: Session, who: str, hospital: str) -> None:
         """A person the patient shares with gets an identity on first share (their wallet
-        is where the share file goes), so their reads can be signed and logged."""
+        is where the share file goes), registered on the ledger by the node of the
+        patient's hospital, so their reads can be signed and logged."""
         if session.get(db.Principal, who) is not None:
             return
-        identity = self.wallets.create_identity(who)
+        if not self.wallets.has_identity(who):
+            self.wallets.create_identity(who)
+        identity = self.wallets.identity(who)
+        self.register([(who, hospital)])
         session.add(
             db.Principal(
                 id=who,
@@ -155,7 +158,7 @@ class GrantMixin:
             signer = (
                 self.wallets.identity(patient_principal(grant.patient))
                 if grant.area in (Area.PERSONAL.value, Area.RESEARCH.value) and grant.patient
-                else self.wallets.identity(service_principal(grant.scope.get("hospital", "")))
+                else self.node_key(grant.scope.get("hospital", ""))
             )
             grant.revoked_ms = self.clock()
             moved = shredded = 0
@@ -349,7 +352,7 @@ class GrantMixin:
             scope = {"hospital": hospital, "partner": partner.hospital, "dept": dept}
             self._commit_grant(
                 session,
-                self.wallets.identity(service_principal(hospital)),
+                self.node_key(hospital),
                 db.Grant(
                     id=referral,
                     kind="referral",
@@ -399,7 +402,7 @@ class GrantMixin:
                 raise InvalidInput(f"study {study} already exists")
             self._commit_grant(
                 session,
-                self.wallets.identity(service_principal(hospital)),
+                self.node_key(hospital),
                 db.Grant(
                     id=f"study/{study}",
                     kind="study",

@@ -124,9 +124,11 @@ class IngestMixin:
                 continue
             prepared.append(_Prepared(res, pid, decision.code))
         with db.transaction(self.sessions) as session:
+            enrolled: list[str] = []
             for res in patients.values():
                 if res.id and session.get(db.Patient, res.id) is None:
                     self._enroll(session, res, hospital)
+                    enrolled.append(patient_principal(res.id))
                     report.patients += 1
             added: list[db.Record] = []
             seq = session.execute(select(func.max(db.Record.seq))).scalar() or 0
@@ -158,7 +160,7 @@ class IngestMixin:
                 seq += 1
                 added.append(self._protect(session, hospital, item, seq))
                 report.records += 1
-            self._anchor(session, hospital, added)
+            self._anchor(session, hospital, added, enrolled)
             for patient_id in sorted({r.patient for r in added}):
                 self._extend_shares(session, patient_id, record_shares=False)
 
@@ -175,7 +177,9 @@ class IngestMixin:
         return _Prepared(res, item.patient_id, stored.dept)
 
     def _enroll(self, session: Session, res: fhir.Resource, hospital: str) -> None:
-        """A new patient: a fresh seed in their wallet, an empty public directory."""
+        """A new patient: a fresh seed in their wallet, an empty public directory, and an
+        identity key (registered on the ledger by the enrolling hospital's node, in the
+        ingest's anchoring block)."""
         seed = hkac.PatientSeed.generate()
         self.wallets.save_seed(res.id, seed)
         if not self.wallets.has_identity(patient_principal(res.id)):
@@ -247,10 +251,16 @@ class IngestMixin:
 
         return hkac.seal_record(self.params, {slot.block: public}, slot, dek, record_id).to_bytes()
 
-    def _anchor(self, session: Session, hospital: str, pending: list[db.Record]) -> None:
-        """Anchor these new records on the ledger, in one batch of txs, before the SQL
-        transaction commits: a failed anchor rolls the ingest back."""
+    def _anchor(
+        self, session: Session, hospital: str, pending: list[db.Record], enrolled: list[str]
+    ) -> None:
+        """Register the newly enrolled patients' identity keys and anchor these new records
+        on the ledger, in one batch of txs, before the SQL transaction commits: a failed
+        anchor rolls the ingest back (a registration that committed stays; the key is kept
+        in the patient's wallet and reused when the patient is ingested again)."""
+        batches = self.registrations([(who, hospital) for who in enrolled])
         if not pending:
+            self._submit_batches(batches)
             return
         bodies = [
             {
@@ -263,8 +273,8 @@ class IngestMixin:
             }
             for r in pending
         ]
-        key = self.wallets.identity(service_principal(hospital))
-        committed = self._submit(key, TxKind.ANCHOR_RECORD, bodies)
+        batches.append((self.node_key(hospital), TxKind.ANCHOR_RECORD, bodies))
+        committed = self._submit_batches(batches)[-len(pending) :]
         for record, tx in zip(pending, committed, strict=True):
             record.anchor_txid = tx.tx.txid
 
@@ -302,5 +312,5 @@ class IngestMixin:
                 "action": "delete",
                 "reason": reason,
             }
-            key = self.wallets.identity(service_principal(record.hospital))
+            key = self.node_key(record.hospital)
             return self._submit(key, TxKind.ACCESS, [body])[0].tx.txid

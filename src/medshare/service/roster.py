@@ -1,4 +1,4 @@
-"""The people an embedded consortium starts with: each hospital's staff and a researcher.
+"""The people a new consortium starts with: each hospital's staff and a researcher.
 
 A real hospital loads its staff from its HR directory; ``medshare init`` needs a few named
 people so that every access area has someone to try it. Names are fixed so that the demo

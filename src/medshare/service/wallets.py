@@ -1,9 +1,10 @@
-"""What each party keeps on its own device, kept in one directory for the embedded mode.
+"""What each party keeps on its own device, kept in one data directory on one machine.
 
 In a deployment a clinician's identity and CP-ABE keys live on their workstation, a
 patient's 32-byte seed on their phone (with Shamir recovery shares at trusted contacts),
-an authority's master key in its HSM. The embedded consortium of ``medshare init`` keeps
-them side by side under ``<data-dir>/wallets/`` so the whole story runs on one machine;
+an authority's master key in its HSM. The consortium of ``medshare init`` keeps them side
+by side under ``<data-dir>/wallets/`` so the whole story runs on one machine (the ledger
+nodes' keys stay in the nodes' own folders under ``<data-dir>/ledger``);
 each file is written atomically and 0600, and the service only reads a party's file when
 acting *as* that party. Nothing in the database is secret.
 """
