@@ -27,6 +27,7 @@ from google.protobuf.message import DecodeError
 
 from medshare.ledger.app.abci import LedgerApplication
 from medshare.ledger.cometbft.proto.tendermint.abci import types_pb2 as abci
+from medshare.ledger.cometbft.varint import uvarint
 
 log = logging.getLogger(__name__)
 
@@ -40,16 +41,7 @@ class WireError(Exception):
 
 def encode_frame(message: bytes) -> bytes:
     """``message`` preceded by its length as an unsigned varint."""
-    n = len(message)
-    out = bytearray()
-    while True:
-        byte = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out) + message
+    return uvarint(len(message)) + message
 
 
 async def read_frame(reader: asyncio.StreamReader) -> bytes | None:

@@ -67,6 +67,7 @@ from medshare.ledger.app.genesis import MEMBER_POWER, Genesis
 from medshare.ledger.app.state import LedgerState
 from medshare.ledger.cometbft.client import LedgerClient, LedgerUnavailable
 from medshare.ledger.cometbft.home import cometbft_chain_id
+from medshare.ledger.cometbft.varint import uvarint
 from medshare.ledger.cometbft.proto.tendermint.abci import types_pb2 as abci_pb
 from medshare.ledger.cometbft.proto.tendermint.crypto import keys_pb2
 from medshare.ledger.cometbft.proto.tendermint.types import (
@@ -149,18 +150,6 @@ def b64_bytes(value: object) -> bytes:
         return base64.b64decode(value, validate=True)
     except binascii.Error:
         raise ValueError(f"not base64: {value!r}") from None
-
-
-def _uvarint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
 
 
 # --- CometBFT's structures as protobuf ------------------------------------------------------
@@ -421,7 +410,7 @@ def vote_sign_bytes(
     vote.timestamp.SetInParent()
     vote.chain_id = chain_id
     body = vote.SerializeToString()
-    return _uvarint(len(body)) + body
+    return uvarint(len(body)) + body
 
 
 @lru_cache(maxsize=1024)
