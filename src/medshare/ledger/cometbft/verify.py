@@ -67,7 +67,6 @@ from medshare.ledger.app.genesis import MEMBER_POWER, Genesis
 from medshare.ledger.app.state import LedgerState
 from medshare.ledger.cometbft.client import LedgerClient, LedgerUnavailable
 from medshare.ledger.cometbft.home import cometbft_chain_id
-from medshare.ledger.cometbft.varint import uvarint
 from medshare.ledger.cometbft.proto.tendermint.abci import types_pb2 as abci_pb
 from medshare.ledger.cometbft.proto.tendermint.crypto import keys_pb2
 from medshare.ledger.cometbft.proto.tendermint.types import (
@@ -79,6 +78,7 @@ from medshare.ledger.cometbft.proto.tendermint.types import (
     validator_pb2,
 )
 from medshare.ledger.cometbft.proto.tendermint.version import types_pb2 as version_pb2
+from medshare.ledger.cometbft.varint import uvarint
 
 BLOCK_PROTOCOL = 11  # CometBFT v0.38's block protocol version (version.BlockProtocol)
 PART_SIZE = 65536  # types.BlockPartSizeBytes
