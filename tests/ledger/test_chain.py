@@ -239,27 +239,6 @@ def test_register_node_needs_an_active_validator() -> None:
     assert joined == election.Validator(newcomer.public, "lab", 1000)
 
 
-def test_conflicting_proposals_evidence_ejects_the_proposer() -> None:
-    from medshare.ledger.consensus import ConflictingProposals, Proposal
-
-    kit = Kit.new(nodes=5, committee=4, epoch_length=50)
-    offender = kit.key(kit.state.committee[1])
-    blocks = [
-        chain.build_block(kit.state, txs, offender.public, kit.state.head_time_ms + 5, None)[0]
-        for txs in ([], [kit.tx(0)])
-    ]
-    first, second = (
-        Proposal.create(1, 0, b, -1, offender, chain=kit.config.chain_id) for b in blocks
-    )
-    body = ConflictingProposals(first, second).to_body()
-    same = ConflictingProposals(first, first).to_body()
-    with pytest.raises(chain.TxRejected, match="invalid evidence"):
-        chain.apply_tx(kit.state.clone(), kit.tx(3, TxKind.EVIDENCE, same))
-    kit.next_block([kit.tx(2, TxKind.EVIDENCE, body)])
-    assert kit.state.validator(offender.public).ejected
-    assert offender.public not in kit.state.committee  # replaced from the next height on
-
-
 def test_unknown_evidence_kind_is_rejected() -> None:
     kit = Kit.new()
     body = {"offender": "00" * 32, "kind": "gossip", "proof": []}

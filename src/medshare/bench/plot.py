@@ -45,83 +45,79 @@ def plot_crypto(report: dict, out: Path) -> None:
 
 
 def plot_ledger(report: dict, out: Path) -> None:
-    """Left: committed tx/s vs N, one line per (mode, committee, block size), log-log.
-    Right: messages per block vs N (log), same lines. Colour = block size; solid =
-    all-node BFT (m = N), dashed = committee of 7, dotted = committee of 4. Runs with f
-    silent voters are single crosses beside their fault-free point; runs with overlapping
-    heights (pipelined) are stars at their steady rate."""
-    sequential = [r for r in report["sim"] if r.get("consensus", "sequential") == "sequential"]
-    pipelined = [r for r in report["sim"] if r.get("consensus") == "pipelined"]
-    faulty = [r for r in sequential if r.get("faults", "none") != "none"]
-    rows = [r for r in sequential if r.get("faults", "none") == "none"]
-    sizes = sorted({r["block_txs"] for r in rows})
+    """Top: the calibration, real CometBFT runs on this machine next to the model's
+    prediction of each (tx/s left, median latency right). Bottom: the calibrated model
+    over N, tx/s (left) and p2p messages per block (right), log-log; colour = block size,
+    solid = every node a validator, dashed = an elected committee of 7 (right: thin
+    dotted lines are the vote messages alone)."""
+    fig, ((cal_tps, cal_p50), (left, right)) = plt.subplots(2, 2, figsize=(13, 9))
+    rows = report["calibration"]["rows"]
+    labels = [f"N={r['nodes']}\nm={r['validators']}" for r in rows]
+    xs = range(len(rows))
+    for axis, key, unit in ((cal_tps, "tx_per_s", "tx/s"), (cal_p50, "p50_ms", "p50 ms")):
+        measured = [r[f"measured_{key}"] or 0 for r in rows]
+        predicted = [r[f"predicted_{key}"] or 0 for r in rows]
+        axis.bar([x - 0.2 for x in xs], measured, 0.4, label="measured (real CometBFT)")
+        axis.bar([x + 0.2 for x in xs], predicted, 0.4, label="model")
+        for x, r in zip(xs, rows, strict=True):
+            ratio = r["p50_ratio" if key == "p50_ms" else "tx_per_s_ratio"]
+            if ratio is not None:
+                axis.annotate(
+                    f"{ratio:.2f}×",
+                    (x + 0.2, predicted[x]),
+                    textcoords="offset points",
+                    xytext=(0, 3),
+                    ha="center",
+                    fontsize=7,
+                )
+        axis.set_xticks(list(xs), labels, fontsize=8)
+        axis.set_ylabel(unit)
+        axis.set_title(f"Calibration on this machine: {unit}, measured vs model")
+        axis.legend(fontsize=7)
+        axis.grid(alpha=0.3, axis="y")
+    curve = report["curve"]
+    sizes = sorted({r["block_txs"] for r in curve})
     colours = {size: f"C{i}" for i, size in enumerate(sizes)}
-    styles = {"all-node": "-", 7: "--", 4: ":"}
-    series: dict[tuple[str, int, int], list[dict]] = {}
-    for row in rows:
-        committee = 0 if row["mode"] == "all-node" else row["committee"]
-        series.setdefault((row["mode"], committee, row["block_txs"]), []).append(row)
-    ns = sorted({r["nodes"] for r in rows})
-    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
-    for (mode, committee, block_txs), points in sorted(series.items()):
-        points.sort(key=lambda r: r["nodes"])
-        xs = [r["nodes"] for r in points]
-        label = f"{'all-node (m = N)' if mode == 'all-node' else f'committee m = {committee}'}"
-        label += f", {block_txs} tx/block"
-        style = dict(
-            color=colours[block_txs],
-            linestyle=styles["all-node" if mode == "all-node" else committee],
-            marker="o" if mode == "all-node" else "s",
-            markersize=4,
-            label=label,
-        )
-        left.plot(xs, [r["tps"] for r in points], **style)
-        right.plot(xs, [r["messages_per_block"] for r in points], **style)
-    for row in faulty:
-        who = "all-node" if row["mode"] == "all-node" else f"committee m = {row['committee']}"
-        style = dict(
-            color="black",
-            marker="x" if row["mode"] == "all-node" else "+",
-            markersize=8,
-            linestyle="none",
-            label=f"{who}, {row['block_txs']} tx/block, {row['byzantine']} silent",
-        )
-        left.plot([row["nodes"]], [row["tps"]], **style)
-        right.plot([row["nodes"]], [row["messages_per_block"]], **style)
-    for row in pipelined:
-        who = "all-node" if row["mode"] == "all-node" else f"committee m = {row['committee']}"
-        style = dict(
-            color="black" if row["mode"] == "all-node" else "C3",
-            marker="*",
-            markersize=11,
-            linestyle="none",
-            label=f"{who}, {row['block_txs']} tx/block, "
-            f"{row['certificate_lag']} heights in flight (steady)",
-        )
-        left.plot([row["nodes"]], [row["steady_tps"]], **style)
-        right.plot([row["nodes"]], [row["messages_per_block"]], **style)
-    costs = report["costs"]
-    links = report["links"]
-    bandwidth_max = links["bandwidth_mbps_max"] or links["bandwidth_mbps"]
+    ns = sorted({r["nodes"] for r in curve})
+    for size in sizes:
+        for mode, style in (("all-validator", "-"), ("committee", "--")):
+            points = sorted(
+                (r for r in curve if r["block_txs"] == size and r["mode"] == mode),
+                key=lambda r: r["nodes"],
+            )
+            if not points:
+                continue
+            label = f"{size} tx/block, " + ("all N validate" if mode != "committee" else "7 of N")
+            nodes = [r["nodes"] for r in points]
+            kwargs = dict(color=colours[size], linestyle=style, marker="o", markersize=4)
+            left.plot(nodes, [r["tx_per_s"] for r in points], label=label, **kwargs)
+            right.plot(nodes, [r["messages_per_block"] for r in points], label=label, **kwargs)
+            right.plot(
+                nodes,
+                [r["vote_messages_per_block"] for r in points],
+                color=colours[size],
+                linestyle=":",
+                linewidth=0.8,
+            )
+    links = report["model"]["links"]
     note = (
-        f"verify {costs['verify_us']:.0f} µs, sign {costs['sign_us']:.0f} µs, "
-        f"SHA-256 {costs['hash_us_per_kb']:.2f} µs/KiB; links "
-        f"{links['latency_ms_min']:.0f}–{links['latency_ms_max']:.0f} ms, "
-        f"{links['bandwidth_mbps']:.0f}–{bandwidth_max:.0f} Mbit/s"
+        f"{report['model']['node_cores']:g} cores per node, links "
+        f"{links['latency_ms_min']:g}–{links['latency_ms_max']:g} ms, "
+        f"{links['bandwidth_mbps_min']:g}–{links['bandwidth_mbps_max']:g} Mbit/s, full mesh"
     )
     for axis, ylabel, title in (
-        (left, "committed tx/s (simulated, log)", "Throughput vs N"),
-        (right, "messages per block (log)", "Messages per block vs N"),
+        (left, "committed tx/s (model, log)", "Throughput vs N"),
+        (right, "p2p messages per block, all nodes (log)", "Messages per block vs N"),
     ):
         axis.set_xscale("log", base=2)
         axis.set_xticks(ns, [str(n) for n in ns])
         axis.set_yscale("log")
-        axis.set_xlabel("nodes N (log scale)")
+        axis.set_xlabel("nodes N (log)")
         axis.set_ylabel(ylabel)
-        axis.set_title(title)
+        axis.set_title(f"{title} ({note})", fontsize=9)
         axis.grid(alpha=0.3, which="both")
     left.legend(fontsize=7)
-    fig.suptitle(f"Elected committee vs all-node BFT — {note}", fontsize=9)
+    fig.suptitle("CometBFT: model calibrated on real runs, then over N", fontsize=11)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)

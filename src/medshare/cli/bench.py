@@ -100,17 +100,34 @@ def ledger(
     json_out: Annotated[Path, typer.Option("--json", help="Where to write the JSON report.")],
     plot: Annotated[Path | None, typer.Option(help="Where to write a PNG plot.")] = None,
     quick: Annotated[
-        bool, typer.Option(help="N up to 64, block-size curve at N = 64 only (under a minute).")
+        bool,
+        typer.Option(
+            help="Calibrate on N = 4 and 8 only (8 s runs), fewer modelled heights (a few minutes)."
+        ),
     ] = False,
-    sim: Annotated[bool, typer.Option(help="Run the simulated model.")] = True,
+    sim: Annotated[
+        bool, typer.Option(help="Calibrate the CometBFT model and run its curve over N.")
+    ] = True,
     real: Annotated[
         bool, typer.Option(help="Run real CometBFT processes and etcd on this machine.")
     ] = True,
+    runs: Annotated[
+        Path | None,
+        typer.Option(
+            "--calibration-runs",
+            help="Fit on the real runs of an earlier report (its calibration.runs) instead "
+            "of measuring new ones.",
+        ),
+    ] = None,
 ) -> None:
-    """Real CometBFT processes under load next to etcd; the elected committee vs every node
-    a validator; and the simulated model over larger N."""
+    """Real CometBFT processes under load next to etcd; the CometBFT model calibrated
+    against real runs on this machine; and the model's curve over N = 16 … 256."""
     from medshare.bench import ledger as bench_ledger
 
+    earlier = None
+    if runs is not None:
+        doc = json.loads(runs.read_text())
+        earlier = doc["calibration"]["runs"] if "calibration" in doc else doc
     real_report = _real_ledger(quick) if real else None
     if not sim:
         write_file(json_out, json.dumps({"real": real_report}, indent=1).encode() + b"\n")
@@ -118,74 +135,88 @@ def ledger(
         return
 
     def run_both(quick: bool, progress: Callable[[str], None]) -> dict:
-        report = bench_ledger.run(quick, progress=progress)
+        report = bench_ledger.run(quick, progress=progress, runs=earlier)
         if real_report is not None:
             report["real"] = real_report
         return report
 
     report = _run_and_save(run_both, "plot_ledger", quick, json_out, plot)
-    costs = report["costs"]
-    Console().print(
-        "calibrated costs (this machine, this run): "
-        f"verify {costs['verify_us']:.1f} µs, sign {costs['sign_us']:.1f} µs, "
-        f"SHA-256 {costs['hash_us_per_kb']:.2f} µs/KiB, "
-        f"per message {costs['per_message_us']:.1f} µs"
-    )
-    table = Table(title="medshare bench ledger (simulated; same seed, links and costs)")
-    columns = (
-        "mode",
-        "N",
-        "m",
-        "silent",
-        "block txs",
-        "in flight",
-        "tx/s",
-        "steady tx/s",
-        "latency ms",
-        "msgs/block",
-        "KB/block",
-        "ceiling tx/s",
-    )
-    for column in columns:
-        table.add_column(column, justify="left" if column == "mode" else "right")
-    for row in report["sim"]:
-        table.add_row(
-            row["mode"],
-            str(row["nodes"]),
-            str(row["committee"]),
-            str(row.get("byzantine", 0)),
-            str(row["block_txs"]),
-            str(row.get("certificate_lag", 1)),
-            f"{row['tps']:.1f}",
-            f"{row['steady_tps']:.1f}",
-            f"{row['latency_ms']:.1f}",
-            f"{row['messages_per_block']:.0f}",
-            f"{row['bytes_per_block'] / 1024:.0f}",
-            f"{row['ceiling_tps']:.0f}",
+    console = Console()
+    fit = report["calibration"]["fit"]
+    costs = fit["costs_us"]
+    console.print(
+        "fitted costs (µs, this machine): "
+        + ", ".join(
+            f"{name} {costs[name]:.1f}"
+            for name in (
+                "verify_us", "sign_us", "msg_us", "kb_us", "abci_request_us", "tx_go_us",
+                "height_go_us", "rpc_tx_us", "app_tx_us", "recheck_app_us", "app_height_us",
+                "client_tx_us",
+            )
         )
-    Console().print(table)
-    Console().print(
-        "in flight: heights decided at once (1: one after another, latency-bound in both "
-        "modes; more: overlapping heights, the rows the summary's pipelined ratio compares). "
-        "steady tx/s: the rate once the first quarter of the heights is decided. "
-        "ceiling tx/s: the rate at which the busiest node's CPU or uplink would saturate "
-        "with the same work per block."
-    )
-    local = report["inprocess"]
-    Console().print(
-        f"in-process cluster ({local['nodes']} nodes, SQLite, real signatures): "
-        f"{local['tps']:.0f} tx/s ({local['txs']} txs in blocks of {local['block_txs']})"
-    )
+        + f" (R² Go {fit['go_r2']:.3f}, app {fit['app_r2']:.3f})"
+    )  # fmt: skip
+    table = Table(title="calibration: real CometBFT runs on this machine vs the model")
+    columns = ("N", "m", "cores", "tx/s", "model", "ratio", "p50 ms", "model", "ratio", "±30 %")
+    for column in columns:
+        table.add_column(column, justify="right")
+
+    def fmt(value: object, spec: str) -> str:
+        return "–" if value is None else format(value, spec)
+
+    for row in report["calibration"]["rows"]:
+        table.add_row(
+            str(row["nodes"]),
+            str(row["validators"]),
+            fmt(row["cores_available"], ".2f"),
+            fmt(row["measured_tx_per_s"], ".0f"),
+            fmt(row["predicted_tx_per_s"], ".0f"),
+            fmt(row["tx_per_s_ratio"], ".2f"),
+            fmt(row["measured_p50_ms"], ".0f"),
+            fmt(row["predicted_p50_ms"], ".0f"),
+            fmt(row["p50_ratio"], ".2f"),
+            "yes" if row["within_30pct"] else "no: " + "; ".join(row["reasons"]),
+        )
+    console.print(table)
+    table = Table(title="the model over N (2 cores per node, links 5–80 ms, full mesh)")
+    columns = (
+        "N", "m", "block txs", "tx/s", "p50 ms", "interval ms", "msgs/block",
+        "vote msgs/block", "KB/block", "CPU ms/block/node", "CPU use",
+    )  # fmt: skip
+    for column in columns:
+        table.add_column(column, justify="right")
+    for row in report["curve"]:
+        table.add_row(
+            str(row["nodes"]),
+            str(row["validators"]),
+            str(row["block_txs"]),
+            f"{row['tx_per_s']:.1f}",
+            fmt(row["p50_ms"], ".0f"),
+            f"{row['block_interval_ms']:.0f}",
+            f"{row['messages_per_block']:,}",
+            f"{row['vote_messages_per_block']:,}",
+            f"{row['bytes_per_block'] / 1024:,.0f}",
+            f"{row['cpu_ms_per_block_max']:.1f}",
+            f"{row['cpu_utilisation_max']:.2f}" + (" (saturated)" if row["saturated"] else ""),
+        )
+    console.print(table)
     summary = report["summary"]
-    piped = summary.get("pipelined_at_64")
-    met = "met" if summary["targets"]["tps_ratio_met"] else "not met"
-    Console().print(
-        f"committee of 7 vs all 64 nodes, 10-tx blocks: "
-        f"{summary['committee7_vs_all_at_64_tps_ratio']}× one height at a time"
-        + (f", {piped['tps_ratio']}× with heights overlapping" if piped else "")
-        + f" (target ≥ {summary['targets']['tps_ratio_min']}×: {met})"
+    targets = summary["targets"]
+    console.print(
+        f"committee of 7 vs all 64 validators, 10-tx blocks (model): "
+        f"{summary['tx_per_s_ratio_7_vs_64_at_10tx']}× tx/s "
+        f"(target ≥ {targets['tx_per_s_ratio_min']}×: "
+        f"{'met' if targets['tx_per_s_ratio_met'] else 'not met'}); "
+        f"{summary['messages_ratio_7_vs_64_at_10tx']}× fewer p2p messages per block, "
+        f"{summary['vote_messages_ratio_7_vs_64_at_10tx']}× fewer vote messages "
+        f"(target ≥ {targets['messages_ratio_min']}×: "
+        f"{'met' if targets['messages_ratio_met'] else 'not met'} for all messages, "
+        f"{'met' if targets['vote_messages_ratio_met'] else 'not met'} for vote messages)"
     )
-    Console().print(f"summary: {json.dumps(summary)}")
+    console.print(
+        f"calibration rows within ±30 %: {summary['calibration_rows_within_30pct']} of "
+        f"{summary['calibration_rows']}; runtime {report['runtime_s']}"
+    )
     typer.echo(f"report written to {json_out}" + (f", plot to {plot}" if plot else ""))
 
 

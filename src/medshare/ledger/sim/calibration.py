@@ -6,13 +6,17 @@ the app) read from ``/proc``, and CometBFT's own Prometheus counters: heights, c
 transactions, ``CheckTx`` requests, p2p bytes by message type, block parts, duplicate
 votes. From those counts every node-window is a row of a linear system::
 
-    cometbft CPU = tx_go · CheckTx requests + msg · messages + kb · KiB + verify · votes
-                   verified + sign · votes and proposals signed + height_go · heights
-                   + rpc · transactions its clients submitted
-    app CPU      = app_tx · CheckTx requests + app_height · heights
+    cometbft CPU = abci_request · CheckTx requests + tx_go · transactions + msg · messages
+                   + kb · KiB + verify · votes verified + sign · votes and proposals
+                   signed + height_go · heights + rpc · transactions its clients submitted
+    app CPU      = app_tx · transactions + recheck_app · re-checks + app_height · heights
+
+(re-checks: the ``CheckTx`` requests beyond one per committed transaction; with
+``mempool.recheck`` on, CometBFT checks again after every commit what is left in the
+mempool).
 
 solved by non-negative least squares (:func:`nnls`), every (run, window) weighted alike.
-Two splits cannot come from these totals, because every node makes exactly one
+Two splits cannot come from these totals, because every node makes exactly one first
 ``CheckTx`` and executes exactly one copy of every transaction: the app's per-tx cost is
 split between ``CheckTx`` and the block's calls by timing the app's own handlers
 in-process (``app_shares``), and Go's per-tx cost is split half and half between the
@@ -66,8 +70,17 @@ MESSAGE_BYTES = {
 }
 TX_MESSAGE_BYTES = 356  # a load transaction (352 B, CometBFT's mempool metric) and framing
 
-GO_FEATURES = ("tx_go_us", "msg_us", "kb_us", "verify_us", "sign_us", "height_go_us", "rpc_tx_us")
-APP_FEATURES = ("app_tx_us", "app_height_us")
+GO_FEATURES = (
+    "abci_request_us",
+    "tx_go_us",
+    "msg_us",
+    "kb_us",
+    "verify_us",
+    "sign_us",
+    "height_go_us",
+    "rpc_tx_us",
+)
+APP_FEATURES = ("app_tx_us", "recheck_app_us", "app_height_us")
 
 
 @dataclass(frozen=True)
@@ -144,8 +157,10 @@ def node_features(
     sent_msgs, sent_bytes = _messages(c, SENT, sent_parts)
     own = 2 if node["validator"] else 0
     signed = heights * (2 + 1 / validators) if node["validator"] else 0.0
+    txs = c.get(TXS, 0.0)
     go = {
-        "tx_go_us": checktx,
+        "abci_request_us": checktx,
+        "tx_go_us": txs,
         "msg_us": recv_msgs + sent_msgs,
         "kb_us": (recv_bytes + sent_bytes) / 1024,
         "verify_us": heights * (2 * validators - own),
@@ -153,7 +168,12 @@ def node_features(
         "height_go_us": heights,
         "rpc_tx_us": client_txs * node.get("clients", 0) / clients if clients else 0.0,
     }
-    app = {"app_tx_us": checktx, "app_height_us": heights}
+    # first checks ≈ the transactions committed; the other CheckTx calls are re-checks
+    app = {
+        "app_tx_us": txs,
+        "recheck_app_us": max(0.0, checktx - txs),
+        "app_height_us": heights,
+    }
     return go, app
 
 
@@ -213,6 +233,8 @@ def nnls(a: np.ndarray, b: np.ndarray, *, iterations: int = 500) -> np.ndarray:
 #: bytes; the others are broad guesses (scale = mean).
 PRIORS: dict[str, tuple[float, float]] = {
     "verify_us": (65.0, 15.0),
+    "abci_request_us": (40.0, 40.0),
+    "recheck_app_us": (30.0, 30.0),
     "sign_us": (150.0, 150.0),
     "msg_us": (10.0, 10.0),
     "kb_us": (3.0, 3.0),
@@ -286,10 +308,12 @@ def fit(
         sign_us=go["sign_us"],
         msg_us=go["msg_us"],
         kb_us=go["kb_us"],
+        abci_request_us=go["abci_request_us"],
         tx_go_us=go["tx_go_us"],
         height_go_us=go["height_go_us"],
         rpc_tx_us=go["rpc_tx_us"],
         app_tx_us=app["app_tx_us"],
+        recheck_app_us=app["recheck_app_us"],
         app_height_us=app["app_height_us"],
         client_tx_us=1e6 * client_cpu / client_txs if client_txs else 0.0,
         checktx_share=s.checktx,
@@ -305,12 +329,17 @@ def fit(
 
 def scenario_for(run: Mapping, costs: Costs, *, seed: int = 7, heights: int = 12) -> Scenario:
     """The model of a measured run: the same nodes, validators and load, on a pool of the
-    cores the run had (2 minus what other processes used during its window)."""
+    cores the run had (2 minus what other processes used during its window), measured
+    like the real clients (from their start, for the run's seconds). ``heights``: when
+    the run has no ``seconds``, how many heights to measure after the clients' start."""
     cores = max(0.25, run.get("machine_cores", 2.0) - run["window"]["others_cores"])
+    seconds = run.get("seconds")
     return Scenario(
         nodes=run["nodes"],
         validators=run["validators"],
-        load=ClosedLoop(run["clients"], run["outstanding"]),
+        load=ClosedLoop(
+            run["clients"], run["outstanding"], None if seconds is None else 1000.0 * seconds
+        ),
         cpu=Cpu(cores, shared=True),
         links=LOOPBACK,
         costs=costs,
@@ -348,7 +377,7 @@ def synthetic_run(
             counters = {
                 HEIGHT: h,
                 TXS: tx,
-                CHECKTX: tx * (1 + 0.05 * rng.random()),
+                CHECKTX: tx * (1.2 + 0.8 * rng.random()),  # with re-checks
                 PARTS: h * (1 + dup / 4),
                 RECEIVED + "mempool_Txs}": tx * dup * TX_MESSAGE_BYTES,
                 SENT + "mempool_Txs}": tx * dup * TX_MESSAGE_BYTES * (0.8 + 0.4 * rng.random()),
@@ -400,11 +429,11 @@ def synthetic_run(
 def relative_error(predicted: float | None, measured: float | None) -> float | None:
     if predicted is None or measured is None or measured == 0:
         return None
-    return predicted / measured - 1.0
+    return float(predicted) / float(measured) - 1.0
 
 
 def within(ratio: float | None, tolerance: float = 0.30) -> bool:
-    return ratio is not None and math.isfinite(ratio) and abs(ratio) <= tolerance
+    return ratio is not None and bool(math.isfinite(ratio) and abs(ratio) <= tolerance)
 
 
 _ = replace

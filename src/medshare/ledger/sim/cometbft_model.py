@@ -4,68 +4,79 @@ The model moves bytes and charges CPU; the protocol rules it follows are CometBF
 in its source (v0.38.26) and listed here with where they live. It is not a second engine:
 no vote is signed, no block is built, only their sizes, times and costs are tracked.
 
-What a height is (``consensus/state.go``)
------------------------------------------
+A height (``consensus/state.go``)
+---------------------------------
 * A node enters height h ``timeout_commit`` after it saw +2/3 precommits for h − 1
   (``StartTime = CommitTime + timeout_commit``), or when its commit of h − 1 is done if
   that is later. The proposer of h (round-robin over the validators: equal power) reaps
-  its mempool, calls ``PrepareProposal`` on its app, signs the proposal, and the block
-  spreads as parts of 64 KiB (``types.BlockPartSizeBytes``).
+  its mempool, calls ``PrepareProposal``, signs the proposal, and the block spreads in
+  parts of 64 KiB (``types.BlockPartSizeBytes``).
 * Every node, validator or full node, runs the consensus state machine: once it holds the
-  whole block it calls ``ProcessProposal``; a validator then signs its prevote. +2/3
-  prevotes → a validator signs its precommit. +2/3 precommits and the block → commit:
-  ``FinalizeBlock`` and ``Commit`` on the app, the block and state saved. One round per
-  height (no faults are modelled).
+  whole block it calls ``ProcessProposal``; a validator then signs its prevote; +2/3
+  prevotes and the block → a validator signs its precommit; +2/3 precommits and the
+  block → commit: ``FinalizeBlock`` and ``Commit`` on the app, block and state stores,
+  then (``mempool.recheck``, on in ``medshare net up``) ``CheckTx`` again of every
+  transaction left in the mempool, waited for (``mempool/clist_mempool.go``
+  ``recheckTxs``). One round per height: no faults are modelled.
 * Each vote is verified once per node, by its consensus goroutine (``types/vote_set.go``
   finds a copy it already has before verifying).
 
-How things spread (``consensus/reactor.go``, ``mempool/reactor.go``, ``p2p/conn``)
------------------------------------------------------------------------------------
-* Every node connects to ``peers`` others (``medshare net up`` makes a full mesh).
-* Votes: each node runs, per peer, ``gossipVotesRoutine``: it sends the peer one vote it
-  holds and believes the peer lacks, loops, and when there is nothing left sleeps
-  ``peer_gossip_sleep_duration`` (100 ms). It learns that a peer has a vote when the peer
-  sends it that vote or its ``HasVote``, which every node broadcasts to all its peers for
-  every vote it adds. So a vote reaches a node by the first of many paths, is relayed by
-  everyone who has it, and arrives several times (the duplicates are modelled: a copy is
-  sent when its sender's routine wakes before it has heard the ``HasVote``).
-* Block parts: ``gossipDataRoutine``, the same per-peer loop and sleep; a peer is known to
-  have a part only once it sent it to us (there is no per-part announcement in v0.38).
-* Transactions: ``broadcastTxRoutine`` sends every transaction, as its own message, to
-  every peer that is not among the peers it came from, as soon as it is in the mempool
-  (after ``CheckTx``): a flood with duplicates on almost every link.
+Gossip (``consensus/reactor.go``, ``mempool/reactor.go``, ``p2p/conn/connection.go``)
+------------------------------------------------------------------------------------
+* Every node connects to ``peers`` others (``medshare net up``: a full mesh).
+* Votes: per peer, ``gossipVotesRoutine`` sends one vote it holds and believes the peer
+  lacks, loops, and sleeps ``peer_gossip_sleep_duration`` (100 ms) when there is none
+  left. It learns that a peer has a vote when the peer sends it that vote or a
+  ``HasVote``, which every node broadcasts to all its peers for every vote it adds. So a
+  vote reaches a node by the first of many paths, is relayed by all who hold it, and
+  arrives several times: a copy is sent whenever its sender's routine wakes before the
+  receiver's ``HasVote`` has come back.
+* Block parts: ``gossipDataRoutine``, the same loop and sleep; a peer is known to have a
+  part only once it sent it (v0.38 announces no parts).
+* Transactions: ``broadcastTxRoutine`` sends every transaction, in its own message, to
+  every peer it did not get it from, as soon as ``CheckTx`` has admitted it: a flood
+  with a copy on almost every link. A node checks a transaction once (the cache drops
+  the copies).
 * Every step change is broadcast (``NewRoundStep``), and ``NewValidBlock`` once per
-  height; both to every peer.
-* The connection (``p2p/conn/connection.go``): messages are written into a 64 KiB buffer
-  that is flushed by a throttle timer ``flush_throttle_timeout`` (100 ms) after the first
-  write since the last flush (a full buffer is written at once); each connection is
-  limited to ``send_rate`` (``medshare net up``: 20 MB/s).
+  height, to every peer.
+* A connection writes into a 64 KiB buffer flushed by a throttle timer
+  (``flush_throttle_timeout``, 100 ms) started by the first write after a flush (a full
+  buffer goes out at once), at most ``send_rate`` per connection (``medshare net up``:
+  20 MB/s); a node's uplink (``Links``) is shared by its connections.
 
 CPU
 ---
-Each node has three servers: the consensus goroutine (votes, block, commit), the
-network (every p2p message in and out, RPC; Go may use ``go_threads`` cores for it) and
-the app (one Python thread: ``CheckTx``, ``PrepareProposal``, ``ProcessProposal``,
-``FinalizeBlock``, ``Commit``, in order). They run on a CPU pool: ``Cpu(cores, shared)``
-is either ``cores`` dedicated to every node, or one pool of ``cores`` shared by every
-process of every node and the load clients (this machine: 2 cores for everything). A pool
-shares its cores fairly among its busy servers (processor sharing). What every operation
-costs is a :class:`Costs`, fitted from real runs (:mod:`medshare.ledger.sim.calibration`).
+Each node has four servers: the consensus goroutine (votes, block, commit, the
+re-check requests), the p2p routines (every message in and out, the ``CheckTx`` requests
+of gossiped transactions; Go may use ``go_threads`` cores for them), the RPC server
+(transactions submitted, blocks read by clients) and the app (one Python thread:
+``CheckTx``, ``PrepareProposal``, ``ProcessProposal``, ``FinalizeBlock``, ``Commit``, in
+order, except that a consensus call waits only for the request being handled). They run
+on a CPU pool (:class:`_Pool`, processor sharing, consensus goroutines first):
+``Cpu(cores)`` is ``cores`` dedicated to every node, ``Cpu(cores, shared=True)`` one pool
+for every process of every node and the load clients (this machine: 2 cores for all).
+What each operation costs is a :class:`Costs`, fitted from real runs
+(:mod:`medshare.ledger.sim.calibration`).
 
 Load
 ----
 ``ClosedLoop(clients, outstanding)`` is ``medshare.ledger.cometbft.load``: each client
 keeps ``outstanding`` transactions in flight on its node (client c on node c mod N),
-broadcasts a new one per slot freed by a block it read (polling every 20 ms), and waits
-for the node's ``CheckTx`` answers (``broadcast_tx_sync``). ``PerHeight(block_txs)``
-submits ``block_txs`` transactions per height, spread over the height and over nodes,
-for the curve at a given block size.
+broadcasts one per slot a block it read freed (it polls every 20 ms), and waits for the
+node's ``CheckTx`` of each (``broadcast_tx_sync``). ``PerHeight(block_txs)`` submits
+``block_txs`` transactions per height, spread over the height and over random nodes: the
+curve at a given block size. Transactions are followed in chunks of ``chunk_txs``.
+
+Approximations (each stated where it is made): a message's relays are computed when it
+is sent, from the queues at that moment; CPU nobody waits for (relays, duplicates,
+``HasVote``) is charged in 10 ms batches; the uplink is one queue per node.
 """
 
 from __future__ import annotations
 
 import heapq
 import itertools
+import json
 import math
 from collections import deque
 from collections.abc import Callable
@@ -87,6 +98,9 @@ PART_OVERHEAD_BYTES = 48  # index, proof total/index/leaf, framing; + 32 B per p
 #: NewRoundStep messages per peer per height, as measured (≈ 30 B per peer per height)
 STEPS_PER_HEIGHT = 3
 MAX_BLOCK_BYTES = 4 * 1024 * 1024  # consensus_params.block.max_bytes in our genesis
+#: The most of a CPU pool the consensus goroutines take ahead of everything else (Linux
+#: lets a thread that slept run first, but not forever).
+PRIORITY_SHARE = 0.75
 MESSAGE_TYPES = ("Txs", "BlockPart", "Proposal", "Vote", "HasVote", "NewRoundStep", "NewValidBlock")
 
 
@@ -100,19 +114,21 @@ class Costs:
     Go (the ``cometbft`` process): ``verify_us`` one vote signature (consensus goroutine);
     ``sign_us`` one vote or proposal signed by a validator, with the signer's state write;
     ``msg_us`` one p2p message sent or received (encode/decode, dispatch, peer state);
-    ``kb_us`` one KiB sent or received (the encrypted connection, copies); ``tx_go_us`` one
-    transaction on one node: its ``CheckTx`` request and ``Flush`` over the ABCI socket
-    (CometBFT's socket client flushes after every request: a 20 ns throttle timer) and the
-    mempool, split by ``go_checktx_share`` with executing, indexing and storing it in its
-    block; ``height_go_us`` one height on one node (the height's ABCI calls, block and
-    state stores, WAL, events); ``rpc_tx_us`` one transaction submitted over RPC and read
-    back by its client, on the client's node.
+    ``kb_us`` one KiB sent or received (the encrypted connection, copies);
+    ``abci_request_us`` one ``CheckTx`` request to the app, first or re-check: CometBFT's
+    socket client writes and flushes every request on its own (its flush timer is a 20 ns
+    ``ThrottleTimer``), then reads the answer; ``tx_go_us`` the rest of one transaction on
+    one node (mempool, then executing, indexing and storing it with its block), split by
+    ``go_checktx_share`` between the two moments; ``height_go_us`` one height on one node
+    (the height's ABCI calls, block and state stores, WAL, events); ``rpc_tx_us`` one
+    transaction submitted over RPC and read back by its client, on the client's node.
 
     App (our Python ``medshare.ledger.app``, one thread): ``app_tx_us`` one transaction
-    on one node, of which ``checktx_share`` in ``CheckTx``, ``process_share`` in
-    ``ProcessProposal`` and the rest in ``FinalizeBlock`` + ``Commit``; the proposer also
-    spends ``prepare_share`` of it per transaction in ``PrepareProposal``;
-    ``app_height_us`` one height.
+    on one node, of which ``checktx_share`` in its first ``CheckTx``, ``process_share``
+    in ``ProcessProposal`` and the rest in ``FinalizeBlock`` + ``Commit``; the proposer
+    also spends ``prepare_share`` of it per transaction in ``PrepareProposal``;
+    ``recheck_app_us`` one transaction re-checked after a commit (decoded and verified
+    already); ``app_height_us`` one height.
 
     ``client_tx_us``: the load clients' CPU per committed transaction (signing,
     broadcasting, reading blocks), charged only when the clients share the CPU pool.
@@ -122,15 +138,17 @@ class Costs:
     sign_us: float
     msg_us: float
     kb_us: float
+    abci_request_us: float
     tx_go_us: float
     height_go_us: float
     rpc_tx_us: float
     app_tx_us: float
+    recheck_app_us: float
     app_height_us: float
     client_tx_us: float
-    checktx_share: float = 0.5
-    process_share: float = 0.1
-    prepare_share: float = 0.1
+    checktx_share: float = 0.9
+    process_share: float = 0.01
+    prepare_share: float = 0.03
     go_checktx_share: float = 0.5
 
     def __post_init__(self) -> None:
@@ -153,16 +171,18 @@ class Costs:
     def reference(cls) -> Costs:
         """Fixed figures of the order fitted on this machine, for tests and replays."""
         return cls(
-            verify_us=60.0,
-            sign_us=300.0,
-            msg_us=6.0,
-            kb_us=3.0,
-            tx_go_us=250.0,
-            height_go_us=8000.0,
-            rpc_tx_us=150.0,
-            app_tx_us=250.0,
+            verify_us=65.0,
+            sign_us=250.0,
+            msg_us=15.0,
+            kb_us=4.0,
+            abci_request_us=40.0,
+            tx_go_us=80.0,
+            height_go_us=10_000.0,
+            rpc_tx_us=600.0,
+            app_tx_us=200.0,
+            recheck_app_us=30.0,
             app_height_us=3000.0,
-            client_tx_us=250.0,
+            client_tx_us=600.0,
         )
 
 
@@ -178,6 +198,8 @@ class Timing:
     block_part_bytes: int = 65_536
     write_buffer_bytes: int = 65_536
     client_poll_ms: float = 20.0
+    recheck: bool = True  # mempool.recheck (home.py): re-check the mempool after a commit
+    recheck_timeout_ms: float = 1000.0
 
 
 @dataclass(frozen=True)
@@ -210,8 +232,13 @@ class Cpu:
 
 @dataclass(frozen=True)
 class ClosedLoop:
+    """The load clients. They start after the warm-up heights (an idle chain, as a real
+    run registers its keys first) and, with ``window_ms``, are measured as the real
+    clients are: what they read committed in their first ``window_ms`` (ramp included)."""
+
     clients: int
     outstanding: int
+    window_ms: float | None = None
 
 
 @dataclass(frozen=True)
@@ -229,8 +256,8 @@ class Scenario:
     links: Links
     costs: Costs
     timing: Timing = field(default_factory=Timing)
-    heights: int = 20  # heights measured, after the warm-up
-    warmup: int = 4
+    heights: int = 20  # heights measured after the warm-up (not with ClosedLoop.window_ms)
+    warmup: int = 4  # heights before the window (the clients start after them)
     seed: int = 7
     peers: int | None = None  # None: full mesh (what `medshare net up` configures)
     tx_bytes: int = 352  # a load transaction (ACCESS, canonical JSON)
@@ -269,7 +296,8 @@ class Report:
     seed: int
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        """Plain Python numbers (JSON-ready)."""
+        return json.loads(json.dumps(asdict(self), default=float))
 
 
 # --- CPU: processor sharing over a pool of cores ---------------------------------------------
@@ -282,7 +310,7 @@ class _Server:
         self.pool = pool
         self.weight = weight
         self.node = node
-        self.cls = cls  # 0: wakes up now and then and is served first; 1: the rest
+        self.cls = cls  # 0: a consensus goroutine, served first; 1: the rest
         self.queue: deque[tuple[float, Callable[[float], None] | None]] = deque()
         self.busy = False
         self.done: Callable[[float], None] | None = None
@@ -291,13 +319,13 @@ class _Server:
 
 class _Pool:
     """Processor sharing over ``cores`` with weights and two classes. A busy server of
-    weight w (it may use up to w cores) gets w·x of its class: class 0, the threads that
-    run in short bursts (a node's consensus goroutine, the load clients), gets
-    x₀ = min(1, cores / Σ busy class-0 weights); class 1 (the network goroutines and the
-    app, which queue work) shares what is left. This is how Linux's scheduler treats a
-    thread that mostly sleeps: on waking it runs ahead of the threads that keep the cores
-    busy. Each class keeps a virtual time V (dV/dt = x): a job of work W that starts at
-    V0 ends at V0 + W / w."""
+    weight w (it may use up to w cores) gets w·x of its class: class 0, the nodes'
+    consensus goroutines (short bursts: a vote, a signature, a commit), gets
+    x₀ = min(1, PRIORITY_SHARE · cores / Σ busy class-0 weights); class 1 (the p2p and
+    RPC goroutines, the apps and the load clients, which queue work) shares what is left.
+    This is how Linux's scheduler treats a thread that mostly sleeps: on waking it runs
+    ahead of the threads that keep the cores busy. Each class keeps a virtual time V
+    (dV/dt = x): a job of work W that starts at V0 ends at V0 + W / w."""
 
     def __init__(self, sim: _Sim, cores: float) -> None:
         self.sim = sim
@@ -311,10 +339,11 @@ class _Pool:
 
     def xs(self) -> tuple[float, float]:
         w0, w1 = self.busy_weight
-        x0 = min(1.0, self.cores / w0) if w0 > 1e-12 else 1.0
+        first = self.cores * (PRIORITY_SHARE if w1 > 1e-12 else 1.0)
+        x0 = min(1.0, first / w0) if w0 > 1e-12 else 1.0
         left = self.cores - (x0 * w0 if w0 > 1e-12 else 0.0)
         x1 = min(1.0, left / w1) if w1 > 1e-12 else 1.0
-        return x0, max(x1, 1e-9)
+        return x0, x1
 
     def advance(self, now: float) -> None:
         if now > self.t:
@@ -478,13 +507,15 @@ class _Sim:
         self.bytes = {t: np.zeros(n) for t in MESSAGE_TYPES}
         self.dup_votes = np.zeros(n)
         self.cpu_ms = np.zeros(n)
-        self.pending = np.zeros((3, n))  # CPU off the critical path, charged in batches
+        self.pending = np.zeros((5, n))  # CPU off the critical path, charged in batches
+        self.delay_cache: dict[int, tuple[float, np.ndarray, np.ndarray]] = {}
         self.batch_ids = itertools.count()
         self.mempool: list[dict[int, _Batch]] = [{} for _ in range(n)]  # ready batches
         self.heights: dict[int, _Height] = {}
         self.node_height = [0] * n
         self.commit_times: list[float] = []  # the reference node's commits
         self.latencies: list[tuple[float, int]] = []
+        self.read_txs = 0  # transactions the clients saw committed in the window
         self.finished = False
 
     # --- plumbing --------------------------------------------------------------------------
@@ -526,7 +557,7 @@ class _Sim:
         self.conn_rate = self.timing.send_rate_bytes_per_s / 1000  # bytes per ms
         # the order in which a node's per-peer routines get its uplink, rotated per message
         ranks = np.argsort(self.rng.random((n, n)), axis=1).astype(float)
-        self.rank = np.where(adjacency, ranks, np.inf)
+        self.rank_finite = np.where(adjacency, ranks, 0.0)
 
     def _random_graph(self, degree: int) -> np.ndarray:
         """Each node dials ``degree / 2`` random others; links are both ways."""
@@ -548,12 +579,15 @@ class _Sim:
             self.pools = [_Pool(self, sc.cpu.cores) for _ in range(n)]
             node_pool = self.pools
         self.cons = [_Server(node_pool[i], 1.0, i, 0) for i in range(n)]
+        # the p2p routines, split by reactor: consensus messages, and the mempool's flood
         self.net = [_Server(node_pool[i], go, i, 1) for i in range(n)]
+        self.mem = [_Server(node_pool[i], go, i, 1) for i in range(n)]
         self.app = [_Server(node_pool[i], 1.0, i, 1) for i in range(n)]
-        self.servers = (self.cons, self.net, self.app)
+        self.rpc = [_Server(node_pool[i], 1.0, i, 1) for i in range(n)]
+        self.servers = (self.cons, self.net, self.app, self.rpc, self.mem)
         self.clients: list[_Server] = []
         if sc.cpu.shared and isinstance(sc.load, ClosedLoop):
-            self.clients = [_Server(self.pools[0], 1.0, -1, 0) for _ in range(sc.load.clients)]
+            self.clients = [_Server(self.pools[0], 1.0, -1, 1) for _ in range(sc.load.clients)]
 
     def charge(
         self,
@@ -583,20 +617,40 @@ class _Sim:
         if not self.finished:
             self.at(self.now + 10.0, self._flush_pending)
 
-    def delays(self, servers: list[_Server], work_us: float | np.ndarray) -> np.ndarray:
-        work = np.broadcast_to(np.asarray(work_us, float) / 1000, (self.n,))
-        return np.array([s.pool.delay_ms(s, w) for s, w in zip(servers, work, strict=True)])
+    def delays(self, kind: int, work_us: float) -> np.ndarray:
+        """About how long each node's server of ``kind`` (0 consensus, 1 p2p consensus
+        messages, 2 app, 3 RPC, 4 p2p mempool messages) takes to do ``work_us``
+        submitted now: its queue at its current share, then the work. A consensus message
+        waits behind the consensus messages before it, not behind the mempool's flood
+        (CometBFT's connections send the consensus channels first); a node that cannot
+        keep up with either reads it late. The queues are read at most every 2 ms of
+        model time (they move slowly next to a gossip hop)."""
+        cached = self.delay_cache.get(kind)
+        if cached is None or self.now - cached[0] > 2.0:
+            servers = self.servers[kind]
+            queue = np.array([s.pool.delay_ms(s, 0.0) for s in servers])
+            rate = np.array([s.pool.delay_ms(s, 1.0) for s in servers]) - queue  # ms per ms
+            cached = self.delay_cache[kind] = (self.now, queue, rate)
+        _, queue, rate = cached
+        return queue + rate * (work_us / 1000)
 
     def count(self, kind: str, received: np.ndarray, size: float) -> None:
         if self.counting:
             self.msgs[kind] += received
             self.bytes[kind] += received * size
 
-    def traffic(self, recv: np.ndarray, sends: np.ndarray, size: float, extra: float = 0.0):
+    def traffic(
+        self,
+        recv: np.ndarray,
+        sends: np.ndarray,
+        size: float,
+        extra: float | np.ndarray = 0.0,
+        kind: int = 1,
+    ) -> None:
         """Go CPU of moving these copies (both ends) plus ``extra`` messages per node."""
         c = self.costs
         messages = recv + sends
-        self.background(1, (messages + extra) * c.msg_us + messages * size / 1024 * c.kb_us)
+        self.background(kind, (messages + extra) * c.msg_us + messages * size / 1024 * c.kb_us)
 
     # --- gossip ----------------------------------------------------------------------------
 
@@ -604,7 +658,12 @@ class _Sim:
         """Spread one message from ``origin`` (ready there at ``t0``) the way CometBFT's
         reactor for ``kind`` ("vote", "data" or "tx") does. Returns the first arrival at
         every node, and the copies every node received and sent. ``proc``: how long each
-        node takes from receiving it to being able to relay it."""
+        node takes from receiving it to being able to relay it.
+
+        Every node that holds the message sends it on each link when that link's routine
+        next wakes (votes, data: ``peer_gossip_sleep``; txs: at once), behind the bytes
+        queued on its uplink, and the connection writes it at its next flush. The first
+        arrival at each node is the earliest over all paths (relaxed hop by hop)."""
         n = self.n
         timing = self.timing
         sleep, flush = timing.peer_gossip_sleep_ms, timing.flush_throttle_ms
@@ -612,56 +671,61 @@ class _Sim:
         wake = {"vote": self.wake_votes, "data": self.wake_data}.get(kind)
         limited = np.isfinite(self.uplink)
         per_copy = np.where(limited, size / np.where(limited, self.uplink, 1.0), 0.0)
-        # A node's uplink: the bytes already queued on it now, then this message's copies
-        # one after the other (peers served in a rotating order).
         backlog = np.where(limited, np.maximum(self.uplink_free - self.now, 0.0), 0.0)
-        if limited.any():
-            rank = np.where(self.adjacency, self.rank, 0.0)
-            turn = np.mod(rank + self.rng.integers(0, n, n)[:, None], self.degree[:, None])
-            queue = np.where(self.adjacency, backlog[:, None] + turn * per_copy[:, None], np.inf)
-        else:
-            queue = np.where(self.adjacency, 0.0, np.inf)
+        offset = self.rng.integers(0, n, n)[:, None] if limited.any() else None
         wire = size / self.conn_rate
-        ready = np.full(n, np.inf)
-        ready[origin] = t0
-        first = ready.copy()
-        for _ in range(4):
-            r = ready[:, None]
-            if wake is not None:  # the routine's next wake-up at or after r (its phase)
-                with np.errstate(invalid="ignore"):
-                    dep = np.where(np.isfinite(r), r + np.mod(wake - r, sleep), np.inf)
-            else:  # the mempool routine sends as soon as the tx is in the mempool
-                dep = np.repeat(r, n, axis=1)
-            dep = dep + queue
+
+        def links(rows: np.ndarray, r: np.ndarray):
+            """Departure, flush and arrival times on every link out of ``rows``."""
+            r = r[:, None]
+            # votes, data: the routine's next wake-up at or after r (its phase); txs: the
+            # mempool routine sends as soon as the tx is in the mempool
+            dep = r + np.mod(wake[rows] - r, sleep) if wake is not None else np.repeat(r, n, 1)
+            if offset is not None:  # the uplink's queue, then one copy per peer before
+                turn = np.mod(self.rank_finite[rows] + offset[rows], self.degree[rows, None])
+                dep = dep + backlog[rows, None] + turn * per_copy[rows, None]
             if buffered:
-                armed = self.armed
+                armed = self.armed[rows]
                 fl = np.where((dep <= armed) & (dep >= armed - flush), armed, dep + flush)
             else:
                 fl = dep
-            arr = np.maximum(fl, dep + wire) + self.lat
-            first = np.minimum(first, arr.min(axis=0))
+            arr = np.maximum(fl, dep + wire) + self.lat[rows]
+            return dep, fl, arr
+
+        dep = np.full((n, n), np.inf)
+        fl = np.full((n, n), np.inf)
+        arr = np.full((n, n), np.inf)
+        ready = np.full(n, np.inf)
+        ready[origin] = t0
+        first = ready.copy()
+        rows = np.array([origin])
+        for _ in range(5):
+            d, f, a = links(rows, ready[rows])
+            dep[rows], fl[rows], arr[rows] = d, f, a
+            first = np.minimum(first, a.min(axis=0))
             first[origin] = t0
             new = np.minimum(ready, first + proc)
             new[origin] = t0
-            if np.array_equal(new, ready):
-                break
+            rows = np.flatnonzero(new < ready)
             ready = new
+            if rows.size == 0:
+                break
         reached = np.isfinite(ready)
-        with np.errstate(invalid="ignore"):
-            if kind == "tx":  # k skips j if j's copy reached k before k had checked it
-                sent = ready[:, None] < arr.T
-            elif kind == "vote":  # ... or j's HasVote reached k before k's routine woke
-                sent = dep < np.minimum(ready[None, :] + flush / 2 + self.lat.T, arr.T)
-            else:  # block parts: a peer is known to have them once it sent them
-                sent = dep < arr.T
-        sent &= self.adjacency & reached[:, None]
+        if kind == "tx":  # k skips j if j's copy reached k before k had checked it
+            sent = ready[:, None] < arr.T
+        elif kind == "vote":  # ... or j's HasVote reached k before k's routine woke
+            sent = dep < np.minimum(ready[None, :] + flush / 2 + self.lat.T, arr.T)
+        else:  # block parts: a peer is known to have them once it sent them
+            sent = dep < arr.T
+        sent &= self.adjacency
+        sent &= reached[:, None]
         recv = sent.sum(axis=0).astype(float)
         sends = sent.sum(axis=1).astype(float)
         if wake is not None:
             wake[sent] = dep[sent] + sleep
         if buffered:
-            self.armed = np.where(sent, np.maximum(self.armed, fl), self.armed)
-        if limited.any():  # the copies join the uplink's queue
+            np.maximum(self.armed, fl, where=sent, out=self.armed)
+        if offset is not None:  # the copies join the uplink's queue
             self.uplink_free = np.maximum(self.uplink_free, self.now) + sends * per_copy
         return first, recv, sends
 
@@ -673,8 +737,7 @@ class _Sim:
             self.client_read = [0] * load.clients  # last height each client has read
             self.client_idle = [load.outstanding] * load.clients
             self.client_busy = [False] * load.clients
-            for c in range(load.clients):
-                self.at(0.0, self._client_submit, c)
+            # the clients start with the window (after the warm-up heights)
         else:
             self.at(0.0, self._inject, 400.0)
 
@@ -683,13 +746,11 @@ class _Sim:
         request, which answers once its CheckTx of each is done (``broadcast_tx_sync``);
         each enters the mempool, and is gossiped, as soon as it is checked."""
         count = self.client_idle[c]
-        if count == 0 or self.client_busy[c]:
-            return
         self.client_idle[c] = 0
         self.client_busy[c] = True
         node = c % self.n
 
-        def signed(t: float) -> None:
+        def signed(_: float) -> None:
             self._submit(node, count, c, lambda _: self._broadcast_done(c))
 
         if self.clients:
@@ -704,7 +765,7 @@ class _Sim:
         other (a chunk stands for a few transactions checked back to back)."""
         size = self.sc.chunk_txs
         chunks = [min(size, count - i) for i in range(0, count, size)]
-        self.background(1, self._one(node, count * self.costs.rpc_tx_us))
+        self.background(3, self._one(node, count * self.costs.rpc_tx_us))
         submitted = self.now
 
         def step(index: int) -> None:
@@ -724,7 +785,11 @@ class _Sim:
         self._client_poll(c)
 
     def _client_poll(self, c: int) -> None:
-        """Read the blocks the client's node has committed; free their slots."""
+        """The load client's loop: read the blocks its node has committed since it last
+        looked (each client reads every block), free the slots of its own transactions
+        in them, then broadcast for the freed slots, or poll again 20 ms later. (The
+        node's RPC work of serving the blocks is charged with the submissions, in
+        ``rpc_tx_us``.)"""
         if self.client_busy[c]:
             return
         node = c % self.n
@@ -739,11 +804,11 @@ class _Sim:
                     freed += batch.count
                     if self.counting:
                         self.latencies.append((self.now - batch.submitted, batch.count))
-        if not freed:
-            self.at(self.now + self.timing.client_poll_ms, self._client_poll, c)
-            return
+                        self.read_txs += batch.count
         self.client_idle[c] += freed
-        if self.clients:
+        if not self.client_idle[c]:
+            self.at(self.now + self.timing.client_poll_ms, self._client_poll, c)
+        elif self.clients and freed:
             self.client_busy[c] = True
 
             def read(_: float) -> None:
@@ -774,7 +839,8 @@ class _Sim:
         mempool it is gossiped on (by the node it was submitted to, the flood is started
         here for everyone)."""
         c = self.costs
-        self.background(1, self._one(node, batch.count * c.tx_go_us * c.go_checktx_share))
+        go = c.abci_request_us + c.tx_go_us * c.go_checktx_share
+        self.background(3 if node == batch.origin else 4, self._one(node, batch.count * go))
 
         def checked(t: float) -> None:
             if batch.height is None or node != batch.origin:
@@ -787,14 +853,16 @@ class _Sim:
 
     def _tx_flood(self, batch: _Batch, t: float) -> None:
         c = self.costs
-        proc = self.delays(self.app, batch.count * c.app_tx_us * c.checktx_share)
         size = self.sc.tx_bytes + TX_FRAMING_BYTES
+        received = self.delays(4, batch.count * (c.msg_us + size / 1024 * c.kb_us))
+        proc = received + self.delays(2, batch.count * c.app_tx_us * c.checktx_share)
         first, recv, sends = self.flood("tx", batch.origin, t, size, proc)
         self.count("Txs", recv * batch.count, size)
-        self.traffic(recv * batch.count, sends * batch.count, size)
+        self.traffic(recv * batch.count, sends * batch.count, size, kind=4)
+        arrive = first + received
         for i in np.flatnonzero(np.isfinite(first)):
             if i != batch.origin:
-                self.at(float(first[i]), self._tx_arrives, int(i), batch)
+                self.at(float(arrive[i]), self._tx_arrives, int(i), batch)
 
     def _tx_arrives(self, node: int, batch: _Batch) -> None:
         if batch.height is not None and batch.height <= self.node_height[node] - 1:
@@ -851,10 +919,10 @@ class _Sim:
         c = self.costs
         parts = max(1, math.ceil(height.bytes / self.timing.block_part_bytes))
         part = height.bytes / parts + PART_OVERHEAD_BYTES + 32 * math.ceil(math.log2(parts))
-        proc = self.delays(self.net, c.msg_us + part / 1024 * c.kb_us)
+        proc = self.delays(1, c.msg_us + part / 1024 * c.kb_us)
         first, recv, sends = self.flood("data", height.proposer, t, part, proc)
         # later parts follow the first at the connection's rate, from several peers
-        block_at = first + (parts - 1) * part / self.conn_rate
+        block_at = first + proc + (parts - 1) * part / self.conn_rate
         block_at[height.proposer] = t
         height.block_at = block_at
         self.count("BlockPart", recv * parts, part)
@@ -892,7 +960,7 @@ class _Sim:
             return
         votes.voters.add(node)
         c = self.costs
-        proc = self.delays(self.cons, c.verify_us)
+        proc = self.delays(1, c.msg_us) + self.delays(0, c.verify_us)
         first, recv, sends = self.flood("vote", node, t, VOTE_BYTES, proc)
         first[node] = t
         votes.first.append(first)
@@ -949,7 +1017,10 @@ class _Sim:
         self.charge(self.cons[node], self.costs.sign_us, lambda t: self._vote(node, height, 1, t))
 
     def _maybe_commit(self, node: int, height: _Height) -> None:
-        """Commit once the node holds the processed block and +2/3 precommits."""
+        """Commit once the node holds the processed block and +2/3 precommits:
+        ``FinalizeBlock`` and ``Commit`` on the app, the stores, then (``mempool.recheck``)
+        every transaction left in the mempool is checked again, and the commit returns
+        when the app has answered them all (or after ``recheck_timeout``)."""
         if height.quorum_at[node] > self.now or height.processed_at[node] > self.now:
             return
         if node in height.committing:
@@ -963,7 +1034,25 @@ class _Sim:
             self.charge(self.app[node], app, saved, urgent=True)
 
         def saved(_: float) -> None:
-            self.charge(self.cons[node], go / 2, lambda t: self._committed(node, height, t))
+            self.charge(self.cons[node], go / 2, recheck)
+
+        def recheck(t: float) -> None:
+            done = set(b.id for b in height.batches)
+            left = sum(b.count for bid, b in self.mempool[node].items() if bid not in done)
+            if not (self.timing.recheck and left):
+                self._committed(node, height, t)
+                return
+            self.background(0, self._one(node, left * c.abci_request_us))
+            deadline = t + self.timing.recheck_timeout_ms
+            finished = [False]
+
+            def answered(t2: float) -> None:
+                if not finished[0]:
+                    finished[0] = True
+                    self._committed(node, height, t2)
+
+            self.charge(self.app[node], left * c.recheck_app_us, answered)
+            self.at(deadline, lambda: answered(self.now))
 
         self.charge(self.cons[node], go / 2, finalize)
 
@@ -985,17 +1074,29 @@ class _Sim:
             if self.counting:
                 self.latencies.extend((t - b.submitted, b.count) for b in height.batches)
         done = len(self.commit_times)
+        load = sc.load
+        timed = isinstance(load, ClosedLoop) and load.window_ms is not None
         if done == sc.warmup:
             self.counting = True
             self.window_start = t
+            self.window_first_height = height.h + 1
             for pool in self.pools:
                 pool.advance(t)
             self.pool_busy0 = [p.busy_ms for p in self.pools]
-        elif done == sc.warmup + sc.heights:
-            for pool in self.pools:
-                pool.advance(t)
-            self.window = (self.window_start, t)
-            self.finished = True
+            if isinstance(load, ClosedLoop):
+                for c in range(load.clients):
+                    self.at(t, self._client_poll, c)
+                if timed:
+                    self.at(t + load.window_ms, self._close_window)
+        elif not timed and done == sc.warmup + sc.heights:
+            self._close_window()
+
+    def _close_window(self) -> None:
+        for pool in self.pools:
+            pool.advance(self.now)
+        self.window = (self.window_start, self.now)
+        self.window_last_height = len(self.commit_times)  # the reference commits in order
+        self.finished = True
 
 
 def simulate(sc: Scenario) -> Report:
@@ -1006,8 +1107,9 @@ def simulate(sc: Scenario) -> Report:
         raise RuntimeError("the model stopped before the measured heights were decided")
     start, end = sim.window
     duration = end - start
-    heights = sc.heights
-    measured = [sim.heights[h] for h in range(sc.warmup + 1, sc.warmup + heights + 1)]
+    first, last = sim.window_first_height, sim.window_last_height
+    heights = max(1, last - first + 1)
+    measured = [sim.heights[h] for h in range(first, last + 1)]
     committed = sum(h.txs for h in measured)
     latencies = sorted(sim.latencies)
     per_block = {k: float(v.sum()) / heights for k, v in sim.msgs.items()}
@@ -1021,7 +1123,10 @@ def simulate(sc: Scenario) -> Report:
         validators=sc.validators,
         block_txs=committed / heights,
         heights=heights,
-        tx_per_s=committed / (duration / 1000.0),
+        # closed loop: what the clients saw committed in the window (as the load clients
+        # count); per-height load: what the blocks of the window carry
+        tx_per_s=(sim.read_txs if isinstance(sc.load, ClosedLoop) else committed)
+        / (duration / 1000.0),
         p50_ms=_quantile(latencies, 0.5),
         p99_ms=_quantile(latencies, 0.99),
         block_interval_ms=duration / heights,
