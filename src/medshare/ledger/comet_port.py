@@ -140,6 +140,15 @@ class CometLedger:
         finally:
             unlock(self._lock_fd)
 
+    @staticmethod
+    def _verify_one(url: str, stop: int, trusted: dict) -> chain_verify.ChainReport:
+        """One node's chain, re-verified; asked twice before it counts as unreachable."""
+        try:
+            return chain_verify.verify_node(url, to=stop, genesis=trusted)
+        except ClientUnavailable:
+            time.sleep(1.0)
+            return chain_verify.verify_node(url, to=stop, genesis=trusted)
+
     def __enter__(self) -> CometLedger:
         return self
 
@@ -403,9 +412,14 @@ class CometLedger:
                 checks.append(NodeCheck(node.name, False, 0, f"not running (start: {how})", False))
                 continue
             try:
-                report = chain_verify.verify_node(node.rpc, to=stop, genesis=trusted)
-            except (ClientUnavailable, ValueError) as exc:
-                checks.append(NodeCheck(node.name, False, 0, f"cannot be read: {exc}"))
+                report = self._verify_one(node.rpc, stop, trusted)
+            except ClientUnavailable as exc:
+                # Unreachable (e.g. overloaded) is not a verdict on its chain: listed like a
+                # stopped node, not counted as an integrity failure.
+                checks.append(NodeCheck(node.name, False, 0, f"unreachable: {exc}", False))
+                continue
+            except ValueError as exc:
+                checks.append(NodeCheck(node.name, False, 0, f"cannot be verified: {exc}"))
                 continue
             error = None if report.ok else f"height {report.first_bad_height}: {report.problem}"
             checks.append(NodeCheck(node.name, report.ok, report.height, error))
