@@ -27,7 +27,6 @@ import base64
 import contextlib
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import tempfile
@@ -39,6 +38,8 @@ from types import TracebackType
 from typing import IO
 
 import httpx
+
+from medshare.ledger.cometbft.network import free_ports
 
 #: Where Debian's ``etcd-server`` package installs the binary, tried when PATH has none.
 DEBIAN_ETCD = Path("/usr/bin/etcd")
@@ -66,26 +67,6 @@ def etcd_binary() -> Path | None:
     if DEBIAN_ETCD.is_file() and os.access(DEBIAN_ETCD, os.X_OK):
         return DEBIAN_ETCD
     return None
-
-
-def _free_ports(count: int) -> list[int]:
-    """``count`` distinct ports the kernel reports free on 127.0.0.1.
-
-    All sockets are held open until every port is chosen, so the kernel never hands out
-    the same port twice; they are closed before etcd binds them, which leaves a small
-    window in which another process could take one (etcd then fails to start and the
-    start-up error shows its log).
-    """
-    sockets: list[socket.socket] = []
-    try:
-        for _ in range(count):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.bind(("127.0.0.1", 0))
-            sockets.append(sock)
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 def _log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
@@ -161,7 +142,7 @@ class EtcdCluster:
 
     def _start(self, binary: Path) -> None:
         if self.base_port is None:
-            ports = _free_ports(2 * self.members)
+            ports = free_ports(2 * self.members)
         else:
             ports = list(range(self.base_port, self.base_port + 2 * self.members))
         self.directory.mkdir(parents=True, exist_ok=True)

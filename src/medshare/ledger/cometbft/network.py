@@ -106,7 +106,10 @@ class Network:
 
 
 def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
-    """Ports the kernel says are free now (bound together, so they are distinct)."""
+    """Ports the kernel says are free now (held open together until all are chosen, so
+    they are distinct). They are closed before their server binds them, which leaves a
+    small window in which another process could take one; that server then fails to start
+    and says so."""
     sockets = []
     try:
         for _ in range(count):
