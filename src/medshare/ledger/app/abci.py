@@ -26,7 +26,6 @@ neither decoded nor verified again (equal bytes, equal transaction and signature
 from __future__ import annotations
 
 import json
-import logging
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -39,8 +38,6 @@ from medshare.ledger.cometbft.proto.tendermint.abci import types_pb2 as abci
 from medshare.ledger.cometbft.proto.tendermint.crypto import keys_pb2
 from medshare.ledger.cometbft.proto.tendermint.types import validator_pb2 as cmt_validator
 from medshare.ledger.types import LedgerFormatError, Tx
-
-log = logging.getLogger(__name__)
 
 APP_VERSION = 1
 # Verified transactions are kept decoded, weighed by their size (a decoded transaction

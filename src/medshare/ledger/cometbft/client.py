@@ -111,32 +111,37 @@ class LedgerClient:
     def batch(self, calls: Sequence[tuple[str, dict]], *, errors: bool = False) -> list[dict]:
         """Several JSON-RPC calls in one request, answered in order. An error answer raises
         :class:`LedgerUnavailable`, or with ``errors`` is returned as ``{"error": …}``."""
-        body = [
-            {"jsonrpc": "2.0", "id": next(self._ids), "method": m, "params": p} for m, p in calls
-        ]
         last: Exception | None = None
         for url in self._urls:
             try:
-                response = self._http.post(url, json=body)
-                response.raise_for_status()
-                answers = response.json()
+                answers = self._ask(url, calls)
             except (httpx.HTTPError, json.JSONDecodeError) as exc:
                 last = exc
                 continue
-            if not isinstance(answers, list):
-                answers = [answers]
-            by_id = {a.get("id"): a for a in answers}
             out = []
-            for request in body:
-                answer = by_id.get(request["id"], {})
+            for (method, _), answer in zip(calls, answers, strict=True):
                 if errors and "error" in answer:
                     out.append({"error": answer["error"]})
-                    continue
-                if "error" in answer or "result" not in answer:
-                    raise LedgerUnavailable(f"{request['method']}: {answer.get('error', answer)}")
-                out.append(answer["result"])
+                elif "error" in answer or "result" not in answer:
+                    raise LedgerUnavailable(f"{method}: {answer.get('error', answer)}")
+                else:
+                    out.append(answer["result"])
             return out
         raise LedgerUnavailable(f"no node answered ({', '.join(self._urls)}): {last}")
+
+    def _ask(self, url: str, calls: Sequence[tuple[str, dict]]) -> list[dict]:
+        """One JSON-RPC batch to one node: its answers in the order of ``calls`` (``{}``
+        for a call it did not answer). Raises the HTTP or JSON error of that node."""
+        body = [
+            {"jsonrpc": "2.0", "id": next(self._ids), "method": m, "params": p} for m, p in calls
+        ]
+        response = self._http.post(url, json=body)
+        response.raise_for_status()
+        answers = response.json()
+        if not isinstance(answers, list):
+            answers = [answers]
+        by_id = {a.get("id"): a for a in answers if isinstance(a, dict)}
+        return [by_id.get(request["id"], {}) for request in body]
 
     def height(self) -> int:
         return int(self.call("status")["sync_info"]["latest_block_height"])
@@ -156,15 +161,11 @@ class LedgerClient:
     def find(self, txid: str) -> Committed | None:
         """The committed transaction with this id, asking every node in turn (one that lost
         its index or is behind may not have it); None if none has it."""
-        param = {"hash": base64.b64encode(bytes.fromhex(txid)).decode()}
+        call = [("tx", {"hash": base64.b64encode(bytes.fromhex(txid)).decode()})]
         answered = False
         for url in self._urls:
             try:
-                response = self._http.post(
-                    url,
-                    json={"jsonrpc": "2.0", "id": next(self._ids), "method": "tx", "params": param},
-                )
-                answer = response.json()
+                (answer,) = self._ask(url, call)
             except (httpx.HTTPError, json.JSONDecodeError):
                 continue
             answered = True
