@@ -39,6 +39,7 @@ from pathlib import Path
 
 import httpx
 
+from medshare.bench.timing import CLOCK_TICKS, process_cpu_seconds
 from medshare.crypto.signing import SigningKey
 from medshare.ledger.sim import calibration as cal
 from medshare.ledger.sim.cometbft_model import (
@@ -200,7 +201,6 @@ def shares(profile: Mapping[str, float]) -> cal.AppShares:
 
 # --- real runs ----------------------------------------------------------------------------
 
-_CLK = os.sysconf("SC_CLK_TCK")
 _METRIC = re.compile(r"^(cometbft_[a-z0-9_]+)(?:\{([^}]*)\})? (\S+)$", re.M)
 _LABEL = re.compile(r'(\w+)="([^"]*)"')
 _KEPT_LABELS = frozenset({"message_type", "method", "step"})
@@ -218,18 +218,10 @@ _KEPT_METRICS = (
 )
 
 
-def _proc_cpu(pid: int) -> float:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / _CLK
-
-
 def _machine_busy() -> float:
     """CPU seconds the whole machine has been busy (all cores), from ``/proc/stat``."""
     values = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    return (sum(values) - values[3] - values[4]) / _CLK
+    return (sum(values) - values[3] - values[4]) / CLOCK_TICKS
 
 
 def _metrics(http: httpx.Client, url: str) -> dict[str, float]:
@@ -258,10 +250,10 @@ def _snapshot(net, client_pids: Sequence[int]) -> dict:
         "t": time.time(),
         "machine": _machine_busy(),
         "cpu": [
-            {role: _proc_cpu(pid) for role, pid in network.pids(net, i).items()}
+            {role: process_cpu_seconds(pid) for role, pid in network.pids(net, i).items()}
             for i in range(len(net.nodes))
         ],
-        "clients": sum(_proc_cpu(pid) for pid in client_pids),
+        "clients": sum(process_cpu_seconds(pid) for pid in client_pids),
         "metrics": metrics,
     }
 

@@ -17,7 +17,6 @@ Nothing here is timed by a test: ``medshare bench ledger`` writes these rows to 
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import tempfile
@@ -28,21 +27,14 @@ from pathlib import Path
 import httpx
 
 from medshare.bench import etcd
+from medshare.bench.timing import process_cpu_seconds
 from medshare.ledger.cometbft import network
 from medshare.ledger.cometbft.load import run_load
 
 
-def _cpu_seconds(pid: int) -> float:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def _cpu(net: network.Network) -> dict[int, dict[str, float]]:
     return {
-        i: {role: _cpu_seconds(pid) for role, pid in network.pids(net, i).items()}
+        i: {role: process_cpu_seconds(pid) for role, pid in network.pids(net, i).items()}
         for i in range(len(net.nodes))
     }
 

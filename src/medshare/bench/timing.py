@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -35,3 +37,16 @@ def paired(op: Callable[[], object], bound: Callable[[], object], repeats: int) 
         op_times.append(_once(op))
         bound_times.append(_once(bound))
     return Paired(min(op_times), min(bound_times))
+
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds process ``pid`` has used (0 if it is gone), from
+    ``/proc/<pid>/stat``: how the ledger benchmarks charge each real process."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
