@@ -73,7 +73,7 @@ def data_dir() -> Iterator[Path]:
     try:
         install.binary()
     except install.EngineMissing as exc:
-        pytest.skip(f"CometBFT binary missing ({exc})")
+        pytest.fail(f"CometBFT binary missing ({exc}): run `medshare net install`")
     root = Path(tempfile.mkdtemp(prefix="ms-story-", dir="/tmp")).resolve()
     ledger = root / "data" / "ledger"
     seen: set[int] = set()

@@ -22,7 +22,7 @@ def test_demo_succeeds_and_writes_outputs() -> None:
     try:
         install.binary()
     except install.EngineMissing as exc:
-        pytest.skip(f"CometBFT binary missing ({exc})")
+        pytest.fail(f"CometBFT binary missing ({exc}): run `medshare net install`")
     root = Path(tempfile.mkdtemp(prefix="ms-demo-", dir="/tmp"))
     out = root / "out"
     try:
