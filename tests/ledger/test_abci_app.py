@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 from appkit import NODE_KEYS, make_genesis
+from hypothesis import given
+from hypothesis import strategies as st
 
 from medshare.crypto.signing import SigningKey
 from medshare.ledger.app import rules
@@ -246,6 +248,34 @@ def test_malformed_frames_raise_wire_error(data: bytes) -> None:
 
     with pytest.raises(server.WireError):
         asyncio.run(read())
+
+
+@given(
+    sizes=st.lists(st.integers(min_value=0, max_value=3000), max_size=8),
+    step=st.integers(min_value=1, max_value=5000),
+)
+def test_frame_buffer_splits_any_chunking_into_the_same_frames(sizes: list[int], step: int) -> None:
+    payloads = [bytes([i % 251]) * n for i, n in enumerate(sizes)]
+    stream = b"".join(server.encode_frame(p) for p in payloads)
+    frames = server.FrameBuffer()
+    out: list[bytes] = []
+    for start in range(0, len(stream), step):
+        out += frames.feed(stream[start : start + step])
+    assert out == payloads
+    assert len(frames) == 0
+
+
+@pytest.mark.parametrize("data", [b"\xff" * 11, b"\xff\xff\xff\xff\x7f"])
+def test_frame_buffer_refuses_bad_length_prefixes(data: bytes) -> None:
+    with pytest.raises(server.WireError):
+        server.FrameBuffer().feed(data)
+
+
+def test_frame_buffer_keeps_an_incomplete_frame() -> None:
+    frames = server.FrameBuffer()
+    assert frames.feed(server.encode_frame(b"abc")[:-1]) == []
+    assert len(frames) == 3
+    assert frames.feed(b"c") == [b"abc"]
 
 
 def test_handle_maps_app_bugs_to_exception_responses(store: StateStore) -> None:
