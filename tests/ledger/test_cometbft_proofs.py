@@ -10,11 +10,13 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from typer.testing import CliRunner
 
 from medshare.cli.main import app
 from medshare.crypto.signing import SigningKey
+from medshare.ledger.comet_port import CometLedger
 from medshare.ledger.cometbft import home, install, network, proofs
 from medshare.ledger.cometbft import verify as v
 from medshare.ledger.cometbft.client import LedgerClient
@@ -169,3 +171,24 @@ def test_cli_refuses_bad_input(tmp_path: Path) -> None:
     junk.write_text('{"format": "medshare-cometbft-tx-proof", "version": 1}')
     code, _ = _cli("ledger", "check-proof", str(junk))
     assert code == 1
+
+
+def test_reading_only_empty_heights_asks_nothing_of_the_node(chain) -> None:
+    """CometBFT answers an empty JSON-RPC batch with an empty body (not JSON): the client
+    must not send one. Found when faster blocks left a scan with only empty heights, and
+    every node looked unreachable to the demo's trace step."""
+    net, _ = chain
+    raw = httpx.post(net.nodes[0].rpc, json=[], timeout=5.0)
+    assert raw.content == b""  # what made every node look down
+    with LedgerClient([n.rpc for n in net.nodes]) as client:
+        assert client.batch([]) == []
+        top = client.height()
+    ledger = CometLedger.open(net.directory, start=False)
+    try:
+        ledger._scan_blocks(top + 1, top)  # nothing to read
+        end = ledger.height()
+        ledger._scanned = end - 1
+        # The last height has no transactions (the fixture's are long committed).
+        assert list(ledger.txs(start_height=end)) == []
+    finally:
+        ledger.close()

