@@ -294,3 +294,74 @@ def test_blocks_out_of_order_halt_instead_of_forking(state: LedgerState) -> None
         rules.finalize(state, block(state, 3, []))
     with pytest.raises(RuntimeError):
         rules.finalize(state, block(state, 1, []))
+
+
+# --- key tags: who may say "this CP-ABE key is mine" (issue 12, finding 1) ----------------
+
+
+def _tag_body(identity: str, tag: str = "ab" * 48) -> dict:
+    return {"identity": identity, "tag": tag, "R": "cd" * 48, "authority": "H001"}
+
+
+def test_only_the_enrolled_key_registers_a_tag_in_its_name(state: LedgerState) -> None:
+    """Regression: the first ``register_key_tag`` naming an identity used to be trusted
+    whoever sent it, so a colleague (or the person, with a throwaway key) could claim a
+    name before its real key was issued and have later leaks blamed on the authority."""
+    alice, mallory = SigningKey.generate(), SigningKey.generate()
+    enrol = [
+        tx(
+            TxKind.REGISTER_IDENTITY,
+            {"identity": "alice", "key": alice.public.hex()},
+            0,
+            NODE_KEYS[0],
+            state.genesis,
+        ),
+        tx(
+            TxKind.REGISTER_IDENTITY,
+            {"identity": "mallory", "key": mallory.public.hex()},
+            1,
+            NODE_KEYS[0],
+            state.genesis,
+        ),
+    ]
+    rules.finalize(state, block(state, 1, enrol))
+    claims = [
+        tx(TxKind.REGISTER_KEY_TAG, _tag_body("alice"), 0, mallory, state.genesis),
+        tx(TxKind.REGISTER_KEY_TAG, _tag_body("alice"), 2, NODE_KEYS[0], state.genesis),
+        tx(TxKind.REGISTER_KEY_TAG, _tag_body("alice", "AB" * 48), 0, alice, state.genesis),
+        tx(TxKind.REGISTER_KEY_TAG, _tag_body("alice"), 0, alice, state.genesis),
+    ]
+    outcome = rules.finalize(state, block(state, 2, claims))
+    assert [code for code, _ in outcome.results] == [
+        Code.NOT_PERMITTED,  # another person's enrolled key
+        Code.NOT_PERMITTED,  # a node
+        Code.REJECTED,  # malformed tag
+        Code.OK,  # the holder's own enrolled key
+    ]
+
+
+def test_an_identity_name_is_enrolled_once(state: LedgerState) -> None:
+    """A second key under a taken name would speak for its first holder."""
+    first, second = SigningKey.generate(), SigningKey.generate()
+    txs = [
+        tx(
+            TxKind.REGISTER_IDENTITY,
+            {"identity": "alice", "key": k.public.hex()},
+            i,
+            NODE_KEYS[i],
+            state.genesis,
+        )
+        for i, k in enumerate((first, second))
+    ]
+    txs[1] = tx(
+        TxKind.REGISTER_IDENTITY,
+        {"identity": "alice", "key": second.public.hex()},
+        0,
+        NODE_KEYS[1],
+        state.genesis,
+    )
+    outcome = rules.finalize(state, block(state, 1, txs))
+    assert [code for code, _ in outcome.results] == [Code.OK, Code.REJECTED]
+    assert state.holder("alice") == first.public.hex()
+    copy = state.clone()
+    assert copy.holder("alice") == first.public.hex()

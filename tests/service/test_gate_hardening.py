@@ -14,6 +14,7 @@ from medshare.ledger.app.rules import Code
 from medshare.ledger.port import TxRejected
 from medshare.ledger.types import TxKind
 from medshare.service.areas import Area
+from medshare.service.consortium import add_person
 from medshare.service.errors import AccessDenied
 
 DAY = 86_400_000
@@ -83,14 +84,53 @@ def test_revoking_a_share_that_covers_a_deleted_record(consortium, tmp_path):
     assert len(revokes) == 1
 
 
-def test_a_later_claim_to_a_colleagues_identity_does_not_defeat_tracing(consortium):
+def test_a_claim_to_a_colleagues_identity_is_refused_by_the_chain(consortium):
+    """Regression (issue 12, finding 1): a tag registered in a colleague's name by one's
+    own enrolled key used to commit, and the first such claim was what tracing trusted."""
     service, _, _ = consortium
     impostor = service.wallets.identity("nurse.li@H001")
     body = {"identity": "dr.zhao@H001", "tag": "00" * 48, "R": "00" * 48}
-    service.ledger.sign_and_submit(impostor, TxKind.REGISTER_KEY_TAG, [body])
+    with pytest.raises(TxRejected) as refused:
+        service.ledger.sign_and_submit(impostor, TxKind.REGISTER_KEY_TAG, [body])
+    assert refused.value.code == Code.NOT_PERMITTED
     leaked = service.wallets.abe_key_files("dr.zhao@H001", "H001")[-1].read_bytes()
     verdict = service.trace(leaked)
     assert verdict["verdict"] == "user" and verdict["identity"] == "dr.zhao@H001"
+
+
+def test_a_throwaway_tag_in_ones_own_name_does_not_shift_the_blame(consortium):
+    """Regression (finding 1): a person who registers a tag under their own name before
+    their real key is issued still gets the real key's leak traced to them."""
+    service, _, _ = consortium
+    add_person(service, "dr.new@H001", "clinician", "H001", ["physician"], "03")
+    own = service.wallets.identity("dr.new@H001")
+    decoy = {"identity": "dr.new@H001", "tag": "11" * 48, "R": "22" * 48, "authority": "H001"}
+    service.ledger.sign_and_submit(own, TxKind.REGISTER_KEY_TAG, [decoy])
+    service.issue_key("dr.new@H001", "H001", ("hospital:H001", "dept:03", "role:physician"))
+    leaked = service.wallets.abe_key_files("dr.new@H001", "H001")[-1].read_bytes()
+    verdict = service.trace(leaked)
+    assert verdict["verdict"] == "user" and verdict["identity"] == "dr.new@H001"
+
+
+def test_trace_reads_the_ledger_not_the_sql_registry(consortium):
+    """Regression (finding 2): with the key's SQL registry row gone (a crash after the
+    wallet write, a restore from backup), the key used to be blamed on the authority."""
+    from medshare.service import db
+
+    service, _, _ = consortium
+    add_person(service, "dr.row@H001", "clinician", "H001", ["physician"], "03")
+    service.issue_key("dr.row@H001", "H001", ("hospital:H001", "dept:03", "role:physician"))
+    with db.transaction(service.sessions) as session:
+        for row in session.execute(
+            select(db.AbeKey).where(db.AbeKey.principal == "dr.row@H001")
+        ).scalars():
+            session.delete(row)
+    leaked = service.wallets.abe_key_files("dr.row@H001", "H001")[-1].read_bytes()
+    verdict = service.trace(leaked)
+    assert verdict["verdict"] == "user" and verdict["identity"] == "dr.row@H001"
+    # Revoked from what the ledger says the key was, not reported "already revoked".
+    assert verdict["revocation"]["revoked"] == "dr.row@H001"
+    assert service.trace(leaked)["revocation"] == {"already_revoked": True}
 
 
 def test_the_log_ignores_txs_from_strangers_and_survives_malformed_ones(consortium):

@@ -387,6 +387,33 @@ class AuditResult:
         return {"verdict": self.verdict.value, "identity": self.identity, "reason": self.reason}
 
 
+def audit_tags(public: AbePublicKey, key: AbeUserKey, holders: Mapping[bytes, str]) -> AuditResult:
+    """Trace a leaked key against tags registered by their holders (``holders``: tag →
+    identity, each tag registered on the ledger by the identity's enrolled key, which the
+    chain checks). Same verdicts as :func:`audit`: ``malformed`` if the key fails the
+    sanity check, ``user`` if its ``g1^{K'}`` is a tag its holder registered, else
+    ``authority`` — only the master-key holder can make a well-formed key nobody
+    registered."""
+    try:
+        check_key(public, key)
+    except InvalidKey as exc:
+        return AuditResult(Verdict.MALFORMED, None, f"key fails the public sanity check: {exc}")
+    identity = holders.get(key.tag())
+    if identity is not None:
+        return AuditResult(
+            Verdict.USER,
+            identity,
+            f"K' matches the tag {identity!r} registered on the ledger with its enrolled "
+            "identity key",
+        )
+    return AuditResult(
+        Verdict.AUTHORITY,
+        None,
+        "well-formed key whose K' matches no tag a holder registered on the ledger: "
+        "only the authority could have made it",
+    )
+
+
 def audit(
     public: AbePublicKey,
     key: AbeUserKey,

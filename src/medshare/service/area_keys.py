@@ -171,7 +171,14 @@ class AreaKeyMixin:
             tags.append(one.key.tag())
         return tags
 
-    def revoke_key(self, who: str, authority: str, tag: bytes | None = None) -> dict[str, Any]:
+    def revoke_key(
+        self,
+        who: str,
+        authority: str,
+        tag: bytes | None = None,
+        *,
+        attributes: tuple[str, ...] | None = None,
+    ) -> dict[str, Any]:
         """Revoke ``who``'s key of ``authority`` with public tag ``tag`` (every key of
         ``who`` there if ``tag`` is None): bump the epoch, re-wrap what it opened.
 
@@ -181,10 +188,13 @@ class AreaKeyMixin:
         in the same transaction: if the process dies before it commits, nothing changed (the
         old keys stay live; new key files and ledger registrations are left unused); once it
         commits, every other holder already has its new key.
+
+        ``attributes``: the key's attributes as registered on the ledger, which revoke a
+        key whose database row is missing (the ledger is the source of truth).
         """
         issued: list[tuple[str, bytes]] = []  # (holder, tag) of keys written by this attempt
         try:
-            return self._revoke_key(who, authority, tag, issued)
+            return self._revoke_key(who, authority, tag, issued, attributes)
         except BaseException:
             # Rolled back: the keys this attempt wrote to wallets must not stay usable (their
             # ledger registrations stay, naming their holders, and open nothing).
@@ -193,7 +203,12 @@ class AreaKeyMixin:
             raise
 
     def _revoke_key(
-        self, who: str, authority: str, tag: bytes | None, issued: list[tuple[str, bytes]]
+        self,
+        who: str,
+        authority: str,
+        tag: bytes | None,
+        issued: list[tuple[str, bytes]],
+        attributes: tuple[str, ...] | None,
     ) -> dict[str, Any]:
         with db.transaction(self.sessions) as session:
             rows = [
@@ -201,9 +216,11 @@ class AreaKeyMixin:
                 for r in self._live_keys(session, authority, who)
                 if tag is None or _row_tag(r) == tag
             ]
-            if not rows:
-                raise NotFound(f"{who} holds no such live key of {authority}")
             revoked = [(set(r.attributes), _row_tag(r)) for r in rows]
+            if not rows and tag is not None and attributes is not None:
+                revoked = [(set(attributes), tag)]  # known to the ledger, not to this database
+            if not revoked:
+                raise NotFound(f"{who} holds no such live key of {authority}")
             for row in rows:
                 row.revoked_ms = self.clock()
             hosp = self._hospital(session, authority)
@@ -281,6 +298,26 @@ class AreaKeyMixin:
             count += 1
         return count
 
+    def registered_tags(self) -> dict[str, dict[bytes, dict[str, Any]]]:
+        """Per authority, every key tag on the ledger → the body that registered it
+        (holder identity, attributes). The chain accepts a ``register_key_tag`` only from
+        the key enrolled under the identity it names, so each tag here was registered by
+        its holder; SQL rows play no part (a row lost in a crash or a restore from backup
+        changes nothing)."""
+        tags: dict[str, dict[bytes, dict[str, Any]]] = {}
+        for committed in self.ledger.txs(TxKind.REGISTER_KEY_TAG):
+            body = committed.tx.body
+            try:
+                tag = bytes.fromhex(str(body["tag"]))
+            except ValueError:
+                continue
+            tags.setdefault(str(body.get("authority")), {}).setdefault(tag, dict(body))
+        return tags
+
+    def _revoked_on_ledger(self, authority: str, tag: bytes) -> bool:
+        grant = f"key/{authority}/{tag.hex()}"
+        return any(c.tx.body.get("grant") == grant for c in self.ledger.txs(TxKind.REVOKE))
+
     def trace(self, key_bytes: bytes) -> dict[str, Any]:
         """Audit a leaked key file, record the verdict on the ledger, revoke a guilty key."""
         try:
@@ -290,18 +327,12 @@ class AreaKeyMixin:
         with self.sessions() as session:
             hospitals = list(session.execute(select(db.Hospital)).scalars())
             publics = {h.code: abe.AbePublicKey.from_bytes(h.abe_public) for h in hospitals}
-            registries: dict[str, list[abe.Registration]] = {}
-            for row in session.execute(select(db.AbeKey)).scalars():
-                registries.setdefault(row.authority, []).extend(
-                    abe.registry_from_bytes(row.registration)
-                )
-        # Whose identity key is whose: the first registration of each identity on the
-        # ledger (made at enrolment, signed by the holder). Later claims to an identity
-        # already bound are ignored, so nobody can re-bind a colleague's name to their key.
-        trusted: dict[str, bytes] = {}
-        for committed in self.ledger.txs(TxKind.REGISTER_KEY_TAG):
-            trusted.setdefault(str(committed.tx.body["identity"]), committed.tx.sender)
-        result = keyring.trace(key, publics, registries, trusted)
+        registered = self.registered_tags()
+        holders = {
+            code: {tag: str(body["identity"]) for tag, body in bodies.items()}
+            for code, bodies in registered.items()
+        }
+        result = keyring.trace(key, publics, holders)
         signer_hospital = result.authority or self.config.hospitals[0]
         evidence = {
             "key_sha256": hashlib.sha256(key_bytes).hexdigest(),
@@ -315,10 +346,19 @@ class AreaKeyMixin:
         tx = self._submit(signer, TxKind.TRACE_VERDICT, [body])[0]
         out: dict[str, Any] = {**result.as_dict(), "txid": tx.tx.txid, "height": tx.height}
         if result.verdict == abe.Verdict.USER and result.identity and result.authority:
-            try:
-                out["revocation"] = self.revoke_key(result.identity, result.authority, key.tag())
-            except NotFound:
+            tag = key.tag()
+            if self._revoked_on_ledger(result.authority, tag):
                 out["revocation"] = {"already_revoked": True}
+            else:
+                attributes = registered[result.authority][tag].get("attributes")
+                out["revocation"] = self.revoke_key(
+                    result.identity,
+                    result.authority,
+                    tag,
+                    attributes=tuple(map(str, attributes))
+                    if isinstance(attributes, list)
+                    else None,
+                )
         return out
 
 

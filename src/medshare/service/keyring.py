@@ -57,17 +57,18 @@ class TraceResult:
 def trace(
     key: abe.AbeUserKey,
     publics: Mapping[str, abe.AbePublicKey],
-    registries: Mapping[str, list[abe.Registration]],
-    trusted_identities: Mapping[str, bytes],
+    tags: Mapping[str, Mapping[bytes, str]],
 ) -> TraceResult:
     """Audit a leaked key against every authority; the first that recognises it answers.
+    ``tags``: per authority, every key tag registered on the ledger → its holder's
+    identity (the ledger is the source of truth; the SQL registry is a cache of it).
 
     A key passes the public sanity check under at most one authority's public key (the
     check pairs it against that authority's ``g^α``); if none does, it is ``malformed``.
     """
     last = None
     for code, public in publics.items():
-        result = abe.audit(public, key, registries.get(code, []), trusted_identities)
+        result = abe.audit_tags(public, key, tags.get(code, {}))
         if result.verdict != abe.Verdict.MALFORMED:
             return TraceResult(result.verdict, code, result.identity, result.reason)
         last = result

@@ -93,6 +93,7 @@ SENDERS: Mapping[TxKind, Sender] = {
     TxKind.COMMITTEE_CHANGE: Sender.ENGINE,
 }
 MAX_IDENTITY_NAME = 256
+MAX_TAG_HEX = 256  # a compressed G1 point is 96 hex digits
 
 
 def address(public: bytes) -> bytes:
@@ -198,8 +199,39 @@ def _register_identity(state: LedgerState, tx: Tx, changes: BlockChanges) -> Non
         raise TxRejected(Code.REJECTED, "identity must be a short non-empty string")
     if public.hex() in state.identities or state.node(public) is not None:
         raise TxRejected(Code.REJECTED, "key already registered")
-    state.identities[public.hex()] = name
+    if state.holder(name) is not None:
+        # One key per identity: tracing names the holder of a leaked key through this
+        # binding, so a second key under a taken name would let its holder (or the node
+        # that enrolled it) speak for someone else.
+        raise TxRejected(Code.REJECTED, f"identity {name!r} already has an enrolled key")
+    state.enrol(public.hex(), name)
     changes.identities[public.hex()] = name
+
+
+def _register_key_tag(state: LedgerState, tx: Tx, changes: BlockChanges) -> None:
+    """The public tag of a CP-ABE key, registered by its holder at issuance: the sender
+    must be the key enrolled under the named identity. Tracing blames a leaked key on the
+    identity whose enrolled key registered its tag, so nobody — not a node, not another
+    person — can register a tag in someone else's name, and no throwaway key can claim
+    one's own name."""
+    holder = state.identities.get(tx.sender.hex())
+    if holder is None:
+        raise TxRejected(
+            Code.NOT_PERMITTED, "a key tag is registered by its holder's enrolled identity key"
+        )
+    identity = tx.body.get("identity")
+    if identity != holder:
+        raise TxRejected(
+            Code.NOT_PERMITTED, f"the sender's key is enrolled as {holder!r}, not {identity!r}"
+        )
+    tag = tx.body.get("tag")
+    if not isinstance(tag, str) or not 0 < len(tag) <= MAX_TAG_HEX:
+        raise TxRejected(Code.REJECTED, "tag must be a short hex string")
+    try:
+        if bytes.fromhex(tag).hex() != tag:
+            raise ValueError
+    except ValueError:
+        raise TxRejected(Code.REJECTED, "tag must be lower-case hex") from None
 
 
 def _public_key(value: object, name: str) -> bytes:
@@ -217,6 +249,7 @@ def _public_key(value: object, name: str) -> bytes:
 _KIND_RULES: Mapping[TxKind, Callable[[LedgerState, Tx, BlockChanges], None]] = {
     TxKind.REGISTER_NODE: _register_node,
     TxKind.REGISTER_IDENTITY: _register_identity,
+    TxKind.REGISTER_KEY_TAG: _register_key_tag,
 }
 
 

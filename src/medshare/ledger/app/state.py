@@ -60,6 +60,9 @@ class LedgerState:
     # Node registrations pending approval by more than 2/3 of the active nodes:
     # "<public key hex>/<name>" -> (opening node's key hex, approving nodes' keys hex).
     candidates: dict[str, tuple[str, frozenset[str]]] = field(default_factory=dict)
+    # identity name -> its enrolled key (hex): the inverse of ``identities``, built on
+    # first use (not part of the state's identity, derived from it).
+    _holders: dict[str, str] | None = field(default=None, init=False, repr=False, compare=False)
 
     @classmethod
     def initial(cls, genesis: Genesis) -> LedgerState:
@@ -82,6 +85,18 @@ class LedgerState:
             for key, entry in doc.items()
         }
 
+    def holder(self, identity: str) -> str | None:
+        """The key (hex) enrolled under ``identity``, if any."""
+        if self._holders is None:
+            self._holders = {name: key for key, name in self.identities.items()}
+        return self._holders.get(identity)
+
+    def enrol(self, key: str, identity: str) -> None:
+        """Bind ``identity`` to ``key`` (the rules checked both are new)."""
+        self.identities[key] = identity
+        if self._holders is not None:
+            self._holders[identity] = key
+
     def next_nonce(self, sender: bytes) -> int:
         return self.nonces.get(sender.hex(), 0)
 
@@ -89,7 +104,7 @@ class LedgerState:
         return next((v for v in self.validators if v.public == public), None)
 
     def clone(self) -> LedgerState:
-        return LedgerState(
+        copy = LedgerState(
             self.genesis,
             self.height,
             self.app_hash,
@@ -99,6 +114,9 @@ class LedgerState:
             dict(self.identities),
             dict(self.candidates),
         )
+        if self._holders is not None:
+            copy._holders = dict(self._holders)
+        return copy
 
     def seal(self, height: int, changes: BlockChanges) -> bytes:
         """Advance to ``height`` and chain the block's changes into the app hash."""
