@@ -227,7 +227,7 @@ def _institution_bound(service: MedShare, record_id: str) -> Callable[[], object
     """``abe.decrypt`` of the record's institution area-key ciphertext, objects pre-parsed."""
     with service.sessions() as session:
         record = session.get(db.Record, record_id)
-        scope = f"institution/{record.hospital}/{top_department(record.dept)}"
+        scope = f"institution/{record.hospital}/{top_department(record.dept, service.taxonomy)}"
         area_key = session.execute(
             select(db.AreaKey).where(db.AreaKey.scope == scope, db.AreaKey.retired_ms.is_(None))
         ).scalar_one()

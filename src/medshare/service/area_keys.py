@@ -84,7 +84,7 @@ class AreaKeyMixin:
 
     def _write_keys(self, session: Session, hospital: str, dept: str) -> list[db.AreaKey]:
         """The area keys a new record of ``hospital``/``dept`` is wrapped under at ingest."""
-        top = top_department(dept)
+        top = top_department(dept, self.taxonomy)
         return [
             self._area_key(
                 session,
@@ -99,7 +99,7 @@ class AreaKeyMixin:
 
     def _custodian_dek(self, session, record: db.Record) -> bytes:
         """The holding hospital recovers a record's DEK through its own institution wrap."""
-        scope = f"institution/{record.hospital}/{top_department(record.dept)}"
+        scope = f"institution/{record.hospital}/{top_department(record.dept, self.taxonomy)}"
         found = self._wrap_in(session, record.id, scope)
         if found is None:
             raise NoResultFound(f"record {record.id} has no wrap in {scope}")

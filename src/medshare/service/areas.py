@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from medshare.crypto import policy
+from medshare.records.departments import Taxonomy
 
 
 class Area(StrEnum):
@@ -95,16 +96,23 @@ _SAMPLE_VALUES = {
 }
 
 
-def top_department(dept: str) -> str:
-    """The top-level department of a code (``0304`` → ``03``): the catalogue's first level."""
-    return dept[:2]
+def top_department(dept: str, taxonomy: Taxonomy) -> str:
+    """The top-level ancestor of ``dept`` in the consortium's catalogue (``0304`` → ``03``;
+    a hospital-added top-level ``60A`` is its own). It names the institution scope a
+    record is wrapped in and the ``dept:`` attribute its staff hold. Cutting the code to
+    two characters, as this once did, put hospital-added codes ``60A`` and ``60B`` in one
+    scope, so 60A's staff read 60B's records (issue 12, finding 9). Raises
+    :class:`~medshare.records.departments.UnknownDepartment` for a code not in it."""
+    return taxonomy.path(dept)[0].code
 
 
-def staff_attributes(hospital: str, dept: str, role: str, epoch: int) -> tuple[str, ...]:
+def staff_attributes(
+    hospital: str, dept: str, role: str, epoch: int, taxonomy: Taxonomy
+) -> tuple[str, ...]:
     """Attributes a hospital's authority issues to its own staff member."""
     return (
         f"hospital:{hospital}",
-        f"dept:{top_department(dept)}",
+        f"dept:{top_department(dept, taxonomy)}",
         f"role:{role}",
         f"epoch:{epoch}",
     )

@@ -184,7 +184,11 @@ def _staff_key_requests(
             for code in service.config.hospitals
         ]
     attrs = areas.staff_attributes(
-        member.hospital, member.dept, member.role, _epoch(service, member.hospital)
+        member.hospital,
+        member.dept,
+        member.role,
+        _epoch(service, member.hospital),
+        service.taxonomy,
     )
     return [(member.id, member.hospital, attrs)]
 

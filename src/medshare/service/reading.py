@@ -135,7 +135,7 @@ class ReadingMixin:
         """Which area key a reader goes through, after the area's gate conditions."""
         now = self.clock()
         if area is Area.INSTITUTION:
-            return f"institution/{record.hospital}/{top_department(record.dept)}"
+            return f"institution/{record.hospital}/{top_department(record.dept, self.taxonomy)}"
         if area is Area.EMERGENCY:
             self._break_glass(session, who, record, reason, now)
             return f"emergency/{record.hospital}"
