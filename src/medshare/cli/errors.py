@@ -18,6 +18,7 @@ from medshare.crypto.errors import (
     InvalidEncoding,
     PolicyNotSatisfied,
 )
+from medshare.fileio import UnsafeFileError
 
 EXIT_DENIED = 1
 EXIT_BAD_INPUT = 2
@@ -42,6 +43,8 @@ def user_errors() -> Iterator[None]:
     except InvalidEncoding as exc:
         raise fail(f"invalid input: {exc}") from None
     except (CryptoError, ValueError) as exc:
+        raise fail(str(exc)) from None
+    except UnsafeFileError as exc:
         raise fail(str(exc)) from None
     except FileNotFoundError as exc:
         raise fail(f"no such file: {exc.filename}") from None

@@ -5,13 +5,16 @@ patient's 32-byte seed on their phone (with Shamir recovery shares at trusted co
 an authority's master key in its HSM. The consortium of ``medshare init`` keeps them side
 by side under ``<data-dir>/wallets/`` so the whole story runs on one machine (the ledger
 nodes' keys stay in the nodes' own folders under ``<data-dir>/ledger``);
-each file is written atomically and 0600, and the service only reads a party's file when
-acting *as* that party. Nothing in the database is secret.
+each file is written atomically and 0600 in folders that are 0700 (a folder's name says
+who holds keys, so others may not even list them), and the service only reads a party's
+file when acting *as* that party. Nothing in the database is secret.
 """
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
@@ -43,6 +46,9 @@ class Wallets:
     """Key files under ``root``: one folder per principal, one per authority."""
 
     root: Path
+
+    def __post_init__(self) -> None:
+        _tighten(self.root)
 
     def _folder(self, who: str) -> Path:
         return self.root / quote(check_principal(who), safe="@.+-_")
@@ -148,6 +154,42 @@ class Wallets:
         return self._read(
             self.root / "studies" / quote(study, safe="") / "secret", f"study {study}"
         )
+
+
+def _tighten(root: Path) -> None:
+    """Make a wallet tree that older versions created 0755 private: every folder 0700.
+
+    Cheap on every open: only the root is looked at unless it is open to others, and the
+    root is closed last, so an interrupted pass is finished by the next open. Best effort:
+    a folder this user may not change (or that vanished) is left as it was, which is no
+    worse than before; links inside the tree are not followed (the root may be one).
+    """
+    try:
+        if stat.S_IMODE(root.stat().st_mode) & 0o077 == 0:
+            return
+    except OSError:
+        return  # not there yet: it will be made 0700 with the first key
+    for folder, _, _ in os.walk(root, followlinks=False):
+        if folder != str(root):
+            _close(folder, os.O_NOFOLLOW)
+    _close(str(root), 0)
+
+
+def _close(folder: str, nofollow: int) -> None:
+    """Drop the group and other bits of one folder we own, through a descriptor (so a
+    folder swapped for a link meanwhile is not what gets changed)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | nofollow)
+    except OSError:
+        return
+    try:
+        info = os.fstat(fd)
+        if info.st_uid == os.getuid() and info.st_mode & 0o077:
+            os.fchmod(fd, stat.S_IMODE(info.st_mode) & 0o700)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _tag_id(tag: bytes) -> str:
