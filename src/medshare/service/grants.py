@@ -276,8 +276,14 @@ class GrantMixin:
         return len(plan)
 
     def _break_glass(self, session, who, record, reason, now) -> None:
-        """Reuse ``who``'s live break-glass for this patient, or commit a new one (reason
-        required): the tx is on the ledger, and so in the patient's log, before any read.
+        """Reuse ``who``'s live break-glass for this patient at this record's hospital, or
+        commit a new one (reason required): the tx is on the ledger, and so in the
+        patient's log, before any read.
+
+        A break-glass is scoped to the hospital whose records it opened (``scope.hospital``):
+        emergency staff hold an emergency key of every authority, so a window opened for
+        an emergency at one hospital must not also release the patient's records held at
+        another without a break-glass (and reason) of its own there.
 
         Only emergency staff may break the glass; anyone else is refused here (and the
         refusal logged by the caller), so no break-glass window is opened in their name.
@@ -294,7 +300,10 @@ class GrantMixin:
                 db.Grant.revoked_ms.is_(None),
             )
         ).scalars()
-        if any(valid_at(g.until_ms, now) for g in rows):
+        if any(
+            valid_at(g.until_ms, now) and (g.scope or {}).get("hospital") == record.hospital
+            for g in rows
+        ):
             return
         if not reason or not reason.strip():
             raise InvalidInput("break-glass needs a reason (--reason)")
