@@ -272,3 +272,69 @@ def test_a_block_row_rewritten_as_text_is_corruption_not_a_crash(db: tuple[Path,
         store.get(2)
     report = audit.verify_chain(store)
     assert not report.ok and report.first_bad_height == 2
+
+
+# --- derived columns (issue 12, finding 10): the hash, height and tx index must match the bytes
+
+
+def _tamper(path: Path, *statements: str) -> None:
+    with sqlite3.connect(path) as raw:
+        for statement in statements:
+            raw.execute(statement)
+
+
+@pytest.mark.parametrize(
+    ("statements", "first_bad", "column"),
+    [
+        (["UPDATE blocks SET hash = 'ab' || substr(hash, 3) WHERE height = 4"], 4, "blocks.hash"),
+        (["UPDATE blocks SET hash = CAST(hash AS BLOB) WHERE height = 0"], 0, "blocks.hash"),
+        (
+            [
+                "UPDATE blocks SET height = -3 WHERE height = 3",
+                "UPDATE blocks SET height = 3 WHERE height = 4",
+                "UPDATE blocks SET height = 4 WHERE height = -3",
+            ],
+            3,
+            "blocks.height",
+        ),
+        (["UPDATE blocks SET height = -1 WHERE height = 8"], 8, "blocks.height"),
+        (["UPDATE txs SET idx = 2 WHERE height = 5 AND idx = 0"], 5, "txs.idx"),
+        (["UPDATE txs SET height = 6 WHERE height = 5 AND idx = 1"], 5, "txs.height"),
+        (["UPDATE txs SET height = 'five' WHERE height = 5 AND idx = 1"], 5, "txs row"),
+        (["DELETE FROM txs WHERE height = 7 AND idx = 2"], 7, "no row for transaction"),
+        ([f"INSERT INTO txs VALUES ('{'cd' * 32}', 2, 0)"], 2, "is not in it"),
+        ([f"INSERT INTO txs VALUES ('{'cd' * 32}', 99, 0)"], 9, "txs.height column is 99"),
+    ],
+    ids=[
+        "hash",
+        "hash-as-blob",
+        "heights-swapped",
+        "height-below-genesis",
+        "tx-idx",
+        "tx-height",
+        "tx-height-text",
+        "tx-row-deleted",
+        "tx-row-added",
+        "tx-row-beyond-head",
+    ],
+)
+def test_verify_checks_every_column_derived_from_the_block_bytes(
+    db: tuple[Path, list], statements: list[str], first_bad: int, column: str
+) -> None:
+    """The legacy store keeps a block's hash and height, and an index of its transactions,
+    next to its canonical bytes: a column that no longer matches the bytes is named."""
+    path, _ = db
+    _tamper(path, *statements)
+    report = audit.verify_chain(SQLiteStore(path, readonly=True))
+    assert not report.ok and report.first_bad_height == first_bad
+    assert column in report.reason
+    result = CliRunner().invoke(app, ["ledger", "verify", "--db", str(path)])
+    assert result.exit_code == 1, result.output  # a report, not a traceback
+    assert column in json.loads(result.stdout)["reason"]
+
+
+def test_prove_with_a_tampered_index_row_is_a_clear_error(db: tuple[Path, list]) -> None:
+    path, txs = db
+    _tamper(path, f"UPDATE txs SET height = 'five' WHERE txid = '{txs[4].txid}'")
+    result = CliRunner().invoke(app, ["ledger", "prove", "--db", str(path), "--tx", txs[4].txid])
+    assert result.exit_code == 1 and "not integers" in result.output, result.output

@@ -2,10 +2,11 @@
 
 ``verify_chain`` trusts nothing stored except the chain configuration (whose genesis
 hash it prints, so an auditor can compare it with the consortium's published one):
-every block is re-decoded, must be stored in its canonical bytes under its own hash,
-and is re-applied through :func:`medshare.ledger.chain.apply_block` with its commit
-certificate checked against the committee elected for its epoch. The first height
-that fails is named.
+every block is re-decoded, must be stored in its canonical bytes with every column
+derived from those bytes (the block's ``hash`` and ``height``, the ``txs`` index that
+proofs are made from) matching them, and is re-applied through
+:func:`medshare.ledger.chain.apply_block` with its commit certificate checked against
+the committee elected for its epoch. The first height that fails is named.
 
 An inclusion proof carries the transaction, the block header, the Merkle audit path,
 the commit certificate and the committee that signed it: a third party checks the
@@ -23,6 +24,7 @@ from typing import Any
 from medshare.ledger import chain, merkle
 from medshare.ledger.store import BlockStore, SQLiteStore, StoreCorrupted
 from medshare.ledger.types import (
+    Block,
     BlockHeader,
     CommitCertificate,
     LedgerFormatError,
@@ -102,6 +104,8 @@ def _verify(store: BlockStore) -> tuple[VerifyReport, chain.ChainState | None]:
         return VerifyReport(False, -1, 0, str(exc), ""), None
     genesis_block, state = chain.genesis(config)
     good = -1
+    sql = store if isinstance(store, SQLiteStore) else None
+    indexed = sql.tx_rows_per_height() if sql is not None else {}
 
     def bad(height: int, reason: str) -> tuple[VerifyReport, None]:
         return VerifyReport(False, good, height, reason, genesis_block.hash), None
@@ -113,9 +117,19 @@ def _verify(store: BlockStore) -> tuple[VerifyReport, chain.ChainState | None]:
             return bad(height, str(exc))
         if block is None:
             return bad(height, "block is missing")
-        raw = store.raw(height) if isinstance(store, SQLiteStore) else None
-        if raw is not None and raw != block.encode():
-            return bad(height, "stored bytes are not the block's canonical encoding")
+        if sql is not None:
+            if sql.raw(height) != block.encode():
+                return bad(height, "stored bytes are not the block's canonical encoding")
+            stored = sql.stored_hash(height)
+            if stored != block.hash:
+                return bad(
+                    height,
+                    f"the blocks.hash column holds {stored!r}, but the block's bytes hash "
+                    f"to {block.hash!r}",
+                )
+        problem = _index_problem(store, block, sql, indexed.pop(height, 0))
+        if problem:
+            return bad(height, problem)
         if height == 0:
             if block.encode() != genesis_block.encode():
                 return bad(0, "genesis block does not match the chain configuration")
@@ -125,8 +139,70 @@ def _verify(store: BlockStore) -> tuple[VerifyReport, chain.ChainState | None]:
             except chain.InvalidBlock as exc:
                 return bad(height, str(exc))
         good = height
+    # Rows outside the chain walked above: the store's height is the highest row.
+    if sql is not None and (below := sql.heights_below_genesis()):
+        return bad(
+            good + 1,
+            f"the blocks table has a row whose blocks.height column is {below[0]}, "
+            "below the genesis block",
+        )
+    if indexed:  # rows naming a height the chain does not have
+        height, count = min(indexed.items(), key=lambda item: str(item[0]))
+        return bad(
+            good + 1,
+            f"the txs table has {count} row(s) whose txs.height column is {height!r}, "
+            f"which names no block of the chain (0 to {good})",
+        )
     ok = VerifyReport(True, good, None, f"{good + 1} blocks verified", genesis_block.hash)
     return ok, state
+
+
+def _index_problem(
+    store: BlockStore, block: Block, sql: SQLiteStore | None, rows: int
+) -> str | None:
+    """What is wrong with the transaction index of ``block``, or None.
+
+    Each transaction's ``txs`` row must name its first position in the chain (a later
+    copy keeps the first row). In a SQLite store ``rows`` is how many ``txs`` rows name
+    this block, which must be exactly the transactions first seen here, so a row added
+    for a transaction that is not in the block is found too.
+    """
+    first_here = 0
+    for index, tx in enumerate(block.txs):
+        try:
+            where = store.find_tx(tx.txid)
+            if where == (block.height, index):
+                first_here += 1
+                continue
+            if where is None:
+                return f"the txs table has no row for transaction {tx.txid} (index {index})"
+            if where < (block.height, index):  # a copy: the index names the first one
+                earlier = block if where[0] == block.height else store.get(where[0])
+                if earlier is not None and _txid_at(earlier, where[1]) == tx.txid:
+                    continue
+        except StoreCorrupted as exc:
+            return str(exc)
+        return (
+            f"the txs row of transaction {tx.txid} says txs.height {where[0]}, txs.idx "
+            f"{where[1]}, but it is at index {index} of block {block.height}"
+        )
+    if sql is not None and rows != first_here:
+        stray = [
+            (txid, idx)
+            for txid, idx in sql.tx_rows_at(block.height)
+            if not (type(idx) is int and _txid_at(block, idx) == txid)
+        ]
+        txid, idx = stray[0] if stray else ("?", "?")
+        return (
+            f"the txs table has {rows} row(s) naming this block but the block holds "
+            f"{first_here} transaction(s) first seen here: e.g. transaction {txid!r} at "
+            f"txs.idx {idx!r} is not in it"
+        )
+    return None
+
+
+def _txid_at(block: Block, index: int) -> str | None:
+    return block.txs[index].txid if 0 <= index < len(block.txs) else None
 
 
 # --- inclusion proofs ---------------------------------------------------------------------------

@@ -8,7 +8,11 @@ leaves either the whole block or none of it, and a committed block is on disk be
 never sign a vote that conflicts with one it sent before the crash.
 
 Stored bytes are the canonical block encoding; reading back a row that does not decode
-counts as corruption (:class:`StoreCorrupted`), never as a missing block.
+counts as corruption (:class:`StoreCorrupted`), never as a missing block. Everything else
+in the ``blocks`` and ``txs`` tables (a block's ``hash`` and ``height`` columns, the
+transaction index) is derived from those bytes, and ``ledger verify`` recomputes it:
+nothing reads a block by its hash column today, but a proof or a tool that trusted a
+stale column would point at the wrong block.
 """
 
 from __future__ import annotations
@@ -132,7 +136,9 @@ class SQLiteStore:
         except (LedgerFormatError, ValueError, UnicodeDecodeError, RecursionError) as exc:
             raise StoreCorrupted(f"block {height} does not decode: {exc}") from None
         if block.height != height:
-            raise StoreCorrupted(f"row {height} holds block {block.height}")
+            raise StoreCorrupted(
+                f"the blocks.height column says {height}, but the row holds block {block.height}"
+            )
         return block
 
     def get(self, height: int) -> Block | None:
@@ -170,7 +176,38 @@ class SQLiteStore:
 
     def find_tx(self, txid: str) -> tuple[int, int] | None:
         row = self._db.execute("SELECT height, idx FROM txs WHERE txid = ?", (txid,)).fetchone()
-        return None if row is None else (int(row[0]), int(row[1]))
+        if row is None:
+            return None
+        if not all(type(value) is int for value in row):  # e.g. a column rewritten as text
+            raise StoreCorrupted(
+                f"the txs row of transaction {txid} holds height {row[0]!r} and idx {row[1]!r}, "
+                "not integers"
+            )
+        return row[0], row[1]
+
+    # -- the derived columns, as stored (for ``ledger verify``) -----------------------------
+
+    def stored_hash(self, height: int) -> object:
+        """The ``hash`` column of block ``height`` as stored (any type), or None."""
+        row = self._db.execute("SELECT hash FROM blocks WHERE height = ?", (height,)).fetchone()
+        return None if row is None else row[0]
+
+    def heights_below_genesis(self) -> list[int]:
+        """Heights of ``blocks`` rows below 0: outside the chain that ``blocks()`` walks."""
+        rows = self._db.execute("SELECT height FROM blocks WHERE height < 0 ORDER BY height")
+        return [height for (height,) in rows]
+
+    def tx_rows_per_height(self) -> dict[object, int]:
+        """How many ``txs`` rows name each height (keys as stored, any type)."""
+        rows = self._db.execute("SELECT height, COUNT(*) FROM txs GROUP BY height")
+        return {height: count for height, count in rows}
+
+    def tx_rows_at(self, height: object) -> list[tuple[object, object]]:
+        """The ``(txid, idx)`` of every ``txs`` row naming ``height``, as stored."""
+        rows = self._db.execute(
+            "SELECT txid, idx FROM txs WHERE height IS ? ORDER BY idx", (height,)
+        )
+        return [(txid, idx) for txid, idx in rows]
 
     def put_meta(self, key: str, value: bytes) -> None:
         with self._transaction():
