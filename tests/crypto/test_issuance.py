@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import phe
 import pytest
 
-from medshare.crypto import abe, encoding
+from medshare.crypto import abe, encoding, issuance
 from medshare.crypto.abe import Verdict, audit, check_key, decrypt, encrypt
 from medshare.crypto.errors import InvalidEncoding, ProtocolError
 from medshare.crypto.group import ORDER, g1, mul, random_scalar
@@ -18,6 +18,7 @@ from medshare.crypto.issuance import (
     AuthorityKeys,
     DlogProof,
     IssuanceAuthority,
+    IssuanceChallenge,
     IssuanceOffer,
     IssuanceResponse,
     IssuanceUser,
@@ -67,7 +68,7 @@ class Run:
 def _start(authority: IssuanceAuthority, public, identity: str = "dr-who") -> Run:
     """Register, get an offer and respond; the authority has not issued yet."""
     user = IssuanceUser(public, identity)
-    request = user.registration()
+    request = user.registration(authority.challenge())
     offer = authority.offer(request, ATTRS)
     return Run(user, request, offer, user.respond(offer))
 
@@ -265,7 +266,7 @@ def test_message_bad_fields(completed: Run) -> None:
 
 def test_registration_with_bad_proof(authority, public) -> None:
     user = IssuanceUser(public, "eve")
-    request = user.registration()
+    request = user.registration(authority.challenge())
     bad_requests = [
         dataclasses.replace(request, R=mul(g1(), random_scalar())),
         dataclasses.replace(request, identity="not-eve"),
@@ -284,14 +285,14 @@ def test_registration_with_bad_proof(authority, public) -> None:
 
 
 def test_registration_replayed_under_other_identity(authority, public) -> None:
-    request = IssuanceUser(public, "frank").registration()
+    request = IssuanceUser(public, "frank").registration(authority.challenge())
     stolen = dataclasses.replace(request, identity="mallory")
     with pytest.raises(ProtocolError):
         authority.offer(stolen, ATTRS)
 
 
 def test_registration_must_be_signed_by_the_identity_key(authority, public) -> None:
-    request = IssuanceUser(public, "hana").registration()
+    request = IssuanceUser(public, "hana").registration(authority.challenge())
     other = SigningKey.generate()
     forged = dataclasses.replace(request, identity_key=other.public)
     with pytest.raises(ProtocolError, match="identity key"):
@@ -331,7 +332,7 @@ def test_authority_cannot_frame_a_user_with_its_own_registry_row(authority, publ
 
 
 def test_offer_rejects_empty_attributes(authority, public) -> None:
-    request = IssuanceUser(public, "gina").registration()
+    request = IssuanceUser(public, "gina").registration(authority.challenge())
     with pytest.raises(ValueError):
         authority.offer(request, [])
 
@@ -341,7 +342,7 @@ def test_offer_rejects_empty_attributes(authority, public) -> None:
 
 def test_attack_1_user_responds_with_other_k(authority, public) -> None:
     user = IssuanceUser(public, "mallory")
-    offer = authority.offer(user.registration(), ATTRS)
+    offer = authority.offer(user.registration(authority.challenge()), ATTRS)
     user._k = random_scalar()  # k̂ ≠ log R, used consistently for enc_x, X and the proof
     response = user.respond(offer)
     with pytest.raises(ProtocolError):
@@ -351,7 +352,7 @@ def test_attack_1_user_responds_with_other_k(authority, public) -> None:
 def test_attack_1_enc_x_with_other_k_but_honest_x(authority, public) -> None:
     """enc_x made with k̂, X and its proof made honestly with the registered k."""
     user = IssuanceUser(public, "mallory")
-    offer = authority.offer(user.registration(), ATTRS)
+    offer = authority.offer(user.registration(authority.challenge()), ATTRS)
     honest = user.respond(offer)
     rho = user._rho
     assert rho is not None
@@ -374,14 +375,14 @@ def test_response_for_unknown_session(authority, fresh: Run) -> None:
 
 def test_replayed_response(authority, fresh: Run) -> None:
     authority.issue(fresh.response)
-    with pytest.raises(ProtocolError, match="unknown or already used"):
+    with pytest.raises(ProtocolError, match="unknown, used or expired"):
         authority.issue(fresh.response)
 
 
 def test_failed_response_consumes_session(authority, fresh: Run) -> None:
     with pytest.raises(ProtocolError):
         authority.issue(dataclasses.replace(fresh.response, enc_x=fresh.response.enc_x + 1))
-    with pytest.raises(ProtocolError, match="unknown or already used"):
+    with pytest.raises(ProtocolError, match="unknown, used or expired"):
         authority.issue(fresh.response)
 
 
@@ -525,3 +526,51 @@ def test_authority_keys_reject_bad_documents(keys: AuthorityKeys) -> None:
     del doc["paillier_q"]
     with pytest.raises(InvalidEncoding, match="paillier_q"):
         AuthorityKeys.from_bytes(json.dumps(doc))
+
+
+# --- sessions: replay, expiry, another authority (issue 12, finding 8) -------------------------
+
+
+def test_a_captured_registration_opens_no_second_session(authority, public) -> None:
+    """Regression: the proof bound only the identity, so 200 replays of one captured
+    request all opened sessions, each costing a 3072-bit Paillier encryption."""
+    request = IssuanceUser(public, "ivan").registration(authority.challenge())
+    assert authority.offer(request, ATTRS).session == request.session
+    for _ in range(3):
+        with pytest.raises(ProtocolError, match="unknown, used or expired"):
+            authority.offer(request, ATTRS)
+
+
+def test_a_registration_is_bound_to_its_session(authority, public) -> None:
+    """Moving a captured proof to a fresh session does not verify."""
+    request = IssuanceUser(public, "judy").registration(authority.challenge())
+    moved = dataclasses.replace(request, session=authority.challenge().session)
+    with pytest.raises(ProtocolError, match="registration proof"):
+        authority.offer(moved, ATTRS)
+    with pytest.raises(ProtocolError, match="unknown, used or expired"):
+        authority.offer(dataclasses.replace(request, session="f" * 32), ATTRS)
+
+
+def test_the_user_refuses_a_challenge_of_another_authority(keys, public) -> None:
+    other = IssuanceAuthority(AuthorityKeys(abe.setup(), keys.paillier_p, keys.paillier_q))
+    with pytest.raises(ProtocolError, match="another authority"):
+        IssuanceUser(public, "kim").registration(other.challenge())
+    challenge = IssuanceChallenge.from_bytes(IssuanceAuthority(keys).challenge().to_bytes())
+    assert challenge.authority == public.fingerprint()
+
+
+def test_sessions_expire_and_are_bounded(keys, public, monkeypatch) -> None:
+    now = [0.0]
+    authority = IssuanceAuthority(keys, clock=lambda: now[0])
+    request = IssuanceUser(public, "lee").registration(authority.challenge())
+    now[0] += issuance.SESSION_TTL_S + 1
+    with pytest.raises(ProtocolError, match="expired"):
+        authority.offer(request, ATTRS)
+    monkeypatch.setattr(issuance, "MAX_OPEN_SESSIONS", 3)
+    first = authority.challenge()
+    for _ in range(3):
+        authority.challenge()
+    late = IssuanceUser(public, "max").registration(first)
+    with pytest.raises(ProtocolError, match="unknown, used or expired"):
+        authority.offer(late, ATTRS)  # dropped for newer sessions
+    assert len(authority._challenged) == 3

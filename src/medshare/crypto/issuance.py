@@ -2,7 +2,11 @@
 
 Ning, Dong, Cao, Wei, ESORICS 2015 (accountable authority CP-ABE with white-box
 traceability and public auditing). The user holds a secret ``k`` and registers
-``R = g1^k`` with a Schnorr proof of knowledge. For each key the authority picks a
+``R = g1^k`` with a Schnorr proof of knowledge, whose Fiat–Shamir challenge binds the
+authority's key fingerprint, a fresh single-use session the authority opened
+(:meth:`IssuanceAuthority.challenge`, bounded in number and expiring) and the identity,
+so a captured registration can be neither replayed nor taken to another authority. For
+each key the authority picks a
 fresh random ``c`` and sends its Paillier encryption of ``a + c``; the user returns
 ``Enc((a + c + k)·ρ + p·δ)`` for random ``ρ`` and a statistically masking ``δ``
 (|p| + 130 bits), together with ``X = (g1^a · g1^c · R)^ρ`` and a proof of knowledge
@@ -26,7 +30,9 @@ Paillier: the ``phe`` package (with ``gmpy2``), modulus 3072 bits.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterable
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import phe
@@ -37,6 +43,8 @@ from medshare.crypto.errors import InvalidEncoding, InvalidKey, ProtocolError
 from medshare.crypto.group import G1, G2, ORDER
 
 PAILLIER_BITS = 3072
+SESSION_TTL_S = 600.0  # an issuance session not finished within this is dropped
+MAX_OPEN_SESSIONS = 4096  # per table (challenged, offered); the oldest goes first
 MASK_BITS = ORDER.bit_length() + 130
 _PROOF_DST = b"medshare/abe/v1/issuance-proof"
 
@@ -95,19 +103,44 @@ def _proof(value: object) -> DlogProof:
 
 
 @dataclass(frozen=True)
+class IssuanceChallenge:
+    """Authority → user, first: a fresh single-use session and the fingerprint of the
+    authority's public key. The user's registration proof is bound to both, so a captured
+    registration opens no second session (each costs the authority a 3072-bit Paillier
+    encryption, ~110 ms), and one made for another authority is refused."""
+
+    session: str
+    authority: bytes  # AbePublicKey.fingerprint()
+
+    def to_bytes(self) -> bytes:
+        body = {"session": self.session, "authority": self.authority.hex()}
+        return encoding.dumps("abe-issuance-challenge", 1, body)
+
+    @classmethod
+    def from_bytes(cls, data: bytes | str) -> IssuanceChallenge:
+        doc = encoding.loads(data, "abe-issuance-challenge")
+        return cls(
+            session=encoding.field(doc, "session", encoding.identity_text),
+            authority=encoding.field(doc, "authority", bytes.fromhex),
+        )
+
+
+@dataclass(frozen=True)
 class RegistrationRequest:
     """User → authority: ``R = g1^k`` with a proof of knowledge of ``k``, bound to the
-    identity, and signed with the user's own Ed25519 identity key (so the authority's
-    registry cannot attribute an ``R`` to a user who never claimed it)."""
+    identity, the session and the authority (:class:`IssuanceChallenge`), and signed with
+    the user's own Ed25519 identity key (so the authority's registry cannot attribute an
+    ``R`` to a user who never claimed it)."""
 
     identity: str
+    session: str
     R: G1
     proof: DlogProof
     identity_key: bytes
     identity_signature: bytes
 
     def to_bytes(self) -> bytes:
-        body = {"identity": self.identity, "R": fields.g1_text(self.R)}
+        body = {"identity": self.identity, "session": self.session, "R": fields.g1_text(self.R)}
         body["identity_key"] = self.identity_key.hex()
         body["identity_signature"] = self.identity_signature.hex()
         return encoding.dumps("abe-registration", 1, {**body, "proof": _proof_doc(self.proof)})
@@ -117,6 +150,7 @@ class RegistrationRequest:
         doc = encoding.loads(data, "abe-registration")
         return cls(
             identity=encoding.field(doc, "identity", encoding.identity_text),
+            session=encoding.field(doc, "session", encoding.identity_text),
             R=encoding.field(doc, "R", fields.g1_value),
             proof=encoding.field(doc, "proof", _proof),
             identity_key=encoding.field(doc, "identity_key", bytes.fromhex),
@@ -230,8 +264,8 @@ def _context(session: str, identity: str, c: int) -> bytes:
     return f"medshare/issuance/v1|{session}|{identity}|{c:x}".encode()
 
 
-def _registration_context(identity: str) -> bytes:
-    return f"medshare/registration/v1|{identity}".encode()
+def _registration_context(identity: str, session: str, authority: bytes) -> bytes:
+    return f"medshare/registration/v2|{authority.hex()}|{session}|{identity}".encode()
 
 
 # --- the authority side ------------------------------------------------------------------------
@@ -293,19 +327,57 @@ class _Pending:
         return self.request.R
 
 
-class IssuanceAuthority:
-    """The authority's side of issuance; keeps per-session state between offer and issue."""
+def _expiry(value: float | tuple[_Pending, float]) -> float:
+    return value[1] if isinstance(value, tuple) else value
 
-    def __init__(self, keys: AuthorityKeys) -> None:
+
+def _admit(table: OrderedDict, session: str, value: object) -> None:
+    """Add a session, dropping the oldest when the table is full."""
+    table[session] = value
+    while len(table) > MAX_OPEN_SESSIONS:
+        table.popitem(last=False)
+
+
+class IssuanceAuthority:
+    """The authority's side of issuance; keeps per-session state between its messages.
+
+    A session is opened by :meth:`challenge`, used once by :meth:`offer`, and closed by
+    :meth:`issue`. Open sessions expire after :data:`SESSION_TTL_S` and there are at most
+    :data:`MAX_OPEN_SESSIONS` (the oldest is dropped for a new one), so unanswered ones
+    cannot pile up. ``clock`` (seconds, monotonic) is injectable for tests."""
+
+    def __init__(self, keys: AuthorityKeys, *, clock: Callable[[], float] = time.monotonic) -> None:
         self._keys = keys
         self._paillier_public, self._paillier_private = keys.paillier()
-        self._pending: dict[str, _Pending] = {}
+        self._fingerprint = keys.master.public.fingerprint()
+        self._clock = clock
+        self._challenged: OrderedDict[str, float] = OrderedDict()  # session -> expiry
+        self._pending: OrderedDict[str, tuple[_Pending, float]] = OrderedDict()
+
+    def challenge(self) -> IssuanceChallenge:
+        """Open a session: what the user's registration must be bound to."""
+        self._expire()
+        session = secrets.token_hex(16)
+        _admit(self._challenged, session, self._clock() + SESSION_TTL_S)
+        return IssuanceChallenge(session, self._fingerprint)
+
+    def _expire(self) -> None:
+        """Drop expired sessions: each table is in order of expiry (one TTL for all), so
+        this stops at the first live one."""
+        now = self._clock()
+        for table in (self._challenged, self._pending):
+            while table and _expiry(next(iter(table.values()))) <= now:
+                table.popitem(last=False)
 
     def offer(self, request: RegistrationRequest, attributes: Iterable[str]) -> IssuanceOffer:
-        """Check the user's registration proof, pick a fresh ``c``, send ``Enc(a + c)``."""
-        if not verify_dlog(
-            group.g1(), request.R, request.proof, _registration_context(request.identity)
-        ):
+        """Check the user's registration proof, pick a fresh ``c``, send ``Enc(a + c)``.
+        The session is looked up first and used up once the request checks out: a replayed
+        request costs a dictionary lookup, not a proof check and a Paillier encryption."""
+        self._expire()
+        if request.session not in self._challenged:
+            raise ProtocolError("unknown, used or expired issuance session")
+        context = _registration_context(request.identity, request.session, self._fingerprint)
+        if not verify_dlog(group.g1(), request.R, request.proof, context):
             raise ProtocolError("registration proof of knowledge of k does not verify")
         if not signing.is_valid(
             request.identity_key,
@@ -316,17 +388,20 @@ class IssuanceAuthority:
             raise ProtocolError("registration is not signed by the user's identity key")
         attrs = tuple(sorted(set(attributes)))
         abe.check_attributes(attrs)
-        session = secrets.token_hex(16)
+        session = request.session
+        del self._challenged[session]  # used up: the same request opens nothing again
         c = group.random_scalar()
-        self._pending[session] = _Pending(request, c, attrs)
+        _admit(self._pending, session, (_Pending(request, c, attrs), self._clock() + SESSION_TTL_S))
         enc = self._paillier_public.raw_encrypt((self._keys.master.a + c) % ORDER)
         return IssuanceOffer(session, request.identity, c, attrs, self._paillier_public.n, enc)
 
     def issue(self, response: IssuanceResponse) -> tuple[IssuedKey, abe.Registration]:
         """Decrypt ``x``, check it against ``X`` and the proof of ``ρ``, then issue."""
-        pending = self._pending.pop(response.session, None)
-        if pending is None:
-            raise ProtocolError("unknown or already used issuance session")
+        self._expire()
+        entry = self._pending.pop(response.session, None)
+        if entry is None:
+            raise ProtocolError("unknown, used or expired issuance session")
+        pending, _ = entry
         n_square = self._paillier_public.nsquare
         if not 0 < response.enc_x < n_square:
             raise ProtocolError("Paillier ciphertext out of range")
@@ -371,12 +446,19 @@ class IssuanceUser:
         self._rho: int | None = None
         self._offer: IssuanceOffer | None = None
 
-    def registration(self) -> RegistrationRequest:
+    def registration(self, challenge: IssuanceChallenge) -> RegistrationRequest:
+        """``R`` and its proof, bound to the authority's challenge; refused when the
+        challenge names another authority than the public key this user trusts."""
+        if challenge.authority != self._public.fingerprint():
+            raise ProtocolError("the challenge comes from another authority")
         R = group.mul(group.g1(), self._k)
-        proof = prove_dlog(group.g1(), self._k, _registration_context(self._identity))
+        context = _registration_context(self._identity, challenge.session, challenge.authority)
+        proof = prove_dlog(group.g1(), self._k, context)
         message = abe.registration_message(self._identity, R)
         signature = self._identity_key.sign(abe.REGISTRATION_DOMAIN, message)
-        return RegistrationRequest(self._identity, R, proof, self._identity_key.public, signature)
+        return RegistrationRequest(
+            self._identity, challenge.session, R, proof, self._identity_key.public, signature
+        )
 
     def respond(self, offer: IssuanceOffer) -> IssuanceResponse:
         """Blind ``a + c`` homomorphically into ``Enc(ρ(a + c + k) + p·δ)``."""
@@ -431,7 +513,8 @@ def issue_key(
 
     ``identity_key`` is the user's Ed25519 identity key (a fresh one if omitted)."""
     user = IssuanceUser(public, identity, identity_key)
-    request = RegistrationRequest.from_bytes(user.registration().to_bytes())
+    challenge = IssuanceChallenge.from_bytes(authority.challenge().to_bytes())
+    request = RegistrationRequest.from_bytes(user.registration(challenge).to_bytes())
     offer = IssuanceOffer.from_bytes(authority.offer(request, attributes).to_bytes())
     response = IssuanceResponse.from_bytes(user.respond(offer).to_bytes())
     issued, registration = authority.issue(response)

@@ -33,7 +33,7 @@ def issue(
     public = authority.master.public
     user = issuance.IssuanceUser(public, holder, identity)
     side = issuance.IssuanceAuthority(authority)
-    offer = side.offer(user.registration(), attributes)
+    offer = side.offer(user.registration(side.challenge()), attributes)
     issued, registration = side.issue(user.respond(offer))
     return IssuedKey(user.finish(issued), registration)
 
