@@ -31,6 +31,7 @@ from medshare.crypto.errors import (
     DecryptionFailed,
     InvalidEncoding,
     InvalidKey,
+    InvalidPolicy,
     PolicyNotSatisfied,
 )
 from medshare.crypto.group import (
@@ -44,7 +45,17 @@ from medshare.crypto.group import (
     random_scalar,
 )
 from medshare.crypto.issuance import AuthorityKeys, IssuanceAuthority, issue_key
-from medshare.crypto.policy import Attribute, Node, Threshold, canonical, parse, satisfies
+from medshare.crypto.policy import (
+    MAX_LEAVES,
+    MAX_THRESHOLD_CHILDREN,
+    Attribute,
+    Node,
+    Threshold,
+    canonical,
+    parse,
+    row_labels,
+    satisfies,
+)
 
 MESSAGE = b"record 7: HbA1c 6.1 %, follow-up in 3 months"
 ALPHABET = ("a", "b", "c", "d", "e")
@@ -788,3 +799,109 @@ def test_user_key_point_count(key_for, n: int) -> None:
     assert len(points) == 3 + 2 * n
     assert all(len(encoding.b64d(p, field="p")) == G2_BYTES for p in points)
     assert len(encoding.b64d(doc["k_prime"], field="k_prime")) == 32
+
+
+# --- resource limits: what a hostile ciphertext can cost (issue 12, finding 7) ------------------
+
+
+def _names(n: int, prefix: str = "x") -> list[str]:
+    return [f"{prefix}{i}" for i in range(n)]
+
+
+def _threshold(k: int, n: int) -> str:
+    return f"{k} of ({', '.join(_names(n))})"
+
+
+def _ct_with(ct: AbeCiphertext, **changes: object) -> bytes:
+    return _dump({**_ct_doc(ct), **changes})
+
+
+def test_ciphertext_with_over_limit_threshold_is_refused(ct_ab) -> None:
+    """The reported case: a 1023-of-1024 policy made a small ciphertext cost seconds."""
+    data = _ct_with(ct_ab, policy=_threshold(MAX_LEAVES - 1, MAX_LEAVES))
+    with pytest.raises(InvalidEncoding, match=f"limit of {MAX_THRESHOLD_CHILDREN} alternatives"):
+        AbeCiphertext.from_bytes(data)
+
+
+def test_ciphertext_policy_claiming_more_rows_than_the_header_holds(ct_ab) -> None:
+    data = _ct_with(ct_ab, policy=" or ".join(_names(MAX_LEAVES)))  # within every limit
+    with pytest.raises(
+        InvalidEncoding, match=f"header holds 2 rows but the policy has {MAX_LEAVES} attributes"
+    ):
+        AbeCiphertext.from_bytes(data)
+
+
+@pytest.mark.parametrize(
+    ("header", "message"),
+    [
+        (bytes(G1_BYTES * (2 + 3 * (abe.MAX_ROWS + 1))), f"limit of {abe.MAX_ROWS} rows"),
+        (bytes(G1_BYTES * 2), "is not 48·"),  # C0 and C0' but no row
+        (bytes(G1_BYTES * 6), "is not 48·"),  # not a whole number of rows
+        (bytes(G1_BYTES * 5 + 1), "is not 48·"),
+    ],
+    ids=["over-row-limit", "no-rows", "partial-row", "partial-point"],
+)
+def test_ciphertext_header_is_checked_before_the_policy(ct_ab, header: bytes, message) -> None:
+    """The header's error, not the (also bad) policy's, is reported: no policy work was done."""
+    data = _ct_with(ct_ab, header=encoding.b64e(header), policy="a and (")
+    with pytest.raises(InvalidEncoding, match=message):
+        AbeCiphertext.from_bytes(data)
+
+
+def test_user_key_components_are_checked_before_any_point_is_decoded(key_abc) -> None:
+    """A malformed last entry is reported, not the bad point decoding would have met first."""
+    doc = _doc(key_abc.to_bytes())
+    doc["components"]["a"] = [encoding.b64e(bytes(G2_BYTES))] * 2  # right size, not a point
+    doc["components"]["c"] = [doc["components"]["c"][0], "AAAA"]
+    with pytest.raises(InvalidEncoding, match=f"'c': components must be {G2_BYTES}-byte G2"):
+        AbeUserKey.from_bytes(_dump(doc))
+
+
+def test_encrypt_refuses_an_over_limit_threshold(public) -> None:
+    with pytest.raises(InvalidPolicy, match=f"limit of {MAX_THRESHOLD_CHILDREN} alternatives"):
+        encrypt(public, _threshold(2, MAX_THRESHOLD_CHILDREN + 1), MESSAGE)
+
+
+def test_threshold_gate_at_the_limit_round_trips(public, key_for) -> None:
+    n = MAX_THRESHOLD_CHILDREN
+    names = _names(n)
+    ct = AbeCiphertext.from_bytes(encrypt(public, _threshold(n - 1, n), MESSAGE).to_bytes())
+    assert decrypt(public, key_for(*names[1:]), ct) == MESSAGE
+    with pytest.raises(PolicyNotSatisfied):
+        decrypt(public, key_for(*names[2:]), ct)
+
+
+@st.composite
+def policies_within_limits(draw) -> tuple[Node, list[str]]:
+    """A small tree (genuine k-of-n gates included) and an order to drop its attributes in."""
+
+    def build(depth: int, budget: int) -> Node:
+        if depth == 0 or budget == 1 or draw(st.integers(0, 3)) == 0:
+            return Attribute(draw(st.sampled_from(ALPHABET)))
+        n = draw(st.integers(1, min(5, budget)))
+        children = []
+        for i in range(n):
+            used = sum(len(row_labels(child)) for child in children)
+            children.append(build(depth - 1, budget - used - (n - 1 - i)))
+        return Threshold(draw(st.integers(1, n)), tuple(children))
+
+    node = build(3, 8)
+    return node, draw(st.permutations(sorted(set(row_labels(node)))))
+
+
+@settings(max_examples=20, deadline=None, database=None)
+@given(case=policies_within_limits())
+def test_policies_within_limits_decode_and_decrypt(public, key_for, case) -> None:
+    """Through the bytes decoder: a near-miss key is refused, one more attribute decrypts."""
+    node, drop_order = case
+    ct = AbeCiphertext.from_bytes(encrypt(public, canonical(node), MESSAGE).to_bytes())
+    assert ct.policy == canonical(node)
+    held = set(drop_order)
+    for name in drop_order:  # drop attributes until the policy just fails
+        held.discard(name)
+        if not satisfies(node, held):
+            break
+    near_miss = frozenset(held | {"outsider"})  # a key needs one attribute; this one is unused
+    with pytest.raises(PolicyNotSatisfied):
+        decrypt(public, key_for(*near_miss), ct)
+    assert decrypt(public, key_for(*near_miss, name), ct) == MESSAGE

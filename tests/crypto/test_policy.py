@@ -17,6 +17,7 @@ from medshare.crypto.errors import InvalidPolicy
 from medshare.crypto.policy import (
     MAX_DEPTH,
     MAX_LEAVES,
+    MAX_THRESHOLD_CHILDREN,
     Attribute,
     Node,
     Threshold,
@@ -24,6 +25,7 @@ from medshare.crypto.policy import (
     compile_lsss,
     parse,
     reconstruct,
+    row_labels,
     satisfies,
 )
 
@@ -277,6 +279,86 @@ def test_constructors_enforce_gate_rules_and_limits():
         or_(wide, B)
 
 
+def names(n: int, prefix: str = "x") -> list[str]:
+    return [f"{prefix}{i}" for i in range(n)]
+
+
+def threshold_text(k: int, n: int, prefix: str = "x") -> str:
+    return f"{k} of ({', '.join(names(n, prefix))})"
+
+
+@pytest.mark.parametrize(
+    ("text", "position"),
+    [
+        (threshold_text(MAX_LEAVES - 1, MAX_LEAVES), 0),  # the reported 1023 of 1024
+        (threshold_text(2, MAX_THRESHOLD_CHILDREN + 1), 0),
+        ("a and " + threshold_text(MAX_THRESHOLD_CHILDREN, MAX_THRESHOLD_CHILDREN + 1), 6),
+        (f"(a or {threshold_text(3, MAX_THRESHOLD_CHILDREN + 10)})", 6),
+    ],
+)
+def test_threshold_gate_over_the_limit_is_refused(text, position):
+    err = error(text)
+    assert err.position == position
+    assert f"limit of {MAX_THRESHOLD_CHILDREN} alternatives" in str(err)
+
+
+def test_threshold_limit_holds_for_constructed_trees_too():
+    children = tuple(Attribute(name) for name in names(MAX_THRESHOLD_CHILDREN + 1))
+    with pytest.raises(InvalidPolicy, match=f"limit of {MAX_THRESHOLD_CHILDREN} alternatives"):
+        Threshold(MAX_THRESHOLD_CHILDREN, children)
+
+
+def test_threshold_limit_spares_and_or_and_gates_at_the_limit():
+    """Only genuine k-of-n gates cost n·(k-1) entries; AND and OR keep the leaf limit."""
+    n = MAX_THRESHOLD_CHILDREN + 1
+    assert parse(threshold_text(n, n)) == Threshold(n, tuple(map(Attribute, names(n))))
+    assert parse(threshold_text(1, n)).k == 1
+    assert parse(" and ".join(names(MAX_LEAVES))).leaf_count == MAX_LEAVES
+    widest = parse(threshold_text(MAX_THRESHOLD_CHILDREN - 1, MAX_THRESHOLD_CHILDREN))
+    lsss = compile_lsss(widest, modulus=P)
+    assert len(lsss.rows) == MAX_THRESHOLD_CHILDREN
+    assert lsss.rows[-1][-1] == pow(MAX_THRESHOLD_CHILDREN, MAX_THRESHOLD_CHILDREN - 2, P)
+
+
+def test_policies_at_every_limit_at_once_compile_and_reconstruct():
+    """1024 leaves in 63-of-64 gates under one AND: the most Shamir rows the limits allow."""
+    gates = MAX_LEAVES // MAX_THRESHOLD_CHILDREN
+    k = MAX_THRESHOLD_CHILDREN - 1
+    node = parse(
+        " and ".join(
+            f"({threshold_text(k, MAX_THRESHOLD_CHILDREN, f'g{j}_')})" for j in range(gates)
+        )
+    )
+    lsss = compile_lsss(node, modulus=P)
+    width = gates + gates * (k - 1)
+    assert len(lsss.rows) == MAX_LEAVES
+    assert {len(row) for row in lsss.rows} == {width}
+    held = set(lsss.labels[1:])  # gate 0 keeps exactly k of its n children, the others all n
+    omega = reconstruct(node, held, modulus=P)
+    assert combine(lsss.rows, omega, P) == target(width)
+    assert reconstruct(node, held - {lsss.labels[1]}, modulus=P) is None
+
+
+def test_compile_numbers_columns_as_the_recursive_definition():
+    """Pre-order column numbering, pinned from the recursive compiler it replaced."""
+    lsss = compile_lsss(
+        parse("(a and b and c) or 2 of (d, e and f, 3 of (g, h, i, j))"), modulus=101
+    )
+    assert lsss.rows == (
+        (1, 1, 1, 0, 0, 0, 0),
+        (0, 100, 0, 0, 0, 0, 0),
+        (0, 0, 100, 0, 0, 0, 0),
+        (1, 0, 0, 1, 0, 0, 0),
+        (1, 0, 0, 2, 1, 0, 0),
+        (0, 0, 0, 0, 100, 0, 0),
+        (1, 0, 0, 3, 0, 1, 1),
+        (1, 0, 0, 3, 0, 2, 4),
+        (1, 0, 0, 3, 0, 3, 9),
+        (1, 0, 0, 3, 0, 4, 16),
+    )
+    assert lsss.labels == tuple("abcdefghij")
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.text(alphabet='ab2 0()," \\&OoRrAaNnDdFf', max_size=30))
 def test_parse_fuzz_only_raises_invalid_policy(text):
@@ -400,6 +482,7 @@ def test_lsss_correctness_and_security(node, attributes):
     assert lsss.labels == tuple(leaves(node))
     assert all(len(row) == width for row in lsss.rows)
     assert all(0 <= x < P for row in lsss.rows for x in row)
+    assert row_labels(node) == lsss.labels
 
     omega = reconstruct(node, attributes, modulus=P)
     assert (omega is not None) == satisfies(node, attributes)
@@ -424,3 +507,25 @@ def test_reconstruct_uses_fewest_rows(node, attributes):
     for size in range(len(omega)):
         for subset in itertools.combinations(usable, size):
             assert not in_span([lsss.rows[i] for i in subset], goal, P)
+
+
+@st.composite
+def wide_gates(draw) -> tuple[Threshold, frozenset[str]]:
+    """One genuine k-of-n gate of up to the limit's width, and a random set of its leaves."""
+    n = draw(st.integers(3, MAX_THRESHOLD_CHILDREN))
+    k = draw(st.integers(2, n - 1))
+    gate = Threshold(k, tuple(Attribute(name) for name in names(n)))
+    held = draw(st.frozensets(st.sampled_from(names(n)), max_size=n))
+    return gate, held
+
+
+@settings(max_examples=30, deadline=None)
+@given(wide_gates())
+def test_wide_threshold_gates_reconstruct_iff_k_children_held(case):
+    gate, held = case
+    lsss = compile_lsss(gate, modulus=P)
+    omega = reconstruct(gate, held, modulus=P)
+    assert (omega is not None) == (len(held) >= gate.k)
+    if omega is not None:
+        assert len(omega) == gate.k
+        assert combine(lsss.rows, omega, P) == target(gate.k)

@@ -43,7 +43,8 @@ KEM_INFO = b"medshare/abe/v1/kem"
 HEADER_DST = b"medshare/abe/v1/header"
 REGISTRATION_DOMAIN = b"medshare/abe/v1/registration"
 MAX_ATTRIBUTES = 4096
-MAX_ROWS = 1024
+MAX_ROWS = policy_mod.MAX_LEAVES  # one ciphertext row per policy leaf
+_G2_TEXT = (4 * group.G2_BYTES + 2) // 3  # unpadded base64 length of a G2 point
 _WEIGHT_BITS = 128
 
 
@@ -215,14 +216,24 @@ def encode_components(components: Mapping[str, tuple[G2, G2]]) -> dict[str, list
 
 
 def decode_components(value: object) -> dict[str, tuple[G2, G2]]:
+    """Decode ``{τ: [K_{τ,1}, K_{τ,2}]}``; every entry's shape is checked before any point.
+
+    A G2 subgroup check costs ~0.3 ms, so a key (a leaked one is audited, from anyone) that
+    is malformed anywhere is refused before that work starts, not after thousands of points.
+    """
     if not isinstance(value, dict) or not value:
         raise InvalidEncoding("expected a non-empty map of attribute → [K1, K2]")
     if len(value) > MAX_ATTRIBUTES:
         raise InvalidEncoding(f"more than {MAX_ATTRIBUTES} attributes")
-    out: dict[str, tuple[G2, G2]] = {}
     for name, pair in value.items():
         if not isinstance(pair, list) or len(pair) != 2:
             raise InvalidEncoding(f"attribute {name!r} must have two components")
+        if not all(isinstance(text, str) and len(text) == _G2_TEXT for text in pair):
+            raise InvalidEncoding(
+                f"attribute {name!r}: components must be {group.G2_BYTES}-byte G2 points"
+            )
+    out: dict[str, tuple[G2, G2]] = {}
+    for name, pair in value.items():
         out[name] = (
             fields.g2_value(pair[0]),
             fields.g2_value(pair[1]),
@@ -503,23 +514,57 @@ class AbeCiphertext:
 
     @classmethod
     def from_bytes(cls, data: bytes | str) -> AbeCiphertext:
+        """Decode a ciphertext from anyone, cheapest checks first (issue 12, finding 7).
+
+        The header's size is checked against MAX_ROWS while it is still text, and its row count
+        is read off its length; the policy is only parsed, under its own limits, and must have
+        exactly that many leaves (compiling it is the encryptor's job: a 1023-of-1024 gate took
+        seconds); only then are points decoded, at ~0.1 ms each for the subgroup check. So
+        decoding costs time linear in the bytes present, whatever the document claims.
+        """
         doc = encoding.loads(data, "abe-ciphertext")
-        text = encoding.field(doc, "policy", _policy_text)
-        header = encoding.field(doc, "header", lambda v: encoding.b64d(v, field="header"))
+        header = encoding.field(doc, "header", _header_bytes)
+        count = (len(header) // group.G1_BYTES - 2) // 3
+        node = encoding.field(doc, "policy", _policy_node)
+        leaves = len(policy_mod.row_labels(node))
+        if leaves != count:
+            raise InvalidEncoding(
+                f"header holds {count} rows but the policy has {leaves} attributes"
+            )
         sealed = encoding.field(doc, "sealed", lambda v: encoding.b64d(v, field="sealed"))
-        leaves = len(policy_mod.compile_lsss(policy_mod.parse(text), modulus=ORDER).rows)
         size = group.G1_BYTES
-        if len(header) != size * (2 + 3 * leaves):
-            raise InvalidEncoding(f"header length does not match a policy of {leaves} rows")
         points = [group.decode_g1(header[i : i + size]) for i in range(0, len(header), size)]
-        rows = tuple(tuple(points[2 + 3 * i : 5 + 3 * i]) for i in range(leaves))
+        rows = tuple(tuple(points[2 + 3 * i : 5 + 3 * i]) for i in range(count))
+        text = policy_mod.canonical(node)
         return cls(text, points[0], points[1], rows, sealed)  # type: ignore[arg-type]
 
 
-def _policy_text(value: object) -> str:
+# The longest header a ciphertext can have, and its unpadded base64 length.
+_MAX_HEADER_BYTES = group.G1_BYTES * (2 + 3 * MAX_ROWS)
+_MAX_HEADER_TEXT = (4 * _MAX_HEADER_BYTES + 2) // 3
+
+
+def _header_bytes(value: object) -> bytes:
+    """``C0 ‖ C0' ‖ 3 points per row``, its shape and size checked before any point is decoded."""
+    if isinstance(value, str) and len(value) > _MAX_HEADER_TEXT:
+        raise InvalidEncoding(
+            f"header of {len(value)} base64 characters exceeds the limit of {MAX_ROWS} rows"
+        )
+    header = encoding.b64d(value, field="header")
+    points, extra = divmod(len(header), group.G1_BYTES)
+    rows, odd = divmod(points - 2, 3)
+    if extra or odd or rows < 1:
+        raise InvalidEncoding(
+            f"header length {len(header)} is not {group.G1_BYTES}·(2 + 3·rows) bytes, rows >= 1"
+        )
+    return header  # at most MAX_ROWS rows: longer text was refused above
+
+
+def _policy_node(value: object) -> policy_mod.Node:
+    """Parse only: the parser enforces the leaf, depth and threshold limits as it reads."""
     if not isinstance(value, str):
         raise InvalidEncoding("policy must be a string")
-    return policy_mod.canonical(policy_mod.parse(value))
+    return policy_mod.parse(value)
 
 
 def _aad(ct_policy: str, header: bytes, context: bytes) -> bytes:
@@ -577,7 +622,7 @@ def decrypt(
     omega = policy_mod.reconstruct(node, key.attributes, modulus=ORDER)
     if omega is None:
         raise PolicyNotSatisfied("this key's attributes do not satisfy the policy")
-    labels = policy_mod.compile_lsss(node, modulus=ORDER).labels
+    labels = policy_mod.row_labels(node)  # rho only: the matrix is not needed to decrypt
     secret = group.multi_pairing(*_decryption_terms(key, ct, omega, labels))
     aead_key = hybrid.derive_key(group.gt_to_bytes(secret), info=KEM_INFO)
     return hybrid.open_sealed(aead_key, ct.sealed, aad=_aad(ct.policy, ct.header_bytes(), context))
