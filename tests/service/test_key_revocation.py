@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 
 from medshare.ledger.types import TxKind
+from medshare.service import areas
 from medshare.service.areas import Area
+from medshare.service.consortium import add_person
 from medshare.service.errors import AccessDenied
 from medshare.service.wallets import WalletError
 
@@ -73,3 +75,57 @@ def test_only_live_keys_open_records_at_the_gate(consortium):
     (thief / colleague.name).write_bytes(colleague.read_bytes())
     with pytest.raises(AccessDenied, match=r"dr\.zhao@H001 holds no live key of H001"):
         service.read("dr.zhao@H001", record, area=Area.INSTITUTION)
+
+
+def _nurse_attributes(service) -> tuple[str, ...]:
+    from medshare.service import db
+
+    with service.sessions() as session:
+        epoch = session.get(db.Hospital, "H001").epoch
+    return areas.staff_attributes("H001", "03", "nurse", epoch, service.taxonomy)
+
+
+def _live_area_key_id(service, scope: str) -> str:
+    from sqlalchemy import select
+
+    from medshare.service import db
+
+    with service.sessions() as session:
+        return session.execute(
+            select(db.AreaKey.id).where(db.AreaKey.scope == scope, db.AreaKey.retired_ms.is_(None))
+        ).scalar_one()
+
+
+def _wraps_under(service, area_key_id: str) -> int:
+    from sqlalchemy import func, select
+
+    from medshare.service import db
+
+    with service.sessions() as session:
+        return session.execute(
+            select(func.count()).select_from(db.Wrap).where(db.Wrap.area_key == area_key_id)
+        ).scalar_one()
+
+
+def test_a_leaked_superseded_key_rotates_what_it_opened_at_its_epoch(consortium):
+    """Regression (issue 12, finding 3): revoking one key re-published the scopes it could
+    not open under the new epoch with the same KEK, so a superseded key of another holder
+    (kept from before the re-issue) plus the scope's old ciphertext kept opening records
+    added later; tracing such a key rotated nothing."""
+    service, _, _ = consortium
+    scope = "emergency/H001"
+    kept = service.wallets.abe_key_files("er.sun@H001", "H001")[-1].read_bytes()
+    before = _live_area_key_id(service, scope)
+    add_person(service, "nurse.tmp@H001", "clinician", "H001", ["nurse"], "03")
+    service.issue_key("nurse.tmp@H001", "H001", _nurse_attributes(service))
+    service.revoke_key("nurse.tmp@H001", "H001")  # a nurse's key: emergency is re-published
+    assert _live_area_key_id(service, scope) == before  # same KEK: the precondition
+    verdict = service.trace(kept)  # er.sun's superseded (older-epoch) key leaks
+    assert verdict["verdict"] == "user" and verdict["identity"] == "er.sun@H001"
+    assert verdict["revocation"]["records_rewrapped"] > 0
+    after = _live_area_key_id(service, scope)
+    assert after != before
+    assert _wraps_under(service, before) == 0  # every wrap moved to the fresh KEK
+    assert _wraps_under(service, after) > 0
+    record = _record_in(service, "03")
+    assert service.read("dr.wang@H001", record, area=Area.INSTITUTION).resource

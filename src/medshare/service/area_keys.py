@@ -276,7 +276,9 @@ class AreaKeyMixin:
         ).scalars()
         for old in list(live):
             text = areas.set_epoch(old.policy, hosp.epoch)
-            if not any(areas.satisfied_by(old.policy, tuple(attrs)) for attrs in revoked):
+            # Every scope a revoked key opens at its own epoch gets a fresh KEK, the key's
+            # epoch current or not (areas.could_open); the others keep theirs.
+            if not any(areas.could_open(old.policy, tuple(attrs)) for attrs in revoked):
                 kek = self._kek(hosp.code, old.id)
                 ct = abe.encrypt(public, text, kek, context=old.id.encode())
                 old.policy, old.epoch, old.abe_ciphertext = text, hosp.epoch, ct.to_bytes()

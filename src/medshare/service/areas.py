@@ -141,6 +141,23 @@ def satisfied_by(policy_text: str, attributes: tuple[str, ...] | list[str]) -> b
     return policy.satisfies(policy.parse(policy_text), frozenset(attributes))
 
 
+def could_open(policy_text: str, attributes: tuple[str, ...] | list[str]) -> bool:
+    """Whether a key with ``attributes`` opens a scope of ``policy_text`` at the key's own
+    epoch. A superseded key (an older epoch) no longer satisfies the current policy, but
+    it still opens the scope's ciphertext of its epoch, which anyone may have kept, and so
+    the KEK in it for as long as that KEK is not rotated (issue 12, finding 3)."""
+    epochs = []
+    for attribute in attributes:
+        if attribute.startswith("epoch:"):
+            try:
+                epochs.append(int(attribute.removeprefix("epoch:")))
+            except ValueError:
+                continue
+    if not epochs:
+        return satisfied_by(policy_text, attributes)
+    return any(satisfied_by(set_epoch(policy_text, epoch), attributes) for epoch in epochs)
+
+
 def set_epoch(policy_text: str, epoch: int) -> str:
     """The same policy at another key epoch: every ``epoch:*`` leaf becomes ``epoch:<n>``."""
     node = policy.parse(policy_text)
