@@ -198,3 +198,36 @@ def test_verify_reports_instead_of_crashing(consortium):
             session.delete(wrap)
     report = service.verify(victim)
     assert not report["ok"] and "wrap is missing" in report["problems"][0]["problem"]
+
+
+def test_public_parameters_are_verified_before_use(consortium):
+    """Regression (issue 12, finding 6): ``KacParams.verify`` and ``AbePublicKey.check``
+    existed but nothing called them, so a parameters file with an inconsistent power (or
+    an authority row with mismatched G1/G2 copies) was used to seal records."""
+    import dataclasses as dc
+
+    from medshare.crypto import kac
+    from medshare.service import db
+    from medshare.service.errors import InvalidInput
+
+    service, _, _ = consortium
+    path = service.config.kac_params_file
+    original = path.read_bytes()
+    params = kac.KacParams.from_bytes(original)
+    swapped = (params.g2_powers[1], params.g2_powers[0], *params.g2_powers[2:])
+    try:
+        path.write_bytes(dc.replace(params, g2_powers=swapped).to_bytes())
+        service._params = None
+        with pytest.raises(InvalidInput, match="not well formed"):
+            _ = service.params
+    finally:
+        path.write_bytes(original)
+        service._params = None
+    assert service.params.n == params.n
+
+    with service.sessions() as session:
+        good = session.get(db.Hospital, "H001").abe_public
+    public = service.authority_public(good)
+    broken = dc.replace(public, w2=public.v2)  # G2 copy no longer matches w1
+    with pytest.raises(InvalidInput, match="public key is not well formed"):
+        service.authority_public(broken.to_bytes())

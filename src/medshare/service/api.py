@@ -27,7 +27,8 @@ from typing import Any, TypeVar
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from medshare.crypto import kac
+from medshare.crypto import abe, kac
+from medshare.crypto.errors import CryptoError
 from medshare.crypto.signing import SigningKey
 from medshare.ledger.port import CommittedTx, LedgerPort, sign
 from medshare.ledger.types import Tx, TxKind
@@ -45,7 +46,7 @@ from medshare.service.common import (
     wall_clock_ms,
 )
 from medshare.service.config import ServiceConfig
-from medshare.service.errors import NotFound
+from medshare.service.errors import InvalidInput, NotFound
 from medshare.service.grants import GrantMixin
 from medshare.service.ingest import IngestMixin, IngestReport
 from medshare.service.patients import PatientKeyMixin, load_taxonomy
@@ -53,6 +54,11 @@ from medshare.service.reading import ReadingMixin, ReadResult
 from medshare.service.wallets import Wallets
 
 T = TypeVar("T")
+
+
+# Cache-key tag of checked authority keys in ``MedShare._decoded`` (apart from ``decoded``,
+# which only decodes).
+CHECKED_AUTHORITY_KEY = "checked-authority-public-key"
 
 
 class MedShare(IngestMixin, AreaKeyMixin, GrantMixin, ReadingMixin, AuditLogMixin, PatientKeyMixin):
@@ -114,8 +120,34 @@ class MedShare(IngestMixin, AreaKeyMixin, GrantMixin, ReadingMixin, AuditLogMixi
     def params(self) -> kac.KacParams:
         """The consortium's public KAC parameters (loaded, and point-checked, on first use)."""
         if self._params is None:
-            self._params = kac.KacParams.from_bytes(self.config.kac_params_file.read_bytes())
+            params = kac.KacParams.from_bytes(self.config.kac_params_file.read_bytes())
+            try:
+                params.verify()  # a file carrying g_{n+1} would let anyone open every class
+            except CryptoError as exc:
+                raise InvalidInput(
+                    f"the KAC parameters in {self.config.kac_params_file} are not well formed "
+                    f"({exc}); refusing to use them"
+                ) from None
+            self._params = params
         return self._params
+
+    def authority_public(self, data: bytes) -> abe.AbePublicKey:
+        """An authority's CP-ABE public key, decoded and checked (``AbePublicKey.check``:
+        its G1 and G2 copies agree) once per distinct bytes; every encryption to an
+        authority and every trace goes through here, so a tampered row is refused before
+        anything is sealed under it."""
+
+        def load() -> abe.AbePublicKey:
+            public = abe.AbePublicKey.from_bytes(data)
+            try:
+                public.check()
+            except CryptoError as exc:
+                raise InvalidInput(
+                    f"an authority's public key is not well formed ({exc})"
+                ) from None
+            return public
+
+        return memoized(self._decoded, (CHECKED_AUTHORITY_KEY, data), load)
 
     def decoded(self, cls: type[T], data: bytes) -> T:
         """``cls.from_bytes(data)``, decoded once per distinct bytes.

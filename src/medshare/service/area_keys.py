@@ -66,7 +66,7 @@ class AreaKeyMixin:
     ) -> db.AreaKey:
         """A fresh KEK for ``scope``, published as a CP-ABE ciphertext under ``text``."""
         key_id = secrets.token_hex(16)
-        public = abe.AbePublicKey.from_bytes(hosp.abe_public)
+        public = self.authority_public(hosp.abe_public)
         ct = abe.encrypt(public, text, self._kek(hosp.code, key_id), context=key_id.encode())
         row = db.AreaKey(
             id=key_id,
@@ -268,7 +268,7 @@ class AreaKeyMixin:
         self, session: Session, hosp: db.Hospital, revoked: list[set[str]]
     ) -> tuple[int, int]:
         rewrapped = republished = 0
-        public = abe.AbePublicKey.from_bytes(hosp.abe_public)
+        public = self.authority_public(hosp.abe_public)
         live = session.execute(
             select(db.AreaKey).where(
                 db.AreaKey.authority == hosp.code, db.AreaKey.retired_ms.is_(None)
@@ -328,7 +328,7 @@ class AreaKeyMixin:
             raise InvalidInput(f"not a CP-ABE key file: {exc}") from None
         with self.sessions() as session:
             hospitals = list(session.execute(select(db.Hospital)).scalars())
-            publics = {h.code: abe.AbePublicKey.from_bytes(h.abe_public) for h in hospitals}
+            publics = {h.code: self.authority_public(h.abe_public) for h in hospitals}
         registered = self.registered_tags()
         holders = {
             code: {tag: str(body["identity"]) for tag, body in bodies.items()}
