@@ -32,6 +32,7 @@ from medshare.crypto.hkac import (
     move_records,
     open_record,
     overhead_table,
+    retire_slabs,
     rewrap_plan,
     seal_record,
     share_all,
@@ -463,6 +464,29 @@ def test_revoking_a_record_share(patient, params, seed):
     assert len(added) == 1 and patient.readable(other) == {"0305-r1", "04-r0"}
     with pytest.raises(UnknownRecord):
         move_records(patient.directory, ["nope"])
+
+
+def test_retiring_the_slabs_a_revoked_share_held(patient, params, seed):
+    """A department share holds its slabs' unused slots: with nothing left to move (say the
+    department's records were all deleted), its current slab must still be retired, or the
+    next record lands in a class the revoked key opens (issue 12, finding 4)."""
+    d = patient.directory
+    revoked = share_department(
+        seed, params, d, "03", _subtree(["03", "0304", "0305"]), now=NOW, grantee="gone"
+    )
+    one = share_records(seed, params, d, ["04-r0"], grantee="x")
+    assert retire_slabs(d, one.classes()) == (d, ())  # a record share holds no unused slot
+    retired, depts = retire_slabs(d, revoked.classes())
+    assert set(depts) == {"03", "0304", "0305"}
+    assert all(retired.slabs_of(c)[-1].is_full for c in depts)
+    assert retired.slabs_of("04") == d.slabs_of("04") and retired.records == d.records
+    assert Directory.from_bytes(retired.to_bytes()) == retired  # still a valid directory
+    patient.directory = retired
+    for dept in ("03", "0304", "0305"):
+        patient.add(dept, f"{dept}-after")
+        assert not patient.opens(revoked, f"{dept}-after")
+    patient.add("04", "04-after")
+    assert patient.directory.slot_of("04-after").index == d.slabs_of("04")[-1].first + 2
 
 
 # --- encoding ------------------------------------------------------------------------------------

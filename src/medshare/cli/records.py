@@ -316,7 +316,9 @@ def consent(
 
 def revoke(
     data_dir: DataDir,
-    grant: Annotated[str, typer.Option(help="The grant (share id, referral, consent).")],
+    grant: Annotated[
+        str, typer.Option(help="The grant (share id, referral, consent, study/<id>).")
+    ],
 ) -> None:
     """Revoke a grant; a share's records move to fresh slots so its key opens nothing."""
     with opened(data_dir) as service:

@@ -36,9 +36,11 @@ given cannot be taken back. ``Share.until`` is carried for the storage gate (the
 refuses to hand out wraps of an expired or revoked share and logs every access), and
 :meth:`Share.is_valid_at` is the check it calls. Revocation means the service re-wraps the
 affected records' DEKs under fresh slots (:func:`rewrap_plan` lists them,
-:func:`move_records` allocates the slots) and deletes the old wraps; the revoked key then
-opens only wraps that no longer exist. Other live shares that covered a moved record get its
-new slot through :func:`extend_share`.
+:func:`move_records` allocates the slots) and deletes the old wraps, and it retires the
+current slab of every department the share covered (:func:`retire_slabs`), even one holding
+only deleted records, so later records land in slabs the share never held; the revoked key
+then opens only wraps that no longer exist. Other live shares that covered a moved record
+get its new slot through :func:`extend_share`.
 
 Crypto must not depend on the records package: departments are plain code strings, and a
 sub-tree is given as a callable (e.g. ``Taxonomy.subtree``), never imported.
@@ -91,6 +93,7 @@ __all__ = [
     "move_records",
     "open_record",
     "overhead_table",
+    "retire_slabs",
     "rewrap_plan",
     "seal_record",
     "share_all",
@@ -548,6 +551,35 @@ def move_records(directory: Directory, record_ids: Iterable[str]) -> Directory:
         slot, next_free = _place(directory, departments, records, next_free, dept, rid)
         owner[slot] = dept
     return Directory._trusted(directory, departments, records, owner, next_free)
+
+
+def retire_slabs(
+    directory: Directory, classes: Mapping[int, Iterable[int]]
+) -> tuple[Directory, tuple[str, ...]]:
+    """Retire the current slab of every department whose unused slots are among ``classes``.
+
+    A revoked department (or ``all``) share holds keys for its departments' whole slabs,
+    including slots not yet handed out: while such a slab stays current, every later record
+    of the department lands in a class the revoked key opens. :func:`move_records` retires
+    the slabs of the departments it moves records of, but a department whose current slab
+    holds only deleted records has nothing to move, so revocation must retire its slab here,
+    whatever the slab holds. A record share holds only handed-out slots and retires nothing.
+    Returns the new directory (pure) and the departments whose slab was retired.
+    """
+    wanted = {b: frozenset(c) for b, c in classes.items()}
+    departments, records = _mutable(directory)
+    retired = []
+    for dept, slabs in departments.items():
+        last = slabs[-1]
+        unused = range(last.first + last.used, last.last + 1)
+        if not wanted.get(last.block, frozenset()).isdisjoint(unused):
+            slabs[-1] = replace(last, used=last.size)
+            retired.append(dept)
+    if not retired:
+        return directory, ()
+    owner = dict(directory._owner)
+    new = Directory._trusted(directory, departments, records, owner, directory.next_free)
+    return new, tuple(retired)
 
 
 # --- shares ------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from medshare.crypto.signing import SigningKey
 from medshare.ledger.types import TxKind
 from medshare.records import canonical, deidentify
 from medshare.records.departments import Taxonomy
-from medshare.service import areas, db, protect
+from medshare.service import areas, db, keyring, protect
 from medshare.service.areas import Area
 from medshare.service.common import (
     utc,
@@ -146,40 +146,63 @@ class GrantMixin:
         return self._submit(key, kind, [body])[0]
 
     def revoke(self, grant_id: str, *, reason: str = "revoked by the grantor") -> dict[str, Any]:
-        """End a grant. An H-KAC share's records move to fresh slots (so the revoked key
-        opens no stored wrap, and the other live shares get the new slots' keys); a
-        referral's or consent's wraps are destroyed; then the REVOKE tx is committed."""
+        """End a grant. An H-KAC share's records move to fresh slots and the current slab of
+        every department it covered is retired (so the revoked key opens no stored wrap and
+        no later record, and the other live shares get the new slots' keys); a referral's
+        or consent's wraps are destroyed; a study approval loses its research scope, its
+        wraps and the researcher's study key; then the REVOKE tx is committed."""
+        with self.sessions() as session:
+            kind = _revocable(session, grant_id).kind
+            study_keys = self._study_keys(session, grant_id) if kind == "study" else []
+        # A study's key is revoked first, in revoke_key's own all-or-nothing transaction (it
+        # bumps the epoch and re-issues the authority's other keys): if what follows fails,
+        # the researcher holds nothing live and revoking again finishes the job.
+        for who, authority, tag in study_keys:
+            self.revoke_key(who, authority, tag)
         with db.transaction(self.sessions) as session:
-            grant = session.get(db.Grant, grant_id)
-            if grant is None:
-                raise NotFound(f"unknown grant {grant_id!r}")
-            if grant.revoked_ms is not None:
-                raise InvalidInput(f"grant {grant_id} is already revoked")
+            grant = _revocable(session, grant_id)
             signer = (
                 self.wallets.identity(patient_principal(grant.patient))
                 if grant.area in (Area.PERSONAL.value, Area.RESEARCH.value) and grant.patient
                 else self.node_key(grant.scope.get("hospital", ""))
             )
             grant.revoked_ms = self.clock()
-            moved = shredded = 0
+            moved = shredded = retired = 0
             if grant.kind == "share":
-                moved = self._reseal_shared(session, grant)
-            elif grant.kind in ("referral", "consent"):
+                moved, retired = self._reseal_shared(session, grant)
+            elif grant.kind in ("referral", "consent", "study"):
                 shredded = self._shred_grant_wraps(session, grant)
             # Logged last, inside the transaction: if anything above fails, neither the
             # database nor the ledger says the grant was revoked.
             tx = self._submit(signer, TxKind.REVOKE, [{"grant": grant_id, "reason": reason}])[0]
-        return {
+        out = {
             "grant": grant_id,
             "txid": tx.tx.txid,
             "records_resealed": moved,
             "wraps_destroyed": shredded,
         }
+        if kind == "share":
+            out["slabs_retired"] = retired
+        if kind == "study":
+            out["keys_revoked"] = len(study_keys)
+        return out
+
+    def _study_keys(self, session: Session, grant_id: str) -> list[tuple[str, str, bytes]]:
+        """(holder, authority, tag) of each live key carrying the study's ``ethics:`` attribute
+        (the researcher's study key, at whatever epoch it was last re-issued)."""
+        grant = session.get(db.Grant, grant_id)
+        hospital, attribute = grant.scope["hospital"], f"ethics:{grant.scope['study']}"
+        return [
+            (row.principal, hospital, keyring.registration_tag(row.registration))
+            for row in self._live_keys(session, hospital, grant.grantee)
+            if attribute in (row.attributes or [])
+        ]
 
     def _shred_grant_wraps(self, session: Session, grant: db.Grant) -> int:
-        """A referral's or a research consent's wraps are destroyed with the grant: the
-        referral's area key is retired; the study keeps its key but loses this patient's
-        de-identified copies."""
+        """A referral's, a study approval's or a research consent's wraps are destroyed with
+        the grant. A referral's or a study's area keys are retired too (no later consent or
+        record can be wrapped for them, and what their old keys decrypt wraps nothing); a
+        consent only takes this patient's de-identified copies out of the study."""
         if grant.kind == "referral":
             scope = f"referral/{grant.id}"
         else:
@@ -194,7 +217,7 @@ class GrantMixin:
                     continue
                 session.delete(wrap)
                 destroyed += 1
-            if grant.kind == "referral":
+            if grant.kind != "consent" and area_key.retired_ms is None:
                 area_key.retired_ms = self.clock()
         return destroyed
 
@@ -246,18 +269,28 @@ class GrantMixin:
             }
             self._patient_signs(patient_id, TxKind.GRANT, body)
 
-    def _reseal_shared(self, session: Session, grant: db.Grant) -> int:
-        """Move the records a revoked share opened to fresh H-KAC slots (patient side)."""
+    def _reseal_shared(self, session: Session, grant: db.Grant) -> tuple[int, int]:
+        """Move the records a revoked share opened to fresh H-KAC slots and retire the
+        current slab of every department it covered (patient side); returns (records
+        moved, slabs retired).
+
+        The retirement does not depend on what is moved: a department whose current slab
+        holds only deleted records has nothing to move, yet the revoked key still holds
+        that slab's unused slots, so without it every later record of the department would
+        open with the revoked key (issue 12, finding 4)."""
         patient = self._patient(session, grant.patient)
         classes = {int(b): frozenset(c) for b, c in grant.scope.get("classes", {}).items()}
         directory = hkac.Directory.from_bytes(patient.directory)
+        directory, retired = hkac.retire_slabs(directory, classes)
         plan = [
             rid
             for rid in directory.records_in(classes)
             if self._record(session, rid).kac_header is not None  # shredded: nothing to move
         ]
         if not plan:
-            return 0
+            if retired:
+                patient.directory = directory.to_bytes()
+            return 0, len(retired)
         seed = self.wallets.seed(patient.id)
         own = hkac.share_all(seed, self.params, directory, grantee=patient_principal(patient.id))
         deks = {}
@@ -273,7 +306,7 @@ class GrantMixin:
             sealed = hkac.seal_record(self.params, {slot.block: public}, slot, dek, rid)
             self._record(session, rid).kac_header = sealed.to_bytes()
         self._extend_shares(session, patient.id, record_shares=True)
-        return len(plan)
+        return len(plan), len(retired)
 
     def _break_glass(self, session, who, record, reason, now) -> None:
         """Reuse ``who``'s live break-glass for this patient at this record's hospital, or
@@ -481,6 +514,16 @@ class GrantMixin:
                 ),
             )
         return made
+
+
+def _revocable(session: Session, grant_id: str) -> db.Grant:
+    """The grant ``grant_id``, if it exists and is still live (a clear error otherwise)."""
+    grant = session.get(db.Grant, grant_id) if isinstance(grant_id, str) and grant_id else None
+    if grant is None:
+        raise NotFound(f"unknown grant {grant_id!r}")
+    if grant.revoked_ms is not None:
+        raise InvalidInput(f"grant {grant_id} is already revoked")
+    return grant
 
 
 def _fresh_grant_id(session: Session, base: str) -> str | None:
