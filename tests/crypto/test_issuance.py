@@ -28,6 +28,7 @@ from medshare.crypto.issuance import (
     prove_dlog,
     verify_dlog,
 )
+from medshare.crypto.paillier_blum import generate_blum_primes
 from medshare.crypto.signing import SigningKey
 
 ATTRS = ("hospital:H001", "role:physician")
@@ -70,7 +71,12 @@ def _start(authority: IssuanceAuthority, public, identity: str = "dr-who") -> Ru
     user = IssuanceUser(public, identity)
     request = user.registration(authority.challenge())
     offer = authority.offer(request, ATTRS)
-    return Run(user, request, offer, user.respond(offer))
+    return Run(user, request, offer, _respond(authority, user, offer))
+
+
+def _respond(authority: IssuanceAuthority, user: IssuanceUser, offer: IssuanceOffer):
+    """The user's range challenge, the authority's answer, the user's response."""
+    return user.respond(authority.open_range(user.range_challenge(offer)))
 
 
 @pytest.fixture(scope="module")
@@ -344,7 +350,7 @@ def test_attack_1_user_responds_with_other_k(authority, public) -> None:
     user = IssuanceUser(public, "mallory")
     offer = authority.offer(user.registration(authority.challenge()), ATTRS)
     user._k = random_scalar()  # k̂ ≠ log R, used consistently for enc_x, X and the proof
-    response = user.respond(offer)
+    response = _respond(authority, user, offer)
     with pytest.raises(ProtocolError):
         authority.issue(response)
 
@@ -353,7 +359,7 @@ def test_attack_1_enc_x_with_other_k_but_honest_x(authority, public) -> None:
     """enc_x made with k̂, X and its proof made honestly with the registered k."""
     user = IssuanceUser(public, "mallory")
     offer = authority.offer(user.registration(authority.challenge()), ATTRS)
-    honest = user.respond(offer)
+    honest = _respond(authority, user, offer)
     rho = user._rho
     assert rho is not None
     k_hat = random_scalar()
@@ -491,7 +497,7 @@ def test_user_rejects_bad_offers(keys, public, fresh: Run) -> None:
         dataclasses.replace(offer, enc_a_plus_c=offer.paillier_n**2),
     ):
         with pytest.raises(ProtocolError):
-            fresh.user.respond(bad)
+            fresh.user.range_challenge(bad)
 
 
 # --- authority keys ---------------------------------------------------------------------------
@@ -552,7 +558,9 @@ def test_a_registration_is_bound_to_its_session(authority, public) -> None:
 
 
 def test_the_user_refuses_a_challenge_of_another_authority(keys, public) -> None:
-    other = IssuanceAuthority(AuthorityKeys(abe.setup(), keys.paillier_p, keys.paillier_q))
+    other = IssuanceAuthority(
+        AuthorityKeys(abe.setup(), keys.paillier_p, keys.paillier_q).with_modulus_proof()
+    )
     with pytest.raises(ProtocolError, match="another authority"):
         IssuanceUser(public, "kim").registration(other.challenge())
     challenge = IssuanceChallenge.from_bytes(IssuanceAuthority(keys).challenge().to_bytes())
@@ -574,3 +582,69 @@ def test_sessions_expire_and_are_bounded(keys, public, monkeypatch) -> None:
     with pytest.raises(ProtocolError, match="unknown, used or expired"):
         authority.offer(late, ATTRS)  # dropped for newer sessions
     assert len(authority._challenged) == 3
+
+
+# --- the authority's proofs (issue 12: the user refuses a deviating authority) ------------
+
+
+def _offer_for(authority, public, name: str):
+    user = IssuanceUser(public, name)
+    return user, authority.offer(user.registration(authority.challenge()), ATTRS)
+
+
+def test_the_user_refuses_an_authority_that_encrypts_a_huge_plaintext(keys, public) -> None:
+    """Regression: an authority that encrypted a + c + 2^1000 read ρ off the high bits
+    of the user's answer and solved for k (reproduced against the old protocol). Now the
+    offer carries a range proof, which such a plaintext cannot pass, and the user sends
+    nothing."""
+    from medshare.crypto import paillier_range
+
+    authority = IssuanceAuthority(keys)
+    user, offer = _offer_for(authority, public, "olga")
+    n = offer.paillier_n
+    pending = authority._pending[offer.session][0]
+    huge = (keys.master.a + pending.c) % ORDER + 2**1000
+    r = 5
+    enc = paillier_range.encrypt(n, huge, r)
+    # The deviating authority replays its honest commitment over the new ciphertext,
+    # answering as the honest prover would (the best it can do without guessing bits).
+    deviating = dataclasses.replace(offer, enc_a_plus_c=enc)
+    challenge = user.range_challenge(deviating)
+    answer = authority.open_range(challenge)
+    with pytest.raises(ProtocolError, match="not proven in range"):
+        user.respond(answer)
+    assert user._rho is None  # nothing was blinded, nothing sent
+
+
+def test_the_user_refuses_an_unproven_modulus(keys, public) -> None:
+    """The modulus proof is checked before anything is sent under the modulus."""
+    challenge = IssuanceAuthority(keys).challenge()
+    other = AuthorityKeys(keys.master, *generate_blum_primes(PAILLIER_BITS))
+    forged = dataclasses.replace(challenge, paillier_n=other.paillier_p * other.paillier_q)
+    with pytest.raises(ProtocolError, match="not proven well formed"):
+        IssuanceUser(public, "pia").registration(forged)
+
+
+def test_a_modulus_is_verified_once_per_user_cache(keys, public) -> None:
+    authority = IssuanceAuthority(keys)
+    seen: set = set()
+    issue_key(authority, public, "quinn", ATTRS, verified_moduli=seen)
+    assert seen == {(public.fingerprint(), keys.paillier_p * keys.paillier_q)}
+    challenge = authority.challenge()
+    broken = dataclasses.replace(
+        challenge,
+        modulus_proof=dataclasses.replace(challenge.modulus_proof, w=challenge.modulus_proof.w + 1),
+    )
+    # cached: the (already checked) modulus is not checked again
+    IssuanceUser(public, "quinn", verified_moduli=seen).registration(broken)
+    with pytest.raises(ProtocolError, match="not proven well formed"):
+        IssuanceUser(public, "quinn").registration(broken)
+
+
+def test_a_range_challenge_is_answered_once(keys, public) -> None:
+    authority = IssuanceAuthority(keys)
+    user, offer = _offer_for(authority, public, "rui")
+    asked = user.range_challenge(offer)
+    authority.open_range(asked)
+    with pytest.raises(ProtocolError, match="answered already"):
+        authority.open_range(asked)

@@ -89,6 +89,9 @@ class MedShare(IngestMixin, AreaKeyMixin, GrantMixin, ReadingMixin, AuditLogMixi
         self._params: kac.KacParams | None = None
         self._decoded: dict[tuple[type, bytes], Any] = {}
         self._tags: dict[bytes, bytes] = {}  # key or registry encoding -> public tag
+        # Authorities' Paillier moduli whose Paillier–Blum proof this process checked:
+        # (authority fingerprint, N). Checked once each (~0.7 s), then trusted.
+        self.verified_moduli: set[tuple[bytes, int]] = set()
 
     @classmethod
     def open(

@@ -143,7 +143,13 @@ class AreaKeyMixin:
         batches = []
         for who, authority, attributes in requests:
             identity = self.wallets.identity(who)
-            one = keyring.issue(self.wallets.authority(authority), who, identity, attributes)
+            one = keyring.issue(
+                self.wallets.authority(authority),
+                who,
+                identity,
+                attributes,
+                verified_moduli=self.verified_moduli,
+            )
             body = {
                 "identity": who,
                 "tag": one.registration.tag().hex(),

@@ -28,14 +28,21 @@ def issue(
     holder: str,
     identity: SigningKey,
     attributes: Iterable[str],
+    *,
+    verified_moduli: set[tuple[bytes, int]] | None = None,
 ) -> IssuedKey:
-    """Run the issuance protocol for ``holder`` with ``attributes``; both sides check."""
-    public = authority.master.public
-    user = issuance.IssuanceUser(public, holder, identity)
-    side = issuance.IssuanceAuthority(authority)
-    offer = side.offer(user.registration(side.challenge()), attributes)
-    issued, registration = side.issue(user.respond(offer))
-    return IssuedKey(user.finish(issued), registration)
+    """Run the issuance protocol for ``holder`` with ``attributes``; both sides check
+    (the holder's side: the authority's Paillier modulus once per modulus, kept in
+    ``verified_moduli``, and the range proof of every offer)."""
+    key, registration = issuance.issue_key(
+        issuance.IssuanceAuthority(authority),
+        authority.master.public,
+        holder,
+        attributes,
+        identity,
+        verified_moduli=verified_moduli,
+    )
+    return IssuedKey(key, registration)
 
 
 @dataclass(frozen=True)
