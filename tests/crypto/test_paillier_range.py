@@ -146,3 +146,14 @@ def test_documents_round_trip(key) -> None:
     assert pr.RangeCommitment.from_json(commitment.to_json()) == commitment
     again = pr.RangeOpening.from_json(opening.to_json())
     assert pr.verify(key[2], c, BITS, commitment, bits, again)
+
+
+def test_a_modulus_with_a_small_factor_is_refused(key) -> None:
+    """Batched verification is only as sound as N's smallest factor is large."""
+    _, q, n = key
+    assert not pr.has_small_factor(n)
+    small = 1_000_003  # a prime below 2^20
+    assert pr.has_small_factor(small * q)
+    c, commitment, bits, opening = _proof(key, 3)
+    assert pr.verify(n, c, BITS, commitment, bits, opening)
+    assert not pr.verify(small * q, c, BITS, commitment, bits, opening)

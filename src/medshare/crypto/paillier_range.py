@@ -29,13 +29,18 @@ lands there, with randomness ``r·r_j`` (the verifier checks ``c·c_j = Enc(z; r
 The verifier checks all encryptions of a proof at once with random 128-bit exponents
 (small-exponent batch verification): ``Π X_i^{λ_i} = (1+N)^{Σ λ_i u_i}·(Π s_i^{λ_i})^N``.
 A wrong equation survives only if its quotient's plaintext part has an order dividing
-``λ``: with the modulus proved Paillier–Blum (:mod:`medshare.crypto.paillier_blum`, a
-product of two large primes), the error is about ``2^-128``. Randomness is injectable
+``λ``, i.e. with probability about ``1/p_min`` for the smallest prime factor of ``N``.
+The modulus proof (:mod:`medshare.crypto.paillier_blum`) shows ``N = p·q`` but not that
+both primes are large, so the verifier refuses a modulus with a factor below
+:data:`SMALL_FACTOR_BOUND` (one gcd with their product): the error per attempt is then
+below ``2^-20``, each failed attempt is caught, and a modulus with a factor that small
+would also expose the prover's own Paillier key. Randomness is injectable
 (``randbits``), as in the rest of :mod:`medshare.crypto`.
 """
 
 from __future__ import annotations
 
+import functools
 import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -46,6 +51,7 @@ from medshare.crypto.errors import InvalidEncoding
 
 ROUNDS = 40
 BATCH_BITS = 128
+SMALL_FACTOR_BOUND = 1 << 20
 MAX_HEX = 2048  # a 6144-bit number is 1,536 hex digits
 
 RandBits = Callable[[int], int]
@@ -216,6 +222,8 @@ def verify(
     ell, n2 = 1 << bits, n * n
     if len(commitment.pairs) != rounds or len(opening.rounds) != rounds:
         return False
+    if has_small_factor(n):
+        return False
     if not _unit(c, n2):
         return False
     # Every checked equation as (left side, plaintext u, randomness s): left = Enc(u; s).
@@ -242,6 +250,28 @@ def verify(
                 return False
             equations.append((c * (c1, c2)[j] % n2, z, s))
     return _batch_holds(n, equations, randbits)
+
+
+@functools.cache
+def _small_primes_product() -> int:
+    """The product of all primes below :data:`SMALL_FACTOR_BOUND` (computed once: a sieve,
+    then a balanced product tree)."""
+    sieve = bytearray([1]) * SMALL_FACTOR_BOUND
+    sieve[0:2] = b"\x00\x00"
+    for i in range(2, int(SMALL_FACTOR_BOUND**0.5) + 1):
+        if sieve[i]:
+            sieve[i * i :: i] = bytes(len(range(i * i, SMALL_FACTOR_BOUND, i)))
+    level = [gmpy2.mpz(i) for i, flag in enumerate(sieve) if flag]
+    while len(level) > 1:
+        level = [a * b for a, b in zip(level[::2], level[1::2], strict=False)] + (
+            [level[-1]] if len(level) % 2 else []
+        )
+    return int(level[0])
+
+
+def has_small_factor(n: int) -> bool:
+    """Whether ``n`` has a prime factor below :data:`SMALL_FACTOR_BOUND`."""
+    return gmpy2.gcd(n, _small_primes_product()) != 1
 
 
 def _unit(x: int, modulus: int) -> bool:
