@@ -1,0 +1,216 @@
+"""Attacks on tracing (service.area_keys.trace, registered_tags, _revoked_on_ledger) and on
+who the ledger says holds a key (register_identity / register_key_tag), on a small real
+consortium (SQLite, in-process ledger running the real ABCI rules, real keys).
+
+* A guilty key holder pre-empts her own revocation: REVOKE is a kind any enrolled identity
+  may send, with any body, and ``_revoked_on_ledger`` believes any REVOKE naming
+  ``key/<authority>/<tag>``: trace answers ``already_revoked`` and nothing is rotated.
+* A node enrols a name of another hospital (the chain does not tie names to the enrolling
+  node), so that hospital's authority can make a key, register its tag in the squatted
+  name, and have trace name an innocent person.
+* A copy of someone's tag registered under one's own name shifts no blame when it comes
+  second (first wins: resisted), but the chain never asks for a proof of knowledge of the
+  tag's discrete log, so a copy taken from the mempool and ordered first names the copier
+  (a throwaway identity) and its made-up attributes, and revocation rotates nothing.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from sqlalchemy import select
+
+from medshare.crypto import abe, group
+from medshare.ledger.types import TxKind
+from medshare.records import synthetic
+from medshare.service import db, keyring
+from medshare.service.areas import Area
+from medshare.service.config import ServiceConfig
+from medshare.service.consortium import add_person, add_staff, init
+from medshare.service.roster import StaffMember
+
+
+class Clock:
+    def __init__(self, now_ms: int) -> None:
+        self.now_ms = now_ms
+
+    def __call__(self) -> int:
+        return self.now_ms
+
+
+ROSTER = (
+    StaffMember("dr.wang@H001", "H001", "03", "physician"),
+    StaffMember("dr.chen@H002", "H002", "03", "physician"),
+)
+
+
+@pytest.fixture(scope="module")
+def consortium(tmp_path_factory):
+    root = tmp_path_factory.mktemp("attack-trace")
+    config = ServiceConfig(data_dir=root / "data", hospitals=("H001", "H002"), nodes=4, committee=4)
+    service = init(config, roster=ROSTER, clock=Clock(1_800_000_000_000))
+    bundle = root / "bundle.json"
+    bundle.write_text(json.dumps(synthetic.generate_bundle(7, 0, 12)))
+    report = service.ingest("H001", [bundle])
+    assert not report.rejected, report.rejected
+    # Mallory, a nurse of the department of an ingested record.
+    record = next(r for p in service.patients() for r in service.records_of(p["id"]))
+    top = service.taxonomy.path(record["dept"])[0].code
+    add_staff(service, StaffMember("mallory@H001", "H001", top, "nurse"))
+    yield service, record["id"], top
+    service.close()
+
+
+def _epoch(service, code: str) -> int:
+    with service.sessions() as session:
+        return session.get(db.Hospital, code).epoch
+
+
+def _h001_public(service) -> bytes:
+    with service.sessions() as session:
+        return session.get(db.Hospital, "H001").abe_public
+
+
+def _live_institution_key(service, scope: str) -> db.AreaKey:
+    with service.sessions() as session:
+        row = session.execute(
+            select(db.AreaKey).where(db.AreaKey.scope == scope, db.AreaKey.retired_ms.is_(None))
+        ).scalar_one()
+        session.expunge(row)
+        return row
+
+
+def test_attack_a_guilty_holder_pre_revokes_her_own_tag_and_trace_rotates_nothing(consortium):
+    service, record_id, top = consortium
+    leaked = service.wallets.abe_key_files("mallory@H001", "H001")[-1].read_bytes()
+    key = abe.AbeUserKey.from_bytes(leaked)
+    epoch_before = _epoch(service, "H001")
+    scope = f"institution/H001/{top}"
+    kek_before = _live_institution_key(service, scope).id
+    # Before leaking, Mallory files a REVOKE of her own key with her own identity key.
+    fake = {"grant": f"key/H001/{key.tag().hex()}", "reason": "housekeeping"}
+    service.ledger.sign_and_submit(service.wallets.identity("mallory@H001"), TxKind.REVOKE, [fake])
+
+    verdict = service.trace(leaked)
+    assert verdict["verdict"] == "user" and verdict["identity"] == "mallory@H001"
+    # What the attack bought: nothing rotated, her key is still live and still opens.
+    still_open = {
+        "epoch unchanged": _epoch(service, "H001") == epoch_before,
+        "KEK not rotated": _live_institution_key(service, scope).id == kek_before,
+    }
+    area_key = _live_institution_key(service, scope)
+    ct = abe.AbeCiphertext.from_bytes(area_key.abe_ciphertext)
+    public = service.authority_public(service.wallets.authority("H001").master.public.to_bytes())
+    kek = abe.decrypt(public, key, ct, context=area_key.id.encode())
+    still_open["leaked key opens the live KEK"] = kek == service._kek("H001", area_key.id)
+    still_open["gate still serves her"] = bool(
+        service.read("mallory@H001", record_id, area=Area.INSTITUTION).resource
+    )
+    assert verdict["revocation"] != {"already_revoked": True}, (
+        f"a REVOKE the traced holder signed herself made trace answer already_revoked: {still_open}"
+    )
+
+
+def test_resisted_registering_someone_elses_tag_under_ones_own_name(consortium):
+    """Mallory copies dr.wang's tag (public on the ledger) under her own name and under
+    another authority string: trace still names dr.wang (first registration wins)."""
+    service, _, _ = consortium
+    wang = abe.AbeUserKey.from_bytes(
+        service.wallets.abe_key_files("dr.wang@H001", "H001")[-1].read_bytes()
+    )
+    mallory = service.wallets.identity("mallory@H001")
+    for authority in ("H001", "H002"):
+        body = {
+            "identity": "mallory@H001",
+            "tag": wang.tag().hex(),
+            "R": "00" * 48,
+            "authority": authority,
+            "attributes": ["hospital:H001"],
+        }
+        service.ledger.sign_and_submit(mallory, TxKind.REGISTER_KEY_TAG, [body])
+    with service.sessions() as session:
+        publics = {
+            h.code: service.authority_public(h.abe_public)
+            for h in session.execute(select(db.Hospital)).scalars()
+        }
+    registered = service.registered_tags()
+    holders = {
+        c: {t: str(b["identity"]) for t, b in bodies.items()} for c, bodies in registered.items()
+    }
+    result = keyring.trace(wang, publics, holders)  # exactly what service.trace decides on
+    assert (result.verdict, result.identity) == (abe.Verdict.USER, "dr.wang@H001")
+
+
+def test_attack_a_copied_tag_ordered_first_shifts_the_blame_and_skips_rotation(
+    consortium, monkeypatch
+):
+    """The chain takes any well-formed tag from any enrolled identity, with no proof that the
+    sender knows its discrete log (K'), and trace believes the first registration. Mallory
+    copies dr.bob's ``register_key_tag`` from the mempool and gets her copy ordered first (a
+    colluding proposer, or gossip timing), with attributes that open nothing. When dr.bob
+    leaks his key, trace names Mallory, "revokes" a key of hers that never existed with
+    those attributes, so no scope is rotated, and re-issues dr.bob (and Mallory) at the
+    new epoch: the leaked key plus the scope's old ciphertext still open the live KEK."""
+    service, _, top = consortium
+    mallory = service.wallets.identity("mallory@H001")
+    submit = service._submit_batches
+
+    def mempool_front_run(batches):
+        for _key, kind, bodies in batches:
+            for body in bodies:
+                if kind == TxKind.REGISTER_KEY_TAG and body["identity"] == "dr.bob@H001":
+                    copy = {**body, "identity": "mallory@H001", "attributes": ["nothing:here"]}
+                    service.ledger.sign_and_submit(mallory, TxKind.REGISTER_KEY_TAG, [copy])
+        return submit(batches)
+
+    monkeypatch.setattr(service, "_submit_batches", mempool_front_run)
+    add_staff(service, StaffMember("dr.bob@H001", "H001", top, "physician"))
+    monkeypatch.undo()
+    leaked = service.wallets.abe_key_files("dr.bob@H001", "H001")[-1].read_bytes()
+    key = abe.AbeUserKey.from_bytes(leaked)
+    scope = f"institution/H001/{top}"
+    kept = _live_institution_key(service, scope)  # its ciphertext, kept by anyone
+    verdict = service.trace(leaked)
+    live = _live_institution_key(service, scope)
+    old_ct = abe.AbeCiphertext.from_bytes(kept.abe_ciphertext)
+    public = abe.AbePublicKey.from_bytes(_h001_public(service))
+    still = abe.decrypt(public, key, old_ct, context=kept.id.encode())
+    assert (verdict["verdict"], verdict["identity"]) == ("user", "dr.bob@H001"), (
+        f"trace named {verdict['identity']} for dr.bob's key; revocation "
+        f"{verdict.get('revocation')}; the leaked key still opens the live KEK: "
+        f"{live.id == kept.id and still == service._kek('H001', live.id)}"
+    )
+
+
+def test_attack_a_node_squats_a_name_of_another_hospital_and_frames_it(consortium):
+    """H002's node enrols its own key as "dr.new@H001" (H001's new hire, not enrolled yet);
+    H002's authority makes a key, registers its tag in that name, and leaks it: trace blames
+    dr.new@H001, who never held an H002 key, instead of the authority that made it. H001
+    can then no longer enrol its own person under that name."""
+    from medshare.crypto.signing import SigningKey
+
+    service, _, _ = consortium
+    squat = SigningKey.generate()
+    body = {"identity": "dr.new@H001", "key": squat.public.hex()}
+    service.ledger.sign_and_submit(service.node_key("H002"), TxKind.REGISTER_IDENTITY, [body])
+    master = service.wallets.authority("H002").master
+    forged = abe.keygen(master, group.random_scalar(), ("hospital:H002", "role:physician"))
+    tag_body = {
+        "identity": "dr.new@H001",
+        "tag": forged.tag().hex(),
+        "R": "00" * 48,
+        "authority": "H002",
+        "attributes": ["hospital:H002", "role:physician"],
+    }
+    service.ledger.sign_and_submit(squat, TxKind.REGISTER_KEY_TAG, [tag_body])
+    hire_refused = False
+    try:
+        add_person(service, "dr.new@H001", "clinician", "H001", ["physician"], "03")
+    except Exception:  # the chain refuses H001's own enrolment: the name is taken
+        hire_refused = True
+    verdict = service.trace(forged.to_bytes())
+    assert (verdict["verdict"], verdict["identity"]) != ("user", "dr.new@H001"), (
+        f"trace blames dr.new@H001 for a key authority H002 made (H001's own enrolment of "
+        f"that person refused: {hire_refused}); verdict {verdict}"
+    )
