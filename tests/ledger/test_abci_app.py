@@ -84,7 +84,7 @@ def commit_block(
 
 def identity_tx(app: LedgerApplication, who: SigningKey, nonce: int = 0) -> Tx:
     chain = app._committed().genesis.chain_id
-    body = {"identity": "nurse@H001", "key": who.public.hex()}
+    body = {"identity": f"nurse-{who.public.hex()[:12]}@H001", "key": who.public.hex()}
     return Tx.create(TxKind.REGISTER_IDENTITY, body, nonce, NODE_KEYS[0], chain=chain)
 
 
