@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 from collections.abc import Iterator
 
@@ -32,6 +33,7 @@ from medshare.crypto.paillier_blum import generate_blum_primes
 from medshare.crypto.signing import SigningKey
 
 ATTRS = ("hospital:H001", "role:physician")
+_RUNS = itertools.count()
 POLICY = "hospital:H001 and role:physician"
 MESSAGE = b"discharge letter, ward 3"
 
@@ -66,9 +68,10 @@ class Run:
     key: abe.AbeUserKey | None = None
 
 
-def _start(authority: IssuanceAuthority, public, identity: str = "dr-who") -> Run:
-    """Register, get an offer and respond; the authority has not issued yet."""
-    user = IssuanceUser(public, identity)
+def _start(authority: IssuanceAuthority, public, identity: str | None = None) -> Run:
+    """Register, get an offer and respond; the authority has not issued yet. Each run has
+    its own identity (a failed session suspends its identity at the shared authority)."""
+    user = IssuanceUser(public, identity or f"dr-who-{next(_RUNS)}")
     request = user.registration(authority.challenge())
     offer = authority.offer(request, ATTRS)
     return Run(user, request, offer, _respond(authority, user, offer))
@@ -357,7 +360,7 @@ def test_attack_1_user_responds_with_other_k(authority, public) -> None:
 
 def test_attack_1_enc_x_with_other_k_but_honest_x(authority, public) -> None:
     """enc_x made with k̂, X and its proof made honestly with the registered k."""
-    user = IssuanceUser(public, "mallory")
+    user = IssuanceUser(public, "marvin")
     offer = authority.offer(user.registration(authority.challenge()), ATTRS)
     honest = _respond(authority, user, offer)
     rho = user._rho
@@ -427,7 +430,7 @@ def test_rho_proof_with_wrong_value(authority, fresh: Run, which: str) -> None:
 
 
 def test_rho_proof_from_other_session(authority, public, fresh: Run) -> None:
-    other = _start(authority, public, "dr-who")
+    other = _start(authority, public)
     with pytest.raises(ProtocolError):
         authority.issue(dataclasses.replace(fresh.response, proof=other.response.proof))
     authority.issue(other.response)
@@ -466,7 +469,7 @@ def test_finish_rejects_missing_attribute(authority, fresh: Run) -> None:
 
 
 def test_finish_rejects_key_from_other_session(authority, public, fresh: Run) -> None:
-    other = _start(authority, public, "dr-who")
+    other = _start(authority, public)
     issued_other, _ = authority.issue(other.response)
     issued_mine, _ = authority.issue(fresh.response)
     with pytest.raises(ProtocolError, match="session"):
@@ -648,3 +651,22 @@ def test_a_range_challenge_is_answered_once(keys, public) -> None:
     authority.open_range(asked)
     with pytest.raises(ProtocolError, match="answered already"):
         authority.open_range(asked)
+
+
+def test_a_failed_session_suspends_the_identity(keys, public) -> None:
+    """Regression (adversarial review): whether the authority's check passes can depend
+    on its plaintext a + c when the user builds enc_x for a wrap-around, so each refusal
+    is a bit about a. After one refusal the identity gets no second session."""
+    suspended: set[str] = set()
+    authority = IssuanceAuthority(keys, suspended=suspended)
+    user = IssuanceUser(public, "sam")
+    offer = authority.offer(user.registration(authority.challenge()), ATTRS)
+    user._k = random_scalar()  # a response the check refuses
+    with pytest.raises(ProtocolError, match=r"blinded exponent|blinding factor"):
+        authority.issue(_respond(authority, user, offer))
+    assert suspended == {"sam"}
+    again = IssuanceUser(public, "sam").registration(authority.challenge())
+    with pytest.raises(ProtocolError, match="suspended"):
+        authority.offer(again, ATTRS)
+    other = IssuanceUser(public, "tess").registration(authority.challenge())
+    assert authority.offer(other, ATTRS).identity == "tess"

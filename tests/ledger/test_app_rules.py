@@ -9,6 +9,7 @@ from appkit import NODE_KEYS, make_genesis
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from medshare.crypto import group, issuance
 from medshare.crypto.signing import SigningKey
 from medshare.ledger.app import rules
 from medshare.ledger.app.genesis import MEMBER_POWER, Genesis
@@ -299,44 +300,63 @@ def test_blocks_out_of_order_halt_instead_of_forking(state: LedgerState) -> None
 # --- key tags: who may say "this CP-ABE key is mine" (issue 12, finding 1) ----------------
 
 
-def _tag_body(identity: str, tag: str = "ab" * 48) -> dict:
-    return {"identity": identity, "tag": tag, "R": "cd" * 48, "authority": "H001"}
+def _tag_body(identity: str, sender: SigningKey, genesis: Genesis, k_prime: int = 12345) -> dict:
+    """A key-tag registration: the tag g1^{K'} with the holder's proof of knowledge."""
+    context = issuance.key_tag_context(genesis.chain_id, identity, sender.public)
+    tag = group.encode_g1(group.mul(group.g1(), k_prime)).hex()
+    return {
+        "identity": identity,
+        "tag": tag,
+        "R": "cd" * 48,
+        "authority": "H001",
+        "proof": issuance.prove_key_tag(k_prime, context),
+    }
 
 
 def test_only_the_enrolled_key_registers_a_tag_in_its_name(state: LedgerState) -> None:
     """Regression: the first ``register_key_tag`` naming an identity used to be trusted
     whoever sent it, so a colleague (or the person, with a throwaway key) could claim a
-    name before its real key was issued and have later leaks blamed on the authority."""
+    name before its real key was issued and have later leaks blamed on the authority.
+    Regression (adversarial review): a tag copied from someone else's registration, with
+    no proof of knowledge of its K', is refused."""
     alice, mallory = SigningKey.generate(), SigningKey.generate()
+    g = state.genesis
     enrol = [
         tx(
             TxKind.REGISTER_IDENTITY,
             {"identity": "alice", "key": alice.public.hex()},
             0,
             NODE_KEYS[0],
-            state.genesis,
+            g,
         ),
         tx(
             TxKind.REGISTER_IDENTITY,
             {"identity": "mallory", "key": mallory.public.hex()},
             1,
             NODE_KEYS[0],
-            state.genesis,
+            g,
         ),
     ]
     rules.finalize(state, block(state, 1, enrol))
+    alices = _tag_body("alice", alice, g)
+    copied = {**alices, "identity": "mallory"}  # alice's tag and proof, in mallory's name
+    bad_hex = {**alices, "tag": alices["tag"].upper()}
     claims = [
-        tx(TxKind.REGISTER_KEY_TAG, _tag_body("alice"), 0, mallory, state.genesis),
-        tx(TxKind.REGISTER_KEY_TAG, _tag_body("alice"), 2, NODE_KEYS[0], state.genesis),
-        tx(TxKind.REGISTER_KEY_TAG, _tag_body("alice", "AB" * 48), 0, alice, state.genesis),
-        tx(TxKind.REGISTER_KEY_TAG, _tag_body("alice"), 0, alice, state.genesis),
+        tx(TxKind.REGISTER_KEY_TAG, _tag_body("alice", mallory, g), 0, mallory, g),
+        tx(TxKind.REGISTER_KEY_TAG, _tag_body("alice", NODE_KEYS[0], g), 2, NODE_KEYS[0], g),
+        tx(TxKind.REGISTER_KEY_TAG, bad_hex, 0, alice, g),
+        tx(TxKind.REGISTER_KEY_TAG, copied, 0, mallory, g),
+        tx(TxKind.REGISTER_KEY_TAG, {**alices, "proof": ["1", "2"]}, 0, alice, g),
+        tx(TxKind.REGISTER_KEY_TAG, alices, 0, alice, g),
     ]
     outcome = rules.finalize(state, block(state, 2, claims))
     assert [code for code, _ in outcome.results] == [
         Code.NOT_PERMITTED,  # another person's enrolled key
         Code.NOT_PERMITTED,  # a node
         Code.REJECTED,  # malformed tag
-        Code.OK,  # the holder's own enrolled key
+        Code.REJECTED,  # a copied tag: the proof is bound to alice, not mallory
+        Code.REJECTED,  # a proof that does not verify
+        Code.OK,  # the holder's own enrolled key, with its proof
     ]
 
 

@@ -103,8 +103,18 @@ def test_a_throwaway_tag_in_ones_own_name_does_not_shift_the_blame(consortium):
     their real key is issued still gets the real key's leak traced to them."""
     service, _, _ = consortium
     add_person(service, "dr.new@H001", "clinician", "H001", ["physician"], "03")
+    from medshare.crypto import group, issuance
+
     own = service.wallets.identity("dr.new@H001")
-    decoy = {"identity": "dr.new@H001", "tag": "11" * 48, "R": "22" * 48, "authority": "H001"}
+    throwaway = group.random_scalar()  # a K' of no issued key: a tag nobody's key has
+    context = issuance.key_tag_context(service.ledger.chain_id, "dr.new@H001", own.public)
+    decoy = {
+        "identity": "dr.new@H001",
+        "tag": group.encode_g1(group.mul(group.g1(), throwaway)).hex(),
+        "R": "22" * 48,
+        "authority": "H001",
+        "proof": issuance.prove_key_tag(throwaway, context),
+    }
     service.ledger.sign_and_submit(own, TxKind.REGISTER_KEY_TAG, [decoy])
     service.issue_key("dr.new@H001", "H001", ("hospital:H001", "dept:03", "role:physician"))
     leaked = service.wallets.abe_key_files("dr.new@H001", "H001")[-1].read_bytes()

@@ -89,6 +89,33 @@ def verify_dlog(base: G1, statement: G1, proof: DlogProof, context: bytes) -> bo
     return _challenge(context, base, statement, commitment) == proof.challenge
 
 
+# --- proving a key tag is one's own -------------------------------------------------------------
+
+
+def key_tag_context(chain: str, identity: str, sender: bytes) -> bytes:
+    """What a tag's proof is bound to: the chain, the holder's identity and identity key."""
+    return f"medshare/key-tag/v1|{chain}|{identity}|{sender.hex()}".encode()
+
+
+def prove_key_tag(k_prime: int, context: bytes) -> list[str]:
+    """A proof of knowledge of ``K'`` for the tag ``g1^{K'}`` (JSON form). Only the key's
+    holder knows ``K'``: a tag copied from someone else's registration has no such
+    proof, so nobody can register another's tag under their own name to take the blame
+    (and steer the revocation) when that key leaks."""
+    return _proof_doc(prove_dlog(group.g1(), k_prime, context))
+
+
+def verify_key_tag(tag_hex: object, proof: object, context: bytes) -> bool:
+    """Whether ``proof`` (JSON form) shows knowledge of the discrete log of the tag."""
+    try:
+        if not isinstance(tag_hex, str):
+            return False
+        statement = group.decode_g1(bytes.fromhex(tag_hex))
+        return verify_dlog(group.g1(), statement, _proof(proof), context)
+    except (InvalidEncoding, ValueError):
+        return False
+
+
 # --- messages ------------------------------------------------------------------------------------
 
 
@@ -446,7 +473,14 @@ class IssuanceAuthority:
     :data:`MAX_OPEN_SESSIONS` (the oldest is dropped for a new one), so unanswered ones
     cannot pile up. ``clock`` (seconds, monotonic) is injectable for tests."""
 
-    def __init__(self, keys: AuthorityKeys, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        keys: AuthorityKeys,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        suspended: set[str] | None = None,
+    ) -> None:
+        self._suspended = suspended if suspended is not None else set()
         self._keys = keys.with_modulus_proof()
         self._paillier_public, self._paillier_private = keys.paillier()
         self._fingerprint = keys.master.public.fingerprint()
@@ -478,6 +512,10 @@ class IssuanceAuthority:
         self._expire()
         if request.session not in self._challenged:
             raise ProtocolError("unknown, used or expired issuance session")
+        if request.identity in self._suspended:
+            raise ProtocolError(
+                f"issuance to {request.identity!r} is suspended after a failed session"
+            )
         context = _registration_context(request.identity, request.session, self._fingerprint)
         if not verify_dlog(group.g1(), request.R, request.proof, context):
             raise ProtocolError("registration proof of knowledge of k does not verify")
@@ -530,11 +568,17 @@ class IssuanceAuthority:
             raise ProtocolError("Paillier ciphertext out of range")
         x = self._paillier_private.raw_decrypt(response.enc_x) % ORDER
         if x == 0 or group.mul(group.g1(), x) != response.X:
+            # Whether this check passes depends on the plaintext a + c, which a user who
+            # built enc_x with a wrap-around in mind can steer: refusing is one bit about
+            # a (adversarial review). The user must not get a second bit: issuance to
+            # this identity stops until someone looks (the caller keeps ``suspended``).
+            self._suspended.add(pending.identity)
             raise ProtocolError("the blinded exponent does not match the registered commitment")
         master = self._keys.master
         base = master.public.a1 + group.mul(group.g1(), pending.c) + pending.R
         context = _context(response.session, pending.identity, pending.c)
         if not verify_dlog(base, response.X, response.proof, context):
+            self._suspended.add(pending.identity)  # a failure after decryption, as above
             raise ProtocolError("proof of knowledge of the blinding factor does not verify")
         r_tilde = group.random_scalar()
         big_k, big_l, l_prime, comps = abe.issue_components(master, x, r_tilde, pending.attributes)

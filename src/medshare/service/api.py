@@ -92,6 +92,9 @@ class MedShare(IngestMixin, AreaKeyMixin, GrantMixin, ReadingMixin, AuditLogMixi
         # Authorities' Paillier moduli whose Paillier–Blum proof this process checked:
         # (authority fingerprint, N). Checked once each (~0.7 s), then trusted.
         self.verified_moduli: set[tuple[bytes, int]] = set()
+        # Identities whose issuance failed the authority's check (one bit about its
+        # master secret each): refused for the rest of this process.
+        self.issuance_suspended: set[str] = set()
 
     @classmethod
     def open(

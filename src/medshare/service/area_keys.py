@@ -15,7 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import NoResultFound
 from sqlalchemy.orm import Session
 
-from medshare.crypto import abe
+from medshare.crypto import abe, issuance
 from medshare.crypto.errors import CryptoError
 from medshare.ledger.types import TxKind
 from medshare.service import areas, db, keyring, protect
@@ -149,13 +149,16 @@ class AreaKeyMixin:
                 identity,
                 attributes,
                 verified_moduli=self.verified_moduli,
+                suspended=self.issuance_suspended,
             )
+            context = issuance.key_tag_context(self.ledger.chain_id, who, identity.public)
             body = {
                 "identity": who,
                 "tag": one.registration.tag().hex(),
                 "R": one.registration.R_hex(),
                 "authority": authority,
                 "attributes": list(attributes),
+                "proof": issuance.prove_key_tag(one.key.k_prime, context),
             }
             batches.append((identity, TxKind.REGISTER_KEY_TAG, [body]))
             pending.append((who, authority, attributes, one))
@@ -195,8 +198,8 @@ class AreaKeyMixin:
         old keys stay live; new key files and ledger registrations are left unused); once it
         commits, every other holder already has its new key.
 
-        ``attributes``: the key's attributes as registered on the ledger, which revoke a
-        key whose database row is missing (the ledger is the source of truth).
+        ``attributes``: the key's attributes (read from the leaked key by tracing), which
+        revoke a key whose database row is missing or superseded.
         """
         issued: list[tuple[str, bytes]] = []  # (holder, tag) of keys written by this attempt
         try:
@@ -323,8 +326,15 @@ class AreaKeyMixin:
         return tags
 
     def _revoked_on_ledger(self, authority: str, tag: bytes) -> bool:
+        """Whether ``authority`` itself revoked the key with ``tag`` on the ledger (a
+        revocation filed by anyone else — say, the key's guilty holder, to have tracing
+        answer "already revoked" — does not count)."""
         grant = f"key/{authority}/{tag.hex()}"
-        return any(c.tx.body.get("grant") == grant for c in self.ledger.txs(TxKind.REVOKE))
+        signer = self.wallets.identity(authority_principal(authority)).public
+        return any(
+            c.tx.body.get("grant") == grant and c.tx.sender == signer
+            for c in self.ledger.txs(TxKind.REVOKE)
+        )
 
     def trace(self, key_bytes: bytes) -> dict[str, Any]:
         """Audit a leaked key file, record the verdict on the ledger, revoke a guilty key."""
@@ -358,14 +368,11 @@ class AreaKeyMixin:
             if self._revoked_on_ledger(result.authority, tag):
                 out["revocation"] = {"already_revoked": True}
             else:
-                attributes = registered[result.authority][tag].get("attributes")
+                # What the leaked key opens is read from the key itself, not from what
+                # its holder declared when registering its tag.
+                attributes = tuple(sorted(key.attributes))
                 out["revocation"] = self.revoke_key(
-                    result.identity,
-                    result.authority,
-                    tag,
-                    attributes=tuple(map(str, attributes))
-                    if isinstance(attributes, list)
-                    else None,
+                    result.identity, result.authority, tag, attributes=attributes
                 )
         return out
 

@@ -30,12 +30,14 @@ def issue(
     attributes: Iterable[str],
     *,
     verified_moduli: set[tuple[bytes, int]] | None = None,
+    suspended: set[str] | None = None,
 ) -> IssuedKey:
     """Run the issuance protocol for ``holder`` with ``attributes``; both sides check
     (the holder's side: the authority's Paillier modulus once per modulus, kept in
-    ``verified_moduli``, and the range proof of every offer)."""
+    ``verified_moduli``, and the range proof of every offer); ``suspended``: identities
+    whose issuance failed at the authority's check, refused from then on."""
     key, registration = issuance.issue_key(
-        issuance.IssuanceAuthority(authority),
+        issuance.IssuanceAuthority(authority, suspended=suspended),
         authority.master.public,
         holder,
         attributes,

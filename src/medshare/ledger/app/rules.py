@@ -41,7 +41,7 @@ from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 
-from medshare.crypto import signing
+from medshare.crypto import issuance, signing
 from medshare.ledger import election
 from medshare.ledger.app.genesis import MEMBER_POWER
 from medshare.ledger.app.state import BlockChanges, LedgerState
@@ -210,10 +210,11 @@ def _register_identity(state: LedgerState, tx: Tx, changes: BlockChanges) -> Non
 
 def _register_key_tag(state: LedgerState, tx: Tx, changes: BlockChanges) -> None:
     """The public tag of a CP-ABE key, registered by its holder at issuance: the sender
-    must be the key enrolled under the named identity. Tracing blames a leaked key on the
-    identity whose enrolled key registered its tag, so nobody — not a node, not another
-    person — can register a tag in someone else's name, and no throwaway key can claim
-    one's own name."""
+    must be the key enrolled under the named identity, and the body must prove knowledge
+    of ``K'`` for the tag (a Schnorr proof bound to chain, identity and sender). Tracing
+    blames a leaked key on the identity whose enrolled key registered its tag, so nobody
+    — not a node, not another person — can register a tag in someone else's name, nor
+    copy someone's tag into their own name."""
     holder = state.identities.get(tx.sender.hex())
     if holder is None:
         raise TxRejected(
@@ -232,6 +233,11 @@ def _register_key_tag(state: LedgerState, tx: Tx, changes: BlockChanges) -> None
             raise ValueError
     except ValueError:
         raise TxRejected(Code.REJECTED, "tag must be lower-case hex") from None
+    context = issuance.key_tag_context(tx.chain, holder, tx.sender)
+    if not issuance.verify_key_tag(tag, tx.body.get("proof"), context):
+        raise TxRejected(
+            Code.REJECTED, "no proof that the sender holds the key of this tag (copied tag?)"
+        )
 
 
 def _public_key(value: object, name: str) -> bytes:
