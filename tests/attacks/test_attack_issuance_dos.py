@@ -44,6 +44,13 @@ def _stranger_request(auth: issuance.IssuanceAuthority, fingerprint: bytes, name
     )
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "known, not fixed yet: offers should require a ledger-enrolled identity key and per-"
+        "identity quotas, with range commitments precomputed in a bounded pool"
+    ),
+)
 def test_attack_an_anonymous_request_costs_the_authority_hundreds_of_times_its_price(keys):
     auth = issuance.IssuanceAuthority(keys)
     fingerprint = keys.master.public.fingerprint()
@@ -63,6 +70,13 @@ def test_attack_an_anonymous_request_costs_the_authority_hundreds_of_times_its_p
     )
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "known, not fixed yet: challenges should be stateless (a MAC'd, timestamped session "
+        "token) or quota'd per client"
+    ),
+)
 def test_attack_a_flood_of_free_challenges_evicts_a_users_open_session(keys):
     """``challenge()`` costs the caller nothing and the table drops its oldest session when
     full: 4,096 anonymous calls between a user's challenge and registration lose it."""

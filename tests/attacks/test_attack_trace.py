@@ -22,12 +22,14 @@ import pytest
 from sqlalchemy import select
 
 from medshare.crypto import abe, group
+from medshare.ledger.port import TxRejected
 from medshare.ledger.types import TxKind
 from medshare.records import synthetic
 from medshare.service import db, keyring
 from medshare.service.areas import Area
 from medshare.service.config import ServiceConfig
 from medshare.service.consortium import add_person, add_staff, init
+from medshare.service.errors import AccessDenied
 from medshare.service.roster import StaffMember
 
 
@@ -81,40 +83,37 @@ def _live_institution_key(service, scope: str) -> db.AreaKey:
         return row
 
 
-def test_attack_a_guilty_holder_pre_revokes_her_own_tag_and_trace_rotates_nothing(consortium):
+def test_resisted_a_guilty_holder_pre_revoking_her_own_tag(consortium):
+    """Fixed after review: a REVOKE of ``key/<authority>/<tag>`` that the traced holder
+    signed herself no longer makes trace answer already_revoked: the authority revokes,
+    rotates and the leaked key opens nothing live."""
     service, record_id, top = consortium
     leaked = service.wallets.abe_key_files("mallory@H001", "H001")[-1].read_bytes()
     key = abe.AbeUserKey.from_bytes(leaked)
     epoch_before = _epoch(service, "H001")
     scope = f"institution/H001/{top}"
     kek_before = _live_institution_key(service, scope).id
-    # Before leaking, Mallory files a REVOKE of her own key with her own identity key.
     fake = {"grant": f"key/H001/{key.tag().hex()}", "reason": "housekeeping"}
     service.ledger.sign_and_submit(service.wallets.identity("mallory@H001"), TxKind.REVOKE, [fake])
 
     verdict = service.trace(leaked)
     assert verdict["verdict"] == "user" and verdict["identity"] == "mallory@H001"
-    # What the attack bought: nothing rotated, her key is still live and still opens.
-    still_open = {
-        "epoch unchanged": _epoch(service, "H001") == epoch_before,
-        "KEK not rotated": _live_institution_key(service, scope).id == kek_before,
-    }
+    assert verdict["revocation"] != {"already_revoked": True}
+    assert _epoch(service, "H001") == epoch_before + 1
+    assert _live_institution_key(service, scope).id != kek_before
     area_key = _live_institution_key(service, scope)
     ct = abe.AbeCiphertext.from_bytes(area_key.abe_ciphertext)
-    public = service.authority_public(service.wallets.authority("H001").master.public.to_bytes())
-    kek = abe.decrypt(public, key, ct, context=area_key.id.encode())
-    still_open["leaked key opens the live KEK"] = kek == service._kek("H001", area_key.id)
-    still_open["gate still serves her"] = bool(
-        service.read("mallory@H001", record_id, area=Area.INSTITUTION).resource
-    )
-    assert verdict["revocation"] != {"already_revoked": True}, (
-        f"a REVOKE the traced holder signed herself made trace answer already_revoked: {still_open}"
-    )
+    public = service.authority_public(_h001_public(service))
+    with pytest.raises(abe.PolicyNotSatisfied):
+        abe.decrypt(public, key, ct, context=area_key.id.encode())
+    with pytest.raises(AccessDenied):
+        service.read("mallory@H001", record_id, area=Area.INSTITUTION)
 
 
 def test_resisted_registering_someone_elses_tag_under_ones_own_name(consortium):
     """Mallory copies dr.wang's tag (public on the ledger) under her own name and under
-    another authority string: trace still names dr.wang (first registration wins)."""
+    another authority string: the chain refuses both (no proof of knowledge of K'), and
+    trace still names dr.wang."""
     service, _, _ = consortium
     wang = abe.AbeUserKey.from_bytes(
         service.wallets.abe_key_files("dr.wang@H001", "H001")[-1].read_bytes()
@@ -128,7 +127,8 @@ def test_resisted_registering_someone_elses_tag_under_ones_own_name(consortium):
             "authority": authority,
             "attributes": ["hospital:H001"],
         }
-        service.ledger.sign_and_submit(mallory, TxKind.REGISTER_KEY_TAG, [body])
+        with pytest.raises(TxRejected, match="no proof"):
+            service.ledger.sign_and_submit(mallory, TxKind.REGISTER_KEY_TAG, [body])
     with service.sessions() as session:
         publics = {
             h.code: service.authority_public(h.abe_public)
@@ -142,47 +142,46 @@ def test_resisted_registering_someone_elses_tag_under_ones_own_name(consortium):
     assert (result.verdict, result.identity) == (abe.Verdict.USER, "dr.wang@H001")
 
 
-def test_attack_a_copied_tag_ordered_first_shifts_the_blame_and_skips_rotation(
-    consortium, monkeypatch
-):
-    """The chain takes any well-formed tag from any enrolled identity, with no proof that the
-    sender knows its discrete log (K'), and trace believes the first registration. Mallory
-    copies dr.bob's ``register_key_tag`` from the mempool and gets her copy ordered first (a
-    colluding proposer, or gossip timing), with attributes that open nothing. When dr.bob
-    leaks his key, trace names Mallory, "revokes" a key of hers that never existed with
-    those attributes, so no scope is rotated, and re-issues dr.bob (and Mallory) at the
-    new epoch: the leaked key plus the scope's old ciphertext still open the live KEK."""
+def test_resisted_a_copied_tag_ordered_first(consortium, monkeypatch):
+    """Fixed after review: Mallory copies dr.bob's ``register_key_tag`` from the mempool
+    into her own name, ordered first. The copy carries dr.bob's proof of knowledge of K',
+    bound to dr.bob's identity and key, so the chain refuses it; tracing dr.bob's leaked
+    key names dr.bob and rotates what it opened."""
     service, _, top = consortium
     mallory = service.wallets.identity("mallory@H001")
     submit = service._submit_batches
+    refused = []
 
     def mempool_front_run(batches):
         for _key, kind, bodies in batches:
             for body in bodies:
                 if kind == TxKind.REGISTER_KEY_TAG and body["identity"] == "dr.bob@H001":
                     copy = {**body, "identity": "mallory@H001", "attributes": ["nothing:here"]}
-                    service.ledger.sign_and_submit(mallory, TxKind.REGISTER_KEY_TAG, [copy])
+                    try:
+                        service.ledger.sign_and_submit(mallory, TxKind.REGISTER_KEY_TAG, [copy])
+                    except TxRejected as exc:
+                        refused.append(str(exc))
         return submit(batches)
 
     monkeypatch.setattr(service, "_submit_batches", mempool_front_run)
     add_staff(service, StaffMember("dr.bob@H001", "H001", top, "physician"))
     monkeypatch.undo()
+    assert refused and "no proof" in refused[0]
     leaked = service.wallets.abe_key_files("dr.bob@H001", "H001")[-1].read_bytes()
-    key = abe.AbeUserKey.from_bytes(leaked)
     scope = f"institution/H001/{top}"
-    kept = _live_institution_key(service, scope)  # its ciphertext, kept by anyone
+    kept = _live_institution_key(service, scope)
     verdict = service.trace(leaked)
-    live = _live_institution_key(service, scope)
-    old_ct = abe.AbeCiphertext.from_bytes(kept.abe_ciphertext)
-    public = abe.AbePublicKey.from_bytes(_h001_public(service))
-    still = abe.decrypt(public, key, old_ct, context=kept.id.encode())
-    assert (verdict["verdict"], verdict["identity"]) == ("user", "dr.bob@H001"), (
-        f"trace named {verdict['identity']} for dr.bob's key; revocation "
-        f"{verdict.get('revocation')}; the leaked key still opens the live KEK: "
-        f"{live.id == kept.id and still == service._kek('H001', live.id)}"
-    )
+    assert (verdict["verdict"], verdict["identity"]) == ("user", "dr.bob@H001")
+    assert verdict["revocation"]["records_rewrapped"] > 0
+    assert _live_institution_key(service, scope).id != kept.id
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "known, not fixed yet: identity names are not yet bound to the enrolling node's namespace"
+    ),
+)
 def test_attack_a_node_squats_a_name_of_another_hospital_and_frames_it(consortium):
     """H002's node enrols its own key as "dr.new@H001" (H001's new hire, not enrolled yet);
     H002's authority makes a key, registers its tag in that name, and leaks it: trace blames
