@@ -54,17 +54,35 @@ def loads(data: bytes | str, kind: str, versions: frozenset[int] = frozenset({1}
         doc = json.loads(data)
     except json.JSONDecodeError as exc:
         raise InvalidEncoding(f"not a medshare {kind} file (not valid JSON: {exc.msg})") from None
+    except (ValueError, RecursionError):
+        # JSON the parser refuses past its limits (issue 12, fuzzing): an integer longer
+        # than int()'s 4300 digits (ValueError), arrays nested deeper than the recursion limit
+        raise InvalidEncoding(
+            f"not a medshare {kind} file (a number or nesting beyond the JSON limits)"
+        ) from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise InvalidEncoding(f"not a medshare {kind} file")
     if doc.get("type") != kind:
-        raise InvalidEncoding(f"expected a {kind} file, got a {doc.get('type')!r} file")
-    if doc.get("version") not in versions:
+        raise InvalidEncoding(f"expected a {kind} file, got a {_shown(doc.get('type'))} file")
+    version = doc.get("version")
+    # an int, compared only then: a list or object is unhashable (a TypeError in the set
+    # lookup), and true or 1.0 would pass as version 1
+    if isinstance(version, bool) or not isinstance(version, int) or version not in versions:
         known = ", ".join(str(v) for v in sorted(versions))
         raise InvalidEncoding(
-            f"{kind} file has unsupported version {doc.get('version')!r} "
-            f"(this medshare reads {known})"
+            f"{kind} file has unsupported version {_shown(version)} (this medshare reads {known})"
         )
     return doc
+
+
+def _shown(value: object) -> str:
+    """A value from a hostile document, as an error message may quote it: short scalars
+    as they are, anything else by its type (its repr could be megabytes, or recurse)."""
+    if value is None or isinstance(value, bool | int | float):
+        return repr(value)[:40]
+    if isinstance(value, str) and len(value) <= 64:
+        return repr(value)
+    return f"<{type(value).__name__}>"
 
 
 def field(doc: Mapping[str, Any], name: str, decode: Callable[[Any], T]) -> T:
@@ -75,7 +93,9 @@ def field(doc: Mapping[str, Any], name: str, decode: Callable[[Any], T]) -> T:
         return decode(doc[name])
     except InvalidEncoding as exc:
         raise InvalidEncoding(f"field {name!r}: {exc}") from None
-    except (TypeError, ValueError, KeyError, AttributeError) as exc:
+    except (TypeError, ValueError, KeyError, AttributeError, OverflowError) as exc:
+        # OverflowError: a value its decoder cannot represent, e.g. a time that leaves the
+        # datetime range once moved to UTC ("0001-01-01T00:00:00+01:00")
         raise InvalidEncoding(f"field {name!r} is malformed ({exc})") from None
 
 
