@@ -136,7 +136,9 @@ def recover_seed(
         try:
             decoded.append(shamir_mnemonic.Share.from_mnemonic(text))
         except MnemonicError as exc:
-            raise InvalidMnemonic(f"share {k} ({text.split()[0]} …) is not valid: {exc}") from None
+            # an empty or blank share has no first word to name it by (was an IndexError)
+            shown = f"{text.split()[0]} …" if text.strip() else "empty"
+            raise InvalidMnemonic(f"share {k} ({shown}) is not valid: {exc}") from None
     common = {d.common_parameters() for d in decoded}
     if len(common) > 1:
         raise MixedShareSets(
