@@ -92,7 +92,8 @@ def _load_identities(path: Path) -> dict[str, bytes]:
     try:
         doc = json.loads(read_file(path))
         return {str(name): bytes.fromhex(str(public)) for name, public in doc.items()}
-    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError, ValueError):
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError, ValueError, RecursionError):
+        # RecursionError: arrays nested past the parser's limit (issue 12, fuzzing)
         raise fail(f'{path} must be a JSON object {{"identity": "hex Ed25519 key"}}') from None
 
 

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from medshare.crypto.errors import (
     CryptoError,
@@ -27,7 +28,13 @@ _stderr = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def fail(message: str, code: int = EXIT_BAD_INPUT) -> typer.Exit:
-    _stderr.print(f"[bold red]error:[/] {message}", markup=True)
+    """Print ``error: message`` as one line and return the exit to raise.
+
+    Messages quote user input (a policy, a class list, a file name), so the message is
+    escaped before it reaches Rich (a ``[/x]`` in it was read as a closing tag: a
+    MarkupError traceback, and ``[bold]`` vanished) and line breaks become spaces."""
+    flat = " ".join(message.splitlines())
+    _stderr.print(f"[bold red]error:[/] {escape(flat)}", markup=True)
     return typer.Exit(code)
 
 

@@ -134,7 +134,8 @@ def check_proof(
     with user_errors():
         try:
             doc = json.loads(proof.read_bytes())
-        except (json.JSONDecodeError, UnicodeDecodeError):
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+            # RecursionError: arrays nested past the parser's limit (issue 12, fuzzing)
             raise fail(f"{proof} is not JSON") from None
         if isinstance(doc, dict) and str(doc.get("format", "")).startswith("medshare-cometbft"):
             summary = _check_cometbft_proof(doc, rpc)
