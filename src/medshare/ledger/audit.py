@@ -284,7 +284,8 @@ def check_proof(
         proof = merkle.InclusionProof(int(doc["merkle"]["index"]), int(doc["merkle"]["size"]), path)
         committee = [bytes.fromhex(m) for m in doc["committee"]]
         chain_id = check_chain_id(doc["chain_id"])
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, OverflowError) as exc:
+        # OverflowError: int() of an infinite float (JSON's Infinity) as the Merkle index
         raise ProofError(f"malformed proof: {exc}") from None
     if trusted_chain_id is not None and chain_id != trusted_chain_id:
         raise ProofError(f"the proof is for chain {chain_id}, not {trusted_chain_id}")

@@ -84,8 +84,10 @@ def _hex(value: object, size: int, name: str) -> bytes:
 
 
 def _int(value: object, name: str, low: int = 0) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise LedgerFormatError(f"{name} must be an integer ≥ {low}")
+    """An integer field, at most 2^53 - 1: a larger one has no canonical (RFC 8785) form, so
+    a header or vote holding it decoded and then failed to hash (issue 12, fuzzing)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= _MAX_SAFE_INT:
+        raise LedgerFormatError(f"{name} must be an integer in [{low}, 2^53 - 1]")
     return value
 
 
