@@ -46,6 +46,9 @@ from medshare.records.references import (
 FHIR_RELEASE = "R4B"
 FHIR_VERSION: str = __fhir_version__
 BUNDLE_TYPES = frozenset({"transaction", "batch", "collection", "searchset"})
+# JSON nesting of one document; real resources (extensions of extensions, nested
+# questionnaire items) stay far below it
+MAX_DEPTH = 100
 _MAX_REPORTED = 3
 
 
@@ -148,13 +151,36 @@ def loads(text: str | bytes) -> Any:
         except UnicodeDecodeError as exc:
             raise FhirError(f"not UTF-8 (byte {exc.start})") from None
     try:
-        return json.loads(
+        doc = json.loads(
             text, object_pairs_hook=_object_without_duplicates, parse_constant=_no_constants
         )
     except json.JSONDecodeError as exc:
         raise FhirError(f"invalid JSON: {exc.msg} (column {exc.colno})", line=exc.lineno) from None
     except (ValueError, RecursionError) as exc:
         raise FhirError(f"invalid JSON: {exc}") from None
+    _check_depth(doc)
+    return doc
+
+
+def _check_depth(doc: Any) -> None:
+    """Refuse JSON nested deeper than :data:`MAX_DEPTH` (an iterative walk).
+
+    The parser takes nesting up to the recursion limit, but copying, canonicalising and
+    validating a resource recurse deeper per level: a resource nested a few hundred levels
+    deep parsed, then failed with a RecursionError in ``copy.deepcopy`` (issue 12, fuzzing).
+    """
+    stack = [(doc, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict):
+            children: Iterable[Any] = node.values()
+        elif isinstance(node, list):
+            children = node
+        else:
+            continue
+        if depth > MAX_DEPTH:
+            raise FhirError(f"invalid JSON: nested deeper than {MAX_DEPTH} levels")
+        stack.extend((child, depth + 1) for child in children)
 
 
 # -- one dispatcher -----------------------------------------------------------------------
@@ -328,7 +354,8 @@ def iter_bundle(bundle: Mapping[str, Any] | str | bytes) -> Iterator[Resource]:
     """
     doc = _bundle_dict(bundle)
     btype = doc.get("type")
-    if btype not in BUNDLE_TYPES:
+    # a str first: a list or object is unhashable (was a TypeError in the set lookup)
+    if not isinstance(btype, str) or btype not in BUNDLE_TYPES:
         raise FhirError(
             f"unsupported Bundle type {btype!r}; expected one of {sorted(BUNDLE_TYPES)}",
             path="Bundle.type",
