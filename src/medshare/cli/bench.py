@@ -296,3 +296,74 @@ def service(
             first = False
     console.print(keys)
     typer.echo(f"report written to {json_out}" + (f", plot to {plot}" if plot else ""))
+
+
+@app.command("fuzz")
+def fuzz(
+    json_out: Annotated[Path, typer.Option("--json", help="Where to write the JSON report.")],
+    examples: Annotated[
+        int, typer.Option(min=1, help="Malformed inputs per target (after its regressions).")
+    ] = 10_000,
+    target: Annotated[
+        list[str] | None,
+        typer.Option("--target", help="Run only this target (repeatable; default: all)."),
+    ] = None,
+    seed: Annotated[
+        int | None,
+        typer.Option(help="Hypothesis seed for new inputs (default: derandomized, repeatable)."),
+    ] = None,
+) -> None:
+    """Fuzz every decoder and entry point with malformed input; exit 1 on any failure.
+
+    A failure is an exception the entry point does not document (or a broken contract:
+    state stored for rejected input, a CLI traceback); each is reported with its input in
+    hex. Needs Hypothesis (the test extra)."""
+    try:
+        from medshare.bench import fuzz as bench_fuzz
+    except ImportError as exc:  # Hypothesis is a test dependency
+        raise typer.BadParameter(f"medshare bench fuzz needs Hypothesis ({exc})") from None
+    unknown = sorted(set(target or ()) - set(bench_fuzz.TARGETS))
+    if unknown:
+        raise typer.BadParameter(
+            f"unknown target(s) {', '.join(unknown)}; known: {', '.join(bench_fuzz.TARGETS)}",
+            param_hint="--target",
+        )
+    with Console(stderr=True).status("fuzzing") as status:
+        report = bench_fuzz.run(
+            examples, targets=target, seed=seed, progress=lambda msg: status.update(msg)
+        )
+    write_file(json_out, json.dumps(report, indent=1).encode() + b"\n")
+    table = Table(
+        title=f"medshare bench fuzz: {examples} inputs per target, {report['runtime_s']} s",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+    )
+    for column in ("target", "examples", "accepted", "errors and answers seen", "failures", "s"):
+        table.add_column(column, justify="left" if column[0] in "te" else "right")
+    for row in report["targets"]:
+        seen = {**row["errors"], **row["outcomes"]}
+        table.add_row(
+            row["target"],
+            str(row["examples"]),
+            str(row["accepted"]),
+            ", ".join(f"{name} {count}" for name, count in seen.items()),
+            str(len(row["failures"])),
+            f"{row['seconds']:.0f}",
+        )
+    console = Console()
+    console.print(table)
+    for row in report["targets"]:
+        for failure in row["failures"]:
+            console.print(
+                f"FAIL {row['target']}: {failure['exception']} at {failure['traceback']} "
+                f"({failure['count']}×, smallest input {failure['input_bytes']} bytes)",
+                markup=False,
+                highlight=False,
+            )
+        if row["harness_error"]:
+            console.print(
+                f"INCOMPLETE {row['target']}: {row['harness_error']}", markup=False, highlight=False
+            )
+    typer.echo(f"report written to {json_out}")
+    if report["failures"] or report["harness_errors"]:
+        raise typer.Exit(1)
