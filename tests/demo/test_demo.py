@@ -16,6 +16,7 @@ from medshare.ledger.cometbft import install, network
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # the whole story, with every key issued under the authority's proofs
 def test_demo_succeeds_and_writes_outputs() -> None:
     """The demo runs on CometBFT nodes (a short folder: their Unix sockets need one) and
     stops them at the end."""
