@@ -31,15 +31,7 @@ from medshare.service.config import ServiceConfig
 from medshare.service.consortium import add_person, add_staff, init
 from medshare.service.errors import AccessDenied
 from medshare.service.roster import StaffMember
-
-
-class Clock:
-    def __init__(self, now_ms: int) -> None:
-        self.now_ms = now_ms
-
-    def __call__(self) -> int:
-        return self.now_ms
-
+from service.conftest import Clock
 
 ROSTER = (
     StaffMember("dr.wang@H001", "H001", "03", "physician"),
