@@ -36,7 +36,6 @@ Paillier: the ``phe`` package (with ``gmpy2``), modulus 3072 bits.
 
 from __future__ import annotations
 
-import math
 import secrets
 import time
 from collections import OrderedDict
@@ -446,14 +445,6 @@ class _Pending:
         return self.request.R
 
 
-def _unit_below(n: int) -> int:
-    """Paillier randomness: uniform in ``Z*_N``."""
-    while True:
-        r = secrets.randbelow(n - 1) + 1
-        if math.gcd(r, n) == 1:
-            return r
-
-
 def _expiry(value: float | tuple[_Pending, float]) -> float:
     return value[1] if isinstance(value, tuple) else value
 
@@ -532,7 +523,7 @@ class IssuanceAuthority:
         del self._challenged[session]  # used up: the same request opens nothing again
         c = group.random_scalar()
         n = self._paillier_public.n
-        plaintext, r = (self._keys.master.a + c) % ORDER, _unit_below(n)
+        plaintext, r = (self._keys.master.a + c) % ORDER, paillier_range.random_unit(n)
         prover = paillier_range.RangeProver(
             self._keys.paillier_p, self._keys.paillier_q, plaintext, r, RANGE_BITS
         )

@@ -63,7 +63,8 @@ def encrypt(n: int, m: int, r: int) -> int:
     return int((1 + (m % n) * n) * gmpy2.powmod(r, n, n2) % n2)
 
 
-def _random_unit(n: int, randbits: RandBits) -> int:
+def random_unit(n: int, randbits: RandBits = secrets.randbits) -> int:
+    """Paillier randomness: a uniform unit of ``Z_N`` (from ``|N| + 64`` random bits)."""
     while True:
         r = randbits(n.bit_length() + 64) % n
         if r > 0 and gmpy2.gcd(r, n) == 1:
@@ -178,7 +179,7 @@ class RangeProver:
         pairs, kept = [], []
         for _ in range(self._rounds):
             w = ell + self._randbits(self._bits)
-            r1, r2 = _random_unit(n, self._randbits), _random_unit(n, self._randbits)
+            r1, r2 = random_unit(n, self._randbits), random_unit(n, self._randbits)
             first, second = (w, w - ell) if self._randbits(1) else (w - ell, w)
             pairs.append((self._enc.encrypt(first, r1), self._enc.encrypt(second, r2)))
             kept.append((first, r1, second, r2))

@@ -53,22 +53,19 @@ def encode_frame(message: bytes) -> bytes:
 
 
 async def read_frame(reader: asyncio.StreamReader) -> bytes | None:
-    """The next frame's payload, or None at a clean end of stream."""
-    length = 0
-    for shift in range(0, 64, 7):
+    """The next frame's payload, or None at a clean end of stream (reads no further than
+    the frame, so the next one stays in ``reader``)."""
+    prefix = bytearray()
+    while True:
         try:
-            byte = (await reader.readexactly(1))[0]
+            prefix += await reader.readexactly(1)
         except asyncio.IncompleteReadError:
-            if shift == 0:
+            if not prefix:
                 return None
             raise WireError("stream ended inside a length prefix") from None
-        length |= (byte & 0x7F) << shift
-        if not byte & 0x80:
+        length, _ = _prefix(prefix, 0)
+        if length is not None:
             break
-    else:
-        raise WireError("length prefix longer than 10 bytes")
-    if length > MAX_MESSAGE_BYTES:
-        raise WireError(f"message of {length} bytes exceeds {MAX_MESSAGE_BYTES}")
     try:
         return await reader.readexactly(length)
     except asyncio.IncompleteReadError:
