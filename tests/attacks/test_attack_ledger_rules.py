@@ -2,8 +2,9 @@
 
 Resisted: a tag in someone else's name, a second key for a taken name through another
 node, malformed tags, a transaction replayed on another chain or twice.
-Break: a ``revoke`` of ``key/<authority>/<tag>`` — which tracing takes as "this key is
-revoked" — is accepted from any enrolled identity, the key's own holder included.
+Also resisted (fixed after review): a ``revoke`` of ``key/<authority>/<tag>`` — which
+tracing takes as "this key is revoked" — from anyone but that authority's enrolled
+identity; a ``publish_key`` in someone else's name, or replacing a published key.
 """
 
 from __future__ import annotations
@@ -101,21 +102,110 @@ def test_resisted_replay_on_another_chain_and_twice(state):
     assert _apply(state, [here]) == [Code.BAD_NONCE]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "known, not fixed yet: the chain accepts a key/<authority>/<tag> REVOKE from any "
-        "enrolled identity; tracing now ignores revocations not signed by the authority, the "
-        "chain rule is still to come"
-    ),
-)
-def test_attack_any_enrolled_identity_may_file_a_key_revocation(state):
-    """Tracing answers ``already_revoked`` for any REVOKE naming ``key/<authority>/<tag>``
-    (service.area_keys._revoked_on_ledger); the chain takes one from anybody enrolled."""
-    mallory = SigningKey.generate()
-    _enrol(state, {"mallory@H001": mallory})
+def test_resisted_a_key_revocation_filed_by_anyone_but_the_authority(state):
+    """Tracing answers ``already_revoked`` for a REVOKE naming ``key/<authority>/<tag>``
+    (service.area_keys._revoked_on_ledger); the chain takes one only from the authority's
+    enrolled identity, not from the key's holder nor from a node."""
+    mallory, authority = SigningKey.generate(), SigningKey.generate()
+    _enrol(state, {"mallory@H001": mallory, "authority@H001": authority})
     fake = {"grant": f"key/H001/{TAG}", "reason": "key of mallory@H001 revoked"}
-    codes = _apply(state, [_tx(state, TxKind.REVOKE, fake, 0, mallory)])
-    assert codes == [Code.NOT_PERMITTED], (
-        "a person's own identity key filed the revocation of a CP-ABE key on the chain"
+    codes = _apply(
+        state,
+        [
+            _tx(state, TxKind.REVOKE, fake, 0, mallory),
+            _tx(state, TxKind.REVOKE, fake, 2, NODES[0]),
+            _tx(state, TxKind.REVOKE, {**fake, "grant": f"key/H002/{TAG}"}, 0, authority),
+            _tx(state, TxKind.REVOKE, {**fake, "grant": "key/H001"}, 0, authority),
+            _tx(state, TxKind.REVOKE, fake, 0, authority),
+            _tx(state, TxKind.REVOKE, {"grant": "grant-42"}, 0, mallory),  # not a key: service's
+        ],
     )
+    assert codes == [
+        Code.NOT_PERMITTED,
+        Code.NOT_PERMITTED,
+        Code.NOT_PERMITTED,
+        Code.REJECTED,
+        Code.OK,
+        Code.OK,
+    ]
+
+
+DIGEST = "cd" * 32
+
+
+def test_resisted_publishing_a_key_in_someone_elses_name_or_twice(state):
+    """``publish_key``: only the name's owner publishes, once; malformed names and
+    digests are refused, and a published digest is never replaced."""
+    patient, authority, mallory = (SigningKey.generate() for _ in range(3))
+    _enrol(
+        state,
+        {"patient:P1": patient, "authority@H001": authority, "mallory@H001": mallory},
+    )
+
+    def publish(key, name, nonce, digest=DIGEST):
+        return _tx(state, TxKind.PUBLISH_KEY, {"key": name, "digest": digest}, nonce, key)
+
+    txs = [
+        publish(mallory, "patient/P1/block/0", 0),  # not hers
+        publish(
+            NODES[0], "authority/H001/abe", state.next_nonce(NODES[0].public)
+        ),  # a node is not the authority
+        publish(authority, "authority/H002/abe", 0),  # another hospital's authority
+        publish(patient, "patient/P1/block/01", 0),  # not canonical
+        publish(patient, "patient/P1/block/1048576", 0),  # beyond the last block
+        publish(patient, "patient/P1/extra/0", 0),
+        publish(patient, "patient/P1/block/0", 0, digest="CD" * 32),
+        publish(patient, "patient/P1/block/0", 0, digest="cd" * 31),
+        publish(patient, "patient/P1/block/0", 0),
+        publish(authority, "authority/H001/abe", 0),
+        publish(authority, "authority/H001/paillier", 1, digest="ef" * 32),
+        publish(patient, "patient/P1/block/0", 1, digest="ef" * 32),  # replace: refused
+    ]
+    codes = _apply(state, txs)
+    assert codes == [
+        Code.NOT_PERMITTED,
+        Code.NOT_PERMITTED,
+        Code.NOT_PERMITTED,
+        *[Code.REJECTED] * 5,
+        Code.OK,
+        Code.OK,
+        Code.OK,
+        Code.REJECTED,
+    ]
+    assert state.published == {
+        "patient/P1/block/0": DIGEST,
+        "authority/H001/abe": DIGEST,
+        "authority/H001/paillier": "ef" * 32,
+    }
+
+
+def test_resisted_a_member_node_enrolling_a_name_of_another_member():
+    """Genesis names nodes after their operators (``H001-a``): ``…@H001`` names come only
+    from H001's nodes; names of organisations without a node and names without one from
+    any node."""
+    names = ("H001-a", "H002-a", "H001-b", "regulator")
+    genesis = Genesis(
+        "chain-b",
+        tuple(election.Validator(k.public, n, 1000) for k, n in zip(NODES, names, strict=True)),
+        epoch_length=50,
+        committee_size=4,
+    )
+    state = LedgerState.initial(genesis)
+    people = {n: SigningKey.generate() for n in ("a@H001", "b@H001", "c@uni", "patient:P9")}
+
+    def enrol(node: int, name: str) -> Tx:
+        body = {"identity": name, "key": people[name].public.hex()}
+        return _tx(
+            state, TxKind.REGISTER_IDENTITY, body, state.next_nonce(NODES[node].public), NODES[node]
+        )
+
+    assert _apply(state, [enrol(1, "a@H001")]) == [Code.NOT_PERMITTED]  # H002's node
+    assert _apply(state, [enrol(3, "a@H001")]) == [Code.NOT_PERMITTED]  # the regulator's
+    assert _apply(state, [enrol(2, "a@H001")]) == [Code.OK]  # H001's second node
+    assert _apply(state, [enrol(0, "b@H001")]) == [Code.OK]
+    assert _apply(state, [enrol(1, "c@uni")]) == [Code.OK]
+    assert _apply(state, [enrol(3, "patient:P9")]) == [Code.OK]
+    assert rules.node_organisation("H001-a") == "H001" and rules.node_organisation("x") == "x"
+    assert rules.identity_organisation("a@b@H001") == "H001"
+    assert rules.identity_organisation("patient:P9") is None
+    assert rules.identity_organisation("trailing@") is None

@@ -2,12 +2,12 @@
 who the ledger says holds a key (register_identity / register_key_tag), on a small real
 consortium (SQLite, in-process ledger running the real ABCI rules, real keys).
 
-* A guilty key holder pre-empts her own revocation: REVOKE is a kind any enrolled identity
-  may send, with any body, and ``_revoked_on_ledger`` believes any REVOKE naming
-  ``key/<authority>/<tag>``: trace answers ``already_revoked`` and nothing is rotated.
-* A node enrols a name of another hospital (the chain does not tie names to the enrolling
-  node), so that hospital's authority can make a key, register its tag in the squatted
-  name, and have trace name an innocent person.
+* A guilty key holder pre-empts her own revocation with a REVOKE naming
+  ``key/<authority>/<tag>``: refused now by the chain (only the authority revokes its
+  keys), and tracing believes only the authority's revocations anyway.
+* A node enrols a name of another hospital, so that its hospital's authority can make a
+  key, register its tag in the squatted name and have trace name an innocent person:
+  refused now, the chain takes ``…@H001`` names only from H001's nodes.
 * A copy of someone's tag registered under one's own name shifts no blame when it comes
   second (first wins: resisted), but the chain never asks for a proof of knowledge of the
   tag's discrete log, so a copy taken from the mempool and ordered first names the copier
@@ -21,7 +21,7 @@ import json
 import pytest
 from sqlalchemy import select
 
-from medshare.crypto import abe, group
+from medshare.crypto import abe
 from medshare.ledger.port import TxRejected
 from medshare.ledger.types import TxKind
 from medshare.records import synthetic
@@ -76,9 +76,9 @@ def _live_institution_key(service, scope: str) -> db.AreaKey:
 
 
 def test_resisted_a_guilty_holder_pre_revoking_her_own_tag(consortium):
-    """Fixed after review: a REVOKE of ``key/<authority>/<tag>`` that the traced holder
-    signed herself no longer makes trace answer already_revoked: the authority revokes,
-    rotates and the leaked key opens nothing live."""
+    """Fixed after review: the chain refuses a REVOKE of ``key/<authority>/<tag>`` that
+    the traced holder signed herself (and tracing would not believe one anyway): the
+    authority revokes, rotates and the leaked key opens nothing live."""
     service, record_id, top = consortium
     leaked = service.wallets.abe_key_files("mallory@H001", "H001")[-1].read_bytes()
     key = abe.AbeUserKey.from_bytes(leaked)
@@ -86,7 +86,10 @@ def test_resisted_a_guilty_holder_pre_revoking_her_own_tag(consortium):
     scope = f"institution/H001/{top}"
     kek_before = _live_institution_key(service, scope).id
     fake = {"grant": f"key/H001/{key.tag().hex()}", "reason": "housekeeping"}
-    service.ledger.sign_and_submit(service.wallets.identity("mallory@H001"), TxKind.REVOKE, [fake])
+    with pytest.raises(TxRejected, match="only authority@H001 may revoke"):
+        service.ledger.sign_and_submit(
+            service.wallets.identity("mallory@H001"), TxKind.REVOKE, [fake]
+        )
 
     verdict = service.trace(leaked)
     assert verdict["verdict"] == "user" and verdict["identity"] == "mallory@H001"
@@ -95,7 +98,7 @@ def test_resisted_a_guilty_holder_pre_revoking_her_own_tag(consortium):
     assert _live_institution_key(service, scope).id != kek_before
     area_key = _live_institution_key(service, scope)
     ct = abe.AbeCiphertext.from_bytes(area_key.abe_ciphertext)
-    public = service.authority_public(_h001_public(service))
+    public = service.authority_public("H001", _h001_public(service))
     with pytest.raises(abe.PolicyNotSatisfied):
         abe.decrypt(public, key, ct, context=area_key.id.encode())
     with pytest.raises(AccessDenied):
@@ -123,7 +126,7 @@ def test_resisted_registering_someone_elses_tag_under_ones_own_name(consortium):
             service.ledger.sign_and_submit(mallory, TxKind.REGISTER_KEY_TAG, [body])
     with service.sessions() as session:
         publics = {
-            h.code: service.authority_public(h.abe_public)
+            h.code: service.authority_public(h.code, h.abe_public)
             for h in session.execute(select(db.Hospital)).scalars()
         }
     registered = service.registered_tags()
@@ -168,40 +171,20 @@ def test_resisted_a_copied_tag_ordered_first(consortium, monkeypatch):
     assert _live_institution_key(service, scope).id != kept.id
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "known, not fixed yet: identity names are not yet bound to the enrolling node's namespace"
-    ),
-)
-def test_attack_a_node_squats_a_name_of_another_hospital_and_frames_it(consortium):
-    """H002's node enrols its own key as "dr.new@H001" (H001's new hire, not enrolled yet);
-    H002's authority makes a key, registers its tag in that name, and leaks it: trace blames
-    dr.new@H001, who never held an H002 key, instead of the authority that made it. H001
-    can then no longer enrol its own person under that name."""
+def test_resisted_a_node_squatting_a_name_of_another_hospital(consortium):
+    """Fixed after review: H002's node tries to enrol its own key as "dr.new@H001" (H001's
+    new hire, not enrolled yet), to have H002's authority make a key in that name and
+    trace blame dr.new@H001 for it. The chain takes ``…@H001`` names only from H001's
+    nodes (genesis names them ``H001-…``), so the squat is refused and H001 enrols its
+    own person."""
     from medshare.crypto.signing import SigningKey
 
     service, _, _ = consortium
     squat = SigningKey.generate()
     body = {"identity": "dr.new@H001", "key": squat.public.hex()}
-    service.ledger.sign_and_submit(service.node_key("H002"), TxKind.REGISTER_IDENTITY, [body])
-    master = service.wallets.authority("H002").master
-    forged = abe.keygen(master, group.random_scalar(), ("hospital:H002", "role:physician"))
-    tag_body = {
-        "identity": "dr.new@H001",
-        "tag": forged.tag().hex(),
-        "R": "00" * 48,
-        "authority": "H002",
-        "attributes": ["hospital:H002", "role:physician"],
-    }
-    service.ledger.sign_and_submit(squat, TxKind.REGISTER_KEY_TAG, [tag_body])
-    hire_refused = False
-    try:
-        add_person(service, "dr.new@H001", "clinician", "H001", ["physician"], "03")
-    except Exception:  # the chain refuses H001's own enrolment: the name is taken
-        hire_refused = True
-    verdict = service.trace(forged.to_bytes())
-    assert (verdict["verdict"], verdict["identity"]) != ("user", "dr.new@H001"), (
-        f"trace blames dr.new@H001 for a key authority H002 made (H001's own enrolment of "
-        f"that person refused: {hire_refused}); verdict {verdict}"
-    )
+    with pytest.raises(TxRejected, match="only H001's nodes may enrol"):
+        service.ledger.sign_and_submit(service.node_key("H002"), TxKind.REGISTER_IDENTITY, [body])
+    add_person(service, "dr.new@H001", "clinician", "H001", ["physician"], "03")
+    public = service.wallets.identity("dr.new@H001").public
+    assert service.ledger.registered(public) == "dr.new@H001"
+    assert service.ledger.registered(squat.public) is None

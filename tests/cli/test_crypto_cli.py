@@ -304,3 +304,104 @@ def test_keygen_saves_the_identity_key_and_trace_checks_it(authority: Path) -> N
         "abe-trace", authority=authority, key=authority / "bob.json", identities=trusted
     )
     assert_fails(result, 2, "must be a JSON object")
+
+
+# --- every loader checks the public key / parameters before using them -----------------------
+
+
+@pytest.fixture(scope="module")
+def bad_authority(authority: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of ``authority`` whose public.json and master.json carry a public key with
+    mismatched G1/G2 copies (``AbePublicKey.check`` refuses it)."""
+    import dataclasses
+    import shutil
+
+    from medshare.crypto import issuance
+
+    directory = tmp_path_factory.mktemp("bad-auth")
+    shutil.copytree(authority, directory, dirs_exist_ok=True)
+    keys = issuance.AuthorityKeys.from_bytes((authority / "master.json").read_bytes())
+    bad = dataclasses.replace(keys.master.public, w2=keys.master.public.v2)
+    (directory / "public.json").write_bytes(bad.to_bytes())
+    master = dataclasses.replace(keys, master=dataclasses.replace(keys.master, public=bad))
+    (directory / "master.json").write_bytes(master.to_bytes())
+    return directory
+
+
+def test_every_abe_loader_refuses_an_inconsistent_public_key(
+    bad_authority: Path, sealed: Path
+) -> None:
+    d = bad_authority
+    before = sorted(p.name for p in d.iterdir())
+    registry = (d / "registry.json").read_bytes()
+    runs = {
+        "abe-encrypt": crypto(
+            "abe-encrypt",
+            public=d / "public.json",
+            policy=POLICY,
+            in_=d / "record.json",
+            out=d / "new.ct",
+        ),
+        "abe-decrypt": abe_decrypt(d, d / "alice.json", sealed, d / "refused.out"),
+        "abe-trace": crypto("abe-trace", authority=d, key=d / "bob.json"),
+        "abe-keygen": crypto(
+            "abe-keygen", authority=d, id="carol", attrs="a", out=d / "carol.json"
+        ),
+    }
+    for command, result in runs.items():
+        assert result.exit_code == 2, (command, result.output)
+        assert "not a well-formed ABE public key" in result.output, command
+        assert "Traceback" not in result.output, command
+        assert len(result.output.strip().splitlines()) == 1, (command, result.output)
+    assert sorted(p.name for p in d.iterdir()) == before  # nothing written
+    assert (d / "registry.json").read_bytes() == registry
+
+
+@pytest.fixture(scope="module")
+def bad_params(kac_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``kac_dir``'s params.json with two G2 powers swapped (``KacParams.verify`` refuses it)."""
+    import dataclasses
+
+    from medshare.crypto import kac
+
+    params = kac.KacParams.from_bytes((kac_dir / "params.json").read_bytes())
+    g2 = params.g2_powers
+    bad = dataclasses.replace(params, g2_powers=(g2[1], g2[0], *g2[2:]))
+    path = tmp_path_factory.mktemp("bad-kac") / "params.json"
+    path.write_bytes(bad.to_bytes())
+    return path
+
+
+def test_every_kac_loader_refuses_unverified_parameters(kac_dir: Path, bad_params: Path) -> None:
+    d, out = kac_dir, bad_params.parent
+    runs = {
+        "kac-keygen": crypto("kac-keygen", params=bad_params, out=out / "patient.json"),
+        "kac-encrypt": crypto(
+            "kac-encrypt",
+            params=bad_params,
+            patient=d / "patient.pub.json",
+            class_=1,
+            in_=d / "rec.json",
+            out=out / "rec.ct",
+        ),
+        "kac-extract": crypto(
+            "kac-extract",
+            params=bad_params,
+            patient=d / "patient.json",
+            classes="1",
+            out=out / "agg.json",
+        ),
+        "kac-decrypt": crypto(
+            "kac-decrypt",
+            params=bad_params,
+            key=d / "agg.json",
+            in_=d / "rec1.ct",
+            out=out / "rec1.out",
+        ),
+    }
+    for command, result in runs.items():
+        assert result.exit_code == 2, (command, result.output)
+        assert "not well-formed KAC parameters" in result.output, command
+        assert "Traceback" not in result.output, command
+        assert len(result.output.strip().splitlines()) == 1, (command, result.output)
+    assert sorted(p.name for p in out.iterdir()) == ["params.json"]

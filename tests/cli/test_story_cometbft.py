@@ -233,7 +233,7 @@ def test_unregistered_keys_are_refused_and_a_killed_node_does_not_stop_the_servi
     report = ok_json(medshare("verify", "--data-dir", data_dir))
     assert report["ok"] is True
     down, *up = report["ledger"]
-    assert down["name"] == "node-0" and down["running"] is False and "restart" in down["error"]
+    assert down["name"] == "H001-a" and down["running"] is False and "restart" in down["error"]
     assert all(c["ok"] and c["running"] for c in up)
 
     network.start(net, 0)

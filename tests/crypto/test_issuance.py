@@ -26,6 +26,7 @@ from medshare.crypto.issuance import (
     IssuedKey,
     RegistrationRequest,
     issue_key,
+    modulus_digest,
     prove_dlog,
     verify_dlog,
 )
@@ -577,14 +578,54 @@ def test_sessions_expire_and_are_bounded(keys, public, monkeypatch) -> None:
     now[0] += issuance.SESSION_TTL_S + 1
     with pytest.raises(ProtocolError, match="expired"):
         authority.offer(request, ATTRS)
-    monkeypatch.setattr(issuance, "MAX_OPEN_SESSIONS", 3)
-    first = authority.challenge()
-    for _ in range(3):
-        authority.challenge()
-    late = IssuanceUser(public, "max").registration(first)
-    with pytest.raises(ProtocolError, match="unknown, used or expired"):
-        authority.offer(late, ATTRS)  # dropped for newer sessions
-    assert len(authority._challenged) == 3
+    # Offered sessions are remembered until they expire, at most MAX_OPEN_SESSIONS: one
+    # more offer waits (it does not evict an open session).
+    monkeypatch.setattr(issuance, "MAX_OPEN_SESSIONS", 2)
+    for name in ("max", "nia"):
+        authority.offer(IssuanceUser(public, name).registration(authority.challenge()), ATTRS)
+    late = IssuanceUser(public, "oli").registration(authority.challenge())
+    with pytest.raises(ProtocolError, match="too many issuance sessions"):
+        authority.offer(late, ATTRS)
+    now[0] += issuance.SESSION_TTL_S + 1  # the two expire; a fresh session goes through
+    fresh = IssuanceUser(public, "oli").registration(authority.challenge())
+    assert authority.offer(fresh, ATTRS).identity == "oli"
+
+
+def test_a_session_token_is_the_authoritys_and_unchanged(keys, public) -> None:
+    """Sessions are MAC'd tokens, not table entries: one made up, altered (its expiry
+    pushed out, say) or from another authority instance is refused."""
+    authority = IssuanceAuthority(keys)
+    challenge = authority.challenge()
+    raw = bytearray(bytes.fromhex(challenge.session))
+    raw[issuance.SESSION_NONCE_BYTES + 1] ^= 0x01  # a later expiry
+    forged_sessions = [
+        bytes(raw).hex(),
+        "00" * len(raw),
+        challenge.session[:-2],
+        "not hex",
+        IssuanceAuthority(keys).challenge().session,
+    ]
+    for session in forged_sessions:
+        forged = dataclasses.replace(challenge, session=session)
+        request = IssuanceUser(public, "pat").registration(forged)
+        with pytest.raises(ProtocolError, match="unknown, used or expired"):
+            authority.offer(request, ATTRS)
+
+
+def test_the_authority_offers_only_to_enrolled_identity_keys(keys, public) -> None:
+    """With ``enrolled``, a registration signed by a key the ledger did not enrol under
+    that name is refused before any Paillier work (no offered session is kept)."""
+    enrolled_keys = {"quin": SigningKey.generate()}
+    authority = IssuanceAuthority(
+        keys,
+        enrolled=lambda who, key: who in enrolled_keys and enrolled_keys[who].public == key,
+    )
+    stranger = IssuanceUser(public, "quin", SigningKey.generate())
+    with pytest.raises(ProtocolError, match="not the one enrolled as 'quin'"):
+        authority.offer(stranger.registration(authority.challenge()), ATTRS)
+    assert not authority._pending and not authority._used
+    holder = IssuanceUser(public, "quin", enrolled_keys["quin"])
+    assert authority.offer(holder.registration(authority.challenge()), ATTRS).identity == "quin"
 
 
 # --- the authority's proofs (issue 12: the user refuses a deviating authority) ------------
@@ -642,6 +683,26 @@ def test_a_modulus_is_verified_once_per_user_cache(keys, public) -> None:
     IssuanceUser(public, "quinn", verified_moduli=seen).registration(broken)
     with pytest.raises(ProtocolError, match="not proven well formed"):
         IssuanceUser(public, "quinn").registration(broken)
+
+
+def test_the_user_refuses_a_modulus_other_than_the_published_one(keys, public) -> None:
+    """The user compares the challenge's modulus and proof with the digest the authority
+    published on the ledger: another well-formed modulus (one the authority keeps for
+    this user only, say) is refused before anything is sent under it."""
+    challenge = IssuanceAuthority(keys).challenge()
+    n = keys.paillier_p * keys.paillier_q
+    published = modulus_digest(n, challenge.modulus_proof)
+    assert published == modulus_digest(challenge.paillier_n, challenge.modulus_proof)
+    other = AuthorityKeys(keys.master, *generate_blum_primes(PAILLIER_BITS)).with_modulus_proof()
+    switched = IssuanceAuthority(other).challenge()
+    seen: set = set()
+    with pytest.raises(ProtocolError, match="not the one it published"):
+        IssuanceUser(public, "pia", verified_moduli=seen, published_modulus=published).registration(
+            switched
+        )
+    assert not seen  # refused before the proof was even checked
+    key, _ = issue_key(IssuanceAuthority(keys), public, "pia", ATTRS, published_modulus=published)
+    assert key.components.keys() == set(ATTRS)
 
 
 def test_a_range_challenge_is_answered_once(keys, public) -> None:

@@ -237,7 +237,9 @@ def test_public_parameters_are_verified_before_use(consortium):
 
     with service.sessions() as session:
         good = session.get(db.Hospital, "H001").abe_public
-    public = service.authority_public(good)
+    public = service.authority_public("H001", good)
     broken = dc.replace(public, w2=public.v2)  # G2 copy no longer matches w1
-    with pytest.raises(InvalidInput, match="public key is not well formed"):
-        service.authority_public(broken.to_bytes())
+    with pytest.raises(InvalidInput, match="does not match the key its owner published"):
+        service.authority_public("H001", broken.to_bytes())
+    with pytest.raises(InvalidInput, match="not published on the ledger"):
+        service.authority_public("H404", good)

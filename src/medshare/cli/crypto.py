@@ -11,7 +11,7 @@ import typer
 from medshare.cli.errors import EXIT_BAD_INPUT, fail, user_errors
 from medshare.cli.files import read_file, write_file
 from medshare.crypto import abe, encoding, issuance, kac, signing
-from medshare.crypto.errors import InvalidEncoding
+from medshare.crypto.errors import CryptoError, InvalidEncoding
 
 app = typer.Typer(
     help="Traceable CP-ABE and key-aggregate encryption on files.", no_args_is_help=True
@@ -25,8 +25,38 @@ InFile = Annotated[Path, typer.Option("--in", help="Input file.")]
 OutFile = Annotated[Path, typer.Option("--out", help="Output file.")]
 
 
+def _checked_public(public: abe.AbePublicKey, path: Path) -> abe.AbePublicKey:
+    """``public`` itself if ``AbePublicKey.check`` passes (G1 and G2 copies agree), else exit 2."""
+    try:
+        public.check()
+    except CryptoError as exc:
+        raise fail(
+            f"{path}: not a well-formed ABE public key ({exc}); refusing to use it"
+        ) from None
+    return public
+
+
+def _load_public(path: Path) -> abe.AbePublicKey:
+    """An authority's ABE public key from PATH, decoded and checked before any use."""
+    return _checked_public(abe.AbePublicKey.from_bytes(read_file(path)), path)
+
+
+def _load_params(path: Path) -> kac.KacParams:
+    """KAC parameters from PATH, decoded and verified (``KacParams.verify``) before any use:
+    a file carrying g_{n+1} or swapped powers would let anyone open every class."""
+    params = kac.KacParams.from_bytes(read_file(path))
+    try:
+        params.verify()
+    except CryptoError as exc:
+        raise fail(
+            f"{path}: not well-formed KAC parameters ({exc}); refusing to use them"
+        ) from None
+    return params
+
+
 def _load_authority(directory: Path) -> tuple[issuance.AuthorityKeys, list[abe.Registration]]:
     keys = issuance.AuthorityKeys.from_bytes(read_file(directory / MASTER))
+    _checked_public(keys.master.public, directory / MASTER)
     registry = abe.registry_from_bytes(read_file(directory / REGISTRY))
     return keys, registry
 
@@ -106,7 +136,7 @@ def abe_encrypt(
 ) -> None:
     """Encrypt a file so that only keys whose attributes satisfy the policy can open it."""
     with user_errors():
-        pk = abe.AbePublicKey.from_bytes(read_file(public))
+        pk = _load_public(public)
         ct = abe.encrypt(pk, policy, read_file(in_))
         write_file(out, ct.to_bytes())
     typer.echo(f"encrypted {in_} under {ct.policy} to {out}")
@@ -121,7 +151,7 @@ def abe_decrypt(
 ) -> None:
     """Decrypt a file; exits 1 with a clear message if the key is not allowed to."""
     with user_errors():
-        pk = abe.AbePublicKey.from_bytes(read_file(public))
+        pk = _load_public(public)
         user_key = abe.AbeUserKey.from_bytes(read_file(key))
         ct = abe.AbeCiphertext.from_bytes(read_file(in_))
         write_file(out, abe.decrypt(pk, user_key, ct))
@@ -142,7 +172,7 @@ def abe_trace(
 ) -> None:
     """Trace a leaked key; prints {"verdict": user|authority|malformed, "identity", "reason"}."""
     with user_errors():
-        pk = abe.AbePublicKey.from_bytes(read_file(authority / PUBLIC))
+        pk = _load_public(authority / PUBLIC)
         registry = abe.registry_from_bytes(read_file(authority / REGISTRY))
         trusted = None if identities is None else _load_identities(identities)
         data = read_file(key)
@@ -184,7 +214,7 @@ def kac_keygen(
 ) -> None:
     """Create a patient key pair: OUT (secret) and OUT with .pub.json (public)."""
     with user_errors():
-        kp = kac.KacParams.from_bytes(read_file(params))
+        kp = _load_params(params)
         secret = kac.keygen(kp)
         pub_path = out.with_name(out.name.removesuffix(".json") + ".pub.json")
         write_file(out, secret.to_bytes(), secret=True)
@@ -202,7 +232,7 @@ def kac_encrypt(
 ) -> None:
     """Encrypt a file to one class of a patient."""
     with user_errors():
-        kp = kac.KacParams.from_bytes(read_file(params))
+        kp = _load_params(params)
         public = kac.KacPatientPublic.from_bytes(read_file(patient))
         write_file(out, kac.encrypt(kp, public, class_, read_file(in_)).to_bytes())
     typer.echo(f"encrypted {in_} to class {class_} in {out}")
@@ -217,7 +247,7 @@ def kac_extract(
 ) -> None:
     """Extract one constant-size aggregate key that opens every class in the set."""
     with user_errors():
-        kp = kac.KacParams.from_bytes(read_file(params))
+        kp = _load_params(params)
         secret = kac.KacPatientSecret.from_bytes(read_file(patient))
         key = kac.extract(kp, secret, _classes(classes))
         write_file(out, key.to_bytes(), secret=True)
@@ -233,7 +263,7 @@ def kac_decrypt(
 ) -> None:
     """Decrypt a file; exits 1 if its class is not in the key."""
     with user_errors():
-        kp = kac.KacParams.from_bytes(read_file(params))
+        kp = _load_params(params)
         agg = kac.AggregateKey.from_bytes(read_file(key))
         ct = kac.KacCiphertext.from_bytes(read_file(in_))
         write_file(out, kac.decrypt(kp, agg, ct))

@@ -120,7 +120,6 @@ def init(
     ] = "cometbft",
 ) -> None:
     """Create a consortium: authorities, staff keys, ledger nodes, storage."""
-    from medshare.service import ledgers
     from medshare.service.consortium import init as make
 
     if not 1 <= hospitals <= 99:
@@ -137,13 +136,12 @@ def init(
             ledger=ledger,
         )
         with make(config, progress=_notice) as service:
-            labels = dict(zip(service.ledger.node_names, ledgers.node_labels(config), strict=True))
             doc: dict[str, Any] = {
                 "data_dir": str(data_dir),
                 "hospitals": list(codes),
                 "ledger": {"kind": config.ledger, "dir": str(config.ledger_dir)},
-                "nodes": list(labels.values()),
-                "committee": [labels[n] for n in service.ledger.committee()],
+                "nodes": list(service.ledger.node_names),  # H001-a, …, regulator
+                "committee": list(service.ledger.committee()),
                 "people": service.people(),
             }
             if config.ledger == "cometbft":

@@ -36,6 +36,8 @@ Paillier: the ``phe`` package (with ``gmpy2``), modulus 3072 bits.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import secrets
 import time
 from collections import OrderedDict
@@ -55,7 +57,7 @@ PAILLIER_BITS = 3072
 # any such m with 2^-130 statistical distance.
 RANGE_BITS = 256
 SESSION_TTL_S = 600.0  # an issuance session not finished within this is dropped
-MAX_OPEN_SESSIONS = 4096  # per table (challenged, offered); the oldest goes first
+MAX_OPEN_SESSIONS = 4096  # sessions offered and not yet expired; more wait
 MASK_BITS = ORDER.bit_length() + RANGE_BITS + 2 + 130
 _PROOF_DST = b"medshare/abe/v1/issuance-proof"
 
@@ -362,6 +364,14 @@ def _modulus_context(authority: bytes) -> bytes:
     return b"medshare/issuance/paillier-modulus/v1|" + authority
 
 
+def modulus_digest(paillier_n: int, proof: paillier_blum.ModulusProof) -> bytes:
+    """SHA-256 of an authority's Paillier modulus and its Paillier–Blum proof: what the
+    authority publishes on the ledger once (so auditors can fetch the proof and check it),
+    and what users compare a challenge's modulus with before trusting it."""
+    body = {"paillier_n": format(paillier_n, "x"), "modulus_proof": proof.to_json()}
+    return hashlib.sha256(encoding.dumps("abe-paillier-modulus", 1, body)).digest()
+
+
 def _registration_context(identity: str, session: str, authority: bytes) -> bytes:
     return f"medshare/registration/v2|{authority.hex()}|{session}|{identity}".encode()
 
@@ -449,20 +459,30 @@ def _expiry(value: float | tuple[_Pending, float]) -> float:
     return value[1] if isinstance(value, tuple) else value
 
 
-def _admit(table: OrderedDict, session: str, value: object) -> None:
-    """Add a session, dropping the oldest when the table is full."""
-    table[session] = value
-    while len(table) > MAX_OPEN_SESSIONS:
-        table.popitem(last=False)
+SESSION_NONCE_BYTES = 16
+SESSION_TAG_BYTES = 16
+_SESSION_DOMAIN = b"medshare/issuance/session/v1|"
+# Who may be offered a key: (identity, Ed25519 identity key) -> enrolled under that name?
+Enrolled = Callable[[str, bytes], bool]
 
 
 class IssuanceAuthority:
     """The authority's side of issuance; keeps per-session state between its messages.
 
     A session is opened by :meth:`challenge`, used once by :meth:`offer`, and closed by
-    :meth:`issue`. Open sessions expire after :data:`SESSION_TTL_S` and there are at most
-    :data:`MAX_OPEN_SESSIONS` (the oldest is dropped for a new one), so unanswered ones
-    cannot pile up. ``clock`` (seconds, monotonic) is injectable for tests."""
+    :meth:`issue`. Challenges cost the authority no memory: a session is a token
+    ``nonce ‖ expiry ‖ HMAC(session key, nonce ‖ expiry)`` it checks when the registration
+    comes back, so a flood of challenges evicts nobody's session. A session is
+    remembered from its offer until it expires (:data:`SESSION_TTL_S`), so it is used
+    once; at most :data:`MAX_OPEN_SESSIONS` are, and a new offer beyond that waits for
+    one to expire instead of evicting an open one.
+
+    An offer costs the authority 81 Paillier encryptions (~1.3 s), so it is made only to
+    an identity key ``enrolled`` says the ledger enrolled under the requested identity
+    (checked before any Paillier work): a stranger's request is refused for the price of
+    a signature check, and an enrolled requester who floods is named. ``enrolled=None``
+    means the caller vouched for every requester itself. ``clock`` (seconds, monotonic)
+    and ``randbytes`` (session nonces and key) are injectable for tests."""
 
     def __init__(
         self,
@@ -470,42 +490,71 @@ class IssuanceAuthority:
         *,
         clock: Callable[[], float] = time.monotonic,
         suspended: set[str] | None = None,
+        enrolled: Enrolled | None = None,
+        randbytes: Callable[[int], bytes] = secrets.token_bytes,
     ) -> None:
         self._suspended = suspended if suspended is not None else set()
+        self._enrolled = enrolled
         self._keys = keys.with_modulus_proof()
         self._paillier_public, self._paillier_private = keys.paillier()
         self._fingerprint = keys.master.public.fingerprint()
         self._clock = clock
-        self._challenged: OrderedDict[str, float] = OrderedDict()  # session -> expiry
+        self._randbytes = randbytes
+        self._session_key = randbytes(32)
+        self._used: OrderedDict[str, float] = OrderedDict()  # session -> expiry
         self._pending: OrderedDict[str, tuple[_Pending, float]] = OrderedDict()
 
     def challenge(self) -> IssuanceChallenge:
         """Open a session: what the user's registration must be bound to."""
-        self._expire()
-        session = secrets.token_hex(16)
-        _admit(self._challenged, session, self._clock() + SESSION_TTL_S)
+        expiry_ms = max(0, int((self._clock() + SESSION_TTL_S) * 1000))
+        body = self._randbytes(SESSION_NONCE_BYTES) + expiry_ms.to_bytes(8, "big")
+        session = (body + self._session_tag(body)).hex()
         proof = self._keys.modulus_proof
         assert proof is not None  # with_modulus_proof made it
         return IssuanceChallenge(session, self._fingerprint, self._paillier_public.n, proof)
+
+    def _session_tag(self, body: bytes) -> bytes:
+        mac = hmac.new(self._session_key, _SESSION_DOMAIN + body, hashlib.sha256)
+        return mac.digest()[:SESSION_TAG_BYTES]
+
+    def _session_expiry(self, session: str) -> float:
+        """The expiry of a session this authority handed out, unused and unexpired."""
+        size = SESSION_NONCE_BYTES + 8 + SESSION_TAG_BYTES
+        try:
+            raw = bytes.fromhex(session)
+        except ValueError:
+            raw = b""
+        body, tag = raw[: size - SESSION_TAG_BYTES], raw[size - SESSION_TAG_BYTES :]
+        if len(raw) != size or not hmac.compare_digest(tag, self._session_tag(body)):
+            raise ProtocolError("unknown, used or expired issuance session")
+        expiry = int.from_bytes(body[SESSION_NONCE_BYTES:], "big") / 1000
+        if expiry <= self._clock() or session in self._used:
+            raise ProtocolError("unknown, used or expired issuance session")
+        return expiry
 
     def _expire(self) -> None:
         """Drop expired sessions: each table is in order of expiry (one TTL for all), so
         this stops at the first live one."""
         now = self._clock()
-        for table in (self._challenged, self._pending):
+        for table in (self._used, self._pending):
             while table and _expiry(next(iter(table.values()))) <= now:
                 table.popitem(last=False)
 
     def offer(self, request: RegistrationRequest, attributes: Iterable[str]) -> IssuanceOffer:
         """Check the user's registration proof, pick a fresh ``c``, send ``Enc(a + c)``.
-        The session is looked up first and used up once the request checks out: a replayed
-        request costs a dictionary lookup, not a proof check and a Paillier encryption."""
+        The session is checked first and used up once the request checks out: a replayed
+        request costs a MAC and a lookup, not a proof check and Paillier encryptions."""
         self._expire()
-        if request.session not in self._challenged:
-            raise ProtocolError("unknown, used or expired issuance session")
+        expiry = self._session_expiry(request.session)
         if request.identity in self._suspended:
             raise ProtocolError(
                 f"issuance to {request.identity!r} is suspended after a failed session"
+            )
+        if self._enrolled is not None and not self._enrolled(
+            request.identity, request.identity_key
+        ):
+            raise ProtocolError(
+                f"the registration's identity key is not the one enrolled as {request.identity!r}"
             )
         context = _registration_context(request.identity, request.session, self._fingerprint)
         if not verify_dlog(group.g1(), request.R, request.proof, context):
@@ -519,8 +568,10 @@ class IssuanceAuthority:
             raise ProtocolError("registration is not signed by the user's identity key")
         attrs = tuple(sorted(set(attributes)))
         abe.check_attributes(attrs)
+        if len(self._used) >= MAX_OPEN_SESSIONS:
+            raise ProtocolError("too many issuance sessions in progress; try again later")
         session = request.session
-        del self._challenged[session]  # used up: the same request opens nothing again
+        self._used[session] = expiry  # used up: the same request opens nothing again
         c = group.random_scalar()
         n = self._paillier_public.n
         plaintext, r = (self._keys.master.a + c) % ORDER, paillier_range.random_unit(n)
@@ -530,7 +581,7 @@ class IssuanceAuthority:
         enc = prover.encrypt_plaintext()
         commitment = prover.commit()
         pending = _Pending(request, c, attrs, prover)
-        _admit(self._pending, session, (pending, self._clock() + SESSION_TTL_S))
+        self._pending[session] = (pending, expiry)
         return IssuanceOffer(session, request.identity, c, attrs, n, enc, commitment)
 
     def open_range(self, challenge: RangeChallenge) -> RangeAnswer:
@@ -596,7 +647,12 @@ class IssuanceUser:
     in ``verified_moduli``, which a wallet shares across sessions) and that the plaintext
     is proven in range (:mod:`medshare.crypto.paillier_range`). Messages in order:
     :meth:`registration` (to a challenge), :meth:`range_challenge` (to the offer),
-    :meth:`respond` (to the range answer), :meth:`finish` (to the issued key)."""
+    :meth:`respond` (to the range answer), :meth:`finish` (to the issued key).
+
+    ``public`` is the authority key the user trusts and ``published_modulus`` the
+    :func:`modulus_digest` the authority published on the ledger: taken from there, not
+    from the authority, they keep an authority (or whoever answers in its name) from
+    switching to another key or modulus for one user."""
 
     def __init__(
         self,
@@ -605,8 +661,10 @@ class IssuanceUser:
         identity_key: signing.SigningKey | None = None,
         *,
         verified_moduli: set[tuple[bytes, int]] | None = None,
+        published_modulus: bytes | None = None,
     ) -> None:
         self._public = public
+        self._published_modulus = published_modulus
         self._identity = encoding.identity_text(identity)
         self._identity_key = identity_key or signing.SigningKey.generate()
         self._k = group.random_scalar()
@@ -624,6 +682,10 @@ class IssuanceUser:
             raise ProtocolError("the challenge comes from another authority")
         if challenge.paillier_n.bit_length() < PAILLIER_BITS - 1:
             raise ProtocolError("the authority's Paillier modulus is too small")
+        if self._published_modulus is not None and not hmac.compare_digest(
+            modulus_digest(challenge.paillier_n, challenge.modulus_proof), self._published_modulus
+        ):
+            raise ProtocolError("the authority's Paillier modulus is not the one it published")
         known = (challenge.authority, challenge.paillier_n)
         if known not in self._verified:
             context = _modulus_context(challenge.authority)
@@ -714,11 +776,18 @@ def issue_key(
     identity_key: signing.SigningKey | None = None,
     *,
     verified_moduli: set[tuple[bytes, int]] | None = None,
+    published_modulus: bytes | None = None,
 ) -> tuple[abe.AbeUserKey, abe.Registration]:
     """Run both sides in one process, passing every message through its byte encoding.
 
     ``identity_key`` is the user's Ed25519 identity key (a fresh one if omitted)."""
-    user = IssuanceUser(public, identity, identity_key, verified_moduli=verified_moduli)
+    user = IssuanceUser(
+        public,
+        identity,
+        identity_key,
+        verified_moduli=verified_moduli,
+        published_modulus=published_modulus,
+    )
     challenge = IssuanceChallenge.from_bytes(authority.challenge().to_bytes())
     request = RegistrationRequest.from_bytes(user.registration(challenge).to_bytes())
     offer = IssuanceOffer.from_bytes(authority.offer(request, attributes).to_bytes())

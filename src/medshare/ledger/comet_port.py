@@ -211,6 +211,10 @@ class CometLedger:
         with self._rpc():
             return json.loads(self._client.query("/identity", public))["identity"]
 
+    def published(self, name: str) -> str | None:
+        with self._rpc():
+            return json.loads(self._client.query("/published", name.encode()))["digest"]
+
     def committee(self) -> tuple[str, ...]:
         with self._rpc():
             return tuple(m["name"] for m in self._client.state()["committee"])

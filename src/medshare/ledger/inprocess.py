@@ -257,6 +257,7 @@ class InProcessLedger:
         committee: int,
         epoch: int = 100,
         chain_name: str = "medshare",
+        names: Sequence[str] | None = None,
     ) -> InProcessLedger:
         """Generate node keys and genesis, initialise the application (``InitChain``) and
         the block store, write the manifest last, then :meth:`open`. Refuses a folder that
@@ -268,7 +269,9 @@ class InProcessLedger:
         if existing:
             raise FileExistsError(f"{directory} already holds a ledger ({existing[0]})")
         keys = [SigningKey.generate() for _ in range(nodes)]
-        names = tuple(f"node-{i}" for i in range(nodes))
+        names = tuple(names) if names is not None else tuple(f"node-{i}" for i in range(nodes))
+        if len(names) != nodes:
+            raise ValueError(f"{nodes} nodes need {nodes} names, got {len(names)}")
         genesis = Genesis(
             chain_name,
             tuple(
@@ -410,6 +413,9 @@ class InProcessLedger:
 
     def registered(self, public: bytes) -> str | None:
         return self._query("/identity", public)["identity"]
+
+    def published(self, name: str) -> str | None:
+        return self._query("/published", name.encode())["digest"]
 
     def committee(self) -> tuple[str, ...]:
         return tuple(m["name"] for m in self._query("/state")["committee"])

@@ -117,6 +117,10 @@ class LedgerPort(Protocol):
         """The identity a node registered ``public`` under (``register_identity``)."""
         ...
 
+    def published(self, name: str) -> str | None:
+        """The digest its owner published under ``name`` (``publish_key``), if any."""
+        ...
+
     def submit(self, txs: Sequence[Tx]) -> list[CommittedTx]:
         """Commit ``txs`` in order and return them as committed, or raise
         :class:`TxRejected` / :class:`LedgerUnavailable`."""

@@ -113,6 +113,7 @@ class TxKind(StrEnum):
     REGISTER_NODE = "register_node"
     REGISTER_IDENTITY = "register_identity"
     REGISTER_KEY_TAG = "register_key_tag"
+    PUBLISH_KEY = "publish_key"
     ANCHOR_RECORD = "anchor_record"
     GRANT = "grant"
     REVOKE = "revoke"
@@ -129,6 +130,7 @@ REQUIRED_FIELDS: Mapping[TxKind, tuple[str, ...]] = {
     TxKind.REGISTER_NODE: ("node", "name"),
     TxKind.REGISTER_IDENTITY: ("identity", "key"),
     TxKind.REGISTER_KEY_TAG: ("identity", "tag"),
+    TxKind.PUBLISH_KEY: ("key", "digest"),
     TxKind.ANCHOR_RECORD: ("record", "patient", "dept", "digest"),
     TxKind.GRANT: ("grant", "patient", "grantee"),
     TxKind.REVOKE: ("grant",),

@@ -30,6 +30,7 @@ from sqlalchemy.orm import Session
 from medshare.crypto import abe, kac
 from medshare.crypto.errors import CryptoError
 from medshare.crypto.signing import SigningKey
+from medshare.ledger.app import published
 from medshare.ledger.port import CommittedTx, LedgerPort, sign
 from medshare.ledger.types import Tx, TxKind
 from medshare.records.blobstore import DirectoryReplica, ReplicatedBlobStore
@@ -59,6 +60,8 @@ T = TypeVar("T")
 # Cache-key tag of checked authority keys in ``MedShare._decoded`` (apart from ``decoded``,
 # which only decodes).
 CHECKED_AUTHORITY_KEY = "checked-authority-public-key"
+# Bound of the per-process memory of keys found published on the ledger.
+PUBLISHED_SEEN_ENTRIES = 65_536
 
 
 class MedShare(IngestMixin, AreaKeyMixin, GrantMixin, ReadingMixin, AuditLogMixin, PatientKeyMixin):
@@ -87,8 +90,10 @@ class MedShare(IngestMixin, AreaKeyMixin, GrantMixin, ReadingMixin, AuditLogMixi
             config.replication,
         )
         self._params: kac.KacParams | None = None
-        self._decoded: dict[tuple[type, bytes], Any] = {}
+        self._decoded: dict[tuple, Any] = {}
         self._tags: dict[bytes, bytes] = {}  # key or registry encoding -> public tag
+        # (published name, digest) pairs this process found on the ledger.
+        self._published_seen: set[tuple[str, str]] = set()
         # Authorities' Paillier moduli whose Paillier–Blum proof this process checked:
         # (authority fingerprint, N). Checked once each (~0.7 s), then trusted.
         self.verified_moduli: set[tuple[bytes, int]] = set()
@@ -137,13 +142,16 @@ class MedShare(IngestMixin, AreaKeyMixin, GrantMixin, ReadingMixin, AuditLogMixi
             self._params = params
         return self._params
 
-    def authority_public(self, data: bytes) -> abe.AbePublicKey:
-        """An authority's CP-ABE public key, decoded and checked (``AbePublicKey.check``:
-        its G1 and G2 copies agree) once per distinct bytes; every encryption to an
-        authority and every trace goes through here, so a tampered row is refused before
-        anything is sealed under it."""
+    def authority_public(self, hospital: str, data: bytes) -> abe.AbePublicKey:
+        """Authority ``hospital``'s CP-ABE public key ``data`` (its database row), refused
+        unless its digest is the one the authority published on the ledger and it is well
+        formed (``AbePublicKey.check``). Every encryption to an authority and every trace
+        goes through here, so a row edited to a key of the editor's own (say, with a
+        ``g1^α`` they know) is refused before anything is sealed under it. Checked once
+        per (hospital, bytes)."""
 
         def load() -> abe.AbePublicKey:
+            self.check_published(published.authority_key(hospital, published.ABE_KEY), data)
             public = abe.AbePublicKey.from_bytes(data)
             try:
                 public.check()
@@ -153,7 +161,26 @@ class MedShare(IngestMixin, AreaKeyMixin, GrantMixin, ReadingMixin, AuditLogMixi
                 ) from None
             return public
 
-        return memoized(self._decoded, (CHECKED_AUTHORITY_KEY, data), load)
+        return memoized(self._decoded, (CHECKED_AUTHORITY_KEY, hospital, data), load)
+
+    def check_published(self, name: str, data: bytes) -> None:
+        """Refuse ``data`` unless it is the key its owner published under ``name`` on the
+        ledger (:mod:`medshare.ledger.app.published`). A match is remembered (a published
+        digest never changes); a miss asks the ledger again next time."""
+        digest = published.digest(data)
+        if (name, digest) in self._published_seen:
+            return
+        on_ledger = self.ledger.published(name)
+        if on_ledger is None:
+            raise InvalidInput(f"{name} is not published on the ledger; nothing is sealed to it")
+        if on_ledger != digest:
+            raise InvalidInput(
+                f"{name} does not match the key its owner published on the ledger "
+                "(a substituted key?); nothing is sealed to it"
+            )
+        if len(self._published_seen) >= PUBLISHED_SEEN_ENTRIES:
+            self._published_seen.clear()
+        self._published_seen.add((name, digest))
 
     def decoded(self, cls: type[T], data: bytes) -> T:
         """``cls.from_bytes(data)``, decoded once per distinct bytes.

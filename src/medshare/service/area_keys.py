@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from medshare.crypto import abe, issuance
 from medshare.crypto.errors import CryptoError
+from medshare.ledger.app import published
 from medshare.ledger.types import TxKind
 from medshare.service import areas, db, keyring, protect
 from medshare.service.areas import Area, top_department
@@ -66,7 +67,7 @@ class AreaKeyMixin:
     ) -> db.AreaKey:
         """A fresh KEK for ``scope``, published as a CP-ABE ciphertext under ``text``."""
         key_id = secrets.token_hex(16)
-        public = self.authority_public(hosp.abe_public)
+        public = self.authority_public(hosp.code, hosp.abe_public)
         ct = abe.encrypt(public, text, self._kek(hosp.code, key_id), context=key_id.encode())
         row = db.AreaKey(
             id=key_id,
@@ -118,6 +119,47 @@ class AreaKeyMixin:
             )
         )
 
+    def publish_authority_keys(self, hospitals: Sequence[str]) -> None:
+        """Each authority publishes the digests of its CP-ABE public key and of its
+        Paillier modulus with the modulus's proof on the ledger, signed by its own
+        enrolled identity (``authority@<hospital>``, registered first): encryptors and
+        users check those keys against the ledger, never against a database row alone."""
+        batches = []
+        for code in hospitals:
+            keys = self.wallets.authority(code)
+            proof = keys.modulus_proof
+            if proof is None:
+                raise InvalidInput(f"authority {code} has no Paillier modulus proof")
+            modulus = issuance.modulus_digest(keys.paillier_p * keys.paillier_q, proof)
+            bodies = [
+                {
+                    "key": published.authority_key(code, published.ABE_KEY),
+                    "digest": published.digest(keys.master.public.to_bytes()),
+                },
+                {
+                    "key": published.authority_key(code, published.PAILLIER_KEY),
+                    "digest": modulus.hex(),
+                },
+            ]
+            identity = self.wallets.identity(authority_principal(code))
+            batches.append((identity, TxKind.PUBLISH_KEY, bodies))
+        self._submit_batches(batches)
+
+    def _enrolled_on_ledger(self, identity: str, key: bytes) -> bool:
+        """The authority offers keys only to identity keys the ledger enrolled as named."""
+        return self.ledger.registered(key) == identity
+
+    def _published_authority(self, session: Session, authority: str) -> keyring.Published:
+        """What a user takes from the ledger before issuance: the authority's public key
+        (its row, checked against the published digest) and its modulus digest."""
+        hosp = self._hospital(session, authority)
+        public = self.authority_public(authority, hosp.abe_public)
+        name = published.authority_key(authority, published.PAILLIER_KEY)
+        modulus = self.ledger.published(name)
+        if modulus is None:
+            raise InvalidInput(f"{name} is not published on the ledger; no key is issued")
+        return keyring.Published(public, bytes.fromhex(modulus))
+
     def issue_key(self, who: str, authority: str, attributes: tuple[str, ...]) -> bytes:
         """Issue ``who`` a key of ``authority`` (accountable protocol) and register its tag
         on the ledger, signed by ``who``'s own identity key: what tracing later trusts."""
@@ -141,15 +183,20 @@ class AreaKeyMixin:
         have. Each (holder, tag) written to a wallet is appended to ``saved``."""
         pending = []
         batches = []
+        trusted: dict[str, keyring.Published] = {}
         for who, authority, attributes in requests:
             identity = self.wallets.identity(who)
+            if authority not in trusted:
+                trusted[authority] = self._published_authority(session, authority)
             one = keyring.issue(
                 self.wallets.authority(authority),
+                trusted[authority],
                 who,
                 identity,
                 attributes,
                 verified_moduli=self.verified_moduli,
                 suspended=self.issuance_suspended,
+                enrolled=self._enrolled_on_ledger,
             )
             context = issuance.key_tag_context(self.ledger.chain_id, who, identity.public)
             body = {
@@ -277,7 +324,7 @@ class AreaKeyMixin:
         self, session: Session, hosp: db.Hospital, revoked: list[set[str]]
     ) -> tuple[int, int]:
         rewrapped = republished = 0
-        public = self.authority_public(hosp.abe_public)
+        public = self.authority_public(hosp.code, hosp.abe_public)
         live = session.execute(
             select(db.AreaKey).where(
                 db.AreaKey.authority == hosp.code, db.AreaKey.retired_ms.is_(None)
@@ -344,7 +391,7 @@ class AreaKeyMixin:
             raise InvalidInput(f"not a CP-ABE key file: {exc}") from None
         with self.sessions() as session:
             hospitals = list(session.execute(select(db.Hospital)).scalars())
-            publics = {h.code: self.authority_public(h.abe_public) for h in hospitals}
+            publics = {h.code: self.authority_public(h.code, h.abe_public) for h in hospitals}
         registered = self.registered_tags()
         holders = {
             code: {tag: str(body["identity"]) for tag, body in bodies.items()}

@@ -7,6 +7,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TypeVar
 
+from medshare.ledger.app import published
+
 Clock = Callable[[], int]
 # Bound of the service's per-process caches of decoded keys, ciphertexts and key tags.
 DECODE_CACHE_ENTRIES = 256
@@ -37,8 +39,9 @@ def service_principal(hospital: str) -> str:
 
 def authority_principal(hospital: str) -> str:
     """The identity a hospital's attribute authority signs key revocations with (its trace
-    verdicts are recorded by the hospital's node: only nodes may send them)."""
-    return f"authority@{hospital}"
+    verdicts are recorded by the hospital's node: only nodes may send them) and publishes
+    its public keys with; the chain's rules know the name too."""
+    return published.authority_identity(hospital)
 
 
 def utc(ms: int) -> datetime:

@@ -73,6 +73,8 @@ def init(
         people += [(m.id, m.hospital) for m in members] + [(RESEARCHER, None)]
         say(f"{len(people)} identities registered on the ledger by their hospitals' nodes")
         service.register(people)
+        say("authorities publish their public keys on the ledger")
+        service.publish_authority_keys(config.hospitals)
         requests = [r for member in members for r in _staff_key_requests(service, member)]
         say(f"{len(requests)} staff keys (accountable issuance; tags on the ledger)")
         service.issue_keys(requests)

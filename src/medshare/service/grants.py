@@ -26,6 +26,7 @@ from medshare.service.common import (
     valid_at,
 )
 from medshare.service.errors import AccessDenied, InvalidInput, NotFound
+from medshare.service.ingest import BlockPublications
 from medshare.service.wallets import check_principal, patient_principal
 
 
@@ -300,11 +301,13 @@ class GrantMixin:
             deks[rid] = hkac.open_record(self.params, own, ct, rid)
         directory = hkac.move_records(directory, plan)
         patient.directory = directory.to_bytes()
+        publications: BlockPublications = {}
         for rid, dek in deks.items():
             slot = directory.slot_of(rid)
-            public = self._block_public(patient, slot.block)
+            public = self._block_public(patient, slot.block, publications)
             sealed = hkac.seal_record(self.params, {slot.block: public}, slot, dek, rid)
             self._record(session, rid).kac_header = sealed.to_bytes()
+        self._submit_batches(self._publication_batches(publications))
         self._extend_shares(session, patient.id, record_shares=True)
         return len(plan), len(retired)
 

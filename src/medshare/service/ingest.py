@@ -15,12 +15,17 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from medshare.crypto import hkac, kac
+from medshare.ledger.app import published
 from medshare.ledger.types import TxKind
 from medshare.records import canonical, fhir
 from medshare.service import db, protect
 from medshare.service.common import service_principal
 from medshare.service.errors import InvalidInput
 from medshare.service.wallets import patient_principal
+
+# Block keys a patient's device computed in this transaction, to publish on the ledger:
+# published name -> (patient id, SHA-256 hex of the key).
+BlockPublications = dict[str, tuple[str, str]]
 
 
 @dataclass
@@ -131,6 +136,7 @@ class IngestMixin:
                     enrolled.append(patient_principal(res.id))
                     report.patients += 1
             added: list[db.Record] = []
+            publications: BlockPublications = {}
             seq = session.execute(select(func.max(db.Record.seq))).scalar() or 0
             for item in prepared:
                 if session.get(db.Patient, item.patient_id) is None:
@@ -158,9 +164,9 @@ class IngestMixin:
                         )
                     continue
                 seq += 1
-                added.append(self._protect(session, hospital, item, seq))
+                added.append(self._protect(session, hospital, item, seq, publications))
                 report.records += 1
-            self._anchor(session, hospital, added, enrolled)
+            self._anchor(session, hospital, added, enrolled, publications)
             for patient_id in sorted({r.patient for r in added}):
                 self._extend_shares(session, patient_id, record_shares=False)
 
@@ -208,13 +214,20 @@ class IngestMixin:
             )
         )
 
-    def _protect(self, session: Session, hospital: str, item: _Prepared, seq: int) -> db.Record:
+    def _protect(
+        self,
+        session: Session,
+        hospital: str,
+        item: _Prepared,
+        seq: int,
+        publications: BlockPublications,
+    ) -> db.Record:
         res = item.resource
         dek = protect.new_dek()
         blob_id = self.blobs.put(protect.seal_blob(dek, res.canonical, res.key))
         salt = canonical.new_salt()
         patient = session.get(db.Patient, item.patient_id)
-        header = self._seal_personal(patient, item.dept, res.key, dek)
+        header = self._seal_personal(patient, item.dept, res.key, dek, publications)
         record = db.Record(
             id=res.key,
             patient=item.patient_id,
@@ -242,23 +255,42 @@ class IngestMixin:
             )
         return record
 
-    def _seal_personal(self, patient: db.Patient, dept: str, record_id: str, dek: bytes) -> bytes:
+    def _seal_personal(
+        self,
+        patient: db.Patient,
+        dept: str,
+        record_id: str,
+        dek: bytes,
+        publications: BlockPublications,
+    ) -> bytes:
         """Give the record an H-KAC slot and seal its DEK there (the personal area)."""
         directory = hkac.Directory.from_bytes(patient.directory)
         directory, slot = hkac.assign(directory, dept, record_id)
-        public = self._block_public(patient, slot.block)
+        public = self._block_public(patient, slot.block, publications)
         patient.directory = directory.to_bytes()
 
         return hkac.seal_record(self.params, {slot.block: public}, slot, dek, record_id).to_bytes()
 
     def _anchor(
-        self, session: Session, hospital: str, pending: list[db.Record], enrolled: list[str]
+        self,
+        session: Session,
+        hospital: str,
+        pending: list[db.Record],
+        enrolled: list[str],
+        publications: BlockPublications,
     ) -> None:
-        """Register the newly enrolled patients' identity keys and anchor these new records
-        on the ledger, in one batch of txs, before the SQL transaction commits: a failed
-        anchor rolls the ingest back (a registration that committed stays; the key is kept
-        in the patient's wallet and reused when the patient is ingested again)."""
+        """Register the newly enrolled patients' identity keys, publish their new block
+        keys and anchor these new records on the ledger before the SQL transaction
+        commits: a failed anchor rolls the ingest back (a registration or publication that
+        committed stays; the patient's keys are kept in their wallet and reused when the
+        patient is ingested again). A patient's publication is signed by their own
+        identity key, which the chain accepts only once its registration is committed, so
+        registrations go first when both are due."""
         batches = self.registrations([(who, hospital) for who in enrolled])
+        if batches and publications:
+            self._submit_batches(batches)
+            batches = []
+        batches += self._publication_batches(publications)
         if not pending:
             self._submit_batches(batches)
             return
@@ -278,14 +310,44 @@ class IngestMixin:
         for record, tx in zip(pending, committed, strict=True):
             record.anchor_txid = tx.tx.txid
 
-    def _block_public(self, patient: db.Patient, block: int) -> kac.KacPatientPublic:
-        """``v_b`` for a block; the patient's device publishes it on first use."""
+    def _publication_batches(self, publications: BlockPublications) -> list[tuple]:
+        """``publish_key`` batches, one per patient, each signed by the patient's identity."""
+        bodies: dict[str, list[dict[str, str]]] = {}
+        for name, (patient_id, digest) in publications.items():
+            bodies.setdefault(patient_id, []).append({"key": name, "digest": digest})
+        return [
+            (self.wallets.identity(patient_principal(p)), TxKind.PUBLISH_KEY, items)
+            for p, items in bodies.items()
+        ]
+
+    def _block_public(
+        self, patient: db.Patient, block: int, publications: BlockPublications
+    ) -> kac.KacPatientPublic:
+        """``v_b`` for a block, as its patient published it on the ledger. On the block's
+        first use the patient's device computes it and its digest is queued in
+        ``publications`` (to be published with the patient's identity key); afterwards
+        the stored key must match the published digest, so a row edited to a key of
+        someone else's is refused before a DEK is sealed to it."""
         publics = dict(patient.block_publics)
-        if str(block) not in publics:
-            seed = self.wallets.seed(patient.id)
-            publics[str(block)] = hkac.block_public(seed, block).to_bytes().hex()
-            patient.block_publics = publics
-        return kac.KacPatientPublic.from_bytes(bytes.fromhex(publics[str(block)]))
+        name = published.block_key(patient.id, block)
+        if str(block) in publics:
+            raw = bytes.fromhex(publics[str(block)])
+            if publications.get(name) != (patient.id, published.digest(raw)):
+                self.check_published(name, raw)
+            return self.decoded(kac.KacPatientPublic, raw)
+        raw = hkac.block_public(self.wallets.seed(patient.id), block).to_bytes()
+        digest = published.digest(raw)
+        on_ledger = self.ledger.published(name)
+        if on_ledger is None:
+            publications[name] = (patient.id, digest)
+        elif on_ledger != digest:
+            raise InvalidInput(
+                f"{name} on the ledger is not the key of patient {patient.id}'s seed; "
+                "nothing is sealed to it"
+            )
+        publics[str(block)] = raw.hex()
+        patient.block_publics = publics
+        return self.decoded(kac.KacPatientPublic, raw)
 
     def shred(self, record_id: str, *, reason: str = "deletion requested") -> str:
         """Crypto-shredding: destroy every wrap of the record's DEK; the digest stays.

@@ -18,6 +18,15 @@ from medshare.crypto.signing import SigningKey
 
 
 @dataclass(frozen=True)
+class Published:
+    """An authority's keys as the user takes them from the ledger: the CP-ABE public key
+    whose digest the authority published, and its published Paillier modulus digest."""
+
+    public: abe.AbePublicKey
+    modulus: bytes
+
+
+@dataclass(frozen=True)
 class IssuedKey:
     key: abe.AbeUserKey
     registration: abe.Registration
@@ -25,24 +34,29 @@ class IssuedKey:
 
 def issue(
     authority: issuance.AuthorityKeys,
+    trusted: Published,
     holder: str,
     identity: SigningKey,
     attributes: Iterable[str],
     *,
     verified_moduli: set[tuple[bytes, int]] | None = None,
     suspended: set[str] | None = None,
+    enrolled: issuance.Enrolled | None = None,
 ) -> IssuedKey:
     """Run the issuance protocol for ``holder`` with ``attributes``; both sides check
-    (the holder's side: the authority's Paillier modulus once per modulus, kept in
-    ``verified_moduli``, and the range proof of every offer); ``suspended``: identities
-    whose issuance failed at the authority's check, refused from then on."""
+    (the holder's side: against the authority's keys as published on the ledger,
+    ``trusted``; the Paillier modulus's proof once per modulus, kept in
+    ``verified_moduli``; the range proof of every offer); ``suspended``: identities whose
+    issuance failed at the authority's check, refused from then on; ``enrolled``: the
+    authority's check that the requester's identity key is the enrolled one."""
     key, registration = issuance.issue_key(
-        issuance.IssuanceAuthority(authority, suspended=suspended),
-        authority.master.public,
+        issuance.IssuanceAuthority(authority, suspended=suspended, enrolled=enrolled),
+        trusted.public,
         holder,
         attributes,
         identity,
         verified_moduli=verified_moduli,
+        published_modulus=trusted.modulus,
     )
     return IssuedKey(key, registration)
 

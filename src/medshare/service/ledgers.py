@@ -15,8 +15,10 @@ data directory's configuration:
 
 Nodes and hospitals: node ``i`` is run by hospital ``i mod H`` (so hospital ``k``'s first
 node is node ``k``), the last one by a regulator when there are more nodes than
-hospitals; :func:`node_labels` names them so (``H001-a``, …, ``regulator``). A hospital's
-records service signs with its first node's key, which registers that hospital's people.
+hospitals; :func:`node_labels` names them so (``H001-a``, …, ``regulator``), in genesis
+too: the chain lets only a hospital's own nodes enrol identities named ``…@<hospital>``.
+A hospital's records service signs with its first node's key, which registers that
+hospital's people.
 """
 
 from __future__ import annotations
@@ -63,14 +65,19 @@ def create(config: ServiceConfig, notice: Notice | None = None) -> LedgerPort:
         from medshare.ledger.inprocess import InProcessLedger
 
         return InProcessLedger.create(
-            config.ledger_dir, nodes=config.nodes, committee=config.committee
+            config.ledger_dir,
+            nodes=config.nodes,
+            committee=config.committee,
+            names=node_labels(config),
         )
     from medshare.ledger.comet_port import CometLedger
     from medshare.ledger.cometbft import install, network
 
     directory = _network_dir(config, notice)
     try:
-        network.up(directory, nodes=config.nodes, committee=config.committee)
+        network.up(
+            directory, nodes=config.nodes, committee=config.committee, names=node_labels(config)
+        )
     except (network.NetworkError, install.EngineMissing) as exc:
         raise LedgerUnavailable(f"the ledger network does not start: {exc}") from None
     return CometLedger.open(config.ledger_dir, notice=notice)

@@ -200,7 +200,7 @@ class ReadingMixin:
         area_key, wrap = found
         hosp = self._hospital(session, area_key.authority)
         key = self._key_for(session, who, area_key)
-        public = self.authority_public(hosp.abe_public)
+        public = self.authority_public(hosp.code, hosp.abe_public)
         ct = self.decoded(abe.AbeCiphertext, area_key.abe_ciphertext)
         try:
             kek = abe.decrypt(public, key, ct, context=area_key.id.encode())

@@ -23,6 +23,7 @@ from medshare.crypto import abe, hkac, issuance
 from medshare.crypto.hkac import PatientSeed
 from medshare.crypto.signing import SigningKey
 from medshare.fileio import write_file
+from medshare.ledger.app import published
 
 _PRINCIPAL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@:+\-]{0,127}")
 
@@ -198,5 +199,5 @@ def _tag_id(tag: bytes) -> str:
 
 
 def patient_principal(patient_id: str) -> str:
-    """The principal id a patient acts as: ``patient:<id>``."""
-    return f"patient:{patient_id}"
+    """The principal id a patient acts as: ``patient:<id>`` (the chain's rules know it)."""
+    return published.patient_identity(patient_id)

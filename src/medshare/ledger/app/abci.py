@@ -103,6 +103,9 @@ class LedgerApplication:
             value = json.dumps({"next_nonce": state.nonces.get(req.data.hex(), 0)}).encode()
         elif req.path == "/identity":
             value = json.dumps({"identity": state.identities.get(req.data.hex())}).encode()
+        elif req.path == "/published":
+            name = req.data.decode("utf-8", "replace")
+            value = json.dumps({"digest": state.published.get(name)}).encode()
         else:
             return abci.ResponseQuery(code=1, log=f"unknown query path {req.path!r}")
         return abci.ResponseQuery(code=0, value=value, height=state.height)

@@ -43,6 +43,7 @@ from enum import Enum
 
 from medshare.crypto import issuance, signing
 from medshare.ledger import election
+from medshare.ledger.app import published
 from medshare.ledger.app.genesis import MEMBER_POWER
 from medshare.ledger.app.state import BlockChanges, LedgerState
 from medshare.ledger.types import LedgerFormatError, Tx, TxKind
@@ -85,6 +86,7 @@ SENDERS: Mapping[TxKind, Sender] = {
     TxKind.ANCHOR_RECORD: Sender.NODE,
     TxKind.TRACE_VERDICT: Sender.NODE,
     TxKind.REGISTER_KEY_TAG: Sender.REGISTERED,
+    TxKind.PUBLISH_KEY: Sender.REGISTERED,
     TxKind.GRANT: Sender.REGISTERED,
     TxKind.REVOKE: Sender.REGISTERED,
     TxKind.ACCESS: Sender.REGISTERED,
@@ -190,6 +192,10 @@ def _register_node(state: LedgerState, tx: Tx, changes: BlockChanges) -> None:
 
 
 def _register_identity(state: LedgerState, tx: Tx, changes: BlockChanges) -> None:
+    """A node vouches for a person's identity key. One key per name, and a name of a
+    member organisation (``…@H001``) only from that member's own nodes; names of
+    organisations without a node (``researcher@uni``) and names without one
+    (``patient:<id>``) from any node."""
     sponsor = state.node(tx.sender)
     if sponsor is None or sponsor.ejected:
         raise TxRejected(Code.NOT_PERMITTED, "only an active node may register an identity")
@@ -199,6 +205,16 @@ def _register_identity(state: LedgerState, tx: Tx, changes: BlockChanges) -> Non
         raise TxRejected(Code.REJECTED, "identity must be a short non-empty string")
     if public.hex() in state.identities or state.node(public) is not None:
         raise TxRejected(Code.REJECTED, "key already registered")
+    organisation = identity_organisation(name)
+    members = {node_organisation(v.name) for v in state.validators}
+    if organisation in members and node_organisation(sponsor.name) != organisation:
+        # Names of a member organisation are that member's to give: another member's node
+        # could otherwise take a name before its holder is enrolled and register tags in
+        # it, and tracing would blame that person for keys they never held.
+        raise TxRejected(
+            Code.NOT_PERMITTED,
+            f"only {organisation}'s nodes may enrol {name!r} (sender is {sponsor.name})",
+        )
     if state.holder(name) is not None:
         # One key per identity: tracing names the holder of a leaked key through this
         # binding, so a second key under a taken name would let its holder (or the node
@@ -206,6 +222,19 @@ def _register_identity(state: LedgerState, tx: Tx, changes: BlockChanges) -> Non
         raise TxRejected(Code.REJECTED, f"identity {name!r} already has an enrolled key")
     state.enrol(public.hex(), name)
     changes.identities[public.hex()] = name
+
+
+def node_organisation(node_name: str) -> str:
+    """Who runs a node, from its genesis name: ``H001-a`` → ``H001`` (``regulator`` →
+    ``regulator``)."""
+    return node_name.rpartition("-")[0] or node_name
+
+
+def identity_organisation(identity: str) -> str | None:
+    """The organisation an identity name belongs to: ``dr.wang@H001`` → ``H001``; None for
+    names without one (``patient:<id>``)."""
+    _, at, organisation = identity.rpartition("@")
+    return organisation if at and organisation else None
 
 
 def _register_key_tag(state: LedgerState, tx: Tx, changes: BlockChanges) -> None:
@@ -240,6 +269,44 @@ def _register_key_tag(state: LedgerState, tx: Tx, changes: BlockChanges) -> None
         )
 
 
+def _publish_key(state: LedgerState, tx: Tx, changes: BlockChanges) -> None:
+    """The digest of a public key, published once by its owner
+    (:mod:`medshare.ledger.app.published`): the sender must be the key enrolled under the
+    identity the name belongs to, and the name must be new."""
+    name = tx.body.get("key")
+    owner = published.owner(name)
+    if owner is None:
+        raise TxRejected(Code.REJECTED, "key must be a published-key name (see published.py)")
+    if state.identities.get(tx.sender.hex()) != owner:
+        raise TxRejected(Code.NOT_PERMITTED, f"only {owner}'s enrolled key may publish {name}")
+    value = tx.body.get("digest")
+    if not published.is_digest(value):
+        raise TxRejected(Code.REJECTED, "digest must be a SHA-256 in lower-case hex")
+    if name in state.published:
+        raise TxRejected(Code.REJECTED, f"{name} is already published (keys are never replaced)")
+    state.published[name] = value
+    changes.published[name] = value
+
+
+KEY_REVOCATION_PREFIX = "key/"
+
+
+def _revoke(state: LedgerState, tx: Tx, changes: BlockChanges) -> None:
+    """A revocation of a CP-ABE key (``key/<authority>/<tag>``) is the authority's alone:
+    tracing takes it as "this key is revoked already", so one filed by anybody else — the
+    leaker first of all — would spare a guilty key its rotation. Revocations of grants
+    are the service's business (it checks who may revoke which grant)."""
+    grant = tx.body.get("grant")
+    if not isinstance(grant, str) or not grant.startswith(KEY_REVOCATION_PREFIX):
+        return
+    authority, _, tag = grant[len(KEY_REVOCATION_PREFIX) :].partition("/")
+    if not authority or not tag:
+        raise TxRejected(Code.REJECTED, "a key revocation names key/<authority>/<tag>")
+    signer = published.authority_identity(authority)
+    if state.identities.get(tx.sender.hex()) != signer:
+        raise TxRejected(Code.NOT_PERMITTED, f"only {signer} may revoke its keys")
+
+
 def _public_key(value: object, name: str) -> bytes:
     try:
         raw = bytes.fromhex(value) if isinstance(value, str) else b""
@@ -256,6 +323,8 @@ _KIND_RULES: Mapping[TxKind, Callable[[LedgerState, Tx, BlockChanges], None]] = 
     TxKind.REGISTER_NODE: _register_node,
     TxKind.REGISTER_IDENTITY: _register_identity,
     TxKind.REGISTER_KEY_TAG: _register_key_tag,
+    TxKind.PUBLISH_KEY: _publish_key,
+    TxKind.REVOKE: _revoke,
 }
 
 

@@ -31,12 +31,15 @@ class BlockChanges:
 
     nonces: dict[str, int] = field(default_factory=dict)
     identities: dict[str, str] = field(default_factory=dict)
+    published: dict[str, str] = field(default_factory=dict)
     validators: bool = False
     committee: bool = False
     candidates: bool = False
 
     def canonical(self, state: LedgerState) -> bytes:
         doc: dict = {"nonces": self.nonces, "identities": self.identities}
+        if self.published:  # absent when empty: blocks without publications hash as before
+            doc["published"] = self.published
         if self.validators:
             doc["validators"] = election.state_json(state.validators)
         if self.committee:
@@ -60,6 +63,9 @@ class LedgerState:
     # Node registrations pending approval by more than 2/3 of the active nodes:
     # "<public key hex>/<name>" -> (opening node's key hex, approving nodes' keys hex).
     candidates: dict[str, tuple[str, frozenset[str]]] = field(default_factory=dict)
+    # Public keys their owners published (``publish_key``): name -> SHA-256 hex of the key,
+    # e.g. ``authority/H001/abe`` or ``patient/P1/block/0``. Written once, never replaced.
+    published: dict[str, str] = field(default_factory=dict)
     # identity name -> its enrolled key (hex): the inverse of ``identities``, built on
     # first use (not part of the state's identity, derived from it).
     _holders: dict[str, str] | None = field(default=None, init=False, repr=False, compare=False)
@@ -113,6 +119,7 @@ class LedgerState:
             dict(self.nonces),
             dict(self.identities),
             dict(self.candidates),
+            dict(self.published),
         )
         if self._holders is not None:
             copy._holders = dict(self._holders)
@@ -137,4 +144,5 @@ class LedgerState:
             "committee": [{"public": m.hex(), "name": names.get(m, "?")} for m in self.committee],
             "nodes": election.state_json(self.validators),
             "identities": len(self.identities),
+            "published_keys": len(self.published),
         }

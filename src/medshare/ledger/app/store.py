@@ -23,6 +23,7 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS nonces (sender TEXT PRIMARY KEY, nonce INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS identities (key TEXT PRIMARY KEY, name TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS published (name TEXT PRIMARY KEY, digest TEXT NOT NULL);
 """
 
 
@@ -58,6 +59,7 @@ class StateStore:
                 dict(self._db.execute("SELECT sender, nonce FROM nonces")),
                 dict(self._db.execute("SELECT key, name FROM identities")),
                 LedgerState.candidates_from_json(json.loads(rows.get("candidates", "{}"))),
+                dict(self._db.execute("SELECT name, digest FROM published")),
             )
         except (KeyError, TypeError, ValueError, LedgerFormatError) as exc:
             raise StateCorrupted(f"application state unreadable: {exc}") from None
@@ -69,10 +71,14 @@ class StateStore:
             self._db.execute("DELETE FROM meta")
             self._db.execute("DELETE FROM nonces")
             self._db.execute("DELETE FROM identities")
+            self._db.execute("DELETE FROM published")
             self._db.execute(
                 "INSERT INTO meta VALUES ('genesis', ?)", (json.dumps(state.genesis.to_json()),)
             )
-            self._write(state, BlockChanges(state.nonces, state.identities, True, True, True))
+            everything = BlockChanges(
+                state.nonces, state.identities, state.published, True, True, True
+            )
+            self._write(state, everything)
 
     def save(self, state: LedgerState, changes: BlockChanges) -> None:
         """Persist one committed block's changes and the new height and app hash."""
@@ -83,6 +89,9 @@ class StateStore:
         self._db.executemany("INSERT OR REPLACE INTO nonces VALUES (?, ?)", changes.nonces.items())
         self._db.executemany(
             "INSERT OR REPLACE INTO identities VALUES (?, ?)", changes.identities.items()
+        )
+        self._db.executemany(
+            "INSERT OR REPLACE INTO published VALUES (?, ?)", changes.published.items()
         )
         meta = {"height": str(state.height), "app_hash": state.app_hash.hex()}
         if changes.validators:

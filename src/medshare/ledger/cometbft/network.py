@@ -132,10 +132,17 @@ def create(
     p2p_host: str = "127.0.0.1",
     rpc_host: str = "127.0.0.1",
     ports: Sequence[int] | None = None,
+    names: Sequence[str] | None = None,
 ) -> Network:
-    """Lay out a new network (keys, genesis, configs); starts nothing."""
+    """Lay out a new network (keys, genesis, configs); starts nothing. ``names``: the
+    nodes' names in genesis (``node-<i>`` by default); a consortium names them after
+    their operators (``H001-a``), which the chain reads to bind identity names
+    (``…@H001``) to the operator's nodes."""
     if nodes < 1:
         raise NetworkError("a network needs at least one node")
+    names = list(names) if names is not None else [f"node-{i}" for i in range(nodes)]
+    if len(names) != nodes:
+        raise NetworkError(f"{nodes} nodes need {nodes} names, got {len(names)}")
     if not 1 <= committee <= nodes:
         raise NetworkError(f"the committee must have 1..{nodes} members")
     if (directory / NET_FILE).exists():
@@ -153,7 +160,7 @@ def create(
     genesis_time = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     genesis = Genesis(
         chain_name,
-        tuple(election.Validator(p, f"node-{i}", 1000) for i, p in enumerate(publics)),
+        tuple(election.Validator(p, names[i], 1000) for i, p in enumerate(publics)),
         epoch_length=epoch,
         committee_size=committee,
         launched=genesis_time,
@@ -180,7 +187,7 @@ def create(
         infos.append(
             NodeInfo(
                 i,
-                f"node-{i}",
+                names[i],
                 home.name,
                 publics[i].hex(),
                 ids[i],
