@@ -46,7 +46,9 @@ def test_an_expired_share_cannot_ride_on_a_live_shares_id(consortium):
     with pytest.raises(AccessDenied):
         service.read("family:bob", rids[1], area=Area.PERSONAL, share=swapped)
     relabelled = dataclasses.replace(broad, share_id=narrow.share_id, grantee="family:carol")
-    with pytest.raises(AccessDenied, match="not those of share"):
+    # The hospital releases only what the named share's grant covers (narrow: rids[0]),
+    # whatever keys the reader holds: it never sees them.
+    with pytest.raises(AccessDenied, match="does not cover this record"):
         service.read("family:carol", rids[1], area=Area.PERSONAL, share=relabelled)
 
 
@@ -243,3 +245,55 @@ def test_public_parameters_are_verified_before_use(consortium):
         service.authority_public("H001", broken.to_bytes())
     with pytest.raises(InvalidInput, match="not published on the ledger"):
         service.authority_public("H404", good)
+
+
+# --- reading split into the hospital's release and the reader's device (issue 13) -------------
+
+
+def test_a_release_is_ciphertext_the_reader_opens_on_their_device(consortium):
+    """``seal_for`` (the hospital) releases the record sealed for the reader's own key;
+    the JSON a server would send round-trips; only the reader's device opens it, and a
+    tampered blob, wrap or KEK ciphertext is caught there."""
+    from medshare.api.sealed_record import SealedRecord, open_sealed
+    from medshare.service.errors import IntegrityError, InvalidInput
+
+    service, _, _ = consortium
+    pid = _patient_at(service)
+    rid = next(r["id"] for r in service.records_of(pid) if r["dept"].startswith("03"))
+    released = service.seal_for("dr.wang@H001", rid, area=Area.INSTITUTION)
+    wire = json.loads(json.dumps(released.to_json()))
+    assert set(wire) == {"record", "area", "txid", "blob", "salt", "digest", "check_digest", "seal"}
+    sealed = SealedRecord.from_json(wire)
+    assert sealed == released
+    assert service.ledger.find(sealed.txid).tx.body["actor"] == "dr.wang@H001"
+    opened = service.open_on_device("dr.wang@H001", sealed)
+    assert json.loads(opened)["id"] == rid.split("/")[-1]
+    # Another person's keys (surgery, not 03) do not open it, even handed the release.
+    with pytest.raises(AccessDenied):
+        service.open_on_device("dr.zhao@H001", sealed)
+    flipped = bytes([sealed.blob[0] ^ 1]) + sealed.blob[1:]
+    with pytest.raises(IntegrityError):
+        service.open_on_device("dr.wang@H001", dataclasses.replace(sealed, blob=flipped))
+    seal = sealed.seal
+    bad_wrap = dataclasses.replace(seal, wrapped_dek=seal.wrapped_dek[:-1] + b"\x00")
+    with pytest.raises(AccessDenied):
+        service.open_on_device("dr.wang@H001", dataclasses.replace(sealed, seal=bad_wrap))
+    with pytest.raises(InvalidInput):
+        open_sealed(dataclasses.replace(sealed, seal=None))
+    for broken in ({**wire, "blob": "not base64!"}, {**wire, "area": "attic"}, [], {"x": 1}):
+        with pytest.raises(InvalidInput, match="malformed sealed record"):
+            SealedRecord.from_json(broken)
+
+
+def test_a_personal_release_needs_a_live_share_that_covers_the_record(consortium):
+    service, _, _ = consortium
+    pid = _patient_at(service, index=1)
+    rids = _records(service, pid)
+    share = service.share(pid, "family:erin", records=[rids[0]])
+    released = service.seal_for("family:erin", rids[0], area=Area.PERSONAL, share_id=share.share_id)
+    assert released.kac_header is not None and released.seal is None
+    assert service.open_on_device("family:erin", released, share)
+    with pytest.raises(AccessDenied, match="does not cover this record"):
+        service.seal_for("family:erin", rids[1], area=Area.PERSONAL, share_id=share.share_id)
+    with pytest.raises(AccessDenied, match="given to family:erin"):
+        service.seal_for("dr.wang@H001", rids[0], area=Area.PERSONAL, share_id=share.share_id)

@@ -524,6 +524,8 @@ class IssuanceAuthority:
             raw = bytes.fromhex(session)
         except ValueError:
             raw = b""
+        if raw.hex() != session:  # one spelling only: the used-session table is keyed by it
+            raw = b""
         body, tag = raw[: size - SESSION_TAG_BYTES], raw[size - SESSION_TAG_BYTES :]
         if len(raw) != size or not hmac.compare_digest(tag, self._session_tag(body)):
             raise ProtocolError("unknown, used or expired issuance session")
@@ -546,19 +548,8 @@ class IssuanceAuthority:
         request costs a MAC and a lookup, not a proof check and Paillier encryptions."""
         self._expire()
         expiry = self._session_expiry(request.session)
-        if request.identity in self._suspended:
-            raise ProtocolError(
-                f"issuance to {request.identity!r} is suspended after a failed session"
-            )
-        if self._enrolled is not None and not self._enrolled(
-            request.identity, request.identity_key
-        ):
-            raise ProtocolError(
-                f"the registration's identity key is not the one enrolled as {request.identity!r}"
-            )
-        context = _registration_context(request.identity, request.session, self._fingerprint)
-        if not verify_dlog(group.g1(), request.R, request.proof, context):
-            raise ProtocolError("registration proof of knowledge of k does not verify")
+        # Cheapest first, and nothing about a name to anyone who cannot sign for it: the
+        # signature, the proof, then the ledger's enrolment, then the suspension list.
         if not signing.is_valid(
             request.identity_key,
             request.identity_signature,
@@ -566,6 +557,19 @@ class IssuanceAuthority:
             abe.registration_message(request.identity, request.R),
         ):
             raise ProtocolError("registration is not signed by the user's identity key")
+        context = _registration_context(request.identity, request.session, self._fingerprint)
+        if not verify_dlog(group.g1(), request.R, request.proof, context):
+            raise ProtocolError("registration proof of knowledge of k does not verify")
+        if self._enrolled is not None and not self._enrolled(
+            request.identity, request.identity_key
+        ):
+            raise ProtocolError(
+                f"the registration's identity key is not the one enrolled as {request.identity!r}"
+            )
+        if request.identity in self._suspended:
+            raise ProtocolError(
+                f"issuance to {request.identity!r} is suspended after a failed session"
+            )
         attrs = tuple(sorted(set(attributes)))
         abe.check_attributes(attrs)
         if len(self._used) >= MAX_OPEN_SESSIONS:
@@ -588,7 +592,7 @@ class IssuanceAuthority:
         """Answer the user's range challenge for the session's offer (once)."""
         self._expire()
         entry = self._pending.get(challenge.session)
-        if entry is None:
+        if entry is None or entry[1] <= self._clock():  # offers may expire out of order
             raise ProtocolError("unknown, used or expired issuance session")
         try:
             opening = entry[0].range_prover.open(challenge.bits)
@@ -602,7 +606,7 @@ class IssuanceAuthority:
         """Decrypt ``x``, check it against ``X`` and the proof of ``ρ``, then issue."""
         self._expire()
         entry = self._pending.pop(response.session, None)
-        if entry is None:
+        if entry is None or entry[1] <= self._clock():
             raise ProtocolError("unknown, used or expired issuance session")
         pending, _ = entry
         n_square = self._paillier_public.nsquare

@@ -148,7 +148,9 @@ class _Blocks:
     """``blocks.db``."""
 
     def __init__(self, path: Path) -> None:
-        self.db = sqlite3.connect(path, isolation_level=None)
+        # Used by one thread at a time, not always the one that opened it (the HTTP
+        # server serialises its calls into the service on a worker thread).
+        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.executescript(_SCHEMA)

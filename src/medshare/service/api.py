@@ -172,7 +172,11 @@ class MedShare(IngestMixin, AreaKeyMixin, GrantMixin, ReadingMixin, AuditLogMixi
             return
         on_ledger = self.ledger.published(name)
         if on_ledger is None:
-            raise InvalidInput(f"{name} is not published on the ledger; nothing is sealed to it")
+            raise InvalidInput(
+                f"{name} is not published on the ledger; nothing is sealed to it (a data "
+                "directory made before keys were published there? create a new one with "
+                "`medshare init`)"
+            )
         if on_ledger != digest:
             raise InvalidInput(
                 f"{name} does not match the key its owner published on the ledger "

@@ -61,8 +61,12 @@ class ServiceConfig:
         if len(set(self.hospitals)) != len(self.hospitals):
             raise ConfigError(f"hospital codes must be unique: {list(self.hospitals)}")
         for code in self.hospitals:
-            if not code.isalnum() or len(code) > 16:
+            if not code.isascii() or not code.isalnum() or len(code) > 16:
                 raise ConfigError(f"hospital code {code!r} must be 1-16 letters or digits")
+            if code.casefold() == "regulator":
+                # the regulator's node is labelled so; the chain would count the two
+                # as one organisation (who may enrol whose names)
+                raise ConfigError("hospital code 'regulator' is reserved for the regulator's node")
         if self.ledger not in LEDGER_KINDS:
             raise ConfigError(
                 f"ledger must be one of {', '.join(LEDGER_KINDS)}, not {self.ledger!r}"

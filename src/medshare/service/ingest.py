@@ -186,8 +186,9 @@ class IngestMixin:
         """A new patient: a fresh seed in their wallet, an empty public directory, and an
         identity key (registered on the ledger by the enrolling hospital's node, in the
         ingest's anchoring block)."""
-        seed = hkac.PatientSeed.generate()
-        self.wallets.save_seed(res.id, seed)
+        if not self.wallets.has_seed(res.id):  # kept from an ingest rolled back after
+            # its ledger writes (registration, block keys): the published keys stay valid
+            self.wallets.save_seed(res.id, hkac.PatientSeed.generate())
         if not self.wallets.has_identity(patient_principal(res.id)):
             self.wallets.create_identity(patient_principal(res.id))
         identity = self.wallets.identity(patient_principal(res.id))

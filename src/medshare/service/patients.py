@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from medshare.crypto import hkac, recovery
+from medshare.ledger.app import published as published_keys
 from medshare.records.departments import Taxonomy, TaxonomyError
 from medshare.service.errors import InvalidInput
 
@@ -46,14 +47,18 @@ class PatientKeyMixin:
             seed = recovery.recover_seed(mnemonics)
         except recovery.RecoveryError as exc:
             raise InvalidInput(f"cannot rebuild the seed: {exc}") from None
-        for block, public_hex in published.items():
-            if hkac.block_public(seed, int(block)).to_bytes().hex() != public_hex:
-                raise InvalidInput(
-                    f"these shares rebuild a different seed than patient {patient_id}'s "
-                    "(published keys do not match); nothing was changed"
-                )
         if not published:
             raise InvalidInput(f"patient {patient_id} has no published key to check against")
+        for block in published:
+            # Against the ledger, not the row: the digests the patient's own identity
+            # published, which an edited database cannot change.
+            name = published_keys.block_key(patient_id, int(block))
+            mine = published_keys.digest(hkac.block_public(seed, int(block)).to_bytes())
+            if self.ledger.published(name) != mine:
+                raise InvalidInput(
+                    f"these shares rebuild a different seed than patient {patient_id}'s "
+                    "(its keys published on the ledger do not match); nothing was changed"
+                )
         self.wallets.save_seed(patient_id, seed)
         return {"patient": patient_id, "restored": True, "checked_blocks": len(published)}
 

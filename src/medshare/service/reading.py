@@ -7,23 +7,22 @@ A mixin of :class:`medshare.service.api.MedShare`: it uses the service's state (
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.exc import NoResultFound
 
+from medshare.api.sealed_record import AreaSeal, SealedRecord, open_sealed
 from medshare.crypto import abe, hkac, kac
-from medshare.crypto.errors import DecryptionFailed, PolicyNotSatisfied
+from medshare.crypto.errors import DecryptionFailed
 from medshare.ledger.types import TxKind
 from medshare.records import canonical
 from medshare.records.blobstore import BlobStoreError
-from medshare.service import areas, db, keyring, protect
+from medshare.service import areas, db, protect
 from medshare.service.areas import Area, top_department
 from medshare.service.common import (
     iso,
-    memoized,
     service_principal,
     valid_at,
 )
@@ -54,24 +53,90 @@ class ReadingMixin:
         share: hkac.Share | None = None,
         reason: str | None = None,
     ) -> ReadResult:
-        """Serve one record to ``who`` through ``area``, logging the attempt on the ledger.
+        """Serve one record to ``who`` through ``area``: the hospital's side
+        (:meth:`seal_for`: the gate, the access tx, ciphertext only) and then the reader's
+        device (:meth:`open_on_device`, with the reader's own key from their wallet) — the
+        same two steps as over HTTP, run in one process.
 
-        Refusals (no grant, expired, revoked, wrong attributes, wrong key) raise
+        Refusals at the gate (no grant, expired, revoked, wrong attributes) raise
         :class:`AccessDenied` after a committed ``access`` tx with outcome ``denied``.
         """
+        share_id = share.share_id if share is not None else None
+        sealed = self.seal_for(who, record_id, area=area, share_id=share_id, reason=reason)
+        data = self.open_on_device(who, sealed, share)
+        return ReadResult(record_id, area, data, sealed.txid)
+
+    def seal_for(
+        self,
+        who: str,
+        record_id: str,
+        *,
+        area: Area,
+        share_id: str | None = None,
+        reason: str | None = None,
+    ) -> SealedRecord:
+        """The hospital's side of a read: decide whether ``who`` may read the record
+        through ``area`` from public facts only (grants, the reader's issued keys'
+        attributes, the record's anchor), commit the ``access`` tx, and release the
+        record sealed for the reader's own key. Nothing of the reader's is needed or seen:
+        the hospital cannot open what it releases for another area than its own."""
         with self.sessions() as session:
             self._principal(session, who)
             record = self._record(session, record_id)
         if record.shredded_ms is not None:
             raise NotFound(f"record {record_id} was deleted (crypto-shredded)")
         try:
-            dek, blob_id = self._gate(who, record, area, share, reason)
-            data = self._fetch(record, blob_id, dek)
+            with self.sessions() as session:
+                if area is Area.PERSONAL:
+                    header = self._release_personal(session, who, record, share_id)
+                    seal, blob_id = None, record.blob_id
+                else:
+                    if share_id is not None:
+                        raise InvalidInput(
+                            "--key is for the personal area; drop --area or use --area personal"
+                        )
+                    header = None
+                    scope = self._scope_for(session, who, record, area, reason)
+                    seal, blob_id = self._release_area(session, who, record, scope)
+            self._check_anchor(record)
+            blob = self._blob(record, blob_id)
         except AccessDenied as exc:
             self._log_access(who, record, area, "denied", str(exc))
             raise
         committed = self._log_access(who, record, area, "success", reason)
-        return ReadResult(record_id, area, data, committed.tx.txid)
+        return SealedRecord(
+            record.id,
+            area,
+            committed.tx.txid,
+            blob,
+            record.salt,
+            record.digest,
+            blob_id == record.blob_id,
+            kac_header=header,
+            seal=seal,
+        )
+
+    def open_on_device(
+        self, who: str, sealed: SealedRecord, share: hkac.Share | None = None
+    ) -> bytes:
+        """The reader's device: open a released record with the reader's own key from
+        their wallet (their latest delivered copy of ``share``, or their attribute keys of
+        the sealing authority)."""
+        if sealed.area is Area.PERSONAL:
+            if share is not None:
+                share = self.wallets.delivered_share(who, share.share_id) or share
+            return open_sealed(sealed, params=self.params, share=share)
+        seal = sealed.seal
+        if seal is None:
+            raise InvalidInput(f"the {sealed.area.value} release carries no area seal")
+        keys = [
+            self.decoded(abe.AbeUserKey, path.read_bytes())
+            for path in self.wallets.abe_key_files(who, seal.authority)
+        ]
+        with self.sessions() as session:
+            hosp = self._hospital(session, seal.authority)
+        public = self.authority_public(hosp.code, hosp.abe_public)
+        return open_sealed(sealed, abe_keys=keys, authority_public=public)
 
     def _log_access(self, who: str, record: db.Record, area: Area, outcome: str, why):
         """The ``access`` tx of one read attempt, signed by the reader's identity key."""
@@ -86,50 +151,29 @@ class ReadingMixin:
             body["reason"] = why
         return self._submit(self.wallets.identity(who), TxKind.ACCESS, [body])[0]
 
-    def _gate(self, who, record, area, share, reason) -> tuple[bytes, str]:
-        """(DEK, blob id) for an allowed read; raises AccessDenied with the reason."""
-        if area is Area.PERSONAL:
-            return self._open_personal(who, record, share), record.blob_id
-        if share is not None:
-            raise InvalidInput("--key is for the personal area; drop --area or use --area personal")
-        with self.sessions() as session:
-            scope = self._scope_for(session, who, record, area, reason)
-            return self._open_area(session, who, record, scope)
-
-    def _open_personal(self, who: str, record: db.Record, share: hkac.Share | None) -> bytes:
-        """The gate of the personal area: the presented share must be exactly a live share
-        of this record's patient to ``who``, and its keys within what that grant issued
-        (so keys of an expired or broader share cannot ride on another share's id)."""
-        if share is None:
+    def _release_personal(self, session, who: str, record: db.Record, share_id: str | None):
+        """The gate of the personal area: ``share_id`` must name a live share of this
+        record's patient to ``who`` whose issued classes cover the record's slot; then the
+        record's H-KAC header is released (the reader's share opens it on their device)."""
+        if share_id is None:
             raise InvalidInput("the personal area needs --key SHARE.json")
-        if share.grantee != who:
-            raise AccessDenied(f"this share was given to {share.grantee}, not to {who}")
-        with self.sessions() as session:
-            grant = session.get(db.Grant, share.share_id)
-        if (
-            grant is None
-            or grant.kind != "share"
-            or grant.patient != record.patient
-            or grant.grantee != who
-        ):
-            raise AccessDenied("this is not a share of the record's patient to this reader")
+        grant = session.get(db.Grant, share_id)
+        if grant is None or grant.kind != "share" or grant.patient != record.patient:
+            raise AccessDenied("this is not a share of the record's patient")
+        if grant.grantee != who:
+            raise AccessDenied(f"share {share_id} was given to {grant.grantee}, not to {who}")
         if grant.revoked_ms is not None:
-            raise AccessDenied(f"share {share.share_id} was revoked")
+            raise AccessDenied(f"share {share_id} was revoked")
         if not valid_at(grant.until_ms, self.clock()):
-            raise AccessDenied(f"share {share.share_id} expired at {iso(grant.until_ms)}")
-        share = self.wallets.delivered_share(who, share.share_id) or share
-        issued = {int(b): set(c) for b, c in grant.scope.get("classes", {}).items()}
-        if any(not set(c) <= issued.get(b, set()) for b, c in share.classes().items()):
-            raise AccessDenied(f"the keys presented are not those of share {grant.id}")
+            raise AccessDenied(f"share {share_id} expired at {iso(grant.until_ms)}")
         if record.kac_header is None:
             raise AccessDenied("the record has no personal-area wrap")
-        ct = kac.KacCiphertext.from_bytes(record.kac_header)
-        try:
-            return hkac.open_record(self.params, share, ct, record.id)
-        except PolicyNotSatisfied as exc:
-            raise AccessDenied(f"the share does not cover this record ({exc})") from None
-        except DecryptionFailed:
-            raise AccessDenied("the share's key does not open this record") from None
+        patient = self._patient(session, record.patient)
+        slot = hkac.Directory.from_bytes(patient.directory).slot_of(record.id)
+        issued = grant.scope.get("classes", {}).get(str(slot.block), [])
+        if slot.index not in issued:
+            raise AccessDenied(f"share {share_id} does not cover this record")
+        return record.kac_header
 
     def _scope_for(self, session, who, record, area, reason) -> str:
         """Which area key a reader goes through, after the area's gate conditions."""
@@ -193,63 +237,38 @@ class ReadingMixin:
             raise AccessDenied(f"the {kind} for {grantee} expired at {iso(rows[-1].until_ms)}")
         raise AccessDenied(f"no {kind} of patient {patient} for {grantee}")
 
-    def _open_area(self, session, who, record, scope) -> tuple[bytes, str]:
+    def _release_area(self, session, who, record, scope) -> tuple[AreaSeal, str]:
+        """The record's seal in ``scope``'s live area key, if ``who`` holds a live key of
+        its authority whose (public) attributes satisfy the key's policy: the hospital
+        checks what the reader's key could open from the issued keys' records, not from
+        the key itself, and refuses (and logs) a read the key could not make anyway."""
         found = self._wrap_in(session, record.id, scope)
         if found is None:
             raise AccessDenied(f"no wrap of this record in {scope}")
         area_key, wrap = found
-        hosp = self._hospital(session, area_key.authority)
-        key = self._key_for(session, who, area_key)
-        public = self.authority_public(hosp.code, hosp.abe_public)
-        ct = self.decoded(abe.AbeCiphertext, area_key.abe_ciphertext)
-        try:
-            kek = abe.decrypt(public, key, ct, context=area_key.id.encode())
-        except PolicyNotSatisfied:
-            raise AccessDenied(
-                f"{who}'s attributes do not satisfy the policy {area_key.policy}"
-            ) from None
-        except DecryptionFailed:
-            raise AccessDenied(f"{who}'s key does not decrypt the {scope} key") from None
-        return protect.unwrap_dek(kek, wrap.wrapped, record.id, area_key.id), wrap.blob_id
-
-    def _key_for(self, session, who: str, area_key: db.AreaKey) -> abe.AbeUserKey:
-        """The key of ``who`` that satisfies the area key's policy (a person may hold
-        several keys of one authority); if none does, one of them, to be refused by
-        :func:`abe.decrypt` like any other. Only keys recorded as issued and not revoked
-        count: a key file left in a wallet by an interrupted re-issue or a revocation
-        opens nothing here, whatever its attributes."""
         authority = area_key.authority
-        files = self.wallets.abe_key_files(who, authority)
-        if not files:
-            raise AccessDenied(f"{who} holds no key of {authority}")
-        live = {
-            self._tag_of(row.registration, lambda r=row: keyring.registration_tag(r.registration))
-            for row in self._live_keys(session, authority, who)
-        }
-        keys = []
-        for path in files:
-            data = path.read_bytes()
-            key = self.decoded(abe.AbeUserKey, data)
-            if self._tag_of(data, key.tag) in live:
-                keys.append(key)
-        if not keys:
-            raise AccessDenied(f"{who} holds no live key of {authority}")
-        fitting = [k for k in keys if areas.satisfied_by(area_key.policy, tuple(k.attributes))]
-        return (fitting or keys)[-1]
+        live = list(self._live_keys(session, authority, who))
+        if not live:
+            raise AccessDenied(f"{who} holds no key of {authority} (none issued, or all revoked)")
+        if not any(areas.satisfied_by(area_key.policy, tuple(k.attributes)) for k in live):
+            raise AccessDenied(f"{who}'s attributes do not satisfy the policy {area_key.policy}")
+        seal = AreaSeal(
+            authority, area_key.id, area_key.policy, area_key.abe_ciphertext, wrap.wrapped
+        )
+        return seal, wrap.blob_id
 
-    def _tag_of(self, data: bytes, derive: Callable[[], bytes]) -> bytes:
-        """A key's public tag, derived once per distinct encoding (each derivation is a
-        scalar multiplication, and every read checks the reader's keys against the live
-        ones)."""
-        return memoized(self._tags, data, derive)
-
-    def _fetch(self, record: db.Record, blob_id: str, dek: bytes) -> bytes:
-        """The verified plaintext: anchor on the ledger, blob hash, AEAD, salted digest."""
-        self._check_anchor(record)
+    def _blob(self, record: db.Record, blob_id: str) -> bytes:
+        """An intact copy of the record's encrypted blob (replicas repair each other)."""
         try:
-            blob = self.blobs.get(blob_id)
+            return self.blobs.get(blob_id)
         except BlobStoreError as exc:
             raise IntegrityError(f"no intact copy of record {record.id}: {exc}") from None
+
+    def _fetch(self, record: db.Record, blob_id: str, dek: bytes) -> bytes:
+        """The verified plaintext, for the hospital's own uses (export, verify): anchor on
+        the ledger, blob hash, AEAD, salted digest."""
+        self._check_anchor(record)
+        blob = self._blob(record, blob_id)
         try:
             data = protect.open_blob(dek, blob, record.id)
         except DecryptionFailed:

@@ -111,6 +111,9 @@ class Wallets:
             self._folder(patient_principal(patient)) / "seed", seed.secret_bytes(), secret=True
         )
 
+    def has_seed(self, patient: str) -> bool:
+        return (self._folder(patient_principal(patient)) / "seed").is_file()
+
     def seed(self, patient: str) -> PatientSeed:
         data = self._read(
             self._folder(patient_principal(patient)) / "seed", f"seed for patient {patient}"

@@ -37,6 +37,7 @@ committee is never emptied.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
@@ -95,6 +96,7 @@ SENDERS: Mapping[TxKind, Sender] = {
     TxKind.COMMITTEE_CHANGE: Sender.ENGINE,
 }
 MAX_IDENTITY_NAME = 256
+IDENTITY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@:+\-]{0,255}")
 MAX_TAG_HEX = 256  # a compressed G1 point is 96 hex digits
 
 
@@ -201,8 +203,15 @@ def _register_identity(state: LedgerState, tx: Tx, changes: BlockChanges) -> Non
         raise TxRejected(Code.NOT_PERMITTED, "only an active node may register an identity")
     public = _public_key(tx.body.get("key"), "key")
     name = tx.body.get("identity")
-    if not isinstance(name, str) or not 0 < len(name) <= MAX_IDENTITY_NAME:
-        raise TxRejected(Code.REJECTED, "identity must be a short non-empty string")
+    if not isinstance(name, str) or not IDENTITY_NAME.fullmatch(name):
+        # Plain ASCII only: a look-alike of a member's name (a trailing space, a Cyrillic
+        # letter, a zero-width space) would escape the organisation rule below and be
+        # printed by tracing as if it were that member's person.
+        raise TxRejected(
+            Code.REJECTED,
+            "identity must be 1-256 ASCII letters, digits or . _ @ : + - (starting with a "
+            "letter or digit)",
+        )
     if public.hex() in state.identities or state.node(public) is not None:
         raise TxRejected(Code.REJECTED, "key already registered")
     organisation = identity_organisation(name)
@@ -225,16 +234,16 @@ def _register_identity(state: LedgerState, tx: Tx, changes: BlockChanges) -> Non
 
 
 def node_organisation(node_name: str) -> str:
-    """Who runs a node, from its genesis name: ``H001-a`` → ``H001`` (``regulator`` →
-    ``regulator``)."""
-    return node_name.rpartition("-")[0] or node_name
+    """Who runs a node, from its genesis name: ``H001-a`` → ``h001`` (``regulator`` →
+    ``regulator``); case-folded, so ``…@h001`` is H001's too."""
+    return (node_name.rpartition("-")[0] or node_name).casefold()
 
 
 def identity_organisation(identity: str) -> str | None:
-    """The organisation an identity name belongs to: ``dr.wang@H001`` → ``H001``; None for
-    names without one (``patient:<id>``)."""
+    """The organisation an identity name belongs to, case-folded: ``dr.wang@H001`` →
+    ``h001``; None for names without one (``patient:<id>``)."""
     _, at, organisation = identity.rpartition("@")
-    return organisation if at and organisation else None
+    return organisation.casefold() if at and organisation else None
 
 
 def _register_key_tag(state: LedgerState, tx: Tx, changes: BlockChanges) -> None:

@@ -33,7 +33,8 @@ class StateCorrupted(RuntimeError):
 
 class StateStore:
     def __init__(self, path: Path) -> None:
-        self._db = sqlite3.connect(path, isolation_level=None)
+        # One thread at a time (see InProcessLedger), not always the opening one.
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)

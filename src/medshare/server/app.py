@@ -1,0 +1,124 @@
+"""The hospital's HTTP API: routes per noun, every caller authenticated by a signed request.
+
+Why this shape: the server decides and logs, the holder's device decrypts. A route takes
+the verified caller (:mod:`medshare.api.signed_requests`: the identity whose enrolled key
+signed this exact request) and calls the records service with it as the acting party;
+the service's gates decide. Nothing a route returns opens without the caller's own key
+(:mod:`medshare.api.sealed_record`). Errors are RFC 9457 problem documents
+(:mod:`medshare.server.problems`). Requests are capped in size before they are read.
+
+The service is not built for concurrent use, so calls into it are serialised by one lock
+per app; signature checks and JSON work run outside it.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Query, Request
+
+from medshare.api import signed_requests
+from medshare.api.signed_requests import Caller, RequestRefused
+from medshare.server import problems
+from medshare.service.api import MedShare
+from medshare.service.areas import parse_area
+from medshare.service.common import wall_clock_ms
+from medshare.service.errors import InvalidInput
+
+MAX_BODY_BYTES = 1 << 20  # a request body above this is refused (413) before it is read
+
+
+class TooLarge(RequestRefused):
+    status = 413
+    title = "request too large"
+
+
+def create_app(
+    service: MedShare,
+    *,
+    clock_ms: Callable[[], int] = wall_clock_ms,
+    max_body: int = MAX_BODY_BYTES,
+) -> FastAPI:
+    """The FastAPI app of one hospital's server over ``service``."""
+    app = FastAPI(
+        title="medshare hospital",
+        summary="Accountable, patient-controlled sharing of medical records",
+        version="1",
+    )
+    problems.install(app)
+    lock = threading.Lock()
+
+    def _serialised(call: Callable[[], Any]) -> Any:
+        with lock:
+            return call()
+
+    app.state.verifier = signed_requests.RequestVerifier(
+        lambda key: _serialised(lambda: service.ledger.registered(key)), clock_ms
+    )
+    app.state.max_body = max_body
+
+    @app.get("/v1/health", summary="Liveness and the ledger height (no signature needed)")
+    def health() -> dict[str, Any]:
+        return {
+            "status": "ok",
+            "hospitals": list(service.config.hospitals),
+            "ledger_height": _serialised(service.ledger.height),
+        }
+
+    @app.get("/v1/me", summary="Who the signed request authenticates as")
+    def me(who: Signed) -> dict[str, str]:
+        return {"identity": who.identity, "key": who.key.hex()}
+
+    @app.get(
+        "/v1/records/{record_id:path}",
+        summary="A record sealed for the caller's own key, after its access tx is committed",
+    )
+    def sealed_record(
+        who: Signed,
+        record_id: str,
+        area: Annotated[str, Query(max_length=32)] = "institution",
+        share: Annotated[str | None, Query(max_length=128)] = None,
+        reason: Annotated[str | None, Query(max_length=1024)] = None,
+    ) -> dict[str, Any]:
+        try:
+            chosen = parse_area(area)
+        except ValueError as exc:
+            raise InvalidInput(str(exc)) from None
+        sealed = _serialised(
+            lambda: service.seal_for(
+                who.identity, record_id, area=chosen, share_id=share, reason=reason
+            )
+        )
+        return sealed.to_json()
+
+    return app
+
+
+async def _caller(request: Request) -> Caller:
+    """The verified signer of this request (401 otherwise): the target is the path and
+    query exactly as sent, the body is read up to the app's size cap."""
+    body = await _capped_body(request, request.app.state.max_body)
+    target = request.scope.get("raw_path", b"").decode("latin-1")
+    query = request.scope.get("query_string", b"").decode("latin-1")
+    if query:
+        target += "?" + query
+    return request.app.state.verifier.verify(request.method, target, body, request.headers)
+
+
+Signed = Annotated[Caller, Depends(_caller)]
+
+
+async def _capped_body(request: Request, limit: int) -> bytes:
+    """The request body, refused (413) as soon as it passes ``limit`` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > limit):
+        raise TooLarge(f"request body over {limit} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise TooLarge(f"request body over {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)

@@ -1,0 +1,117 @@
+"""A wallet's HTTP client for one hospital server: every request signed, every answer
+checked, problems turned back into the service's own errors.
+
+Why here and not in the server: the signature is made with the holder's identity key,
+which never leaves the holder's device; the server only ever sees the signature.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from typing import Any
+from urllib.parse import quote, urlencode
+
+import httpx
+
+from medshare.api import signed_requests
+from medshare.api.sealed_record import SealedRecord
+from medshare.crypto.signing import SigningKey
+from medshare.service.common import wall_clock_ms
+from medshare.service.errors import (
+    AccessDenied,
+    IntegrityError,
+    InvalidInput,
+    NotFound,
+    ServiceError,
+)
+
+
+class ServerUnavailable(ServiceError):
+    """The hospital server cannot be reached or answered something that is not JSON."""
+
+
+# HTTP status of a problem document -> the error it stands for on the wallet's side
+_ERRORS: dict[int, type[ServiceError]] = {
+    400: InvalidInput,
+    401: AccessDenied,
+    403: AccessDenied,
+    404: NotFound,
+    413: InvalidInput,
+    422: InvalidInput,
+    502: IntegrityError,
+}
+
+
+class HospitalClient:
+    """Signed requests to one hospital server as ``identity`` (key ``key``)."""
+
+    def __init__(
+        self,
+        base_url: str,
+        identity: str,
+        key: SigningKey,
+        *,
+        clock_ms: Callable[[], int] = wall_clock_ms,
+        http: httpx.Client | None = None,
+    ) -> None:
+        self._base = base_url.rstrip("/")
+        self._identity = identity
+        self._key = key
+        self._clock_ms = clock_ms
+        self._http = http if http is not None else httpx.Client(timeout=30.0)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> HospitalClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def sealed_record(
+        self,
+        record_id: str,
+        *,
+        area: str,
+        share_id: str | None = None,
+        reason: str | None = None,
+    ) -> SealedRecord:
+        """A record sealed for this wallet's key (the server commits the access tx first)."""
+        params = {"area": area}
+        if share_id is not None:
+            params["share"] = share_id
+        if reason is not None:
+            params["reason"] = reason
+        doc = self.get(f"/v1/records/{quote(record_id, safe='/')}", params)
+        return SealedRecord.from_json(doc)
+
+    def me(self) -> dict[str, Any]:
+        return self.get("/v1/me")
+
+    def get(self, path: str, params: Mapping[str, str] | None = None) -> Any:
+        target = path + (f"?{urlencode(params)}" if params else "")
+        return self._send("GET", target, b"")
+
+    def _send(self, method: str, target: str, body: bytes) -> Any:
+        headers = signed_requests.sign(
+            self._key, self._identity, method, target, body, now_ms=self._clock_ms()
+        )
+        try:
+            response = self._http.request(
+                method, self._base + target, content=body or None, headers=headers
+            )
+        except httpx.HTTPError as exc:
+            raise ServerUnavailable(f"hospital server {self._base}: {exc}") from None
+        try:
+            doc = response.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise ServerUnavailable(
+                f"hospital server {self._base} answered {response.status_code} without JSON"
+            ) from None
+        if response.is_success:
+            return doc
+        detail = doc.get("detail", "") if isinstance(doc, dict) else ""
+        error = _ERRORS.get(response.status_code, ServerUnavailable)
+        raise error(f"{detail or response.reason_phrase} (HTTP {response.status_code})")

@@ -1,0 +1,121 @@
+"""The hospital's HTTP API driven in-process (FastAPI's test client) over a real records
+service (SQLite, in-process ledger running the real ABCI rules, real keys): signed
+requests, sealed releases opened on the reader's side, problem documents."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from fastapi.testclient import TestClient
+
+from medshare.api import signed_requests
+from medshare.api.sealed_record import open_sealed
+from medshare.crypto import abe
+from medshare.ledger.types import TxKind
+from medshare.server.app import create_app
+from medshare.service.config import ServiceConfig
+from medshare.service.consortium import init
+from medshare.service.errors import AccessDenied, InvalidInput, NotFound
+from medshare.service.roster import StaffMember
+from medshare.wallet.client import HospitalClient
+from service.conftest import Clock, write_bundle
+
+ROSTER = (
+    StaffMember("dr.wang@H001", "H001", "03", "physician"),
+    StaffMember("dr.zhao@H001", "H001", "04", "physician"),
+)
+NOW = 1_800_000_000_000
+BASE = "http://testserver"
+
+
+@pytest.fixture(scope="module")
+def hospital(tmp_path_factory):
+    root = tmp_path_factory.mktemp("hospital-api")
+    config = ServiceConfig(
+        data_dir=root / "data", hospitals=("H001",), nodes=1, committee=1, replication=1
+    )
+    clock = Clock(NOW)
+    service = init(config, roster=ROSTER, clock=clock)
+    report = service.ingest("H001", [write_bundle(root, 7, 0, 20)])
+    assert not report.rejected
+    app = create_app(service, clock_ms=clock)
+    with TestClient(app, base_url=BASE, raise_server_exceptions=False) as http:
+        yield service, http
+    service.close()
+
+
+def _client(service, http, who: str) -> HospitalClient:
+    return HospitalClient(BASE, who, service.wallets.identity(who), clock_ms=lambda: NOW, http=http)
+
+
+def _record(service, dept_prefix: str) -> str:
+    patient = service.patients()[0]["id"]
+    return next(r["id"] for r in service.records_of(patient) if r["dept"].startswith(dept_prefix))
+
+
+def test_health_needs_no_signature_and_me_needs_one(hospital):
+    service, http = hospital
+    assert http.get("/v1/health").json()["status"] == "ok"
+    refused = http.get("/v1/me")
+    assert refused.status_code == 401
+    assert refused.headers["content-type"] == "application/problem+json"
+    assert "missing" in refused.json()["detail"] and "Traceback" not in refused.text
+    assert _client(service, http, "dr.wang@H001").me()["identity"] == "dr.wang@H001"
+
+
+def test_a_clinician_reads_through_the_api_and_decrypts_on_their_side(hospital):
+    service, http = hospital
+    rid = _record(service, "03")
+    sealed = _client(service, http, "dr.wang@H001").sealed_record(rid, area="institution")
+    # What the wallet does with its own keys (here read from the test's wallet folder).
+    keys = [
+        abe.AbeUserKey.from_bytes(p.read_bytes())
+        for p in service.wallets.abe_key_files("dr.wang@H001", "H001")
+    ]
+    public = service.wallets.authority("H001").master.public
+    data = open_sealed(sealed, abe_keys=keys, authority_public=public)
+    assert json.loads(data)["id"] == rid.split("/")[-1]
+    logged = service.ledger.find(sealed.txid).tx
+    assert logged.kind == TxKind.ACCESS and logged.body["actor"] == "dr.wang@H001"
+    assert logged.body["outcome"] == "success"
+
+
+def test_refusals_are_problem_documents_and_are_logged(hospital):
+    service, http = hospital
+    rid = _record(service, "03")
+    zhao = _client(service, http, "dr.zhao@H001")  # surgery (04), not 03
+    before = sum(1 for _ in service.ledger.txs(TxKind.ACCESS))
+    with pytest.raises(AccessDenied, match="do not satisfy the policy"):
+        zhao.sealed_record(rid, area="institution")
+    denied = list(service.ledger.txs(TxKind.ACCESS))[before:]
+    assert [c.tx.body["outcome"] for c in denied] == ["denied"]
+    with pytest.raises(NotFound):
+        zhao.sealed_record("Observation/does-not-exist", area="institution")
+    with pytest.raises(InvalidInput, match="unknown area"):
+        zhao.sealed_record(rid, area="attic")
+
+
+def test_a_replayed_or_altered_request_is_refused(hospital):
+    service, http = hospital
+    key = service.wallets.identity("dr.wang@H001")
+    target = "/v1/me"
+    headers = signed_requests.sign(key, "dr.wang@H001", "GET", target, b"", now_ms=NOW)
+    assert http.get(target, headers=headers).status_code == 200
+    replay = http.get(target, headers=headers)
+    assert replay.status_code == 401 and replay.json()["title"] == "request replayed"
+    fresh = signed_requests.sign(key, "dr.wang@H001", "GET", target, b"", now_ms=NOW)
+    moved = http.get("/v1/records/Observation/x?area=institution", headers=fresh)
+    assert moved.status_code == 401 and "does not verify" in moved.json()["detail"]
+    as_other = {**fresh, signed_requests.IDENTITY: "dr.zhao@H001"}
+    assert http.get(target, headers=as_other).status_code == 401
+
+
+def test_an_oversized_body_is_refused_before_it_is_read(hospital):
+    service, http = hospital
+    key = service.wallets.identity("dr.wang@H001")
+    body = b"x" * (2 << 20)
+    headers = signed_requests.sign(key, "dr.wang@H001", "GET", "/v1/me", body, now_ms=NOW)
+    response = http.request("GET", "/v1/me", content=body, headers=headers)
+    assert response.status_code == 413
+    assert response.headers["content-type"] == "application/problem+json"
