@@ -13,19 +13,21 @@ per app; signature checks and JSON work run outside it.
 
 from __future__ import annotations
 
+import base64
 import threading
 from collections.abc import Callable
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Query, Request
+from fastapi import Depends, FastAPI, Path, Query, Request
 
 from medshare.api import signed_requests
 from medshare.api.signed_requests import Caller, RequestRefused
 from medshare.server import problems
+from medshare.service import db
 from medshare.service.api import MedShare
 from medshare.service.areas import parse_area
 from medshare.service.common import wall_clock_ms
-from medshare.service.errors import InvalidInput
+from medshare.service.errors import InvalidInput, NotFound
 
 MAX_BODY_BYTES = 1 << 20  # a request body above this is refused (413) before it is read
 
@@ -70,6 +72,27 @@ def create_app(
     @app.get("/v1/me", summary="Who the signed request authenticates as")
     def me(who: Signed) -> dict[str, str]:
         return {"identity": who.identity, "key": who.key.hex()}
+
+    @app.get(
+        "/v1/authorities/{code}",
+        summary="An authority's CP-ABE public key, as its authority published it on the ledger",
+    )
+    def authority(code: Annotated[str, Path(max_length=16)]) -> dict[str, str]:
+        def load() -> bytes:
+            with service.sessions() as session:
+                hosp = session.get(db.Hospital, code)
+                if hosp is None:
+                    raise NotFound(f"no authority {code!r} in this consortium")
+                service.authority_public(code, hosp.abe_public)  # checked against the ledger
+                return hosp.abe_public
+
+        data = _serialised(load)
+        return {"authority": code, "abe_public": base64.b64encode(data).decode("ascii")}
+
+    @app.get("/v1/kac-params", summary="The consortium's public KAC parameters")
+    def kac_params() -> dict[str, str]:
+        data = _serialised(lambda: service.params.to_bytes())
+        return {"kac_params": base64.b64encode(data).decode("ascii")}
 
     @app.get(
         "/v1/records/{record_id:path}",

@@ -7,6 +7,7 @@ which never leaves the holder's device; the server only ever sees the signature.
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -16,6 +17,8 @@ import httpx
 
 from medshare.api import signed_requests
 from medshare.api.sealed_record import SealedRecord
+from medshare.crypto import abe, kac
+from medshare.crypto.errors import CryptoError
 from medshare.crypto.signing import SigningKey
 from medshare.service.common import wall_clock_ms
 from medshare.service.errors import (
@@ -86,6 +89,29 @@ class HospitalClient:
             params["reason"] = reason
         doc = self.get(f"/v1/records/{quote(record_id, safe='/')}", params)
         return SealedRecord.from_json(doc)
+
+    def authority_public(self, code: str) -> abe.AbePublicKey:
+        """Authority ``code``'s CP-ABE public key, well formed (``check``) or refused. The
+        server checked it against the digest published on the ledger; a wallet that runs
+        beside its own ledger node can check that digest itself (not done yet)."""
+        doc = self.get(f"/v1/authorities/{quote(code, safe='')}")
+        try:
+            public = abe.AbePublicKey.from_bytes(base64.b64decode(doc["abe_public"], validate=True))
+            public.check()
+        except (KeyError, TypeError, ValueError, CryptoError) as exc:
+            raise IntegrityError(f"authority {code}'s public key is not usable: {exc}") from None
+        return public
+
+    def kac_params(self) -> kac.KacParams:
+        """The consortium's KAC parameters, verified here (``KacParams.verify``) before a
+        share is used with them."""
+        doc = self.get("/v1/kac-params")
+        try:
+            params = kac.KacParams.from_bytes(base64.b64decode(doc["kac_params"], validate=True))
+            params.verify()
+        except (KeyError, TypeError, ValueError, CryptoError) as exc:
+            raise IntegrityError(f"the KAC parameters are not usable: {exc}") from None
+        return params
 
     def me(self) -> dict[str, Any]:
         return self.get("/v1/me")

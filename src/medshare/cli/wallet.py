@@ -1,0 +1,80 @@
+"""``medshare wallet …``: the holder's side, on the holder's own machine.
+
+Every request to a hospital is signed with the holder's identity key, and every record
+is decrypted here with the holder's own key; the hospital sends only ciphertext. Today a
+wallet is a folder of ``Wallets`` (``--dir``, e.g. ``<data-dir>/wallets``) and ``--as``
+names the holder in it; a wallet of its own per holder (``wallet new``) is to come
+(issue 13).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from medshare.cli.errors import fail
+from medshare.cli.records import service_errors
+from medshare.crypto import abe, hkac
+from medshare.crypto.errors import CryptoError
+
+app = typer.Typer(
+    help="The holder's wallet: signed requests, decryption here.", no_args_is_help=True
+)
+
+WalletDir = Annotated[Path, typer.Option("--dir", help="The wallet folder.")]
+Holder = Annotated[str, typer.Option("--as", help="Whose wallet: the holder's identity.")]
+Hospital = Annotated[str, typer.Option("--hospital", help="The hospital server's URL.")]
+
+
+@app.command()
+def read(
+    directory: WalletDir,
+    who: Holder,
+    hospital: Hospital,
+    record: Annotated[str, typer.Option(help="The record id.")],
+    area: Annotated[str, typer.Option(help="Access area.")] = "institution",
+    key: Annotated[Path | None, typer.Option(help="A share key file (personal area).")] = None,
+    reason: Annotated[str | None, typer.Option(help="Break-glass reason (emergency).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Write the record here.")] = None,
+) -> None:
+    """Fetch a record sealed for this wallet's key and decrypt it here; exits 1 if the
+    hospital refuses (the refusal is logged on the ledger)."""
+    from medshare.api.sealed_record import open_sealed
+    from medshare.service.wallets import Wallets
+    from medshare.wallet.client import HospitalClient
+
+    share = None
+    if key is not None:
+        try:
+            share = hkac.Share.from_bytes(key.read_bytes())
+        except (OSError, CryptoError, ValueError) as exc:
+            raise fail(f"{key} is not a share key file: {exc}") from None
+    with service_errors():
+        wallets = Wallets(directory)
+        identity = wallets.identity(who)
+        with HospitalClient(hospital, who, identity) as client:
+            sealed = client.sealed_record(
+                record,
+                area=area,
+                share_id=share.share_id if share is not None else None,
+                reason=reason,
+            )
+            if sealed.seal is None:
+                data = open_sealed(sealed, params=client.kac_params(), share=share)
+            else:
+                authority = sealed.seal.authority
+                keys = [
+                    abe.AbeUserKey.from_bytes(path.read_bytes())
+                    for path in wallets.abe_key_files(who, authority)
+                ]
+                public = client.authority_public(authority)
+                data = open_sealed(sealed, abe_keys=keys, authority_public=public)
+    if out is not None:
+        out.write_bytes(data)
+        typer.echo(json.dumps({"record": record, "out": str(out), "txid": sealed.txid}), err=True)
+        return
+    sys.stdout.write(json.dumps(json.loads(data), indent=2, ensure_ascii=False) + "\n")

@@ -1,0 +1,116 @@
+"""A hospital server as a real process on 127.0.0.1 (``medshare hospital serve``) and
+wallets as real processes (``medshare wallet read``): the record crosses HTTP sealed and
+is decrypted by the wallet process with the holder's key; refusals exit 1 and are logged."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+from medshare.ledger.cometbft.network import free_ports
+from medshare.service.config import ServiceConfig
+from medshare.service.consortium import init
+from medshare.service.roster import StaffMember
+from service.conftest import write_bundle
+
+ROSTER = (
+    StaffMember("dr.wang@H001", "H001", "03", "physician"),
+    StaffMember("dr.zhao@H001", "H001", "04", "physician"),
+)
+START_TIMEOUT_S = 60
+
+
+def _medshare(*args: object) -> list[str]:
+    exe = shutil.which("medshare")
+    base = [exe] if exe else [sys.executable, "-m", "medshare.cli.main"]
+    return base + [str(a) for a in args]
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """(data dir, URL, record of department 03, share file of the patient's 03 records)."""
+    root = tmp_path_factory.mktemp("hospital-process")
+    data = root / "data"
+    config = ServiceConfig(data_dir=data, hospitals=("H001",), nodes=1, committee=1, replication=1)
+    service = init(config, roster=ROSTER)
+    try:
+        assert not service.ingest("H001", [write_bundle(root, 7, 0, 20)]).rejected
+        patient = service.patients()[0]["id"]
+        record = next(r["id"] for r in service.records_of(patient) if r["dept"].startswith("03"))
+        share = service.share(patient, "dr.wang@H001", dept="03")
+        share_file = root / "share.json"
+        share_file.write_bytes(share.to_bytes())
+    finally:
+        service.close()
+    (port,) = free_ports(1)
+    url = f"http://127.0.0.1:{port}"
+    log = (root / "server.log").open("wb")
+    server = subprocess.Popen(
+        _medshare("hospital", "serve", "--dir", data, "--port", port),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            try:
+                if httpx.get(f"{url}/v1/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError((root / "server.log").read_text())
+            time.sleep(0.2)
+        yield data, url, record, share_file
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+        log.close()
+
+
+def _wallet_read(data, url, who, record, *extra) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        _medshare(
+            "wallet", "read", "--dir", data / "wallets", "--as", who, "--hospital", url,
+            "--record", record, *extra,
+        ),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )  # fmt: skip
+
+
+def test_a_wallet_process_reads_through_a_hospital_process(served):
+    data, url, record, share_file = served
+    got = _wallet_read(data, url, "dr.wang@H001", record, "--area", "institution")
+    assert got.returncode == 0, got.stderr
+    resource = json.loads(got.stdout)
+    assert f"{resource['resourceType']}/{resource['id']}" == record
+    personal = _wallet_read(data, url, "dr.wang@H001", record, "--area", "personal",
+                            "--key", share_file)  # fmt: skip
+    assert personal.returncode == 0, personal.stderr
+    assert json.loads(personal.stdout) == resource
+
+
+def test_a_refused_wallet_read_exits_1_with_one_line_and_is_logged(served):
+    data, url, record, _ = served
+    denied = _wallet_read(data, url, "dr.zhao@H001", record, "--area", "institution")
+    assert denied.returncode == 1, (denied.stdout, denied.stderr)
+    assert "not allowed" in denied.stderr and "Traceback" not in denied.stderr
+    assert denied.stdout == ""
+    stranger = _wallet_read(data, url, "nobody@H001", record)
+    assert stranger.returncode == 2 and "Traceback" not in stranger.stderr
+    down = _wallet_read(data, "http://127.0.0.1:9", "dr.wang@H001", record)
+    assert down.returncode == 2 and "Traceback" not in down.stderr
