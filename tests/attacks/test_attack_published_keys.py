@@ -22,19 +22,14 @@ from medshare.crypto import abe, group, kac
 from medshare.ledger.app import published
 from medshare.records import synthetic
 from medshare.service import db
-from medshare.service.config import ServiceConfig
-from medshare.service.consortium import init
 from medshare.service.errors import InvalidInput
-from service.conftest import Clock
+from service.conftest import one_hospital
 
 
 @pytest.fixture(scope="module")
 def consortium(tmp_path_factory):
     root = tmp_path_factory.mktemp("attack-published")
-    config = ServiceConfig(
-        data_dir=root / "data", hospitals=("H001",), nodes=1, committee=1, replication=1
-    )
-    service = init(config, roster=(), clock=Clock(1_800_000_000_000))
+    service = one_hospital(root)
     yield service, root
     service.close()
 

@@ -53,9 +53,8 @@ from medshare.ledger.types import Tx, TxKind
 from medshare.records import synthetic
 from medshare.service import db, ledgers
 from medshare.service.config import ConfigError, ServiceConfig
-from medshare.service.consortium import init
 from medshare.service.errors import InvalidInput
-from service.conftest import Clock
+from service.conftest import one_hospital
 
 # --- chain rules (pure) -------------------------------------------------------------------
 
@@ -364,10 +363,7 @@ def test_resisted_forged_truncated_expired_and_replayed_session_tokens(keys, fas
 @pytest.fixture(scope="module")
 def consortium(tmp_path_factory):
     root = tmp_path_factory.mktemp("attack-review-pins")
-    config = ServiceConfig(
-        data_dir=root / "data", hospitals=("H001",), nodes=1, committee=1, replication=1
-    )
-    service = init(config, roster=(), clock=Clock(1_800_000_000_000))
+    service = one_hospital(root)
     yield service, root
     service.close()
 

@@ -14,12 +14,10 @@ from medshare.api.sealed_record import open_sealed
 from medshare.crypto import abe
 from medshare.ledger.types import TxKind
 from medshare.server.app import create_app
-from medshare.service.config import ServiceConfig
-from medshare.service.consortium import init
 from medshare.service.errors import AccessDenied, InvalidInput, NotFound
 from medshare.service.roster import StaffMember
 from medshare.wallet.client import HospitalClient
-from service.conftest import Clock, write_bundle
+from service.conftest import Clock, one_hospital, write_bundle
 
 ROSTER = (
     StaffMember("dr.wang@H001", "H001", "03", "physician"),
@@ -32,11 +30,8 @@ BASE = "http://testserver"
 @pytest.fixture(scope="module")
 def hospital(tmp_path_factory):
     root = tmp_path_factory.mktemp("hospital-api")
-    config = ServiceConfig(
-        data_dir=root / "data", hospitals=("H001",), nodes=1, committee=1, replication=1
-    )
     clock = Clock(NOW)
-    service = init(config, roster=ROSTER, clock=clock)
+    service = one_hospital(root, ROSTER, clock)
     report = service.ingest("H001", [write_bundle(root, 7, 0, 20)])
     assert not report.rejected
     app = create_app(service, clock_ms=clock)

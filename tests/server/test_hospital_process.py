@@ -15,10 +15,8 @@ import httpx
 import pytest
 
 from medshare.ledger.cometbft.network import free_ports
-from medshare.service.config import ServiceConfig
-from medshare.service.consortium import init
 from medshare.service.roster import StaffMember
-from service.conftest import write_bundle
+from service.conftest import one_hospital, write_bundle
 
 ROSTER = (
     StaffMember("dr.wang@H001", "H001", "03", "physician"),
@@ -38,8 +36,7 @@ def served(tmp_path_factory):
     """(data dir, URL, record of department 03, share file of the patient's 03 records)."""
     root = tmp_path_factory.mktemp("hospital-process")
     data = root / "data"
-    config = ServiceConfig(data_dir=data, hospitals=("H001",), nodes=1, committee=1, replication=1)
-    service = init(config, roster=ROSTER)
+    service = one_hospital(root, ROSTER)
     try:
         assert not service.ingest("H001", [write_bundle(root, 7, 0, 20)]).rejected
         patient = service.patients()[0]["id"]

@@ -33,6 +33,15 @@ ROSTER = (
 )
 
 
+def one_hospital(root: Path, roster: tuple[StaffMember, ...] = (), clock=None):
+    """The cheapest real consortium: hospital H001 alone, one ledger node (in-process, the
+    real ABCI rules), one blob replica; in ``root / "data"``."""
+    config = ServiceConfig(
+        data_dir=root / "data", hospitals=("H001",), nodes=1, committee=1, replication=1
+    )
+    return init(config, roster=roster, clock=clock or Clock(1_800_000_000_000))
+
+
 def write_bundle(directory: Path, seed: int, index: int, records: int = 30) -> Path:
     path = directory / f"bundle-{seed}-{index}.json"
     path.write_text(json.dumps(synthetic.generate_bundle(seed, index, records)))

@@ -95,22 +95,15 @@ class HospitalClient:
         server checked it against the digest published on the ledger; a wallet that runs
         beside its own ledger node can check that digest itself (not done yet)."""
         doc = self.get(f"/v1/authorities/{quote(code, safe='')}")
-        try:
-            public = abe.AbePublicKey.from_bytes(base64.b64decode(doc["abe_public"], validate=True))
-            public.check()
-        except (KeyError, TypeError, ValueError, CryptoError) as exc:
-            raise IntegrityError(f"authority {code}'s public key is not usable: {exc}") from None
+        public = _decoded(doc, "abe_public", abe.AbePublicKey, f"authority {code}'s public key")
+        _checked(public.check, f"authority {code}'s public key")
         return public
 
     def kac_params(self) -> kac.KacParams:
         """The consortium's KAC parameters, verified here (``KacParams.verify``) before a
         share is used with them."""
-        doc = self.get("/v1/kac-params")
-        try:
-            params = kac.KacParams.from_bytes(base64.b64decode(doc["kac_params"], validate=True))
-            params.verify()
-        except (KeyError, TypeError, ValueError, CryptoError) as exc:
-            raise IntegrityError(f"the KAC parameters are not usable: {exc}") from None
+        params = _decoded(self.get("/v1/kac-params"), "kac_params", kac.KacParams, "KAC parameters")
+        _checked(params.verify, "KAC parameters")
         return params
 
     def me(self) -> dict[str, Any]:
@@ -141,3 +134,19 @@ class HospitalClient:
         detail = doc.get("detail", "") if isinstance(doc, dict) else ""
         error = _ERRORS.get(response.status_code, ServerUnavailable)
         raise error(f"{detail or response.reason_phrase} (HTTP {response.status_code})")
+
+
+def _decoded(doc: Any, field: str, kind: Any, what: str) -> Any:
+    """``kind`` decoded from the base64 text ``doc[field]``; IntegrityError otherwise."""
+    try:
+        return kind.from_bytes(base64.b64decode(doc[field], validate=True))
+    except (KeyError, TypeError, ValueError, CryptoError) as exc:
+        raise IntegrityError(f"the {what} sent by the server do not decode: {exc}") from None
+
+
+def _checked(check: Callable[[], None], what: str) -> None:
+    """Run a public parameter's own check before the wallet uses it."""
+    try:
+        check()
+    except CryptoError as exc:
+        raise IntegrityError(f"the {what} sent by the server are not well formed: {exc}") from None
