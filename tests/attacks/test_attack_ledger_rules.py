@@ -205,7 +205,7 @@ def test_resisted_a_member_node_enrolling_a_name_of_another_member():
     assert _apply(state, [enrol(0, "b@H001")]) == [Code.OK]
     assert _apply(state, [enrol(1, "c@uni")]) == [Code.OK]
     assert _apply(state, [enrol(3, "patient:P9")]) == [Code.OK]
-    assert rules.node_organisation("H001-a") == "H001" and rules.node_organisation("x") == "x"
-    assert rules.identity_organisation("a@b@H001") == "H001"
+    assert rules.node_organisation("H001-a") == "h001" and rules.node_organisation("x") == "x"
+    assert rules.identity_organisation("a@b@H001") == "h001"  # case-folded
     assert rules.identity_organisation("patient:P9") is None
     assert rules.identity_organisation("trailing@") is None

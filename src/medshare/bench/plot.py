@@ -132,9 +132,13 @@ def plot_service(report: dict, out: Path) -> None:
     rows = report["read"]
     xs = range(len(rows))
     bottom = [0.0] * len(rows)
-    for part, colour in (("gate", "C0"), ("fetch", "C1"), ("log", "C2"), ("other", "C7")):
+    for part, colour in (("decrypt", "C0"), ("fetch", "C1"), ("log", "C2"), ("other", "C7")):
         heights = [r[f"{part}_ms"] for r in rows]
-        label = {"log": "ledger log", "fetch": "fetch + verify"}.get(part, part)
+        label = {
+            "log": "ledger log",
+            "fetch": "fetch (anchor, blob)",
+            "decrypt": "device: decrypt + verify",
+        }.get(part, part)
         left.bar([x - 0.18 for x in xs], heights, 0.34, bottom=bottom, color=colour, label=label)
         bottom = [b + h for b, h in zip(bottom, heights, strict=True)]
     left.bar(
@@ -144,7 +148,7 @@ def plot_service(report: dict, out: Path) -> None:
         color="C0",
         hatch="//",
         alpha=0.5,
-        label="bare bound of the gate's crypto",
+        label="bare bound of the device's crypto",
     )
     left.scatter(
         [x - 0.18 for x in xs],
@@ -159,7 +163,7 @@ def plot_service(report: dict, out: Path) -> None:
     left.axhline(target, color="red", linestyle="--", linewidth=1, label=f"target {target:g} ms")
     for x, r in zip(xs, rows, strict=True):
         left.annotate(
-            f"gate {r['gate_ratio']:.1f}× bound",
+            f"decrypt {r['decrypt_ratio']:.1f}× bound",
             (x + 0.2, r["bound_ms"]),
             textcoords="offset points",
             xytext=(0, 4),

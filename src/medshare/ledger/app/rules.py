@@ -222,7 +222,7 @@ def _register_identity(state: LedgerState, tx: Tx, changes: BlockChanges) -> Non
         # it, and tracing would blame that person for keys they never held.
         raise TxRejected(
             Code.NOT_PERMITTED,
-            f"only {organisation}'s nodes may enrol {name!r} (sender is {sponsor.name})",
+            f"only {name.rpartition('@')[2]}'s nodes may enrol {name!r} (sender is {sponsor.name})",
         )
     if state.holder(name) is not None:
         # One key per identity: tracing names the holder of a leaked key through this
