@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import shutil
 import tempfile
 import time
@@ -1378,6 +1379,80 @@ def _ledger_genesis(fx: Fixtures, data: bytes) -> None:
 
     genesis = Genesis.from_json(_json_doc(data))
     _ = genesis.chain_id
+
+
+# -- the HTTP API between parties --
+
+
+def _sealed_seeds(fx: Fixtures) -> list[bytes]:
+    """A personal-area and an institution-area release (shapes of real ones, random bytes
+    inside: the wallet's decoder is the target)."""
+    from medshare.api.sealed_record import AreaSeal, SealedRecord
+    from medshare.service.areas import Area
+
+    personal = SealedRecord(
+        "Observation/o1", Area.PERSONAL, "ab" * 32, os.urandom(80), os.urandom(16), "cd" * 32,
+        True, kac_header=os.urandom(200),
+    )  # fmt: skip
+    seal = AreaSeal("H001", "area-1", "hospital:H001 and dept:03", os.urandom(300), os.urandom(60))
+    institution = SealedRecord(
+        "Observation/o1", Area.INSTITUTION, "ab" * 32, os.urandom(80), os.urandom(16),
+        "cd" * 32, False, seal=seal,
+    )  # fmt: skip
+    return [json.dumps(r.to_json()).encode() for r in (personal, institution)]
+
+
+@target(
+    "sealed-record",
+    "api",
+    ("medshare.service.errors.InvalidInput", *_HARNESS),
+    seeds=_sealed_seeds,
+    strategy=fuzz_doc,
+)
+def _sealed_record(fx: Fixtures, data: bytes) -> None:
+    """SealedRecord.from_json of a hospital's release; what it accepts re-encodes to itself."""
+    from medshare.api.sealed_record import SealedRecord
+
+    sealed = SealedRecord.from_json(_json_doc(data))
+    if SealedRecord.from_json(sealed.to_json()) != sealed:
+        raise AssertionError("a decoded release does not re-encode to itself")
+
+
+def _request_seeds(fx: Fixtures) -> list[bytes]:
+    from medshare.api import signed_requests
+    from medshare.crypto.signing import SigningKey
+
+    key = SigningKey(b"\x07" * 32)
+    headers = signed_requests.sign(key, "dr.a@H001", "GET", "/v1/me", b"", now_ms=FUZZ_NOW_MS)
+    return [json.dumps({"method": "GET", "target": "/v1/me", "body": "", **headers}).encode()]
+
+
+FUZZ_NOW_MS = 1_800_000_000_000
+
+
+@target(
+    "signed-request",
+    "api",
+    ("medshare.api.signed_requests.RequestRefused", *_HARNESS),
+    seeds=_request_seeds,
+    strategy=fuzz_doc,
+)
+def _signed_request(fx: Fixtures, data: bytes) -> None:
+    """RequestVerifier.verify of a request (method, target, body, headers) as a server
+    sees it; a fresh verifier each time, the signing key enrolled."""
+    from medshare.api import signed_requests
+    from medshare.crypto.signing import SigningKey
+
+    doc = _json_doc(data)
+    if not isinstance(doc, dict):
+        raise NotADocument("not an object")
+    enrolled = {SigningKey(b"\x07" * 32).public: "dr.a@H001"}
+    verifier = signed_requests.RequestVerifier(enrolled.get, lambda: FUZZ_NOW_MS)
+    headers = {k: v for k, v in doc.items() if isinstance(k, str) and isinstance(v, str)}
+    method, target, body = doc.get("method"), doc.get("target"), doc.get("body")
+    if not all(isinstance(v, str) for v in (method, target, body)):
+        raise NotADocument("method, target and body are strings")
+    verifier.verify(method, target, body.encode("utf-8", "surrogatepass"), headers)
 
 
 # -- FHIR --
