@@ -23,6 +23,8 @@ def test_bench_crypto_quick_report_shape(tmp_path: Path) -> None:
     abe_ops = {(row["op"], row["attrs"]) for row in report["abe"]}
     for n in (5, 10, 20, 50):
         assert {("setup", n), ("keygen", n), ("encrypt", n), ("decrypt", n)} <= abe_ops
+        assert ("issue", n) in abe_ops
+    assert {("issue-online", 5), ("issue-online", 50)} <= abe_ops
     kac_rows = {(row["op"], row.get("set_size", row.get("classes"))) for row in report["kac"]}
     assert ("setup", 1024) in kac_rows
     for size in (1, 8, 64):

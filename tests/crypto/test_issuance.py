@@ -731,3 +731,17 @@ def test_a_failed_session_suspends_the_identity(keys, public) -> None:
         authority.offer(again, ATTRS)
     other = IssuanceUser(public, "tess").registration(authority.challenge())
     assert authority.offer(other, ATTRS).identity == "tess"
+
+
+def test_precomputed_randomness_is_spent_by_offers_and_keys_still_check(keys, public) -> None:
+    """``precompute`` moves an offer's Paillier powers ahead of time; each offer spends
+    its 81 pairs, and the issued key is as valid as one made without a pool."""
+    authority = IssuanceAuthority(keys)
+    authority.precompute(2)
+    assert authority.precomputed_offers == 2
+    key, _ = issue_key(authority, public, "ria", ATTRS)
+    assert authority.precomputed_offers == 1
+    abe.check_key(public, key)
+    issue_key(authority, public, "sol", ATTRS)
+    issue_key(authority, public, "tau", ATTRS)  # beyond the pool: fresh randomness
+    assert authority.precomputed_offers == 0

@@ -157,3 +157,25 @@ def test_a_modulus_with_a_small_factor_is_refused(key) -> None:
     c, commitment, bits, opening = _proof(key, 3)
     assert pr.verify(n, c, BITS, commitment, bits, opening)
     assert not pr.verify(small * q, c, BITS, commitment, bits, opening)
+
+
+def test_a_randomizer_pool_hands_out_each_pair_once_and_proofs_still_verify(key):
+    """Precomputed (r, r^N) pairs are popped, never reused, and a proof made from them
+    verifies exactly like one made with fresh randomness."""
+    p, q, n = key
+    pool = pr.RandomizerPool(p, q)
+    pool.fill(2 * pr.ROUNDS + 1)
+    taken = {pool.take()[0] for _ in range(3)}
+    assert len(taken) == 3 and len(pool) == 2 * pr.ROUNDS - 2
+    r, rn = pool.take()
+    assert rn == pow(r, n, n * n)
+    m, bits = 12345, 64
+    prover = pr.RangeProver(p, q, m, r, bits, pool=pool, r_to_n=rn)
+    c = prover.encrypt_plaintext()
+    assert c == pr.encrypt(n, m, r)
+    commitment = prover.commit()
+    assert len(pool) == 0  # the commitments took the rest; more would be computed afresh
+    bits_asked = pr.challenge()
+    opening = prover.open(bits_asked)
+    assert pr.verify(n, c, bits, commitment, bits_asked, opening)
+    pool.take()  # an empty pool computes a fresh pair instead of failing

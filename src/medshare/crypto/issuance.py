@@ -57,6 +57,8 @@ PAILLIER_BITS = 3072
 # any such m with 2^-130 statistical distance.
 RANGE_BITS = 256
 SESSION_TTL_S = 600.0  # an issuance session not finished within this is dropped
+# Paillier randomizers one offer uses: Enc(a + c) and the range proof's pairs.
+RANDOMIZERS_PER_OFFER = 2 * paillier_range.ROUNDS + 1
 MAX_OPEN_SESSIONS = 4096  # sessions offered and not yet expired; more wait
 MASK_BITS = ORDER.bit_length() + RANGE_BITS + 2 + 130
 _PROOF_DST = b"medshare/abe/v1/issuance-proof"
@@ -503,6 +505,18 @@ class IssuanceAuthority:
         self._session_key = randbytes(32)
         self._used: OrderedDict[str, float] = OrderedDict()  # session -> expiry
         self._pending: OrderedDict[str, tuple[_Pending, float]] = OrderedDict()
+        self._randomizers = paillier_range.RandomizerPool(keys.paillier_p, keys.paillier_q)
+
+    def precompute(self, keys: int) -> None:
+        """Make the Paillier randomness of ``keys`` more offers now (81 powers each, about
+        1.3 s per key here), so that those offers cost milliseconds when they come: what
+        a server does while idle. Never reused; offers beyond the pool compute their own."""
+        self._randomizers.fill(keys * RANDOMIZERS_PER_OFFER)
+
+    @property
+    def precomputed_offers(self) -> int:
+        """How many offers the precomputed randomness covers now."""
+        return len(self._randomizers) // RANDOMIZERS_PER_OFFER
 
     def challenge(self) -> IssuanceChallenge:
         """Open a session: what the user's registration must be bound to."""
@@ -578,9 +592,16 @@ class IssuanceAuthority:
         self._used[session] = expiry  # used up: the same request opens nothing again
         c = group.random_scalar()
         n = self._paillier_public.n
-        plaintext, r = (self._keys.master.a + c) % ORDER, paillier_range.random_unit(n)
+        plaintext = (self._keys.master.a + c) % ORDER
+        r, r_to_n = self._randomizers.take()
         prover = paillier_range.RangeProver(
-            self._keys.paillier_p, self._keys.paillier_q, plaintext, r, RANGE_BITS
+            self._keys.paillier_p,
+            self._keys.paillier_q,
+            plaintext,
+            r,
+            RANGE_BITS,
+            pool=self._randomizers,
+            r_to_n=r_to_n,
         )
         enc = prover.encrypt_plaintext()
         commitment = prover.commit()

@@ -40,6 +40,7 @@ would also expose the prover's own Paillier key. Randomness is injectable
 
 from __future__ import annotations
 
+import collections
 import functools
 import secrets
 from collections.abc import Callable, Sequence
@@ -85,9 +86,44 @@ class _Encryptor:
         b = gmpy2.powmod(r, self._eq, self._q2)
         return int(b + self._q2 * ((a - b) * self._q2_inv % self._p2))
 
-    def encrypt(self, m: int, r: int) -> int:
+    def encrypt(self, m: int, r: int, r_to_n: int | None = None) -> int:
+        """``Enc(m; r)``; ``r_to_n`` is ``r^N mod N²`` when it was computed ahead."""
         n2 = self.n * self.n
-        return (1 + (m % self.n) * self.n) * self.r_to_n(r) % n2
+        rn = self.r_to_n(r) if r_to_n is None else r_to_n
+        return (1 + (m % self.n) * self.n) * rn % n2
+
+
+class RandomizerPool:
+    """Paillier randomness made ahead of time: pairs ``(r, r^N mod N²)``, each handed out
+    once.
+
+    Why: almost all of an encryption's cost is ``r^N``, which does not depend on the
+    message, so a prover that encrypts often (the issuing authority: 81 encryptions per
+    key) can compute the powers while idle and encrypt with one multiplication when a
+    request comes (the "offline/online" split of Even–Goldreich–Micali, CRYPTO 1989, as
+    Paillier implementations commonly use it). A pair is never reused: :meth:`take` pops
+    it, and an empty pool computes a fresh one, so a pool only ever moves work earlier."""
+
+    def __init__(self, p: int, q: int, *, randbits: RandBits = secrets.randbits) -> None:
+        self._enc = _Encryptor(p, q)
+        self._randbits = randbits
+        self._ready: collections.deque[tuple[int, int]] = collections.deque()
+
+    def __len__(self) -> int:
+        return len(self._ready)
+
+    def fill(self, count: int) -> None:
+        """Compute ``count`` more pairs (the offline work)."""
+        for _ in range(count):
+            self._ready.append(self._fresh())
+
+    def take(self) -> tuple[int, int]:
+        """One unused pair: a precomputed one if any is left, else a fresh one."""
+        return self._ready.popleft() if self._ready else self._fresh()
+
+    def _fresh(self) -> tuple[int, int]:
+        r = random_unit(self._enc.n, self._randbits)
+        return r, self._enc.r_to_n(r)
 
 
 @dataclass(frozen=True)
@@ -161,27 +197,31 @@ class RangeProver:
         *,
         rounds: int = ROUNDS,
         randbits: RandBits = secrets.randbits,
+        pool: RandomizerPool | None = None,
+        r_to_n: int | None = None,
     ) -> None:
+        """``r_to_n``: ``r^N mod N²`` if known already; ``pool``: where the commitments'
+        randomness comes from (precomputed), fresh randomness otherwise."""
         if not 0 <= m < 1 << bits:
             raise ValueError("the plaintext is outside the range this proof shows")
         self._enc = _Encryptor(p, q)
-        self._m, self._r, self._bits, self._rounds = m, r, bits, rounds
+        self._m, self._r, self._r_to_n, self._bits, self._rounds = m, r, r_to_n, bits, rounds
         self._randbits = randbits
+        self._pool = pool if pool is not None else RandomizerPool(p, q, randbits=randbits)
         self._secrets: list[tuple[int, int, int, int]] | None = None
 
     def encrypt_plaintext(self) -> int:
         """``c = Enc(m; r)``, the ciphertext this proof is about."""
-        return self._enc.encrypt(self._m, self._r)
+        return self._enc.encrypt(self._m, self._r, self._r_to_n)
 
     def commit(self) -> RangeCommitment:
         ell = 1 << self._bits
-        n = self._enc.n
         pairs, kept = [], []
         for _ in range(self._rounds):
             w = ell + self._randbits(self._bits)
-            r1, r2 = random_unit(n, self._randbits), random_unit(n, self._randbits)
+            (r1, r1n), (r2, r2n) = self._pool.take(), self._pool.take()
             first, second = (w, w - ell) if self._randbits(1) else (w - ell, w)
-            pairs.append((self._enc.encrypt(first, r1), self._enc.encrypt(second, r2)))
+            pairs.append((self._enc.encrypt(first, r1, r1n), self._enc.encrypt(second, r2, r2n)))
             kept.append((first, r1, second, r2))
         self._secrets = kept
         return RangeCommitment(tuple(pairs))
