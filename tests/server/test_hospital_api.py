@@ -32,7 +32,7 @@ def hospital(tmp_path_factory):
     root = tmp_path_factory.mktemp("hospital-api")
     clock = Clock(NOW)
     service = one_hospital(root, ROSTER, clock)
-    report = service.ingest("H001", [write_bundle(root, 7, 0, 20)])
+    report = service.ingest("H001", [write_bundle(root, 7, i, 20) for i in range(2)])
     assert not report.rejected
     app = create_app(service, clock_ms=clock)
     with TestClient(app, base_url=BASE, raise_server_exceptions=False) as http:
@@ -114,3 +114,76 @@ def test_an_oversized_body_is_refused_before_it_is_read(hospital):
     response = http.request("GET", "/v1/me", content=body, headers=headers)
     assert response.status_code == 413
     assert response.headers["content-type"] == "application/problem+json"
+
+
+# --- the authorisation matrix: every route as every kind of caller ---------------------------
+
+CALLERS = ("patient", "other-patient", "clinician", "outsider", "unsigned", "replayed")
+
+
+def _routes(service) -> dict[str, str]:
+    patients = [p["id"] for p in service.patients()]
+    rid = _record(service, "03")
+    owner = next(p for p in patients if any(r["id"] == rid for r in service.records_of(p)))
+    return (
+        {
+            "health": "/v1/health",
+            "authority": "/v1/authorities/H001",
+            "kac-params": "/v1/kac-params",
+            "me": "/v1/me",
+            "record": f"/v1/records/{rid}?area=institution",
+            "patient-records": f"/v1/patients/{owner}/records",
+            "patient-log": f"/v1/patients/{owner}/log",
+        },
+        owner,
+        next(p for p in patients if p != owner),
+    )
+
+
+# Expected HTTP status per (route, caller); server/authorization.py RULES says why.
+MATRIX = {
+    "health": dict.fromkeys(CALLERS, 200),
+    "authority": dict.fromkeys(CALLERS, 200),
+    "kac-params": dict.fromkeys(CALLERS, 200),
+    "me": {"patient": 200, "other-patient": 200, "clinician": 200, "outsider": 401,
+           "unsigned": 401, "replayed": 401},
+    "record": {"patient": 403, "other-patient": 403, "clinician": 200, "outsider": 401,
+               "unsigned": 401, "replayed": 401},
+    "patient-records": {"patient": 200, "other-patient": 403, "clinician": 403,
+                        "outsider": 401, "unsigned": 401, "replayed": 401},
+    "patient-log": {"patient": 200, "other-patient": 403, "clinician": 403, "outsider": 401,
+                    "unsigned": 401, "replayed": 401},
+}  # fmt: skip
+
+
+def test_the_authorisation_matrix(hospital):
+    """Every route called as every kind of caller; refusals are problem documents."""
+    from medshare.crypto.signing import SigningKey
+    from medshare.server.authorization import RULES
+
+    service, http = hospital
+    routes, owner, other = _routes(service)
+    assert len(RULES) == len(MATRIX)  # every route of the table is in the matrix
+    identities = {
+        "patient": (f"patient:{owner}", service.wallets.identity(f"patient:{owner}")),
+        "other-patient": (f"patient:{other}", service.wallets.identity(f"patient:{other}")),
+        "clinician": ("dr.wang@H001", service.wallets.identity("dr.wang@H001")),
+        "outsider": ("dr.wang@H001", SigningKey.generate()),  # a name, not its key
+    }
+    seen = {}
+    for route, target in routes.items():
+        for caller in CALLERS:
+            if caller == "unsigned":
+                response = http.get(target)
+            else:
+                who, key = identities.get(caller, identities["clinician"])
+                headers = signed_requests.sign(key, who, "GET", target, b"", now_ms=NOW)
+                if caller == "replayed":
+                    http.get(target, headers=headers)  # the original, as the holder sent it
+                response = http.get(target, headers=headers)
+            seen[(route, caller)] = response.status_code
+            if response.status_code >= 400:
+                assert response.headers["content-type"] == "application/problem+json"
+                assert "Traceback" not in response.text
+    expected = {(r, c): status for r, row in MATRIX.items() for c, status in row.items()}
+    assert seen == expected

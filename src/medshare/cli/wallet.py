@@ -78,3 +78,34 @@ def read(
         typer.echo(json.dumps({"record": record, "out": str(out), "txid": sealed.txid}), err=True)
         return
     sys.stdout.write(json.dumps(json.loads(data), indent=2, ensure_ascii=False) + "\n")
+
+
+def _patient_of(who: str) -> str:
+    prefix = "patient:"
+    if not who.startswith(prefix) or len(who) == len(prefix):
+        raise fail(f"--as must be a patient's identity (patient:<id>), not {who!r}")
+    return who[len(prefix) :]
+
+
+@app.command()
+def records(directory: WalletDir, who: Holder, hospital: Hospital) -> None:
+    """The patient's own records at this hospital (JSON list)."""
+    from medshare.service.wallets import Wallets
+    from medshare.wallet.client import HospitalClient
+
+    patient = _patient_of(who)
+    with service_errors(), HospitalClient(hospital, who, Wallets(directory).identity(who)) as c:
+        listed = c.patient_records(patient)
+    typer.echo(json.dumps(listed, indent=2, ensure_ascii=False))
+
+
+@app.command()
+def log(directory: WalletDir, who: Holder, hospital: Hospital) -> None:
+    """The patient's access log: a FHIR R4 Bundle of AuditEvents, from the ledger."""
+    from medshare.service.wallets import Wallets
+    from medshare.wallet.client import HospitalClient
+
+    patient = _patient_of(who)
+    with service_errors(), HospitalClient(hospital, who, Wallets(directory).identity(who)) as c:
+        bundle = c.patient_log(patient)
+    typer.echo(json.dumps(bundle, indent=2, ensure_ascii=False))

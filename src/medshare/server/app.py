@@ -22,7 +22,7 @@ from fastapi import Depends, FastAPI, Path, Query, Request
 
 from medshare.api import signed_requests
 from medshare.api.signed_requests import Caller, RequestRefused
-from medshare.server import problems
+from medshare.server import authorization, problems
 from medshare.service import db
 from medshare.service.api import MedShare
 from medshare.service.areas import parse_area
@@ -88,6 +88,21 @@ def create_app(
 
         data = _serialised(load)
         return {"authority": code, "abe_public": base64.b64encode(data).decode("ascii")}
+
+    @app.get("/v1/patients/{patient_id}/records", summary="The patient's own records")
+    def patient_records(
+        who: Signed, patient_id: Annotated[str, Path(max_length=128)]
+    ) -> list[dict[str, Any]]:
+        authorization.the_patient(who, patient_id)
+        return _serialised(lambda: service.records_of(patient_id))
+
+    @app.get(
+        "/v1/patients/{patient_id}/log",
+        summary="The patient's access log: a FHIR R4 Bundle of AuditEvents, from the ledger",
+    )
+    def patient_log(who: Signed, patient_id: Annotated[str, Path(max_length=128)]) -> Any:
+        authorization.the_patient(who, patient_id)
+        return _serialised(lambda: service.log(patient_id))
 
     @app.get("/v1/kac-params", summary="The consortium's public KAC parameters")
     def kac_params() -> dict[str, str]:

@@ -106,6 +106,14 @@ class HospitalClient:
         _checked(params.verify, "KAC parameters")
         return params
 
+    def patient_records(self, patient_id: str) -> list[dict[str, Any]]:
+        """The patient's own records (only the patient may ask)."""
+        return self.get(f"/v1/patients/{quote(patient_id, safe='')}/records")
+
+    def patient_log(self, patient_id: str) -> dict[str, Any]:
+        """The patient's access log, a FHIR R4 Bundle of AuditEvents (the patient only)."""
+        return self.get(f"/v1/patients/{quote(patient_id, safe='')}/log")
+
     def me(self) -> dict[str, Any]:
         return self.get("/v1/me")
 

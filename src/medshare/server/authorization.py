@@ -1,0 +1,32 @@
+"""Who may call which route, in one place.
+
+Why one module: a route's code says what it does; this says who it does it for. Every
+route of :mod:`medshare.server.app` names one of these rules, and the authorisation-matrix
+test calls every route as every kind of caller against the table here. The rules decide
+from the verified caller (:class:`medshare.api.signed_requests.Caller`) and public facts
+only; the records service's own gates (grants, areas, break-glass) still decide reads.
+"""
+
+from __future__ import annotations
+
+from medshare.api.signed_requests import Caller
+from medshare.ledger.app import published
+from medshare.service.errors import AccessDenied
+
+
+def the_patient(caller: Caller, patient_id: str) -> None:
+    """Only the patient themself: their own records list and access log."""
+    if caller.identity != published.patient_identity(patient_id):
+        raise AccessDenied(f"only patient {patient_id} may see this")
+
+
+# Route (method, path template) -> the rule it applies, for the matrix test and the docs.
+RULES: dict[tuple[str, str], str] = {
+    ("GET", "/v1/health"): "anyone (unsigned)",
+    ("GET", "/v1/authorities/{code}"): "anyone (unsigned): public keys",
+    ("GET", "/v1/kac-params"): "anyone (unsigned): public parameters",
+    ("GET", "/v1/me"): "any enrolled identity",
+    ("GET", "/v1/records/{record_id}"): "any enrolled identity; the area's gate decides",
+    ("GET", "/v1/patients/{patient_id}/records"): "the patient",
+    ("GET", "/v1/patients/{patient_id}/log"): "the patient",
+}
