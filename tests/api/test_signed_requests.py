@@ -13,6 +13,7 @@ NOW = 1_800_000_000_000
 ALICE = SigningKey(b"\x01" * 32)
 MALLORY = SigningKey(b"\x02" * 32)
 ENROLLED = {ALICE.public: "patient:P1", MALLORY.public: "mallory@H001"}
+AUDIENCE = "0a1b2c3d/H001"
 
 
 class Clock:
@@ -24,11 +25,12 @@ class Clock:
 
 
 def _verifier(clock=None, **kwargs) -> sr.RequestVerifier:
-    return sr.RequestVerifier(ENROLLED.get, clock or Clock(NOW), **kwargs)
+    return sr.RequestVerifier(AUDIENCE, ENROLLED.get, clock or Clock(NOW), **kwargs)
 
 
 def _signed(method="GET", target="/v1/records/r1?area=personal", body=b"", **kwargs):
     kwargs.setdefault("now_ms", NOW)
+    kwargs.setdefault("audience", AUDIENCE)
     headers = sr.sign(ALICE, "patient:P1", method, target, body, **kwargs)
     return method, target, body, headers
 
@@ -79,21 +81,51 @@ def test_a_key_not_enrolled_under_the_name_is_refused():
     """Mallory signs correctly with her own key but claims Alice's name; a stranger's key
     is enrolled as nobody."""
     verifier = _verifier()
-    claimed = sr.sign(MALLORY, "patient:P1", "GET", "/v1/x", b"", now_ms=NOW)
+    claimed = sr.sign(MALLORY, "patient:P1", "GET", "/v1/x", b"", audience=AUDIENCE, now_ms=NOW)
     with pytest.raises(sr.RequestRefused, match="not the one enrolled as 'patient:P1'"):
         verifier.verify("GET", "/v1/x", b"", claimed)
     stranger = SigningKey.generate()
-    headers = sr.sign(stranger, "someone", "GET", "/v1/x", b"", now_ms=NOW)
+    headers = sr.sign(stranger, "someone", "GET", "/v1/x", b"", audience=AUDIENCE, now_ms=NOW)
     with pytest.raises(sr.RequestRefused, match="not the one enrolled"):
         verifier.verify("GET", "/v1/x", b"", headers)
 
 
-def test_the_replay_window_is_bounded():
-    verifier = _verifier(max_remembered=2)
+def test_the_replay_window_is_bounded_per_key_and_in_all():
+    verifier = _verifier(max_remembered=3, max_per_key=2)
     verifier.verify(*_signed())
     verifier.verify(*_signed())
-    with pytest.raises(sr.Busy):
+    with pytest.raises(sr.Busy, match="from this key"):
         verifier.verify(*_signed())
+    mallory = sr.sign(MALLORY, "mallory@H001", "GET", "/v1/x", b"", audience=AUDIENCE, now_ms=NOW)
+    verifier.verify("GET", "/v1/x", b"", mallory)  # her own share of the table
+    again = sr.sign(MALLORY, "mallory@H001", "GET", "/v1/x", b"", audience=AUDIENCE, now_ms=NOW)
+    with pytest.raises(sr.Busy, match="in the replay window"):
+        verifier.verify("GET", "/v1/x", b"", again)
+
+
+def test_unenrolled_keys_leave_no_nonce_behind():
+    """A made-up key's correctly signed requests are refused before their nonce is kept:
+    they cannot fill the table and lock enrolled callers out."""
+    verifier = _verifier(max_remembered=1)
+    for _ in range(5):
+        stranger = SigningKey.generate()
+        headers = sr.sign(stranger, "x", "GET", "/v1/x", b"", audience=AUDIENCE, now_ms=NOW)
+        with pytest.raises(sr.RequestRefused, match="not the one enrolled"):
+            verifier.verify("GET", "/v1/x", b"", headers)
+    assert verifier.verify(*_signed()).identity == "patient:P1"
+
+
+def test_a_request_for_another_server_or_from_before_a_restart_is_refused():
+    elsewhere = _signed(audience="0a1b2c3d/H002")
+    with pytest.raises(sr.RequestRefused, match="does not verify"):
+        _verifier().verify(*elsewhere)
+    clock = Clock(NOW)
+    request = _signed()
+    first = _verifier(clock)
+    first.verify(*request)
+    clock.now = NOW + 5_000  # the server restarts, its nonces forgotten
+    with pytest.raises(sr.RequestRefused, match="before this server started"):
+        _verifier(clock).verify(*request)
 
 
 @pytest.mark.parametrize("missing", sr.HEADERS)
@@ -118,7 +150,7 @@ def test_malformed_headers_are_refused_with_a_reason(field, value):
 
 def test_a_target_with_a_newline_cannot_be_signed_nor_verified():
     with pytest.raises(ValueError):
-        sr.sign(ALICE, "patient:P1", "GET", "/v1/x\nPOST", b"", now_ms=NOW)
+        sr.sign(ALICE, "patient:P1", "GET", "/v1/x\nPOST", b"", audience=AUDIENCE, now_ms=NOW)
     method, _, body, headers = _signed()
     with pytest.raises(sr.RequestRefused, match="malformed request target"):
         _verifier().verify(method, "/v1/x\n", body, headers)

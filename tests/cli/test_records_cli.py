@@ -393,7 +393,7 @@ def test_read_with_someone_elses_share_is_not_allowed(consortium: Consortium, mo
     path, _ = mother_share
     row = consortium.record_in(consortium.patients[0], "03")
     result = read(consortium, PHYSICIAN, row.id, "--key", path)
-    assert_fails(result, 1, "not allowed", f"given to {MOTHER}")
+    assert_fails(result, 1, "not allowed", f"not given to {PHYSICIAN}")
     assert result.stdout == ""
 
 
@@ -505,7 +505,7 @@ def test_log_is_a_bundle_of_audit_events_with_the_refusals(
     assert {actor(e) for e in denied} >= {SURGEON, PHYSICIAN}
     assert all(row.id in about(e) for e in denied if actor(e) in (SURGEON, PHYSICIAN))
     assert any("do not satisfy" in e.get("outcomeDesc", "") for e in denied)
-    assert any(f"given to {MOTHER}" in e.get("outcomeDesc", "") for e in denied)
+    assert any(f"not given to {PHYSICIAN}" in e.get("outcomeDesc", "") for e in denied)
     served = [e for e in events if e["outcome"] == "0" and actor(e) == MOTHER]
     assert any(row.id in about(e) for e in served)
 

@@ -91,15 +91,22 @@ def test_refusals_are_problem_documents_and_are_logged(hospital):
         zhao.sealed_record(rid, area="attic")
 
 
+def _audience(http) -> str:
+    return http.get("/v1/health").json()["audience"]
+
+
 def test_a_replayed_or_altered_request_is_refused(hospital):
     service, http = hospital
     key = service.wallets.identity("dr.wang@H001")
     target = "/v1/me"
-    headers = signed_requests.sign(key, "dr.wang@H001", "GET", target, b"", now_ms=NOW)
+    aud = _audience(http)
+    headers = signed_requests.sign(
+        key, "dr.wang@H001", "GET", target, b"", audience=aud, now_ms=NOW
+    )
     assert http.get(target, headers=headers).status_code == 200
     replay = http.get(target, headers=headers)
     assert replay.status_code == 401 and replay.json()["title"] == "request replayed"
-    fresh = signed_requests.sign(key, "dr.wang@H001", "GET", target, b"", now_ms=NOW)
+    fresh = signed_requests.sign(key, "dr.wang@H001", "GET", target, b"", audience=aud, now_ms=NOW)
     moved = http.get("/v1/records/Observation/x?area=institution", headers=fresh)
     assert moved.status_code == 401 and "does not verify" in moved.json()["detail"]
     as_other = {**fresh, signed_requests.IDENTITY: "dr.zhao@H001"}
@@ -110,7 +117,9 @@ def test_an_oversized_body_is_refused_before_it_is_read(hospital):
     service, http = hospital
     key = service.wallets.identity("dr.wang@H001")
     body = b"x" * (2 << 20)
-    headers = signed_requests.sign(key, "dr.wang@H001", "GET", "/v1/me", body, now_ms=NOW)
+    headers = signed_requests.sign(
+        key, "dr.wang@H001", "GET", "/v1/me", body, audience=_audience(http), now_ms=NOW
+    )
     response = http.request("GET", "/v1/me", content=body, headers=headers)
     assert response.status_code == 413
     assert response.headers["content-type"] == "application/problem+json"
@@ -177,7 +186,9 @@ def test_the_authorisation_matrix(hospital):
                 response = http.get(target)
             else:
                 who, key = identities.get(caller, identities["clinician"])
-                headers = signed_requests.sign(key, who, "GET", target, b"", now_ms=NOW)
+                headers = signed_requests.sign(
+                    key, who, "GET", target, b"", audience=_audience(http), now_ms=NOW
+                )
                 if caller == "replayed":
                     http.get(target, headers=headers)  # the original, as the holder sent it
                 response = http.get(target, headers=headers)

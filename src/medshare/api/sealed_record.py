@@ -152,6 +152,10 @@ def _dek(sealed, params, share, abe_keys, authority_public) -> bytes:
 
 
 def _open_blob(sealed: SealedRecord, dek: bytes) -> bytes:
+    if not sealed.check_digest and sealed.area is not Area.RESEARCH:
+        raise IntegrityError(
+            f"record {sealed.record_id}: only a research copy goes without its digest check"
+        )
     try:
         data = protect.open_blob(dek, sealed.blob, sealed.record_id)
     except (DecryptionFailed, ValueError):

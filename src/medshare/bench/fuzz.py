@@ -1423,11 +1423,14 @@ def _request_seeds(fx: Fixtures) -> list[bytes]:
     from medshare.crypto.signing import SigningKey
 
     key = SigningKey(b"\x07" * 32)
-    headers = signed_requests.sign(key, "dr.a@H001", "GET", "/v1/me", b"", now_ms=FUZZ_NOW_MS)
+    headers = signed_requests.sign(
+        key, "dr.a@H001", "GET", "/v1/me", b"", audience=FUZZ_AUDIENCE, now_ms=FUZZ_NOW_MS
+    )
     return [json.dumps({"method": "GET", "target": "/v1/me", "body": "", **headers}).encode()]
 
 
 FUZZ_NOW_MS = 1_800_000_000_000
+FUZZ_AUDIENCE = "00112233/H001"
 
 
 @target(
@@ -1447,7 +1450,7 @@ def _signed_request(fx: Fixtures, data: bytes) -> None:
     if not isinstance(doc, dict):
         raise NotADocument("not an object")
     enrolled = {SigningKey(b"\x07" * 32).public: "dr.a@H001"}
-    verifier = signed_requests.RequestVerifier(enrolled.get, lambda: FUZZ_NOW_MS)
+    verifier = signed_requests.RequestVerifier(FUZZ_AUDIENCE, enrolled.get, lambda: FUZZ_NOW_MS)
     headers = {k: v for k, v in doc.items() if isinstance(k, str) and isinstance(v, str)}
     method, target, body = doc.get("method"), doc.get("target"), doc.get("body")
     if not all(isinstance(v, str) for v in (method, target, body)):

@@ -14,11 +14,13 @@ per app; signature checks and JSON work run outside it.
 from __future__ import annotations
 
 import base64
+import re
 import threading
 from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Path, Query, Request
+from starlette.concurrency import run_in_threadpool
 
 from medshare.api import signed_requests
 from medshare.api.signed_requests import Caller, RequestRefused
@@ -30,6 +32,7 @@ from medshare.service.common import wall_clock_ms
 from medshare.service.errors import InvalidInput, NotFound
 
 MAX_BODY_BYTES = 1 << 20  # a request body above this is refused (413) before it is read
+ENROLMENT_CACHE = 65_536  # identity keys whose enrolment this server remembers
 
 
 class TooLarge(RequestRefused):
@@ -56,9 +59,20 @@ def create_app(
         with lock:
             return call()
 
-    app.state.verifier = signed_requests.RequestVerifier(
-        lambda key: _serialised(lambda: service.ledger.registered(key)), clock_ms
-    )
+    enrolled: dict[bytes, str] = {}  # enrolments are written once: a hit never goes stale
+
+    def enrolled_as(key: bytes) -> str | None:
+        if key in enrolled:
+            return enrolled[key]
+        identity = _serialised(lambda: service.ledger.registered(key))
+        if identity is not None:
+            if len(enrolled) >= ENROLMENT_CACHE:
+                enrolled.clear()
+            enrolled[key] = identity
+        return identity
+
+    app.state.audience = audience_of(service)
+    app.state.verifier = signed_requests.RequestVerifier(app.state.audience, enrolled_as, clock_ms)
     app.state.max_body = max_body
 
     @app.get("/v1/health", summary="Liveness and the ledger height (no signature needed)")
@@ -66,7 +80,7 @@ def create_app(
         return {
             "status": "ok",
             "hospitals": list(service.config.hospitals),
-            "ledger_height": _serialised(service.ledger.height),
+            "audience": app.state.audience,
         }
 
     @app.get("/v1/me", summary="Who the signed request authenticates as")
@@ -104,10 +118,14 @@ def create_app(
         authorization.the_patient(who, patient_id)
         return _serialised(lambda: service.log(patient_id))
 
+    kac_encoded: list[str] = []  # encoded once: ~100 KB, the same for every caller
+
     @app.get("/v1/kac-params", summary="The consortium's public KAC parameters")
     def kac_params() -> dict[str, str]:
-        data = _serialised(lambda: service.params.to_bytes())
-        return {"kac_params": base64.b64encode(data).decode("ascii")}
+        if not kac_encoded:
+            data = _serialised(lambda: service.params.to_bytes())
+            kac_encoded.append(base64.b64encode(data).decode("ascii"))
+        return {"kac_params": kac_encoded[0]}
 
     @app.get(
         "/v1/records/{record_id:path}",
@@ -136,13 +154,22 @@ def create_app(
 
 async def _caller(request: Request) -> Caller:
     """The verified signer of this request (401 otherwise): the target is the path and
-    query exactly as sent, the body is read up to the app's size cap."""
+    query exactly as sent, the body is read up to the app's size cap. Verification (and
+    its ledger lookup) runs on a worker thread, never on the event loop."""
     body = await _capped_body(request, request.app.state.max_body)
     target = request.scope.get("raw_path", b"").decode("latin-1")
     query = request.scope.get("query_string", b"").decode("latin-1")
     if query:
         target += "?" + query
-    return request.app.state.verifier.verify(request.method, target, body, request.headers)
+    verify = request.app.state.verifier.verify
+    return await run_in_threadpool(verify, request.method, target, body, dict(request.headers))
+
+
+def audience_of(service: MedShare) -> str:
+    """What requests to this server must be signed for: the consortium's chain and the
+    hospitals this server speaks for, so a request made for one server is refused by
+    every other."""
+    return f"{service.ledger.chain_id}/{'+'.join(service.config.hospitals)}"
 
 
 Signed = Annotated[Caller, Depends(_caller)]
@@ -151,7 +178,9 @@ Signed = Annotated[Caller, Depends(_caller)]
 async def _capped_body(request: Request, limit: int) -> bytes:
     """The request body, refused (413) as soon as it passes ``limit`` bytes."""
     declared = request.headers.get("content-length")
-    if declared is not None and (not declared.isdigit() or int(declared) > limit):
+    if declared is not None and (
+        not re.fullmatch(r"[0-9]{1,19}", declared) or int(declared) > limit
+    ):
         raise TooLarge(f"request body over {limit} bytes")
     chunks, size = [], 0
     async for chunk in request.stream():

@@ -30,6 +30,8 @@ from medshare.service.errors import AccessDenied, IntegrityError, InvalidInput, 
 from medshare.service.grants import referral_covers
 from medshare.service.wallets import patient_principal
 
+MAX_LOGGED_REASON = 500  # characters of a reason or refusal kept in the patient's log
+
 
 @dataclass(frozen=True)
 class ReadResult:
@@ -80,6 +82,15 @@ class ReadingMixin:
         attributes, the record's anchor), commit the ``access`` tx, and release the
         record sealed for the reader's own key. Nothing of the reader's is needed or seen:
         the hospital cannot open what it releases for another area than its own."""
+        # The request's own form first, before anything about the record is looked up:
+        # a malformed request tells nothing about which records exist.
+        if area is Area.PERSONAL and share_id is None:
+            raise InvalidInput("the personal area needs --key SHARE.json")
+        if area is not Area.PERSONAL and share_id is not None:
+            raise InvalidInput("--key is for the personal area; drop --area or use --area personal")
+        if reason is not None and area is not Area.EMERGENCY:
+            # the reason goes into the patient's log: only a break-glass has one to give
+            raise InvalidInput("--reason is for the emergency area (break-glass) only")
         with self.sessions() as session:
             self._principal(session, who)
             record = self._record(session, record_id)
@@ -91,10 +102,6 @@ class ReadingMixin:
                     header = self._release_personal(session, who, record, share_id)
                     seal, blob_id = None, record.blob_id
                 else:
-                    if share_id is not None:
-                        raise InvalidInput(
-                            "--key is for the personal area; drop --area or use --area personal"
-                        )
                     header = None
                     scope = self._scope_for(session, who, record, area, reason)
                     seal, blob_id = self._release_area(session, who, record, scope)
@@ -147,21 +154,19 @@ class ReadingMixin:
             "area": area.value,
             "outcome": outcome,
         }
-        if why:
-            body["reason"] = why
+        if why and why.strip():
+            body["reason"] = why.strip()[:MAX_LOGGED_REASON]
         return self._submit(self.wallets.identity(who), TxKind.ACCESS, [body])[0]
 
     def _release_personal(self, session, who: str, record: db.Record, share_id: str | None):
         """The gate of the personal area: ``share_id`` must name a live share of this
         record's patient to ``who`` whose issued classes cover the record's slot; then the
         record's H-KAC header is released (the reader's share opens it on their device)."""
-        if share_id is None:
-            raise InvalidInput("the personal area needs --key SHARE.json")
         grant = session.get(db.Grant, share_id)
         if grant is None or grant.kind != "share" or grant.patient != record.patient:
             raise AccessDenied("this is not a share of the record's patient")
         if grant.grantee != who:
-            raise AccessDenied(f"share {share_id} was given to {grant.grantee}, not to {who}")
+            raise AccessDenied(f"share {share_id} was not given to {who}")
         if grant.revoked_ms is not None:
             raise AccessDenied(f"share {share_id} was revoked")
         if not valid_at(grant.until_ms, self.clock()):
@@ -235,7 +240,7 @@ class ReadingMixin:
             raise AccessDenied(f"the {kind} for {grantee} was revoked")
         if rows:
             raise AccessDenied(f"the {kind} for {grantee} expired at {iso(rows[-1].until_ms)}")
-        raise AccessDenied(f"no {kind} of patient {patient} for {grantee}")
+        raise AccessDenied(f"no {kind} of this record's patient for {grantee}")
 
     def _release_area(self, session, who, record, scope) -> tuple[AreaSeal, str]:
         """The record's seal in ``scope``'s live area key, if ``who`` holds a live key of

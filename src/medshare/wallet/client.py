@@ -57,7 +57,13 @@ class HospitalClient:
         *,
         clock_ms: Callable[[], int] = wall_clock_ms,
         http: httpx.Client | None = None,
+        audience: str | None = None,
     ) -> None:
+        """``audience``: the server's audience string (chain id and hospitals), if the
+        wallet knows it already; otherwise it is read from the server's ``/v1/health``
+        on first use (a wallet that pins it at enrolment keeps a server from having it
+        sign requests meant for another — to come with ``wallet new``)."""
+        self._audience = audience
         self._base = base_url.rstrip("/")
         self._identity = identity
         self._key = key
@@ -88,7 +94,14 @@ class HospitalClient:
         if reason is not None:
             params["reason"] = reason
         doc = self.get(f"/v1/records/{quote(record_id, safe='/')}", params)
-        return SealedRecord.from_json(doc)
+        sealed = SealedRecord.from_json(doc)
+        if sealed.record_id != record_id or sealed.area.value != area:
+            # the AEAD binds the blob to its record id, so this is the server's own doing
+            raise IntegrityError(
+                f"the server released {sealed.record_id} ({sealed.area.value}), "
+                f"not {record_id} ({area})"
+            )
+        return sealed
 
     def authority_public(self, code: str) -> abe.AbePublicKey:
         """Authority ``code``'s CP-ABE public key, well formed (``check``) or refused. The
@@ -121,16 +134,39 @@ class HospitalClient:
         target = path + (f"?{urlencode(params)}" if params else "")
         return self._send("GET", target, b"")
 
+    def audience(self) -> str:
+        """What this wallet signs its requests to this server for."""
+        if self._audience is None:
+            doc = self._answer(self._request("GET", "/v1/health", b"", {}))
+            audience = doc.get("audience") if isinstance(doc, dict) else None
+            if not isinstance(audience, str) or not audience:
+                raise ServerUnavailable(f"hospital server {self._base} names no audience")
+            self._audience = audience
+        return self._audience
+
     def _send(self, method: str, target: str, body: bytes) -> Any:
         headers = signed_requests.sign(
-            self._key, self._identity, method, target, body, now_ms=self._clock_ms()
+            self._key,
+            self._identity,
+            method,
+            target,
+            body,
+            audience=self.audience(),
+            now_ms=self._clock_ms(),
         )
+        return self._answer(self._request(method, target, body, headers))
+
+    def _request(
+        self, method: str, target: str, body: bytes, headers: Mapping[str, str]
+    ) -> httpx.Response:
         try:
-            response = self._http.request(
+            return self._http.request(
                 method, self._base + target, content=body or None, headers=headers
             )
         except httpx.HTTPError as exc:
             raise ServerUnavailable(f"hospital server {self._base}: {exc}") from None
+
+    def _answer(self, response: httpx.Response) -> Any:
         try:
             doc = response.json()
         except (json.JSONDecodeError, UnicodeDecodeError):
