@@ -130,23 +130,36 @@ def test_an_oversized_body_is_refused_before_it_is_read(hospital):
 CALLERS = ("patient", "other-patient", "clinician", "outsider", "unsigned", "replayed")
 
 
-def _routes(service) -> dict[str, str]:
+def _routes(service) -> tuple[dict[str, tuple[str, str]], str, str]:
     patients = [p["id"] for p in service.patients()]
     rid = _record(service, "03")
     owner = next(p for p in patients if any(r["id"] == rid for r in service.records_of(p)))
     return (
         {
-            "health": "/v1/health",
-            "authority": "/v1/authorities/H001",
-            "kac-params": "/v1/kac-params",
-            "me": "/v1/me",
-            "record": f"/v1/records/{rid}?area=institution",
-            "patient-records": f"/v1/patients/{owner}/records",
-            "patient-log": f"/v1/patients/{owner}/log",
+            "health": ("GET", "/v1/health"),
+            "authority": ("GET", "/v1/authorities/H001"),
+            "kac-params": ("GET", "/v1/kac-params"),
+            "me": ("GET", "/v1/me"),
+            "record": ("GET", f"/v1/records/{rid}?area=institution"),
+            "patient-records": ("GET", f"/v1/patients/{owner}/records"),
+            "patient-log": ("GET", f"/v1/patients/{owner}/log"),
+            "challenge": ("POST", "/v1/issuance/H001/challenge"),
+            "offer": ("POST", "/v1/issuance/H001/offer"),  # empty body: not a registration
+            "range": ("POST", "/v1/issuance/H001/range"),
+            "issue": ("POST", "/v1/issuance/H001/issue"),
+            "next-nonce": ("GET", "/v1/ledger/next-nonce"),
+            "relay": ("POST", "/v1/ledger/txs"),  # empty body: not a transaction
         },
         owner,
         next(p for p in patients if p != owner),
     )
+
+
+ENROLLED_ONLY = {"outsider": 401, "unsigned": 401, "replayed": 401}
+
+
+def _enrolled(status: int) -> dict[str, int]:
+    return {"patient": status, "other-patient": status, "clinician": status, **ENROLLED_ONLY}
 
 
 # Expected HTTP status per (route, caller); server/authorization.py RULES says why.
@@ -162,6 +175,12 @@ MATRIX = {
                         "outsider": 401, "unsigned": 401, "replayed": 401},
     "patient-log": {"patient": 200, "other-patient": 403, "clinician": 403, "outsider": 401,
                     "unsigned": 401, "replayed": 401},
+    "challenge": _enrolled(200),
+    "offer": _enrolled(400),
+    "range": _enrolled(400),
+    "issue": _enrolled(400),
+    "next-nonce": _enrolled(200),
+    "relay": _enrolled(400),
 }  # fmt: skip
 
 
@@ -180,21 +199,85 @@ def test_the_authorisation_matrix(hospital):
         "outsider": ("dr.wang@H001", SigningKey.generate()),  # a name, not its key
     }
     seen = {}
-    for route, target in routes.items():
+    for route, (method, target) in routes.items():
         for caller in CALLERS:
             if caller == "unsigned":
-                response = http.get(target)
+                response = http.request(method, target)
             else:
                 who, key = identities.get(caller, identities["clinician"])
                 headers = signed_requests.sign(
-                    key, who, "GET", target, b"", audience=_audience(http), now_ms=NOW
+                    key, who, method, target, b"", audience=_audience(http), now_ms=NOW
                 )
                 if caller == "replayed":
-                    http.get(target, headers=headers)  # the original, as the holder sent it
-                response = http.get(target, headers=headers)
+                    http.request(method, target, headers=headers)  # as the holder sent it
+                response = http.request(method, target, headers=headers)
             seen[(route, caller)] = response.status_code
             if response.status_code >= 400:
                 assert response.headers["content-type"] == "application/problem+json"
                 assert "Traceback" not in response.text
     expected = {(r, c): status for r, row in MATRIX.items() for c, status in row.items()}
     assert seen == expected
+
+
+# --- key issuance over HTTP: k and the key stay with the holder -------------------------------
+
+
+def test_a_new_clinician_obtains_a_key_over_http_and_reads_with_it(hospital):
+    from medshare.service.consortium import add_person
+    from medshare.wallet.keys import obtain_key
+
+    service, http = hospital
+    add_person(service, "dr.new@H001", "clinician", "H001", ["physician"], "03")
+    identity = service.wallets.identity("dr.new@H001")
+    client = _client(service, http, "dr.new@H001")
+    got = obtain_key(client, "dr.new@H001", identity, "H001")
+    assert set(got.key.components) == {
+        "hospital:H001",
+        "dept:03",
+        "role:physician",
+        "epoch:0",
+    }  # fmt: skip  (the authority decided, not the holder)
+    tag_tx = service.ledger.find(got.tag_txid).tx
+    assert tag_tx.kind == TxKind.REGISTER_KEY_TAG and tag_tx.sender == identity.public
+    assert service.registered_tags()["H001"][got.key.tag()]["identity"] == "dr.new@H001"
+    # The key never reached the hospital's wallet folder: only the holder has it ...
+    assert service.wallets.abe_key_files("dr.new@H001", "H001") == []
+    # ... and with it the holder reads through the API, decrypting on their side.
+    rid = _record(service, "03")
+    sealed = client.sealed_record(rid, area="institution")
+    public = client.authority_public("H001")
+    data = open_sealed(sealed, abe_keys=[got.key], authority_public=public)
+    assert json.loads(data)["id"] == rid.split("/")[-1]
+
+
+def test_issuance_over_http_refuses_what_the_authority_would_not_give(hospital):
+    from medshare.crypto import issuance
+    from medshare.ledger.types import Tx
+    from medshare.wallet.keys import obtain_key
+
+    service, http = hospital
+    patient = service.patients()[0]["id"]
+    who = f"patient:{patient}"
+    client = _client(service, http, who)
+    with pytest.raises(AccessDenied, match="not staff"):
+        obtain_key(client, who, service.wallets.identity(who), "H001")
+    # dr.zhao sends dr.wang's registration (made with dr.wang's key): refused.
+    wang = service.wallets.identity("dr.wang@H001")
+    public = client.authority_public("H001")
+    user = issuance.IssuanceUser(public, "dr.wang@H001", wang)
+    zhao = _client(service, http, "dr.zhao@H001")
+    challenge = issuance.IssuanceChallenge.from_bytes(
+        zhao.post_message("/v1/issuance/H001/challenge")
+    )
+    with pytest.raises(AccessDenied, match="its own identity"):
+        zhao.post_message("/v1/issuance/H001/offer", user.registration(challenge).to_bytes())
+    # The relay takes only the caller's own key-tag transactions.
+    nonce = service.ledger.next_nonce(wang.public)
+    body = {"identity": "dr.wang@H001", "tag": "ab" * 48}
+    theirs = Tx.create(TxKind.REGISTER_KEY_TAG, body, nonce, wang, chain=service.ledger.chain_id)
+    with pytest.raises(AccessDenied, match="own transactions"):
+        zhao.post_json("/v1/ledger/txs", theirs.encode())
+    access = {"record": "r", "actor": "dr.wang@H001", "area": "institution"}
+    other_kind = Tx.create(TxKind.ACCESS, access, nonce, wang, chain=service.ledger.chain_id)
+    with pytest.raises(AccessDenied, match="does not relay access"):
+        _client(service, http, "dr.wang@H001").post_json("/v1/ledger/txs", other_kind.encode())

@@ -109,3 +109,33 @@ def log(directory: WalletDir, who: Holder, hospital: Hospital) -> None:
     with service_errors(), HospitalClient(hospital, who, Wallets(directory).identity(who)) as c:
         bundle = c.patient_log(patient)
     typer.echo(json.dumps(bundle, indent=2, ensure_ascii=False))
+
+
+@app.command()
+def issue(
+    directory: WalletDir,
+    who: Holder,
+    hospital: Hospital,
+    authority: Annotated[str, typer.Option(help="The authority (hospital code) to ask.")],
+) -> None:
+    """Obtain a CP-ABE key from an authority: the two-party protocol runs here (your
+    secret never leaves this machine), the key is kept in this wallet, and its tag is
+    registered on the ledger with your identity key."""
+    from medshare.service.wallets import Wallets
+    from medshare.wallet.client import HospitalClient
+    from medshare.wallet.keys import obtain_key
+
+    with service_errors():
+        wallets = Wallets(directory)
+        identity = wallets.identity(who)
+        with HospitalClient(hospital, who, identity) as client:
+            got = obtain_key(client, who, identity, authority)
+        wallets.save_abe_key(who, authority, got.key)
+    summary = {
+        "holder": who,
+        "authority": authority,
+        "attributes": sorted(got.key.components),
+        "tag": got.key.tag().hex(),
+        "tag_txid": got.tag_txid,
+    }
+    typer.echo(json.dumps(summary, indent=2))

@@ -19,20 +19,26 @@ import threading
 from collections.abc import Callable
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Path, Query, Request
+from fastapi import Depends, FastAPI, Path, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from medshare.api import signed_requests
 from medshare.api.signed_requests import Caller, RequestRefused
+from medshare.crypto import issuance
+from medshare.crypto.errors import CryptoError
+from medshare.ledger.app import published
+from medshare.ledger.types import LedgerFormatError, Tx, TxKind
 from medshare.server import authorization, problems
 from medshare.service import db
 from medshare.service.api import MedShare
 from medshare.service.areas import parse_area
 from medshare.service.common import wall_clock_ms
-from medshare.service.errors import InvalidInput, NotFound
+from medshare.service.errors import AccessDenied, InvalidInput, NotFound
 
 MAX_BODY_BYTES = 1 << 20  # a request body above this is refused (413) before it is read
 ENROLMENT_CACHE = 65_536  # identity keys whose enrolment this server remembers
+# What the server relays to the ledger for a caller (signed by the caller's own key).
+RELAYED_KINDS = frozenset({TxKind.REGISTER_KEY_TAG})
 
 
 class TooLarge(RequestRefused):
@@ -101,7 +107,12 @@ def create_app(
                 return hosp.abe_public
 
         data = _serialised(load)
-        return {"authority": code, "abe_public": base64.b64encode(data).decode("ascii")}
+        name = published.authority_key(code, published.PAILLIER_KEY)
+        return {
+            "authority": code,
+            "abe_public": base64.b64encode(data).decode("ascii"),
+            "paillier_digest": _serialised(lambda: service.ledger.published(name)),
+        }
 
     @app.get("/v1/patients/{patient_id}/records", summary="The patient's own records")
     def patient_records(
@@ -117,6 +128,97 @@ def create_app(
     def patient_log(who: Signed, patient_id: Annotated[str, Path(max_length=128)]) -> Any:
         authorization.the_patient(who, patient_id)
         return _serialised(lambda: service.log(patient_id))
+
+    issuers: dict[str, issuance.IssuanceAuthority] = {}
+
+    def issuer(code: str) -> issuance.IssuanceAuthority:
+        """The authority's side of issuance, one per authority for the server's life (its
+        sessions and precomputed randomness live there); it holds the authority's keys,
+        which are this hospital's own."""
+        if code not in issuers:
+            if code not in service.config.hospitals:
+                raise NotFound(f"no authority {code!r} at this server")
+            issuers[code] = issuance.IssuanceAuthority(
+                service.wallets.authority(code),
+                suspended=service.issuance_suspended,
+                enrolled=service._enrolled_on_ledger,
+            )
+        return issuers[code]
+
+    @app.post(
+        "/v1/issuance/{code}/challenge",
+        summary="Issuance, step 1: a fresh session bound to the authority's keys",
+    )
+    def issuance_challenge(who: Signed, code: Annotated[str, Path(max_length=16)]) -> Response:
+        challenge = _serialised(lambda: issuer(code).challenge())
+        return _message(challenge)
+
+    @app.post(
+        "/v1/issuance/{code}/offer",
+        summary="Issuance, step 2: the caller's registration of R; the authority offers the "
+        "attributes it decides for the caller, Enc(a + c) and its range commitment",
+    )
+    async def issuance_offer(
+        who: Signed, code: Annotated[str, Path(max_length=16)], request: Request
+    ) -> Response:
+        registration = _parsed(issuance.RegistrationRequest, request.state.body)
+        if registration.identity != who.identity or registration.identity_key != who.key:
+            raise AccessDenied("a registration is made by its own identity, with its own key")
+
+        def offer() -> issuance.IssuanceOffer:
+            attributes = service.entitled_attributes(who.identity, code)
+            return issuer(code).offer(registration, attributes)
+
+        return _message(await run_in_threadpool(_serialised, offer))
+
+    @app.post("/v1/issuance/{code}/range", summary="Issuance, step 3: the range proof's answer")
+    async def issuance_range(
+        who: Signed, code: Annotated[str, Path(max_length=16)], request: Request
+    ) -> Response:
+        asked = _parsed(issuance.RangeChallenge, request.state.body)
+        return _message(
+            await run_in_threadpool(_serialised, lambda: issuer(code).open_range(asked))
+        )
+
+    @app.post(
+        "/v1/issuance/{code}/issue",
+        summary="Issuance, step 4: the blinded response in, the blinded key out (recorded)",
+    )
+    async def issuance_issue(
+        who: Signed, code: Annotated[str, Path(max_length=16)], request: Request
+    ) -> Response:
+        response = _parsed(issuance.IssuanceResponse, request.state.body)
+
+        def issue() -> issuance.IssuedKey:
+            issued, registration = issuer(code).issue(response)
+            if registration.identity != who.identity:
+                raise AccessDenied("this session belongs to another identity")
+            service.record_issued_key(registration, code)
+            return issued
+
+        return _message(await run_in_threadpool(_serialised, issue))
+
+    @app.get("/v1/ledger/next-nonce", summary="The caller's next ledger nonce and the chain id")
+    def next_nonce(who: Signed) -> dict[str, Any]:
+        nonce = _serialised(lambda: service.ledger.next_nonce(who.key))
+        return {"chain_id": service.ledger.chain_id, "next_nonce": nonce}
+
+    @app.post(
+        "/v1/ledger/txs",
+        summary="Relay a transaction the caller signed with their own key (key tags only)",
+    )
+    async def relay_tx(who: Signed, request: Request) -> dict[str, Any]:
+        body = request.state.body
+        try:
+            tx = Tx.decode(body)
+        except (LedgerFormatError, ValueError) as exc:
+            raise InvalidInput(f"not a signed transaction: {exc}") from None
+        if tx.sender != who.key:
+            raise AccessDenied("the server relays only the caller's own transactions")
+        if tx.kind not in RELAYED_KINDS:
+            raise AccessDenied(f"the server does not relay {tx.kind.value} transactions")
+        committed = await run_in_threadpool(_serialised, lambda: service.ledger.submit([tx]))
+        return {"txid": committed[0].tx.txid, "height": committed[0].height}
 
     kac_encoded: list[str] = []  # encoded once: ~100 KB, the same for every caller
 
@@ -157,12 +259,26 @@ async def _caller(request: Request) -> Caller:
     query exactly as sent, the body is read up to the app's size cap. Verification (and
     its ledger lookup) runs on a worker thread, never on the event loop."""
     body = await _capped_body(request, request.app.state.max_body)
+    request.state.body = body  # what was verified is what the route reads
     target = request.scope.get("raw_path", b"").decode("latin-1")
     query = request.scope.get("query_string", b"").decode("latin-1")
     if query:
         target += "?" + query
     verify = request.app.state.verifier.verify
     return await run_in_threadpool(verify, request.method, target, body, dict(request.headers))
+
+
+def _parsed(kind: Any, body: bytes) -> Any:
+    """An issuance message from a request body; InvalidInput if it is not one."""
+    try:
+        return kind.from_bytes(body)
+    except (CryptoError, ValueError) as exc:
+        raise InvalidInput(f"not a {kind.__name__}: {exc}") from None
+
+
+def _message(message: Any) -> Response:
+    """An issuance message as the response body (its own versioned JSON encoding)."""
+    return Response(content=message.to_bytes(), media_type="application/json")
 
 
 def audience_of(service: MedShare) -> str:

@@ -29,4 +29,11 @@ RULES: dict[tuple[str, str], str] = {
     ("GET", "/v1/records/{record_id}"): "any enrolled identity; the area's gate decides",
     ("GET", "/v1/patients/{patient_id}/records"): "the patient",
     ("GET", "/v1/patients/{patient_id}/log"): "the patient",
+    ("POST", "/v1/issuance/{code}/challenge"): "any enrolled identity",
+    ("POST", "/v1/issuance/{code}/offer"): "the registration's own identity; the authority "
+    "decides the attributes (its staff, or emergency staff), others refused",
+    ("POST", "/v1/issuance/{code}/range"): "any enrolled identity (the session decides)",
+    ("POST", "/v1/issuance/{code}/issue"): "the session's own identity",
+    ("GET", "/v1/ledger/next-nonce"): "any enrolled identity (its own nonce)",
+    ("POST", "/v1/ledger/txs"): "any enrolled identity, its own key-tag transactions only",
 }

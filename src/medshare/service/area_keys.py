@@ -24,7 +24,7 @@ from medshare.service.areas import Area, top_department
 from medshare.service.common import (
     authority_principal,
 )
-from medshare.service.errors import InvalidInput, NotFound
+from medshare.service.errors import AccessDenied, InvalidInput, NotFound
 
 
 class AreaKeyMixin:
@@ -159,6 +159,38 @@ class AreaKeyMixin:
         if modulus is None:
             raise InvalidInput(f"{name} is not published on the ledger; no key is issued")
         return keyring.Published(public, bytes.fromhex(modulus))
+
+    def entitled_attributes(self, who: str, authority: str) -> tuple[str, ...]:
+        """The attributes ``authority`` issues to ``who`` on request (the authority decides,
+        never the requester): its own clinicians get their department's institution key,
+        emergency staff of the consortium an emergency key of every authority."""
+        with self.sessions() as session:
+            principal = session.get(db.Principal, who)
+            hosp = self._hospital(session, authority)
+            roles = list(principal.roles or []) if principal is not None else []
+            if principal is None or principal.kind != "clinician" or not roles:
+                raise AccessDenied(f"{who} is not staff: {authority} issues them no key")
+            if "emergency" in roles:
+                return areas.emergency_attributes(hosp.epoch)
+            if principal.hospital != authority or not principal.dept:
+                raise AccessDenied(f"{who} is not staff of {authority}: it issues them no key")
+            return areas.staff_attributes(
+                authority, principal.dept, roles[0], hosp.epoch, self.taxonomy
+            )
+
+    def record_issued_key(self, registration: abe.Registration, authority: str) -> None:
+        """Keep the public record of a key issued over the network (its holder keeps the
+        key): the gate reads what keys a reader holds from these rows."""
+        with db.transaction(self.sessions) as session:
+            session.add(
+                db.AbeKey(
+                    principal=registration.identity,
+                    authority=authority,
+                    attributes=list(registration.attributes),
+                    registration=abe.registry_to_bytes([registration]),
+                    issued_ms=self.clock(),
+                )
+            )
 
     def issue_key(self, who: str, authority: str, attributes: tuple[str, ...]) -> bytes:
         """Issue ``who`` a key of ``authority`` (accountable protocol) and register its tag

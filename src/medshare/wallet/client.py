@@ -38,6 +38,7 @@ class ServerUnavailable(ServiceError):
 _ERRORS: dict[int, type[ServiceError]] = {
     400: InvalidInput,
     401: AccessDenied,
+    409: InvalidInput,
     403: AccessDenied,
     404: NotFound,
     413: InvalidInput,
@@ -127,6 +128,18 @@ class HospitalClient:
         """The patient's access log, a FHIR R4 Bundle of AuditEvents (the patient only)."""
         return self.get(f"/v1/patients/{quote(patient_id, safe='')}/log")
 
+    def post_message(self, path: str, body: bytes = b"") -> bytes:
+        """POST a protocol message; the answer's bytes (another message), or the error."""
+        headers = self._headers("POST", path, body)
+        response = self._request("POST", path, body, headers)
+        if response.is_success:
+            return response.content
+        self._answer(response)  # raises the problem as an error
+        raise ServerUnavailable(f"hospital server {self._base} answered {response.status_code}")
+
+    def post_json(self, path: str, body: bytes) -> Any:
+        return self._answer(self._request("POST", path, body, self._headers("POST", path, body)))
+
     def me(self) -> dict[str, Any]:
         return self.get("/v1/me")
 
@@ -145,7 +158,12 @@ class HospitalClient:
         return self._audience
 
     def _send(self, method: str, target: str, body: bytes) -> Any:
-        headers = signed_requests.sign(
+        return self._answer(
+            self._request(method, target, body, self._headers(method, target, body))
+        )
+
+    def _headers(self, method: str, target: str, body: bytes) -> dict[str, str]:
+        return signed_requests.sign(
             self._key,
             self._identity,
             method,
@@ -154,7 +172,6 @@ class HospitalClient:
             audience=self.audience(),
             now_ms=self._clock_ms(),
         )
-        return self._answer(self._request(method, target, body, headers))
 
     def _request(
         self, method: str, target: str, body: bytes, headers: Mapping[str, str]
