@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from medshare.ledger.cometbft.network import free_ports
+from medshare.service.consortium import add_person
 from medshare.service.roster import StaffMember
 from service.conftest import one_hospital, write_bundle
 
@@ -44,6 +45,8 @@ def served(tmp_path_factory):
         share = service.share(patient, "dr.wang@H001", dept="03")
         share_file = root / "share.json"
         share_file.write_bytes(share.to_bytes())
+        # a new hire, enrolled on the ledger but holding no key yet
+        add_person(service, "dr.new@H001", "clinician", "H001", ["physician"], "03")
     finally:
         service.close()
     (port,) = free_ports(1)
@@ -111,3 +114,20 @@ def test_a_refused_wallet_read_exits_1_with_one_line_and_is_logged(served):
     assert stranger.returncode == 2 and "Traceback" not in stranger.stderr
     down = _wallet_read(data, "http://127.0.0.1:9", "dr.wang@H001", record)
     assert down.returncode == 2 and "Traceback" not in down.stderr
+
+
+def test_a_wallet_process_obtains_a_key_from_the_hospital_process_and_reads(served):
+    """``wallet issue`` runs the holder's side of issuance in the wallet process: the key
+    is written to the wallet, its tag registered on the ledger by the holder's own key."""
+    data, url, record, _ = served
+    issued = subprocess.run(
+        _medshare("wallet", "issue", "--dir", data / "wallets", "--as", "dr.new@H001",
+                  "--hospital", url, "--authority", "H001"),
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert issued.returncode == 0, issued.stderr
+    summary = json.loads(issued.stdout)
+    assert "dept:03" in summary["attributes"] and len(summary["tag_txid"]) == 64
+    got = _wallet_read(data, url, "dr.new@H001", record, "--area", "institution")
+    assert got.returncode == 0, got.stderr
+    assert json.loads(got.stdout)["resourceType"]
