@@ -242,7 +242,7 @@ class _NoPaillier:
     """Stands in for the range prover (81 Paillier encryptions, ~1.3-2.5 s per offer) in
     tests of session bookkeeping only: nothing here depends on the ciphertext."""
 
-    def __init__(self, *args: object) -> None:
+    def __init__(self, *args: object, **kwargs: object) -> None:
         pass
 
     def encrypt_plaintext(self) -> int:
