@@ -54,8 +54,15 @@ def _apply(state: LedgerState, txs: list[Tx]) -> list[int]:
 
 
 def _enrol(state, people: dict[str, SigningKey], node: int = 0) -> None:
+    first = state.next_nonce(NODES[node].public)
     txs = [
-        _tx(state, TxKind.REGISTER_IDENTITY, {"identity": n, "key": k.public.hex()}, i, NODES[node])
+        _tx(
+            state,
+            TxKind.REGISTER_IDENTITY,
+            {"identity": n, "key": k.public.hex()},
+            first + i,
+            NODES[node],
+        )
         for i, (n, k) in enumerate(people.items())
     ]
     assert _apply(state, txs) == [Code.OK] * len(txs)
@@ -88,9 +95,42 @@ def test_resisted_tags_in_other_names_second_keys_and_malformed_tags(state):
     assert _apply(state, [later]) == [Code.NOT_PERMITTED]
 
 
+def _authority_publishes(state, hospital: str = "H001") -> None:
+    """The authority enrols and publishes its CP-ABE key: tags may name it from then on."""
+    authority = SigningKey.generate()
+    _enrol(state, {f"authority@{hospital}": authority})
+    body = {"key": f"authority/{hospital}/abe", "digest": "ab" * 32}
+    assert _apply(state, [_tx(state, TxKind.PUBLISH_KEY, body, 0, authority)]) == [Code.OK]
+
+
+def test_resisted_tags_under_no_authority_or_with_extra_fields(state):
+    """A tag must name an authority that published its key (else tracing that
+    authority's keys never finds it and blames the authority), with known fields only
+    and a bounded attribute list."""
+    alice = SigningKey.generate()
+    _enrol(state, {"alice@H001": alice})
+    _authority_publishes(state)
+    context = issuance.key_tag_context(state.genesis.chain_id, "alice@H001", alice.public)
+    k_prime = 777
+    tag = group.encode_g1(group.mul(group.g1(), k_prime)).hex()
+    good = {"identity": "alice@H001", "tag": tag, "authority": "H001",
+            "proof": issuance.prove_key_tag(k_prime, context)}  # fmt: skip
+    bad = [
+        {**good, "authority": "H999"},
+        {**good, "authority": "H001/abe"},
+        {**good, "padding": "x" * 1000},
+        {**good, "attributes": ["x" * 1000]},
+        {**good, "attributes": ["a"] * 65},
+    ]
+    codes = _apply(state, [_tx(state, TxKind.REGISTER_KEY_TAG, b, 0, alice) for b in bad])
+    assert codes == [Code.REJECTED] * len(bad)
+    assert _apply(state, [_tx(state, TxKind.REGISTER_KEY_TAG, good, 0, alice)]) == [Code.OK]
+
+
 def test_resisted_replay_on_another_chain_and_twice(state):
     alice = SigningKey.generate()
     _enrol(state, {"alice@H001": alice})
+    _authority_publishes(state)
     k_prime = 4242
     tag = group.encode_g1(group.mul(group.g1(), k_prime)).hex()
     context = issuance.key_tag_context(state.genesis.chain_id, "alice@H001", alice.public)

@@ -148,7 +148,6 @@ def _routes(service) -> tuple[dict[str, tuple[str, str]], str, str]:
             "range": ("POST", "/v1/issuance/H001/range"),
             "issue": ("POST", "/v1/issuance/H001/issue"),
             "next-nonce": ("GET", "/v1/ledger/next-nonce"),
-            "relay": ("POST", "/v1/ledger/txs"),  # empty body: not a transaction
         },
         owner,
         next(p for p in patients if p != owner),
@@ -180,7 +179,6 @@ MATRIX = {
     "range": _enrolled(400),
     "issue": _enrolled(400),
     "next-nonce": _enrolled(200),
-    "relay": _enrolled(400),
 }  # fmt: skip
 
 
@@ -252,7 +250,6 @@ def test_a_new_clinician_obtains_a_key_over_http_and_reads_with_it(hospital):
 
 def test_issuance_over_http_refuses_what_the_authority_would_not_give(hospital):
     from medshare.crypto import issuance
-    from medshare.ledger.types import Tx
     from medshare.wallet.keys import obtain_key
 
     service, http = hospital
@@ -271,13 +268,3 @@ def test_issuance_over_http_refuses_what_the_authority_would_not_give(hospital):
     )
     with pytest.raises(AccessDenied, match="its own identity"):
         zhao.post_message("/v1/issuance/H001/offer", user.registration(challenge).to_bytes())
-    # The relay takes only the caller's own key-tag transactions.
-    nonce = service.ledger.next_nonce(wang.public)
-    body = {"identity": "dr.wang@H001", "tag": "ab" * 48}
-    theirs = Tx.create(TxKind.REGISTER_KEY_TAG, body, nonce, wang, chain=service.ledger.chain_id)
-    with pytest.raises(AccessDenied, match="own transactions"):
-        zhao.post_json("/v1/ledger/txs", theirs.encode())
-    access = {"record": "r", "actor": "dr.wang@H001", "area": "institution"}
-    other_kind = Tx.create(TxKind.ACCESS, access, nonce, wang, chain=service.ledger.chain_id)
-    with pytest.raises(AccessDenied, match="does not relay access"):
-        _client(service, http, "dr.wang@H001").post_json("/v1/ledger/txs", other_kind.encode())

@@ -60,6 +60,7 @@ SESSION_TTL_S = 600.0  # an issuance session not finished within this is dropped
 # Paillier randomizers one offer uses: Enc(a + c) and the range proof's pairs.
 RANDOMIZERS_PER_OFFER = 2 * paillier_range.ROUNDS + 1
 MAX_OPEN_SESSIONS = 4096  # sessions offered and not yet expired; more wait
+MAX_OPEN_PER_IDENTITY = 1  # offers one identity may have open at once (servers pass it)
 MASK_BITS = ORDER.bit_length() + RANGE_BITS + 2 + 130
 _PROOF_DST = b"medshare/abe/v1/issuance-proof"
 
@@ -142,6 +143,10 @@ def _proof(value: object) -> DlogProof:
     if not (0 <= e < ORDER and 0 <= z < ORDER):
         raise InvalidEncoding("proof values out of range")
     return DlogProof(e, z)
+
+
+class SessionsExhausted(ProtocolError):
+    """Too many open issuance sessions (for everyone, or for this identity): try later."""
 
 
 @dataclass(frozen=True)
@@ -494,7 +499,9 @@ class IssuanceAuthority:
         suspended: set[str] | None = None,
         enrolled: Enrolled | None = None,
         randbytes: Callable[[int], bytes] = secrets.token_bytes,
+        per_identity: int | None = None,
     ) -> None:
+        self._per_identity = per_identity
         self._suspended = suspended if suspended is not None else set()
         self._enrolled = enrolled
         self._keys = keys.with_modulus_proof()
@@ -587,7 +594,12 @@ class IssuanceAuthority:
         attrs = tuple(sorted(set(attributes)))
         abe.check_attributes(attrs)
         if len(self._used) >= MAX_OPEN_SESSIONS:
-            raise ProtocolError("too many issuance sessions in progress; try again later")
+            raise SessionsExhausted("too many issuance sessions in progress; try again later")
+        mine = sum(1 for p, _ in self._pending.values() if p.identity == request.identity)
+        if self._per_identity is not None and mine >= self._per_identity:
+            raise SessionsExhausted(
+                f"{request.identity} has an issuance in progress; finish it or let it expire"
+            )
         session = request.session
         self._used[session] = expiry  # used up: the same request opens nothing again
         c = group.random_scalar()
@@ -609,12 +621,22 @@ class IssuanceAuthority:
         self._pending[session] = (pending, expiry)
         return IssuanceOffer(session, request.identity, c, attrs, n, enc, commitment)
 
-    def open_range(self, challenge: RangeChallenge) -> RangeAnswer:
+    def _open(self, session: str, identity: str | None) -> tuple[_Pending, float]:
+        """The open session ``session`` (of ``identity``, when given), left in place: a
+        session is looked up as its owner's, so nobody else can drive or spend it."""
+        entry = self._pending.get(session)
+        if (
+            entry is None
+            or entry[1] <= self._clock()  # offers may expire out of order
+            or (identity is not None and entry[0].identity != identity)
+        ):
+            raise ProtocolError("unknown, used or expired issuance session")
+        return entry
+
+    def open_range(self, challenge: RangeChallenge, *, identity: str | None = None) -> RangeAnswer:
         """Answer the user's range challenge for the session's offer (once)."""
         self._expire()
-        entry = self._pending.get(challenge.session)
-        if entry is None or entry[1] <= self._clock():  # offers may expire out of order
-            raise ProtocolError("unknown, used or expired issuance session")
+        entry = self._open(challenge.session, identity)
         try:
             opening = entry[0].range_prover.open(challenge.bits)
         except ValueError:
@@ -623,13 +645,13 @@ class IssuanceAuthority:
             ) from None
         return RangeAnswer(challenge.session, opening)
 
-    def issue(self, response: IssuanceResponse) -> tuple[IssuedKey, abe.Registration]:
+    def issue(
+        self, response: IssuanceResponse, *, identity: str | None = None
+    ) -> tuple[IssuedKey, abe.Registration]:
         """Decrypt ``x``, check it against ``X`` and the proof of ``ρ``, then issue."""
         self._expire()
-        entry = self._pending.pop(response.session, None)
-        if entry is None or entry[1] <= self._clock():
-            raise ProtocolError("unknown, used or expired issuance session")
-        pending, _ = entry
+        pending, _ = self._open(response.session, identity)
+        del self._pending[response.session]
         n_square = self._paillier_public.nsquare
         if not 0 < response.enc_x < n_square:
             raise ProtocolError("Paillier ciphertext out of range")
@@ -770,6 +792,16 @@ class IssuanceUser:
         proof = prove_dlog(base, rho, _context(offer.session, offer.identity, offer.c))
         self._rho, self._offer = rho, offer
         return IssuanceResponse(offer.session, enc_x, big_x, proof)
+
+    def key_tag(self, chain: str, sender: bytes) -> tuple[str, list[str]]:
+        """After :meth:`respond`: the tag ``g1^{K'}`` of the key to come (``K' = c + k``)
+        and the proof the ledger asks of its holder, so the tag is on the ledger before
+        the authority releases the key."""
+        if self._offer is None or self._rho is None:
+            raise ProtocolError("no answered offer to register a tag for")
+        k_prime = (self._offer.c + self._k) % ORDER
+        tag = group.encode_g1(group.mul(group.g1(), k_prime)).hex()
+        return tag, prove_key_tag(k_prime, key_tag_context(chain, self._identity, sender))
 
     def finish(self, issued: IssuedKey) -> abe.AbeUserKey:
         """Unblind with ``ρ``, set ``K' = c + k`` and check the key before accepting it."""

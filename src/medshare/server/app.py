@@ -14,6 +14,7 @@ per app; signature checks and JSON work run outside it.
 from __future__ import annotations
 
 import base64
+import json
 import re
 import threading
 from collections.abc import Callable
@@ -37,8 +38,6 @@ from medshare.service.errors import AccessDenied, InvalidInput, NotFound
 
 MAX_BODY_BYTES = 1 << 20  # a request body above this is refused (413) before it is read
 ENROLMENT_CACHE = 65_536  # identity keys whose enrolment this server remembers
-# What the server relays to the ledger for a caller (signed by the caller's own key).
-RELAYED_KINDS = frozenset({TxKind.REGISTER_KEY_TAG})
 
 
 class TooLarge(RequestRefused):
@@ -142,6 +141,7 @@ def create_app(
                 service.wallets.authority(code),
                 suspended=service.issuance_suspended,
                 enrolled=service._enrolled_on_ledger,
+                per_identity=issuance.MAX_OPEN_PER_IDENTITY,
             )
         return issuers[code]
 
@@ -177,7 +177,9 @@ def create_app(
     ) -> Response:
         asked = _parsed(issuance.RangeChallenge, request.state.body)
         return _message(
-            await run_in_threadpool(_serialised, lambda: issuer(code).open_range(asked))
+            await run_in_threadpool(
+                _serialised, lambda: issuer(code).open_range(asked, identity=who.identity)
+            )
         )
 
     @app.post(
@@ -187,12 +189,21 @@ def create_app(
     async def issuance_issue(
         who: Signed, code: Annotated[str, Path(max_length=16)], request: Request
     ) -> Response:
-        response = _parsed(issuance.IssuanceResponse, request.state.body)
+        response, tag_tx = _issue_request(request.state.body)
 
         def issue() -> issuance.IssuedKey:
-            issued, registration = issuer(code).issue(response)
-            if registration.identity != who.identity:
-                raise AccessDenied("this session belongs to another identity")
+            issued, registration = issuer(code).issue(response, identity=who.identity)
+            body = tag_tx.body
+            if (
+                tag_tx.kind != TxKind.REGISTER_KEY_TAG
+                or tag_tx.sender != who.key
+                or body.get("identity") != who.identity
+                or body.get("authority") != code
+                or body.get("tag") != registration.tag().hex()
+                or body.get("attributes") != sorted(registration.attributes)
+            ):
+                raise AccessDenied("the tag registration is not this key's, by its holder")
+            service.ledger.submit([tag_tx])  # on the ledger before the key leaves
             service.record_issued_key(registration, code)
             return issued
 
@@ -202,23 +213,6 @@ def create_app(
     def next_nonce(who: Signed) -> dict[str, Any]:
         nonce = _serialised(lambda: service.ledger.next_nonce(who.key))
         return {"chain_id": service.ledger.chain_id, "next_nonce": nonce}
-
-    @app.post(
-        "/v1/ledger/txs",
-        summary="Relay a transaction the caller signed with their own key (key tags only)",
-    )
-    async def relay_tx(who: Signed, request: Request) -> dict[str, Any]:
-        body = request.state.body
-        try:
-            tx = Tx.decode(body)
-        except (LedgerFormatError, ValueError) as exc:
-            raise InvalidInput(f"not a signed transaction: {exc}") from None
-        if tx.sender != who.key:
-            raise AccessDenied("the server relays only the caller's own transactions")
-        if tx.kind not in RELAYED_KINDS:
-            raise AccessDenied(f"the server does not relay {tx.kind.value} transactions")
-        committed = await run_in_threadpool(_serialised, lambda: service.ledger.submit([tx]))
-        return {"txid": committed[0].tx.txid, "height": committed[0].height}
 
     kac_encoded: list[str] = []  # encoded once: ~100 KB, the same for every caller
 
@@ -274,6 +268,17 @@ def _parsed(kind: Any, body: bytes) -> Any:
         return kind.from_bytes(body)
     except (CryptoError, ValueError) as exc:
         raise InvalidInput(f"not a {kind.__name__}: {exc}") from None
+
+
+def _issue_request(body: bytes) -> tuple[Any, Tx]:
+    """Step 4's body: the IssuanceResponse and the holder's signed key-tag transaction."""
+    try:
+        doc = json.loads(body)
+        response = issuance.IssuanceResponse.from_bytes(doc["response"])
+        tx = Tx.decode(bytes.fromhex(doc["tag_tx"]))
+    except (CryptoError, LedgerFormatError, ValueError, KeyError, TypeError) as exc:
+        raise InvalidInput(f"not an issuance response with its tag transaction: {exc}") from None
+    return response, tx
 
 
 def _message(message: Any) -> Response:

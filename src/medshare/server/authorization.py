@@ -32,8 +32,8 @@ RULES: dict[tuple[str, str], str] = {
     ("POST", "/v1/issuance/{code}/challenge"): "any enrolled identity",
     ("POST", "/v1/issuance/{code}/offer"): "the registration's own identity; the authority "
     "decides the attributes (its staff, or emergency staff), others refused",
-    ("POST", "/v1/issuance/{code}/range"): "any enrolled identity (the session decides)",
-    ("POST", "/v1/issuance/{code}/issue"): "the session's own identity",
+    ("POST", "/v1/issuance/{code}/range"): "the session's own identity",
+    ("POST", "/v1/issuance/{code}/issue"): "the session's own identity, with the key's tag "
+    "registration signed by its own key (on the ledger before the key is released)",
     ("GET", "/v1/ledger/next-nonce"): "any enrolled identity (its own nonce)",
-    ("POST", "/v1/ledger/txs"): "any enrolled identity, its own key-tag transactions only",
 }

@@ -14,6 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from medshare.api.signed_requests import RequestRefused
 from medshare.crypto.errors import CryptoError
+from medshare.crypto.issuance import SessionsExhausted
 from medshare.ledger.port import LedgerUnavailable, TxRejected
 from medshare.service.errors import AccessDenied, IntegrityError, InvalidInput, NotFound
 
@@ -23,6 +24,7 @@ MEDIA_TYPE = "application/problem+json"
 STATUS: dict[type[Exception], tuple[int, str]] = {
     InvalidInput: (400, "invalid input"),
     CryptoError: (400, "invalid cryptographic input"),
+    SessionsExhausted: (429, "too many issuance sessions"),
     AccessDenied: (403, "access denied"),
     NotFound: (404, "not found"),
     TxRejected: (409, "refused by the ledger"),

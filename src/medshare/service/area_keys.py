@@ -170,6 +170,11 @@ class AreaKeyMixin:
             roles = list(principal.roles or []) if principal is not None else []
             if principal is None or principal.kind != "clinician" or not roles:
                 raise AccessDenied(f"{who} is not staff: {authority} issues them no key")
+            if self._revoked_holder(who, authority):
+                raise AccessDenied(
+                    f"a key of {who} at {authority} was revoked: {authority} issues them "
+                    "no key until it re-admits them"
+                )
             if "emergency" in roles:
                 return areas.emergency_attributes(hosp.epoch)
             if principal.hospital != authority or not principal.dept:
@@ -177,6 +182,15 @@ class AreaKeyMixin:
             return areas.staff_attributes(
                 authority, principal.dept, roles[0], hosp.epoch, self.taxonomy
             )
+
+    def _revoked_holder(self, who: str, authority: str) -> bool:
+        """Whether ``authority`` revoked (on the ledger) a key whose tag ``who`` registered."""
+        tags = self.registered_tags().get(authority, {})
+        return any(
+            self._revoked_on_ledger(authority, tag)
+            for tag, body in tags.items()
+            if body.get("identity") == who
+        )
 
     def record_issued_key(self, registration: abe.Registration, authority: str) -> None:
         """Keep the public record of a key issued over the network (its holder keeps the
@@ -315,7 +329,14 @@ class AreaKeyMixin:
             hosp.epoch += 1
             rewrapped, republished = self._rekey_areas(session, hosp, [a for a, _ in revoked])
             others = self._live_keys(session, authority, None)
-            reissue = [(r.principal, tuple(r.attributes), _row_tag(r)) for r in others]
+            # A key held in a wallet elsewhere (issued over HTTP) is not re-made here with
+            # a k of the hospital's choosing: its row is superseded and its holder asks
+            # again (entitled_attributes gives the new epoch).
+            reissue = [
+                (r.principal, tuple(r.attributes), _row_tag(r))
+                for r in others
+                if self.wallets.holds_abe_key(r.principal, authority, _row_tag(r))
+            ]
             for r in others:
                 r.revoked_ms = self.clock()
             epoch = hosp.epoch

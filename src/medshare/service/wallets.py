@@ -101,6 +101,9 @@ class Wallets:
             raise WalletError(f"no {authority} key held by {who} in this data directory")
         return abe.AbeUserKey.from_bytes(files[-1].read_bytes())
 
+    def holds_abe_key(self, who: str, authority: str, tag: bytes) -> bool:
+        return (self._folder(who) / f"abe-{authority}-{_tag_id(tag)}.key").is_file()
+
     def drop_abe_key(self, who: str, authority: str, tag: bytes) -> None:
         (self._folder(who) / f"abe-{authority}-{_tag_id(tag)}.key").unlink(missing_ok=True)
 

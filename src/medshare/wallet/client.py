@@ -43,6 +43,7 @@ _ERRORS: dict[int, type[ServiceError]] = {
     404: NotFound,
     413: InvalidInput,
     422: InvalidInput,
+    429: InvalidInput,
     502: IntegrityError,
 }
 

@@ -12,6 +12,7 @@ transaction it signs itself.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from urllib.parse import quote
 
@@ -60,23 +61,26 @@ def obtain_key(
     asked = user.range_challenge(offer)
     answer = issuance.RangeAnswer.from_bytes(client.post_message(f"{base}/range", asked.to_bytes()))
     response = user.respond(answer)
-    issued = issuance.IssuedKey.from_bytes(
-        client.post_message(f"{base}/issue", response.to_bytes())
-    )
-    key = user.finish(issued)
+    # The key's tag goes on the ledger with step 4, before the authority releases the key.
     nonce = client.get("/v1/ledger/next-nonce")
-    context = issuance.key_tag_context(nonce["chain_id"], identity, identity_key.public)
+    tag, proof = user.key_tag(nonce["chain_id"], identity_key.public)
     body = {
         "identity": identity,
-        "tag": key.tag().hex(),
+        "tag": tag,
         "R": group.encode_g1(request.R).hex(),
         "authority": authority,
-        "attributes": sorted(key.components),
-        "proof": issuance.prove_key_tag(key.k_prime, context),
+        "attributes": sorted(offer.attributes),
+        "proof": proof,
     }
     tx = Tx.create(
         TxKind.REGISTER_KEY_TAG, body, int(nonce["next_nonce"]), identity_key,
         chain=nonce["chain_id"],
     )  # fmt: skip
-    relayed = client.post_json("/v1/ledger/txs", tx.encode())
-    return ObtainedKey(key, authority, str(relayed["txid"]))
+    step4 = {"response": response.to_bytes().decode(), "tag_tx": tx.encode().hex()}
+    issued = issuance.IssuedKey.from_bytes(
+        client.post_message(f"{base}/issue", json.dumps(step4).encode())
+    )
+    key = user.finish(issued)
+    if key.tag().hex() != tag:
+        raise IntegrityError("the issued key is not the one whose tag was registered")
+    return ObtainedKey(key, authority, tx.txid)

@@ -51,6 +51,12 @@ def authority_key(hospital: str, which: str) -> str:
     return f"authority/{hospital}/{which}"
 
 
+def authority_key_name(hospital: str) -> str | None:
+    """The name of ``hospital``'s CP-ABE key, or None if ``hospital`` is no valid code."""
+    name = f"authority/{hospital}/{ABE_KEY}"
+    return name if _AUTHORITY.fullmatch(name) else None
+
+
 def block_key(patient: str, block: int) -> str:
     """The published name of a patient's H-KAC block key ``v_b``."""
     return f"patient/{patient}/block/{block}"

@@ -98,6 +98,9 @@ SENDERS: Mapping[TxKind, Sender] = {
 MAX_IDENTITY_NAME = 256
 IDENTITY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@:+\-]{0,255}")
 MAX_TAG_HEX = 256  # a compressed G1 point is 96 hex digits
+KEY_TAG_FIELDS = frozenset({"identity", "tag", "R", "authority", "attributes", "proof"})
+MAX_TAG_ATTRIBUTES = 64
+MAX_ATTRIBUTE = 256
 
 
 def address(public: bytes) -> bytes:
@@ -271,6 +274,23 @@ def _register_key_tag(state: LedgerState, tx: Tx, changes: BlockChanges) -> None
             raise ValueError
     except ValueError:
         raise TxRejected(Code.REJECTED, "tag must be lower-case hex") from None
+    extra = set(tx.body) - KEY_TAG_FIELDS
+    if extra:
+        raise TxRejected(Code.REJECTED, f"unknown key-tag fields: {sorted(extra)[:4]}")
+    authority = tx.body.get("authority")
+    if not isinstance(authority, str) or published.authority_key_name(authority) is None:
+        raise TxRejected(Code.REJECTED, "authority must name an authority")
+    if published.authority_key_name(authority) not in state.published:
+        # a tag filed under an authority that publishes no key would never be found by
+        # tracing that authority's keys: the leak would be blamed on the authority
+        raise TxRejected(Code.REJECTED, f"authority {authority!r} has published no key")
+    attributes = tx.body.get("attributes", [])
+    if (
+        not isinstance(attributes, list)
+        or len(attributes) > MAX_TAG_ATTRIBUTES
+        or not all(isinstance(a, str) and 0 < len(a) <= MAX_ATTRIBUTE for a in attributes)
+    ):
+        raise TxRejected(Code.REJECTED, "attributes must be a short list of short strings")
     context = issuance.key_tag_context(tx.chain, holder, tx.sender)
     if not issuance.verify_key_tag(tag, tx.body.get("proof"), context):
         raise TxRejected(
