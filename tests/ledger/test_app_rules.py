@@ -319,31 +319,30 @@ def test_only_the_enrolled_key_registers_a_tag_in_its_name(state: LedgerState) -
     name before its real key was issued and have later leaks blamed on the authority.
     Regression (adversarial review): a tag copied from someone else's registration, with
     no proof of knowledge of its K', is refused."""
-    alice, mallory = SigningKey.generate(), SigningKey.generate()
+    alice, mallory, authority = (SigningKey.generate() for _ in range(3))
     g = state.genesis
     enrol = [
         tx(
             TxKind.REGISTER_IDENTITY,
-            {"identity": "alice", "key": alice.public.hex()},
-            0,
+            {"identity": who, "key": key.public.hex()},
+            i,
             NODE_KEYS[0],
             g,
-        ),
-        tx(
-            TxKind.REGISTER_IDENTITY,
-            {"identity": "mallory", "key": mallory.public.hex()},
-            1,
-            NODE_KEYS[0],
-            g,
-        ),
+        )
+        for i, (who, key) in enumerate(
+            (("alice", alice), ("mallory", mallory), ("authority@H001", authority))
+        )
     ]
-    rules.finalize(state, block(state, 1, enrol))
+    # tags name an authority that published its key (else tracing it would never find them)
+    publish = {"key": "authority/H001/abe", "digest": "ab" * 32}
+    enrol.append(tx(TxKind.PUBLISH_KEY, publish, 0, authority, g))
+    assert [c for c, _ in rules.finalize(state, block(state, 1, enrol)).results] == [0] * 4
     alices = _tag_body("alice", alice, g)
     copied = {**alices, "identity": "mallory"}  # alice's tag and proof, in mallory's name
     bad_hex = {**alices, "tag": alices["tag"].upper()}
     claims = [
         tx(TxKind.REGISTER_KEY_TAG, _tag_body("alice", mallory, g), 0, mallory, g),
-        tx(TxKind.REGISTER_KEY_TAG, _tag_body("alice", NODE_KEYS[0], g), 2, NODE_KEYS[0], g),
+        tx(TxKind.REGISTER_KEY_TAG, _tag_body("alice", NODE_KEYS[0], g), 3, NODE_KEYS[0], g),
         tx(TxKind.REGISTER_KEY_TAG, bad_hex, 0, alice, g),
         tx(TxKind.REGISTER_KEY_TAG, copied, 0, mallory, g),
         tx(TxKind.REGISTER_KEY_TAG, {**alices, "proof": ["1", "2"]}, 0, alice, g),
