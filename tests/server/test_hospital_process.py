@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import time
+from urllib.parse import unquote
 
 import httpx
 import pytest
@@ -131,3 +132,25 @@ def test_a_wallet_process_obtains_a_key_from_the_hospital_process_and_reads(serv
     got = _wallet_read(data, url, "dr.new@H001", record, "--area", "institution")
     assert got.returncode == 0, got.stderr
     assert json.loads(got.stdout)["resourceType"]
+
+
+def test_a_patient_wallet_lists_its_records_and_log_and_only_a_patient_may(served):
+    data, url, record, _ = served
+    holders = [unquote(folder.name) for folder in (data / "wallets").iterdir()]
+    (patient,) = [h for h in holders if h.startswith("patient:")]  # the one ingested
+
+    def wallet(command: str, who: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            _medshare("wallet", command, "--dir", data / "wallets", "--as", who,
+                      "--hospital", url),
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+
+    listed = wallet("records", patient)
+    assert listed.returncode == 0, listed.stderr
+    assert record in {r["id"] for r in json.loads(listed.stdout)}
+    logged = wallet("log", patient)
+    assert logged.returncode == 0, logged.stderr
+    assert json.loads(logged.stdout)["resourceType"] == "Bundle"
+    staff = wallet("records", "dr.wang@H001")
+    assert staff.returncode == 2 and "patient's identity" in staff.stderr

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -90,25 +91,26 @@ def _patient_of(who: str) -> str:
 @app.command()
 def records(directory: WalletDir, who: Holder, hospital: Hospital) -> None:
     """The patient's own records at this hospital (JSON list)."""
-    from medshare.service.wallets import Wallets
-    from medshare.wallet.client import HospitalClient
-
-    patient = _patient_of(who)
-    with service_errors(), HospitalClient(hospital, who, Wallets(directory).identity(who)) as c:
-        listed = c.patient_records(patient)
-    typer.echo(json.dumps(listed, indent=2, ensure_ascii=False))
+    _as_patient(directory, who, hospital, lambda client, patient: client.patient_records(patient))
 
 
 @app.command()
 def log(directory: WalletDir, who: Holder, hospital: Hospital) -> None:
     """The patient's access log: a FHIR R4 Bundle of AuditEvents, from the ledger."""
+    _as_patient(directory, who, hospital, lambda client, patient: client.patient_log(patient))
+
+
+def _as_patient(directory: Path, who: str, hospital: str, ask: Callable[..., Any]) -> None:
+    """Ask the hospital, as patient ``who``, for something about themself; print it."""
     from medshare.service.wallets import Wallets
     from medshare.wallet.client import HospitalClient
 
     patient = _patient_of(who)
-    with service_errors(), HospitalClient(hospital, who, Wallets(directory).identity(who)) as c:
-        bundle = c.patient_log(patient)
-    typer.echo(json.dumps(bundle, indent=2, ensure_ascii=False))
+    with service_errors():
+        identity = Wallets(directory).identity(who)
+        with HospitalClient(hospital, who, identity) as client:
+            answer = ask(client, patient)
+    typer.echo(json.dumps(answer, indent=2, ensure_ascii=False))
 
 
 @app.command()
