@@ -91,7 +91,6 @@ class MedShare(IngestMixin, AreaKeyMixin, GrantMixin, ReadingMixin, AuditLogMixi
         )
         self._params: kac.KacParams | None = None
         self._decoded: dict[tuple, Any] = {}
-        self._tags: dict[bytes, bytes] = {}  # key or registry encoding -> public tag
         # (published name, digest) pairs this process found on the ledger.
         self._published_seen: set[tuple[str, str]] = set()
         # Authorities' Paillier moduli whose Paillier–Blum proof this process checked:

@@ -175,13 +175,13 @@ class AreaKeyMixin:
                     f"a key of {who} at {authority} was revoked: {authority} issues them "
                     "no key until it re-admits them"
                 )
-            if "emergency" in roles:
-                return areas.emergency_attributes(hosp.epoch)
-            if principal.hospital != authority or not principal.dept:
-                raise AccessDenied(f"{who} is not staff of {authority}: it issues them no key")
-            return areas.staff_attributes(
-                authority, principal.dept, roles[0], hosp.epoch, self.taxonomy
+            role = "emergency" if "emergency" in roles else roles[0]
+            attributes = areas.staff_entitlement(
+                role, principal.hospital, principal.dept, authority, hosp.epoch, self.taxonomy
             )
+            if attributes is None:
+                raise AccessDenied(f"{who} is not staff of {authority}: it issues them no key")
+            return attributes
 
     def _revoked_holder(self, who: str, authority: str) -> bool:
         """Whether ``authority`` revoked (on the ledger) a key whose tag ``who`` registered."""

@@ -118,6 +118,20 @@ def staff_attributes(
     )
 
 
+def staff_entitlement(
+    role: str, home: str | None, dept: str | None, authority: str, epoch: int, taxonomy: Taxonomy
+) -> tuple[str, ...] | None:
+    """What ``authority`` issues to a staff member with ``role`` of hospital ``home`` (in
+    department ``dept``), or None for nothing: emergency staff of the consortium get an
+    emergency key of every authority; everyone else their own hospital's institution key
+    for their department only."""
+    if role == "emergency":
+        return emergency_attributes(epoch)
+    if home != authority or not dept:
+        return None
+    return staff_attributes(authority, dept, role, epoch, taxonomy)
+
+
 def partner_attributes(referral: str, partner: str, epoch: int) -> tuple[str, ...]:
     """Attributes for a partner hospital's physician named in a referral."""
     return (f"referral:{referral}", f"hospital:{partner}", "role:physician", f"epoch:{epoch}")

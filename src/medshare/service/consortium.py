@@ -180,19 +180,14 @@ def _staff_key_requests(
 ) -> list[tuple[str, str, tuple[str, ...]]]:
     """The keys a clinician gets: the own authority's institution key, or for emergency
     staff an emergency key from every consortium authority."""
-    if member.role == "emergency":
-        return [
-            (member.id, code, areas.emergency_attributes(_epoch(service, code)))
-            for code in service.config.hospitals
-        ]
-    attrs = areas.staff_attributes(
-        member.hospital,
-        member.dept,
-        member.role,
-        _epoch(service, member.hospital),
-        service.taxonomy,
-    )
-    return [(member.id, member.hospital, attrs)]
+    requests = []
+    for code in service.config.hospitals:
+        attrs = areas.staff_entitlement(
+            member.role, member.hospital, member.dept, code, _epoch(service, code), service.taxonomy
+        )
+        if attrs is not None:
+            requests.append((member.id, code, attrs))
+    return requests
 
 
 def _epoch(service: MedShare, hospital: str) -> int:
