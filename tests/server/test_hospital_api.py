@@ -148,6 +148,11 @@ def _routes(service) -> tuple[dict[str, tuple[str, str]], str, str]:
             "range": ("POST", "/v1/issuance/H001/range"),
             "issue": ("POST", "/v1/issuance/H001/issue"),
             "next-nonce": ("GET", "/v1/ledger/next-nonce"),
+            "patient-directory": ("GET", f"/v1/patients/{owner}/directory"),
+            "patient-export": ("GET", f"/v1/patients/{owner}/export"),
+            "patient-blocks": ("POST", f"/v1/patients/{owner}/blocks"),  # empty body
+            "patient-shares": ("POST", f"/v1/patients/{owner}/shares"),  # empty body
+            "enrolment": ("POST", "/v1/enrolment"),  # empty body: no code
         },
         owner,
         next(p for p in patients if p != owner),
@@ -179,6 +184,15 @@ MATRIX = {
     "range": _enrolled(400),
     "issue": _enrolled(400),
     "next-nonce": _enrolled(200),
+    "patient-directory": {"patient": 200, "other-patient": 403, "clinician": 403,
+                          "outsider": 401, "unsigned": 401, "replayed": 401},
+    "patient-export": {"patient": 200, "other-patient": 403, "clinician": 403,
+                       "outsider": 401, "unsigned": 401, "replayed": 401},
+    "patient-blocks": {"patient": 400, "other-patient": 403, "clinician": 403,
+                       "outsider": 401, "unsigned": 401, "replayed": 401},
+    "patient-shares": {"patient": 400, "other-patient": 403, "clinician": 403,
+                       "outsider": 401, "unsigned": 401, "replayed": 401},
+    "enrolment": dict.fromkeys(CALLERS, 400),  # the code is the credential, not a signature
 }  # fmt: skip
 
 

@@ -1,12 +1,14 @@
-"""``medshare hospital …``: run a hospital's HTTP server.
+"""``medshare hospital …``: run a hospital's HTTP server, enrol its people.
 
 Today a server serves the consortium data directory ``medshare init`` made (one process,
 every hospital of it); ``hospital init`` with one directory per hospital is to come
-(issue 13). ``serve`` holds the directory's ledger for as long as it runs.
+(issue 13). ``serve`` holds the directory's ledger for as long as it runs, so ``enrol``
+runs while the server is stopped (or against another copy of the directory's ledger).
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated
 
@@ -16,6 +18,42 @@ from medshare.cli.errors import fail
 from medshare.cli.records import opened
 
 app = typer.Typer(help="A hospital's HTTP server.", no_args_is_help=True)
+
+
+@app.command()
+def enrol(
+    directory: Annotated[Path, typer.Option("--dir", help="The hospital's data directory.")],
+    patient: Annotated[str | None, typer.Option(help="Enrol this patient id.")] = None,
+    name: Annotated[str | None, typer.Option(help="The patient's display name.")] = None,
+    staff: Annotated[str | None, typer.Option(help="Enrol this staff member (name@CODE).")] = None,
+    role: Annotated[
+        str | None, typer.Option("--role", "--roles", help="physician, nurse or emergency.")
+    ] = None,
+    dept: Annotated[str | None, typer.Option(help="The staff member's department code.")] = None,
+    hospital: Annotated[
+        str | None, typer.Option(help="Which hospital of the directory (default: the first).")
+    ] = None,
+    days: Annotated[int, typer.Option(help="Days the code stays valid.")] = 7,
+) -> None:
+    """Print a one-time code (JSON) for a patient or a staff member: their `medshare
+    wallet new --code` makes their keys on their own device and redeems it."""
+    from medshare.service.enrolment import MAX_CODE_TTL_MS
+
+    if (patient is None) == (staff is None):
+        raise fail("enrol either --patient PID or --staff NAME@CODE")
+    if not 0 < days <= MAX_CODE_TTL_MS // 86_400_000:
+        raise fail("--days is between 1 and 90")
+    with opened(directory) as service:
+        code = hospital or service.config.hospitals[0]
+        if patient is not None:
+            got = service.enrol(
+                code, f"patient:{patient}", kind="patient", name=name, ttl_ms=days * 86_400_000
+            )
+        else:
+            got = service.enrol(
+                code, staff, kind="clinician", role=role, dept=dept, ttl_ms=days * 86_400_000
+            )
+    typer.echo(json.dumps({**got.as_dict(), "hospital": code}, indent=2))
 
 
 @app.command()

@@ -1,52 +1,135 @@
 """``medshare wallet …``: the holder's side, on the holder's own machine.
 
 Every request to a hospital is signed with the holder's identity key, and every record
-is decrypted here with the holder's own key; the hospital sends only ciphertext. Today a
-wallet is a folder of ``Wallets`` (``--dir``, e.g. ``<data-dir>/wallets``) and ``--as``
-names the holder in it; a wallet of its own per holder (``wallet new``) is to come
-(issue 13).
+is decrypted here with the holder's own key; the hospital sends only ciphertext.
+``wallet new --code`` makes a wallet of its own (keys made here, never sent): its folder
+remembers the holder and their hospital, so ``--as`` and ``--hospital`` are not needed.
+A folder of several holders' keys (``<data-dir>/wallets`` of ``medshare init``) is used
+with ``--as`` and ``--hospital``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from medshare.cli.errors import fail
-from medshare.cli.records import service_errors
+from medshare.cli.records import parse_until, service_errors
 from medshare.crypto import abe, hkac
 from medshare.crypto.errors import CryptoError
 
 app = typer.Typer(
-    help="The holder's wallet: signed requests, decryption here.", no_args_is_help=True
+    help="The holder's wallet: keys made here, signed requests, decryption here.",
+    no_args_is_help=True,
 )
 
 WalletDir = Annotated[Path, typer.Option("--dir", help="The wallet folder.")]
-Holder = Annotated[str, typer.Option("--as", help="Whose wallet: the holder's identity.")]
-Hospital = Annotated[str, typer.Option("--hospital", help="The hospital server's URL.")]
+Holder = Annotated[
+    str | None,
+    typer.Option("--as", help="Whose keys (only for a folder of several holders' keys)."),
+]
+Hospital = Annotated[
+    str | None,
+    typer.Option("--hospital", help="The hospital server's URL (default: the wallet's own)."),
+]
+
+
+@dataclass
+class _Holder:
+    """The holder a command acts as: their key folder, name, and a signed client."""
+
+    keys: Any  # medshare.service.wallets.Wallets
+    identity: str
+    client: Any  # medshare.wallet.client.HospitalClient
+    wallet: Any  # medshare.wallet.device.PersonalWallet | None
+
+    @property
+    def patient_id(self) -> str:
+        prefix = "patient:"
+        if not self.identity.startswith(prefix) or len(self.identity) == len(prefix):
+            raise fail(f"this needs a patient's identity (patient:<id>), not {self.identity!r}")
+        return self.identity[len(prefix) :]
+
+
+@contextlib.contextmanager
+def _holder(directory: Path, who: str | None, hospital: str | None) -> Iterator[_Holder]:
+    from medshare.service.wallets import Wallets
+    from medshare.wallet.client import HospitalClient
+    from medshare.wallet.device import PersonalWallet
+
+    with service_errors():
+        wallet = PersonalWallet(directory)
+        if wallet.exists():
+            info = wallet.info()
+            if who is not None and who != info.identity:
+                raise fail(f"this is {info.identity}'s wallet, not {who}'s")
+            client = wallet.client(hospital)
+            holder = _Holder(wallet.keys, info.identity, client, wallet)
+        else:
+            if who is None or hospital is None:
+                raise fail(
+                    f"{directory} has no wallet.json: make one with `medshare wallet new`, "
+                    "or name the holder (--as) and the server (--hospital)"
+                )
+            keys = Wallets(directory)
+            client = HospitalClient(hospital, who, keys.identity(who))
+            holder = _Holder(keys, who, client, None)
+        with client:
+            yield holder
+
+
+def _print(doc: Any) -> None:
+    typer.echo(json.dumps(doc, indent=2, ensure_ascii=False))
+
+
+def _personal_wallet(holder: _Holder) -> Any:
+    if holder.wallet is None:
+        raise fail("this needs a wallet made with `medshare wallet new` (it holds the seed)")
+    return holder.wallet
+
+
+@app.command()
+def new(
+    directory: WalletDir,
+    hospital: Annotated[str, typer.Option("--hospital", help="The hospital server's URL.")],
+    code: Annotated[str, typer.Option(help="The one-time code from `hospital enrol`.")],
+) -> None:
+    """Make your wallet here: identity key (and a patient's seed) made on this machine;
+    the hospital gets public keys only. Staff get their CP-ABE keys right away."""
+    from medshare.wallet.device import enrol
+
+    with service_errors():
+        answer = enrol(directory, hospital, code)
+    _print({**answer, "wallet": str(directory)})
 
 
 @app.command()
 def read(
     directory: WalletDir,
-    who: Holder,
-    hospital: Hospital,
     record: Annotated[str, typer.Option(help="The record id.")],
-    area: Annotated[str, typer.Option(help="Access area.")] = "institution",
+    who: Holder = None,
+    hospital: Hospital = None,
+    area: Annotated[
+        str | None,
+        typer.Option(help="Access area (default: personal for a patient, else institution)."),
+    ] = None,
     key: Annotated[Path | None, typer.Option(help="A share key file (personal area).")] = None,
     reason: Annotated[str | None, typer.Option(help="Break-glass reason (emergency).")] = None,
     out: Annotated[Path | None, typer.Option(help="Write the record here.")] = None,
 ) -> None:
     """Fetch a record sealed for this wallet's key and decrypt it here; exits 1 if the
-    hospital refuses (the refusal is logged on the ledger)."""
+    hospital refuses (the refusal is logged on the ledger). A patient reads their own
+    records with the key their seed gives."""
     from medshare.api.sealed_record import open_sealed
-    from medshare.service.wallets import Wallets
-    from medshare.wallet.client import HospitalClient
+    from medshare.wallet.device import read_own
 
     share = None
     if key is not None:
@@ -54,90 +137,143 @@ def read(
             share = hkac.Share.from_bytes(key.read_bytes())
         except (OSError, CryptoError, ValueError) as exc:
             raise fail(f"{key} is not a share key file: {exc}") from None
-    with service_errors():
-        wallets = Wallets(directory)
-        identity = wallets.identity(who)
-        with HospitalClient(hospital, who, identity) as client:
-            sealed = client.sealed_record(
+    with _holder(directory, who, hospital) as holder:
+        own = holder.identity.startswith("patient:") and share is None
+        chosen = area or ("personal" if own or share is not None else "institution")
+        if own and chosen == "personal":
+            data = read_own(_personal_wallet(holder), holder.client, record)
+            txid = None
+        else:
+            sealed = holder.client.sealed_record(
                 record,
-                area=area,
+                area=chosen,
                 share_id=share.share_id if share is not None else None,
                 reason=reason,
             )
+            txid = sealed.txid
             if sealed.seal is None:
-                data = open_sealed(sealed, params=client.kac_params(), share=share)
+                data = open_sealed(sealed, params=holder.client.kac_params(), share=share)
             else:
                 authority = sealed.seal.authority
                 keys = [
                     abe.AbeUserKey.from_bytes(path.read_bytes())
-                    for path in wallets.abe_key_files(who, authority)
+                    for path in holder.keys.abe_key_files(holder.identity, authority)
                 ]
-                public = client.authority_public(authority)
+                public = holder.client.authority_public(authority)
                 data = open_sealed(sealed, abe_keys=keys, authority_public=public)
     if out is not None:
         out.write_bytes(data)
-        typer.echo(json.dumps({"record": record, "out": str(out), "txid": sealed.txid}), err=True)
+        typer.echo(json.dumps({"record": record, "out": str(out), "txid": txid}), err=True)
         return
     sys.stdout.write(json.dumps(json.loads(data), indent=2, ensure_ascii=False) + "\n")
 
 
-def _patient_of(who: str) -> str:
-    prefix = "patient:"
-    if not who.startswith(prefix) or len(who) == len(prefix):
-        raise fail(f"--as must be a patient's identity (patient:<id>), not {who!r}")
-    return who[len(prefix) :]
-
-
 @app.command()
-def records(directory: WalletDir, who: Holder, hospital: Hospital) -> None:
+def records(directory: WalletDir, who: Holder = None, hospital: Hospital = None) -> None:
     """The patient's own records at this hospital (JSON list)."""
-    _as_patient(directory, who, hospital, lambda client, patient: client.patient_records(patient))
+    _as_patient(directory, who, hospital, lambda h: h.client.patient_records(h.patient_id))
 
 
 @app.command()
-def log(directory: WalletDir, who: Holder, hospital: Hospital) -> None:
+def log(directory: WalletDir, who: Holder = None, hospital: Hospital = None) -> None:
     """The patient's access log: a FHIR R4 Bundle of AuditEvents, from the ledger."""
-    _as_patient(directory, who, hospital, lambda client, patient: client.patient_log(patient))
+    _as_patient(directory, who, hospital, lambda h: h.client.patient_log(h.patient_id))
 
 
-def _as_patient(directory: Path, who: str, hospital: str, ask: Callable[..., Any]) -> None:
-    """Ask the hospital, as patient ``who``, for something about themself; print it."""
-    from medshare.service.wallets import Wallets
-    from medshare.wallet.client import HospitalClient
+def _as_patient(
+    directory: Path, who: str | None, hospital: str | None, ask: Callable[[_Holder], Any]
+) -> None:
+    """Ask the hospital, as the patient, for something about themself; print it."""
+    with _holder(directory, who, hospital) as holder:
+        answer = ask(holder)
+    _print(answer)
 
-    patient = _patient_of(who)
-    with service_errors():
-        identity = Wallets(directory).identity(who)
-        with HospitalClient(hospital, who, identity) as client:
-            answer = ask(client, patient)
-    typer.echo(json.dumps(answer, indent=2, ensure_ascii=False))
+
+@app.command()
+def share(
+    directory: WalletDir,
+    to: Annotated[str, typer.Option(help="Who receives the share (an enrolled identity).")],
+    out: Annotated[Path, typer.Option(help="Write the share key file here, for the grantee.")],
+    record: Annotated[list[str] | None, typer.Option(help="A record id (repeatable).")] = None,
+    dept: Annotated[str | None, typer.Option(help="A department code (with its sub-tree).")] = None,
+    all_records: Annotated[bool, typer.Option("--all", help="Everything.")] = False,
+    until: Annotated[str | None, typer.Option(help="Last valid day (ISO date/time).")] = None,
+    hospital: Hospital = None,
+) -> None:
+    """Share records, a department or everything: the key is made here from your seed
+    and written to --out for the grantee; the hospital gets only the signed grant."""
+    from medshare.wallet import device
+
+    until_ms = parse_until(until)
+    with _holder(directory, None, hospital) as holder:
+        made, answer = device.share(
+            _personal_wallet(holder),
+            holder.client,
+            to,
+            records=record or (),
+            dept=dept,
+            everything=all_records,
+            until_ms=until_ms,
+            now_ms=int(time.time() * 1000),
+        )
+    from medshare.fileio import write_file
+
+    write_file(out, made.to_bytes(), secret=True)
+    _print({**answer, "keys": len(made.keys), "bytes": made.size_bytes(), "out": str(out)})
+
+
+@app.command()
+def export(
+    directory: WalletDir,
+    out: Annotated[Path, typer.Option(help="NDJSON file to write.")],
+    hospital: Hospital = None,
+) -> None:
+    """All your records at this hospital, decrypted here with your seed, as NDJSON (in the
+    order the hospital received them); exits 3 if some still wait for a block key."""
+    from medshare.fileio import write_file
+    from medshare.wallet import device
+
+    with _holder(directory, None, hospital) as holder:
+        opened, pending = device.export(_personal_wallet(holder), holder.client)
+    write_file(out, b"".join(data + b"\n" for data in opened), secret=True)
+    _print({"out": str(out), "records": len(opened), "pending": pending})
+    if pending:
+        raise typer.Exit(3)
+
+
+@app.command()
+def sync(directory: WalletDir, hospital: Hospital = None) -> None:
+    """Publish the block keys your hospital waits for (and spare ones): records ingested
+    since are sealed to your seed's keys."""
+    from medshare.wallet import device
+
+    with _holder(directory, None, hospital) as holder:
+        answer = device.sync_blocks(_personal_wallet(holder), holder.client)
+    _print(answer)
 
 
 @app.command()
 def issue(
     directory: WalletDir,
-    who: Holder,
-    hospital: Hospital,
     authority: Annotated[str, typer.Option(help="The authority (hospital code) to ask.")],
+    who: Holder = None,
+    hospital: Hospital = None,
 ) -> None:
     """Obtain a CP-ABE key from an authority: the two-party protocol runs here (your
     secret never leaves this machine), the key is kept in this wallet, and its tag is
     registered on the ledger with your identity key."""
-    from medshare.service.wallets import Wallets
-    from medshare.wallet.client import HospitalClient
     from medshare.wallet.keys import obtain_key
 
-    with service_errors():
-        wallets = Wallets(directory)
-        identity = wallets.identity(who)
-        with HospitalClient(hospital, who, identity) as client:
-            got = obtain_key(client, who, identity, authority)
-        wallets.save_abe_key(who, authority, got.key)
-    summary = {
-        "holder": who,
-        "authority": authority,
-        "attributes": sorted(got.key.components),
-        "tag": got.key.tag().hex(),
-        "tag_txid": got.tag_txid,
-    }
-    typer.echo(json.dumps(summary, indent=2))
+    with _holder(directory, who, hospital) as holder:
+        key = holder.keys.identity(holder.identity)
+        got = obtain_key(holder.client, holder.identity, key, authority)
+        holder.keys.save_abe_key(holder.identity, authority, got.key)
+    _print(
+        {
+            "holder": holder.identity,
+            "authority": authority,
+            "attributes": sorted(got.key.components),
+            "tag": got.key.tag().hex(),
+            "tag_txid": got.tag_txid,
+        }
+    )

@@ -95,6 +95,7 @@ __all__ = [
     "overhead_table",
     "retire_slabs",
     "rewrap_plan",
+    "scope_classes",
     "seal_record",
     "share_all",
     "share_department",
@@ -725,6 +726,14 @@ def _keys_field(value: object) -> tuple[BlockKey, ...]:
 def _check_params(params: KacParams, directory: Directory) -> None:
     if directory.n != params.n:
         raise ValueError(f"the directory has {directory.n} classes per block, params {params.n}")
+
+
+def scope_classes(directory: Directory, kind: str, scope: Sequence[str]) -> dict[int, set[int]]:
+    """Block → classes a share of this scope needs under the directory as it is now (what
+    a storage gate compares a share's declared classes against)."""
+    if kind not in _SCOPES:
+        raise ValueError(f"a share's scope is one of {_SCOPES}, not {kind!r}")
+    return _required(directory, kind, scope)
 
 
 def _required(directory: Directory, kind: str, scope: Sequence[str]) -> dict[int, set[int]]:

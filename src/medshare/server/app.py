@@ -23,14 +23,14 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, Path, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from medshare.api import signed_requests
+from medshare.api import share_grants, signed_requests
 from medshare.api.signed_requests import Caller, RequestRefused
 from medshare.crypto import issuance
 from medshare.crypto.errors import CryptoError
 from medshare.ledger.app import published
 from medshare.ledger.types import LedgerFormatError, Tx, TxKind
 from medshare.server import authorization, problems
-from medshare.service import db
+from medshare.service import db, enrolment
 from medshare.service.api import MedShare
 from medshare.service.areas import parse_area
 from medshare.service.common import wall_clock_ms
@@ -86,7 +86,73 @@ def create_app(
             "status": "ok",
             "hospitals": list(service.config.hospitals),
             "audience": app.state.audience,
+            "chain_id": service.ledger.chain_id,
         }
+
+    @app.post(
+        "/v1/enrolment",
+        summary="Redeem a one-time enrolment code with an identity key made on the "
+        "person's device (a patient's wallet adds its first block keys); unsigned: the "
+        "code is the credential",
+    )
+    async def enrolment(request: Request) -> dict[str, Any]:
+        body = await _capped_body(request, request.app.state.max_body)
+        doc = _json_object(body)
+        code, key = doc.get("code"), _hex_field(doc, "identity_key")
+        publications, publics = _block_request(doc, optional=True)
+        return await run_in_threadpool(
+            _serialised,
+            lambda: service.redeem(code, key, publications=publications, block_publics=publics),
+        )
+
+    @app.get(
+        "/v1/patients/{patient_id}/export",
+        summary="All the patient's live records sealed to their own H-KAC slots (their "
+        "seed opens them on their device), logged as one access; records waiting for a "
+        "block key are listed in `pending`",
+    )
+    def patient_export(
+        who: Signed, patient_id: Annotated[str, Path(max_length=128)]
+    ) -> dict[str, Any]:
+        authorization.the_patient(who, patient_id)
+        sealed, pending = _serialised(lambda: service.seal_export(who.identity, patient_id))
+        return {"records": [s.to_json() for s in sealed], "pending": pending}
+
+    @app.get("/v1/patients/{patient_id}/directory", summary="The patient's H-KAC directory")
+    def patient_directory(
+        who: Signed, patient_id: Annotated[str, Path(max_length=128)]
+    ) -> dict[str, Any]:
+        authorization.the_patient(who, patient_id)
+        return _serialised(lambda: service.directory_of(patient_id))
+
+    @app.post(
+        "/v1/patients/{patient_id}/blocks",
+        summary="More H-KAC block keys from the patient's device, with their publish_key "
+        "transactions; records waiting for them are sealed",
+    )
+    def patient_blocks(
+        who: Signed, patient_id: Annotated[str, Path(max_length=128)], request: Request
+    ) -> dict[str, Any]:
+        authorization.the_patient(who, patient_id)
+        publications, publics = _block_request(_json_object(request.state.body))
+        return _serialised(lambda: service.publish_blocks(patient_id, publications, publics))
+
+    @app.post(
+        "/v1/patients/{patient_id}/shares",
+        summary="A share made on the patient's device: its grant transaction (signed by the "
+        "patient) and class map; the share's key goes to the grantee, never here",
+    )
+    def patient_share(
+        who: Signed, patient_id: Annotated[str, Path(max_length=128)], request: Request
+    ) -> dict[str, Any]:
+        authorization.the_patient(who, patient_id)
+        doc = _json_object(request.state.body)
+        tx = _tx_field(doc, "tx")
+        try:
+            classes = share_grants.parse_classes(doc.get("classes"))
+        except share_grants.ShareGrantError as exc:
+            raise InvalidInput(str(exc)) from None
+        return _serialised(lambda: service.accept_share(patient_id, tx, classes))
 
     @app.get("/v1/me", summary="Who the signed request authenticates as")
     def me(who: Signed) -> dict[str, str]:
@@ -279,6 +345,48 @@ def _issue_request(body: bytes) -> tuple[Any, Tx]:
     except (CryptoError, LedgerFormatError, ValueError, KeyError, TypeError) as exc:
         raise InvalidInput(f"not an issuance response with its tag transaction: {exc}") from None
     return response, tx
+
+
+def _json_object(body: bytes) -> dict[str, Any]:
+    try:
+        doc = json.loads(body)
+    except (ValueError, RecursionError):
+        raise InvalidInput("the request body is not JSON") from None
+    if not isinstance(doc, dict):
+        raise InvalidInput("the request body is a JSON object")
+    return doc
+
+
+def _hex_field(doc: dict[str, Any], name: str) -> bytes:
+    value = doc.get(name)
+    try:
+        return bytes.fromhex(value) if isinstance(value, str) else b""
+    except ValueError:
+        raise InvalidInput(f"{name} is hex") from None
+
+
+def _tx_field(value: Any, name: str) -> Tx:
+    raw = _hex_field(value, name) if isinstance(value, dict) else b""
+    try:
+        return Tx.decode(raw)
+    except (LedgerFormatError, ValueError, RecursionError) as exc:
+        raise InvalidInput(f"{name} is not a signed transaction: {exc}") from None
+
+
+def _block_request(doc: dict[str, Any], *, optional: bool = False) -> tuple[list[Tx], dict]:
+    """``block_publics`` ({block: hex key}) and ``publications`` ([hex tx]) of a request."""
+    publics, txs = doc.get("block_publics"), doc.get("publications")
+    if optional and publics is None and txs is None:
+        return [], {}
+    limit = enrolment.MAX_BLOCKS_PER_CALL
+    if not isinstance(publics, dict) or not isinstance(txs, list) or len(txs) > limit:
+        raise InvalidInput(f"block_publics is a map, publications a list (≤ {limit})")
+    blocks: dict[int, bytes] = {}
+    for block in publics:
+        if not re.fullmatch(r"[0-9]{1,7}", block):
+            raise InvalidInput("a block is a decimal number")
+        blocks[int(block)] = _hex_field(publics, block)
+    return [_tx_field({"tx": t}, "tx") for t in txs], blocks
 
 
 def _message(message: Any) -> Response:

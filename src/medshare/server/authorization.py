@@ -29,6 +29,11 @@ RULES: dict[tuple[str, str], str] = {
     ("GET", "/v1/records/{record_id}"): "any enrolled identity; the area's gate decides",
     ("GET", "/v1/patients/{patient_id}/records"): "the patient",
     ("GET", "/v1/patients/{patient_id}/log"): "the patient",
+    ("GET", "/v1/patients/{patient_id}/directory"): "the patient",
+    ("GET", "/v1/patients/{patient_id}/export"): "the patient",
+    ("POST", "/v1/patients/{patient_id}/blocks"): "the patient (their own publish_key txs)",
+    ("POST", "/v1/patients/{patient_id}/shares"): "the patient (a grant they signed)",
+    ("POST", "/v1/enrolment"): "anyone holding a valid one-time enrolment code (unsigned)",
     ("POST", "/v1/issuance/{code}/challenge"): "any enrolled identity",
     ("POST", "/v1/issuance/{code}/offer"): "the registration's own identity; the authority "
     "decides the attributes (its staff, or emergency staff), others refused",

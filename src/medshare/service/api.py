@@ -47,6 +47,7 @@ from medshare.service.common import (
     wall_clock_ms,
 )
 from medshare.service.config import ServiceConfig
+from medshare.service.enrolment import EnrolmentMixin
 from medshare.service.errors import InvalidInput, NotFound
 from medshare.service.grants import GrantMixin
 from medshare.service.ingest import IngestMixin, IngestReport
@@ -64,7 +65,15 @@ CHECKED_AUTHORITY_KEY = "checked-authority-public-key"
 PUBLISHED_SEEN_ENTRIES = 65_536
 
 
-class MedShare(IngestMixin, AreaKeyMixin, GrantMixin, ReadingMixin, AuditLogMixin, PatientKeyMixin):
+class MedShare(
+    IngestMixin,
+    AreaKeyMixin,
+    GrantMixin,
+    ReadingMixin,
+    AuditLogMixin,
+    PatientKeyMixin,
+    EnrolmentMixin,
+):
     """The service over one data directory; use :meth:`open` (or ``init`` in consortium)."""
 
     def __init__(
@@ -217,7 +226,7 @@ class MedShare(IngestMixin, AreaKeyMixin, GrantMixin, ReadingMixin, AuditLogMixi
 
     def _principal(self, session: Session, who: str) -> db.Principal:
         row = session.get(db.Principal, who)
-        if row is None or not self.wallets.has_identity(who):
+        if row is None or row.kind == "service":  # a records service acts, it never reads
             raise NotFound(f"unknown person {who!r}: no identity registered in this consortium")
         return row
 
@@ -238,6 +247,16 @@ class MedShare(IngestMixin, AreaKeyMixin, GrantMixin, ReadingMixin, AuditLogMixi
             used[key.public] = used.get(key.public, 0) + len(bodies)
         return self.ledger.submit(txs) if txs else []
 
+    def signer_for(self, who: str, hospital: str) -> SigningKey:
+        """The key an action of ``who`` at ``hospital`` is logged with on the ledger: the
+        person's own identity key where this process holds it (the single-directory
+        consortium keeps everyone's wallet), otherwise the key of the hospital's node,
+        which logs what ``who`` did through a request ``who`` signed (a device-held key
+        never reaches the hospital)."""
+        if self.wallets.has_identity(who):
+            return self.wallets.identity(who)
+        return self.node_key(hospital)
+
     def node_key(self, hospital: str) -> SigningKey:
         """The key of ``hospital``'s ledger node: its records service signs with it."""
         return self.ledger.node_key(self.config.hospital_node(hospital))
@@ -246,9 +265,15 @@ class MedShare(IngestMixin, AreaKeyMixin, GrantMixin, ReadingMixin, AuditLogMixi
         """``register_identity`` batches for (principal, hospital) pairs whose identity key
         the ledger does not know yet, each signed by the node of the person's hospital (the
         first hospital's for people of none). For :meth:`_submit_batches`."""
+        return self._register_keys(
+            [(who, hospital, self.wallets.identity(who).public) for who, hospital in people]
+        )
+
+    def _register_keys(self, people: Sequence[tuple[str, str | None, bytes]]) -> list[tuple]:
+        """``register_identity`` batches for (principal, hospital, identity key) triples the
+        ledger does not know yet (a device-made key comes with its holder's enrolment)."""
         bodies: dict[str, list[dict[str, Any]]] = {}
-        for who, hospital in people:
-            public = self.wallets.identity(who).public
+        for who, hospital, public in people:
             if self.ledger.registered(public) is None:
                 sponsor = hospital or self.config.hospitals[0]
                 bodies.setdefault(sponsor, []).append({"identity": who, "key": public.hex()})

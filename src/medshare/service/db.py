@@ -189,6 +189,27 @@ class Grant(Base):
     txid: Mapped[str] = mapped_column(String(SHORT))
 
 
+class Enrolment(Base):
+    """A one-time enrolment code a hospital handed to a person (patient or staff).
+
+    The person's wallet redeems it with the identity key it made on their device (and a
+    patient's published block keys): only ``code_digest`` (SHA-256 of the code's secret)
+    is kept, so a copy of this table enrols nobody.
+    """
+
+    __tablename__ = "enrolments"
+
+    identity: Mapped[str] = mapped_column(String(LONG), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    hospital: Mapped[str] = mapped_column(ForeignKey("hospitals.code"))
+    roles: Mapped[list[str]] = mapped_column(JSON, default=list)
+    dept: Mapped[str | None] = mapped_column(String(SHORT), nullable=True)
+    code_digest: Mapped[str] = mapped_column(String(SHORT))
+    created_ms: Mapped[int] = mapped_column(BigInteger)
+    expires_ms: Mapped[int] = mapped_column(BigInteger)
+    redeemed_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+
+
 # --- engine, sessions, migrations ----------------------------------------------------------
 
 
@@ -209,7 +230,7 @@ def make_engine(url: str) -> Engine:
 
 
 #: The newest migration's revision (``tests/service/test_db.py`` checks it is Alembic's head).
-SCHEMA_HEAD = "0002"
+SCHEMA_HEAD = "0003"
 
 
 def migrate(engine: Engine, revision: str = "head") -> None:

@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from medshare.crypto import hkac, kac
-from medshare.crypto.signing import SigningKey
-from medshare.ledger.types import TxKind
+from medshare.api import share_grants
+from medshare.crypto import hkac
+from medshare.crypto.signing import InvalidSignature, SigningKey
+from medshare.ledger.port import sign
+from medshare.ledger.types import Tx, TxKind
 from medshare.records import canonical, deidentify
 from medshare.records.departments import Taxonomy
 from medshare.service import areas, db, keyring, protect
@@ -69,24 +71,88 @@ class GrantMixin:
                     raise NotFound(f"record {rid} is not a record of patient {patient_id}")
             if dept is not None and dept not in self.taxonomy:
                 raise InvalidInput(f"unknown department code {dept!r}")
+            # The patient's device: the share from the seed, the grant signed with the
+            # patient's key. The hospital's gate: the same check as over HTTP.
             share = self._make_share(patient, to, records, dept, now, until_ms)
-            scope = {"kind": share.scope_kind, "items": list(share.scope)}
-            classes = {str(b): sorted(c) for b, c in share.classes().items()}
-            self._commit_grant(
-                session,
-                self.wallets.identity(patient_principal(patient_id)),
-                db.Grant(
-                    id=share.share_id,
-                    kind="share",
-                    area=Area.PERSONAL.value,
-                    patient=patient_id,
-                    grantee=to,
-                    scope={**scope, "classes": classes},
-                    created_ms=now,
-                    until_ms=until_ms,
-                ),
-            )
+            key = self.wallets.identity(patient_principal(patient_id))
+            body = share_grants.grant_body(share, patient_id, until_ms)
+            tx = sign(self.ledger, key, TxKind.GRANT, [body])[0]
+            self._accept_share(session, patient, tx, share.classes())
         return share
+
+    def accept_share(
+        self, patient_id: str, tx: Tx, classes: Mapping[int, frozenset[int]]
+    ) -> dict[str, Any]:
+        """A share the patient's device made: the GRANT ``tx`` the patient signed and the
+        share's class map (the key itself went to the grantee, never here). Checked, put on
+        the ledger, then kept for the gate."""
+        with db.transaction(self.sessions) as session:
+            patient = self._patient(session, patient_id)
+            grant = self._accept_share(session, patient, tx, classes)
+            return {"grant": grant.id, "txid": grant.txid, "grantee": grant.grantee}
+
+    def _accept_share(
+        self,
+        session: Session,
+        patient: db.Patient,
+        tx: Tx,
+        classes: Mapping[int, frozenset[int]],
+    ) -> db.Grant:
+        principal = session.get(db.Principal, patient_principal(patient.id))
+        if (
+            principal is None
+            or tx.kind is not TxKind.GRANT
+            or tx.sender != principal.identity_public
+            or tx.chain != self.ledger.chain_id
+        ):
+            raise AccessDenied(f"a share of patient {patient.id} is signed by the patient")
+        try:
+            tx.verify()
+            share_id, grantee, kind, items, until_ms = share_grants.parse_body(tx.body)
+        except InvalidSignature:
+            raise AccessDenied("the share's signature does not verify") from None
+        except share_grants.ShareGrantError as exc:
+            raise InvalidInput(f"not a share grant: {exc}") from None
+        if tx.body["patient"] != patient.id:
+            raise InvalidInput(f"the grant names patient {tx.body['patient']!r}, not {patient.id}")
+        if session.get(db.Grant, share_id) is not None:
+            raise InvalidInput(f"grant {share_id} exists already")
+        self._principal(session, grantee)
+        now = self.clock()
+        if until_ms is not None and until_ms <= now:
+            raise InvalidInput("--until must be in the future")
+        directory = hkac.Directory.from_bytes(patient.directory)
+        try:
+            if kind == hkac.SCOPE_RECORDS:
+                for rid in items:
+                    if self._record(session, rid).patient != patient.id:
+                        raise NotFound(f"record {rid} is not a record of patient {patient.id}")
+            elif kind == hkac.SCOPE_DEPARTMENTS and not all(d in self.taxonomy for d in items):
+                raise InvalidInput("a department share names catalogue departments only")
+            needed = hkac.scope_classes(directory, kind, items)
+        except (ValueError, hkac.UnknownRecord) as exc:
+            raise InvalidInput(f"the share's scope does not fit the directory: {exc}") from None
+        for block, chosen in classes.items():
+            if not chosen <= needed.get(block, set()):
+                raise InvalidInput(f"the share claims classes of block {block} outside its scope")
+        committed = self.ledger.submit([tx])[0]
+        grant = db.Grant(
+            id=share_id,
+            kind="share",
+            area=Area.PERSONAL.value,
+            patient=patient.id,
+            grantee=grantee,
+            scope={
+                "kind": kind,
+                "items": list(items),
+                "classes": {str(b): sorted(c) for b, c in classes.items() if c},
+            },
+            created_ms=now,
+            until_ms=until_ms,
+            txid=committed.tx.txid,
+        )
+        session.add(grant)
+        return grant
 
     def _commit_grant(self, session: Session, signer: SigningKey, grant: db.Grant) -> None:
         """Commit a GRANT tx for ``grant`` (signed by ``signer``), then store the row.
@@ -228,6 +294,8 @@ class GrantMixin:
         (DESIGN §3.3's dynamic addition beyond one slab); after a revocation moved records
         to fresh slots, the other shares covering them (``record_shares`` too) get the new
         slots' keys. Delivered to each grantee and logged as a grant."""
+        if not self.wallets.has_seed(patient_id):
+            return  # a device-held seed: the patient's wallet extends its shares
         patient = session.get(db.Patient, patient_id)
         directory = hkac.Directory.from_bytes(patient.directory)
         now = self.clock()
@@ -292,19 +360,18 @@ class GrantMixin:
             if retired:
                 patient.directory = directory.to_bytes()
             return 0, len(retired)
-        seed = self.wallets.seed(patient.id)
-        own = hkac.share_all(seed, self.params, directory, grantee=patient_principal(patient.id))
-        deks = {}
-        for rid in plan:
-            row = self._record(session, rid)
-            ct = kac.KacCiphertext.from_bytes(row.kac_header)
-            deks[rid] = hkac.open_record(self.params, own, ct, rid)
+        # The holding hospital recovers each DEK through its own institution wrap: the
+        # patient's seed is not needed (and, on the patient's device, not available).
+        deks = {rid: self._custodian_dek(session, self._record(session, rid)) for rid in plan}
         directory = hkac.move_records(directory, plan)
         patient.directory = directory.to_bytes()
         publications: BlockPublications = {}
         for rid, dek in deks.items():
             slot = directory.slot_of(rid)
             public = self._block_public(patient, slot.block, publications)
+            if public is None:  # waits for the patient's device to publish the block
+                self._record(session, rid).kac_header = None
+                continue
             sealed = hkac.seal_record(self.params, {slot.block: public}, slot, dek, rid)
             self._record(session, rid).kac_header = sealed.to_bytes()
         self._submit_batches(self._publication_batches(publications))
@@ -351,7 +418,7 @@ class GrantMixin:
             "reason": reason.strip()[:500],
             "until": until,
         }
-        tx = self._submit(self.wallets.identity(who), TxKind.BREAK_GLASS, [body])[0]
+        tx = self._submit(self.signer_for(who, record.hospital), TxKind.BREAK_GLASS, [body])[0]
         session.add(
             db.Grant(
                 id=secrets.token_hex(16),

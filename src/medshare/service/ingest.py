@@ -263,13 +263,16 @@ class IngestMixin:
         record_id: str,
         dek: bytes,
         publications: BlockPublications,
-    ) -> bytes:
-        """Give the record an H-KAC slot and seal its DEK there (the personal area)."""
+    ) -> bytes | None:
+        """Give the record an H-KAC slot and seal its DEK there (the personal area); None
+        (the seal pending) when the slot's block key is not published yet by the
+        patient's device (:meth:`~.enrolment.EnrolmentMixin._seal_pending` seals it then)."""
         directory = hkac.Directory.from_bytes(patient.directory)
         directory, slot = hkac.assign(directory, dept, record_id)
         public = self._block_public(patient, slot.block, publications)
         patient.directory = directory.to_bytes()
-
+        if public is None:
+            return None
         return hkac.seal_record(self.params, {slot.block: public}, slot, dek, record_id).to_bytes()
 
     def _anchor(
@@ -323,12 +326,13 @@ class IngestMixin:
 
     def _block_public(
         self, patient: db.Patient, block: int, publications: BlockPublications
-    ) -> kac.KacPatientPublic:
-        """``v_b`` for a block, as its patient published it on the ledger. On the block's
-        first use the patient's device computes it and its digest is queued in
-        ``publications`` (to be published with the patient's identity key); afterwards
-        the stored key must match the published digest, so a row edited to a key of
-        someone else's is refused before a DEK is sealed to it."""
+    ) -> kac.KacPatientPublic | None:
+        """``v_b`` for a block, as its patient published it on the ledger; None if the
+        patient's own device has not published it yet. A patient whose seed this data
+        directory keeps (the single-directory consortium) has it computed here on the
+        block's first use, its digest queued in ``publications`` (to be published with the
+        patient's identity key). A stored key must match the published digest, so a row
+        edited to a key of someone else's is refused before a DEK is sealed to it."""
         publics = dict(patient.block_publics)
         name = published.block_key(patient.id, block)
         if str(block) in publics:
@@ -336,6 +340,8 @@ class IngestMixin:
             if publications.get(name) != (patient.id, published.digest(raw)):
                 self.check_published(name, raw)
             return self.decoded(kac.KacPatientPublic, raw)
+        if not self.wallets.has_seed(patient.id):
+            return None
         raw = hkac.block_public(self.wallets.seed(patient.id), block).to_bytes()
         digest = published.digest(raw)
         on_ledger = self.ledger.published(name)

@@ -14,7 +14,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import NoResultFound
 
 from medshare.api.sealed_record import AreaSeal, SealedRecord, open_sealed
-from medshare.crypto import abe, hkac, kac
+from medshare.crypto import abe, hkac
 from medshare.crypto.errors import DecryptionFailed
 from medshare.ledger.types import TxKind
 from medshare.records import canonical
@@ -31,6 +31,14 @@ from medshare.service.grants import referral_covers
 from medshare.service.wallets import patient_principal
 
 MAX_LOGGED_REASON = 500  # characters of a reason or refusal kept in the patient's log
+_PENDING = (
+    "the record has no personal-area seal yet: the patient's wallet has not published "
+    "the key of its block (it does so at enrolment and when its slabs run out)"
+)
+
+
+def is_patient(who: str) -> bool:
+    return who.startswith(patient_principal(""))
 
 
 @dataclass(frozen=True)
@@ -84,7 +92,8 @@ class ReadingMixin:
         the hospital cannot open what it releases for another area than its own."""
         # The request's own form first, before anything about the record is looked up:
         # a malformed request tells nothing about which records exist.
-        if area is Area.PERSONAL and share_id is None:
+        if area is Area.PERSONAL and share_id is None and not is_patient(who):
+            # only a patient reads without a share (their own records, with their seed)
             raise InvalidInput("the personal area needs --key SHARE.json")
         if area is not Area.PERSONAL and share_id is not None:
             raise InvalidInput("--key is for the personal area; drop --area or use --area personal")
@@ -156,12 +165,19 @@ class ReadingMixin:
         }
         if why and why.strip():
             body["reason"] = why.strip()[:MAX_LOGGED_REASON]
-        return self._submit(self.wallets.identity(who), TxKind.ACCESS, [body])[0]
+        return self._submit(self.signer_for(who, record.hospital), TxKind.ACCESS, [body])[0]
 
     def _release_personal(self, session, who: str, record: db.Record, share_id: str | None):
         """The gate of the personal area: ``share_id`` must name a live share of this
         record's patient to ``who`` whose issued classes cover the record's slot; then the
-        record's H-KAC header is released (the reader's share opens it on their device)."""
+        record's H-KAC header is released (the reader's share opens it on their device).
+        Without a share only the record's own patient is served: their seed opens it."""
+        if share_id is None:
+            if who != patient_principal(record.patient):
+                raise AccessDenied("without a share, the personal area serves only the patient")
+            if record.kac_header is None:
+                raise AccessDenied(_PENDING)
+            return record.kac_header
         grant = session.get(db.Grant, share_id)
         if grant is None or grant.kind != "share" or grant.patient != record.patient:
             raise AccessDenied("this is not a share of the record's patient")
@@ -172,7 +188,7 @@ class ReadingMixin:
         if not valid_at(grant.until_ms, self.clock()):
             raise AccessDenied(f"share {share_id} expired at {iso(grant.until_ms)}")
         if record.kac_header is None:
-            raise AccessDenied("the record has no personal-area wrap")
+            raise AccessDenied(_PENDING)
         patient = self._patient(session, record.patient)
         slot = hkac.Directory.from_bytes(patient.directory).slot_of(record.id)
         issued = grant.scope.get("classes", {}).get(str(slot.block), [])
@@ -303,8 +319,27 @@ class ReadingMixin:
             raise IntegrityError(f"record {record.id} does not match its ledger anchor")
 
     def export(self, patient_id: str) -> bytes:
-        """The patient's records as NDJSON, opened with keys derived from the patient's own
-        seed (not the hospitals'), in ingest order; logged as one access."""
+        """The patient's records as NDJSON, in ingest order, logged as one access: the
+        hospital's side (:meth:`seal_export`) and then the patient's device, which opens
+        them with keys derived from the patient's own seed (not the hospitals')."""
+        who = patient_principal(patient_id)
+        sealed, pending = self.seal_export(who, patient_id)
+        if pending:
+            raise IntegrityError(f"records wait for a block key: {', '.join(pending[:5])}")
+        with self.sessions() as session:
+            directory = hkac.Directory.from_bytes(self._patient(session, patient_id).directory)
+        seed = self.wallets.seed(patient_id)
+        own = hkac.share_all(seed, self.params, directory, grantee=who)
+        return b"".join(open_sealed(s, params=self.params, share=own) + b"\n" for s in sealed)
+
+    def seal_export(self, who: str, patient_id: str) -> tuple[list[SealedRecord], list[str]]:
+        """The hospital's side of an export, for the patient alone: every live record
+        sealed to the patient's own H-KAC slots (their seed opens them, on their device),
+        in ingest order, after one committed ``access`` tx (action ``export``). Records
+        whose seal waits for a block key the patient has not published are named in the
+        second list, never left out silently."""
+        if who != patient_principal(patient_id):
+            raise AccessDenied(f"only patient {patient_id} exports their records")
         with self.sessions() as session:
             patient = self._patient(session, patient_id)
             rows = list(
@@ -314,25 +349,29 @@ class ReadingMixin:
                     .order_by(db.Record.seq)
                 ).scalars()
             )
-        seed = self.wallets.seed(patient_id)
-        directory = hkac.Directory.from_bytes(patient.directory)
-        own = hkac.share_all(seed, self.params, directory, grantee=patient_principal(patient_id))
-        lines = []
-        for record in rows:
-            ct = kac.KacCiphertext.from_bytes(record.kac_header)
-            dek = hkac.open_record(self.params, own, ct, record.id)
-            lines.append(self._fetch(record, record.blob_id, dek) + b"\n")
-        identity = self.wallets.identity(patient_principal(patient_id))
+        ready = [r for r in rows if r.kac_header is not None]
+        pending = [r.id for r in rows if r.kac_header is None]
+        blobs = []
+        for record in ready:
+            self._check_anchor(record)
+            blobs.append(self._blob(record, record.blob_id))
         body = {
             "record": "*",
             "patient": patient_id,
-            "actor": patient_principal(patient_id),
+            "actor": who,
             "area": Area.PERSONAL.value,
             "outcome": "success",
             "action": "export",
         }
-        self._submit(identity, TxKind.ACCESS, [body])
-        return b"".join(lines)
+        signer = self.signer_for(who, patient.home_hospital)
+        txid = self._submit(signer, TxKind.ACCESS, [body])[0].tx.txid
+        sealed = [
+            SealedRecord(
+                r.id, Area.PERSONAL, txid, blob, r.salt, r.digest, True, kac_header=r.kac_header
+            )
+            for r, blob in zip(ready, blobs, strict=True)
+        ]
+        return sealed, pending
 
     def verify(self, record_id: str | None = None) -> dict[str, Any]:
         """Check the ledger (every running node's chain re-verified from genesis) and each

@@ -70,10 +70,13 @@ class HospitalClient:
         self._identity = identity
         self._key = key
         self._clock_ms = clock_ms
+        self._owns_http = http is None
         self._http = http if http is not None else httpx.Client(timeout=30.0)
 
     def close(self) -> None:
-        self._http.close()
+        """Close the connection pool this client made (one passed in is the caller's)."""
+        if self._owns_http:
+            self._http.close()
 
     def __enter__(self) -> HospitalClient:
         return self
@@ -141,6 +144,20 @@ class HospitalClient:
     def post_json(self, path: str, body: bytes) -> Any:
         return self._answer(self._request("POST", path, body, self._headers("POST", path, body)))
 
+    def health(self) -> dict[str, Any]:
+        """The server's unsigned self-description (audience, chain id, hospitals)."""
+        doc = self._answer(self._request("GET", "/v1/health", b"", {}))
+        if not isinstance(doc, dict) or not all(
+            isinstance(doc.get(k), str) and doc[k] for k in ("audience", "chain_id")
+        ):
+            raise ServerUnavailable(f"hospital server {self._base} does not describe itself")
+        return doc
+
+    def post_unsigned(self, path: str, body: bytes) -> Any:
+        """POST without a signature: only enrolment, whose one-time code is the credential."""
+        headers = {"content-type": "application/json"}
+        return self._answer(self._request("POST", path, body, headers))
+
     def me(self) -> dict[str, Any]:
         return self.get("/v1/me")
 
@@ -151,11 +168,7 @@ class HospitalClient:
     def audience(self) -> str:
         """What this wallet signs its requests to this server for."""
         if self._audience is None:
-            doc = self._answer(self._request("GET", "/v1/health", b"", {}))
-            audience = doc.get("audience") if isinstance(doc, dict) else None
-            if not isinstance(audience, str) or not audience:
-                raise ServerUnavailable(f"hospital server {self._base} names no audience")
-            self._audience = audience
+            self._audience = self.health()["audience"]
         return self._audience
 
     def _send(self, method: str, target: str, body: bytes) -> Any:

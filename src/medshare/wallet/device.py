@@ -1,0 +1,312 @@
+"""A person's own wallet folder: keys made here, a code redeemed, secrets used only here.
+
+Why: the hospital vouches for a person (a one-time enrolment code) but must never hold
+their keys. ``wallet new`` makes the identity key — and a patient's 32-byte H-KAC seed —
+in this folder, computes the patient's first block keys ``v_b`` and signs their
+``publish_key`` transactions, and sends the hospital only public values
+(:mod:`medshare.service.enrolment`). The folder remembers the hospital it was enrolled
+at and the audience the hospital's requests are signed for (pinned at enrolment: a
+different server cannot make this wallet sign for itself).
+
+Layout: ``wallet.json`` (holder, hospital URL, audience, chain id) next to the same key
+files :class:`~medshare.service.wallets.Wallets` writes (0600 files in 0700 folders).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from medshare.api import share_grants
+from medshare.api.sealed_record import SealedRecord, open_sealed
+from medshare.crypto import hkac, kac
+from medshare.crypto.signing import SigningKey
+from medshare.fileio import write_file
+from medshare.ledger.app import published
+from medshare.ledger.types import Tx, TxKind
+from medshare.records.departments import Taxonomy
+from medshare.service.common import wall_clock_ms
+from medshare.service.enrolment import code_identity
+from medshare.service.errors import AccessDenied, IntegrityError, InvalidInput
+from medshare.service.wallets import WalletError, Wallets
+from medshare.wallet.client import HospitalClient
+from medshare.wallet.keys import obtain_key
+
+WALLET_FILE = "wallet.json"
+# Blocks a new patient wallet publishes: 8 blocks of 8 slabs cover 64 departments' slabs.
+INITIAL_BLOCKS = 8
+# A wallet publishes the next blocks when fewer than this many stay unused.
+SPARE_BLOCKS = 2
+
+
+@dataclass(frozen=True)
+class WalletInfo:
+    identity: str
+    hospital: str
+    audience: str
+    chain_id: str
+    enrolled: bool
+
+    @property
+    def patient_id(self) -> str | None:
+        prefix = published.patient_identity("")
+        return self.identity[len(prefix) :] if self.identity.startswith(prefix) else None
+
+
+class PersonalWallet:
+    """One holder's wallet folder."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.keys = Wallets(directory)
+
+    @property
+    def _info_path(self) -> Path:
+        return self.directory / WALLET_FILE
+
+    def exists(self) -> bool:
+        return self._info_path.is_file()
+
+    def info(self) -> WalletInfo:
+        try:
+            doc = json.loads(self._info_path.read_text(encoding="utf-8"))
+            return WalletInfo(**doc)
+        except FileNotFoundError:
+            raise WalletError(
+                f"{self.directory} is not a wallet (make one with `medshare wallet new`)"
+            ) from None
+        except (ValueError, TypeError) as exc:
+            raise WalletError(f"{self._info_path} is damaged: {exc}") from None
+
+    def save_info(self, info: WalletInfo) -> None:
+        write_file(self._info_path, json.dumps(asdict(info), indent=2).encode(), secret=True)
+
+    def identity_key(self) -> SigningKey:
+        return self.keys.identity(self.info().identity)
+
+    def seed(self) -> hkac.PatientSeed:
+        patient = self.info().patient_id
+        if patient is None:
+            raise InvalidInput("only a patient's wallet holds a seed")
+        return self.keys.seed(patient)
+
+    def client(
+        self,
+        hospital: str | None = None,
+        *,
+        http: httpx.Client | None = None,
+        clock_ms: Callable[[], int] = wall_clock_ms,
+    ) -> HospitalClient:
+        """A signed client to the wallet's hospital (or another server of the consortium
+        given by URL), signing for the audience pinned at enrolment for its own hospital."""
+        info = self.info()
+        url = hospital or info.hospital
+        audience = info.audience if url.rstrip("/") == info.hospital.rstrip("/") else None
+        return HospitalClient(
+            url, info.identity, self.identity_key(), audience=audience, http=http,
+            clock_ms=clock_ms,
+        )  # fmt: skip
+
+
+def block_publications(
+    seed: hkac.PatientSeed, patient_id: str, key: SigningKey, chain_id: str, blocks: Sequence[int],
+    first_nonce: int,
+) -> dict[str, Any]:  # fmt: skip
+    """The block keys ``v_b`` of ``blocks`` and their ``publish_key`` txs, signed here with
+    consecutive nonces from ``first_nonce``: the body of an enrolment or block request."""
+    publics, txs = {}, []
+    for i, block in enumerate(blocks):
+        raw = hkac.block_public(seed, block).to_bytes()
+        body = {"key": published.block_key(patient_id, block), "digest": published.digest(raw)}
+        txs.append(Tx.create(TxKind.PUBLISH_KEY, body, first_nonce + i, key, chain=chain_id))
+        publics[str(block)] = raw.hex()
+    return {"block_publics": publics, "publications": [tx.encode().hex() for tx in txs]}
+
+
+def enrol(
+    directory: Path,
+    hospital: str,
+    code: str,
+    *,
+    http: httpx.Client | None = None,
+    clock_ms: Callable[[], int] = wall_clock_ms,
+) -> dict[str, Any]:
+    """``wallet new``: make this holder's keys here and redeem ``code`` at ``hospital``.
+
+    Safe to run again after a failure: the keys already made are reused (a registration
+    that committed is then found under this same key)."""
+    identity, _ = code_identity(code)
+    wallet = PersonalWallet(directory)
+    if wallet.exists():
+        info = wallet.info()
+        if info.enrolled:
+            raise InvalidInput(f"{directory} is the wallet of {info.identity} already")
+        if info.identity != identity:
+            raise InvalidInput(f"{directory} holds a wallet begun for {info.identity}")
+    keys = wallet.keys
+    if not keys.has_identity(identity):
+        keys.create_identity(identity)
+    key = keys.identity(identity)
+    patient = WalletInfo(identity, hospital, "", "", False).patient_id
+    if patient is not None and not keys.has_seed(patient):
+        keys.save_seed(patient, hkac.PatientSeed.generate())
+    with HospitalClient(hospital, identity, key, http=http, clock_ms=clock_ms) as client:
+        health = client.health()
+        info = WalletInfo(identity, hospital, health["audience"], health["chain_id"], False)
+        wallet.save_info(info)
+        body: dict[str, Any] = {"code": code, "identity_key": key.public.hex()}
+        if patient is not None:
+            body.update(
+                block_publications(
+                    keys.seed(patient), patient, key, info.chain_id, range(INITIAL_BLOCKS), 0
+                )
+            )
+        answer = client.post_unsigned("/v1/enrolment", json.dumps(body).encode())
+        wallet.save_info(WalletInfo(**{**asdict(info), "enrolled": True}))
+        if patient is None:
+            answer["keys"] = _obtain_staff_keys(wallet, client, health["hospitals"])
+    return answer
+
+
+def _obtain_staff_keys(
+    wallet: PersonalWallet, client: HospitalClient, authorities: Sequence[str]
+) -> list[dict[str, Any]]:
+    """The CP-ABE keys the consortium's authorities offer this staff member (each decides;
+    a refusal means "not entitled" and is skipped)."""
+    info = wallet.info()
+    out = []
+    for authority in authorities:
+        try:
+            got = obtain_key(client, info.identity, wallet.identity_key(), authority)
+        except AccessDenied:
+            continue
+        wallet.keys.save_abe_key(info.identity, authority, got.key)
+        out.append({"authority": authority, "attributes": sorted(got.key.components)})
+    return out
+
+
+def own_key(wallet: PersonalWallet, client: HospitalClient) -> tuple[hkac.Share, kac.KacParams]:
+    """The patient's key to all their own records, from the seed and the directory."""
+    info = wallet.info()
+    directory, _ = directory_of(client, _patient(info))
+    params = client.kac_params()
+    share = hkac.share_all(wallet.seed(), params, directory, grantee=info.identity)
+    return share, params
+
+
+def _patient(info: WalletInfo) -> str:
+    if info.patient_id is None:
+        raise InvalidInput(f"{info.identity}'s wallet is not a patient's")
+    return info.patient_id
+
+
+def directory_of(client: HospitalClient, patient_id: str) -> tuple[hkac.Directory, dict]:
+    doc = client.get(f"/v1/patients/{quote(patient_id, safe='')}/directory")
+    return _directory(doc), doc
+
+
+def _directory(doc: Any) -> hkac.Directory:
+    try:
+        return hkac.Directory.from_bytes(base64.b64decode(doc["directory"], validate=True))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InvalidInput(f"the server sent no directory: {exc}") from None
+
+
+def sync_blocks(wallet: PersonalWallet, client: HospitalClient) -> dict[str, Any]:
+    """Publish the blocks the hospital waits for, and more when the spare ones run low."""
+    patient = _patient(wallet.info())
+    directory, doc = directory_of(client, patient)
+    published_blocks = set(doc.get("published") or [])
+    used = set(directory.blocks)
+    wanted = set(doc.get("pending") or [])
+    spare = [b for b in published_blocks if b not in used]
+    if len(spare) < SPARE_BLOCKS:
+        top = max(published_blocks | used, default=-1)
+        wanted |= set(range(top + 1, top + 1 + INITIAL_BLOCKS))
+    if not wanted:
+        return {"published": sorted(published_blocks), "added": [], "sealed": 0}
+    nonce = client.get("/v1/ledger/next-nonce")
+    body = block_publications(
+        wallet.seed(), patient, wallet.identity_key(), nonce["chain_id"], sorted(wanted),
+        int(nonce["next_nonce"]),
+    )  # fmt: skip
+    path = f"/v1/patients/{quote(patient, safe='')}/blocks"
+    answer = client.post_json(path, json.dumps(body).encode())
+    return {"published": answer["blocks"], "added": sorted(wanted), "sealed": answer["sealed"]}
+
+
+def share(
+    wallet: PersonalWallet,
+    client: HospitalClient,
+    to: str,
+    *,
+    records: Sequence[str] = (),
+    dept: str | None = None,
+    everything: bool = False,
+    until_ms: int | None = None,
+    now_ms: int,
+) -> tuple[hkac.Share, dict[str, Any]]:
+    """``wallet share``: the share's keys made here from the seed, its grant signed here;
+    the hospital gets the grant and the class map (for its gate), the caller hands the
+    returned share to the grantee."""
+    if sum([bool(records), dept is not None, everything]) != 1:
+        raise InvalidInput("choose exactly one of --record, --dept or --all")
+    patient = _patient(wallet.info())
+    directory, _ = directory_of(client, patient)
+    params = client.kac_params()
+    seed = wallet.seed()
+    times = {
+        "now": datetime.fromtimestamp(now_ms / 1000, tz=UTC),
+        "until": None if until_ms is None else datetime.fromtimestamp(until_ms / 1000, tz=UTC),
+    }
+    try:
+        if records:
+            made = hkac.share_records(seed, params, directory, records, grantee=to, **times)
+        elif dept is not None:
+            subtree = Taxonomy.default().subtree if dept in Taxonomy.default() else None
+            made = hkac.share_department(
+                seed, params, directory, dept, subtree, grantee=to, **times
+            )
+        else:
+            made = hkac.share_all(seed, params, directory, grantee=to, **times)
+    except (ValueError, hkac.UnknownRecord) as exc:
+        raise InvalidInput(f"cannot make this share: {exc}") from None
+    nonce = client.get("/v1/ledger/next-nonce")
+    body = share_grants.grant_body(made, patient, until_ms)
+    tx = Tx.create(
+        TxKind.GRANT, body, int(nonce["next_nonce"]), wallet.identity_key(),
+        chain=nonce["chain_id"],
+    )  # fmt: skip
+    request = {"tx": tx.encode().hex(), "classes": share_grants.wire_classes(made)}
+    path = f"/v1/patients/{quote(patient, safe='')}/shares"
+    return made, client.post_json(path, json.dumps(request).encode())
+
+
+def read_own(wallet: PersonalWallet, client: HospitalClient, record_id: str) -> bytes:
+    """One of the patient's own records, opened here with a key from the seed."""
+    sealed = client.sealed_record(record_id, area="personal")
+    own, params = own_key(wallet, client)
+    return open_sealed(sealed, params=params, share=own)
+
+
+def export(wallet: PersonalWallet, client: HospitalClient) -> tuple[list[bytes], list[str]]:
+    """All the patient's records, opened here (ingest order), and the ids still waiting
+    for a block key (after the wallet published what the hospital waits for)."""
+    patient = _patient(wallet.info())
+    sync_blocks(wallet, client)
+    doc = client.get(f"/v1/patients/{quote(patient, safe='')}/export")
+    own, params = own_key(wallet, client)
+    try:
+        sealed = [SealedRecord.from_json(item) for item in doc["records"]]
+        pending = [str(p) for p in doc["pending"]]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise IntegrityError(f"the server's export does not decode: {exc}") from None
+    return [open_sealed(s, params=params, share=own) for s in sealed], pending
