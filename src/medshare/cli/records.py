@@ -118,6 +118,15 @@ def init(
             "in each command's process, no consensus (tests, offline use)."
         ),
     ] = "cometbft",
+    patient_keys: Annotated[
+        str,
+        typer.Option(
+            help="custodial: a patient first seen at ingest gets a seed kept in this "
+            "directory (the single-machine harness); device: nobody here holds it — the "
+            "patient's records wait until their own wallet enrols (`hospital enrol`, "
+            "`wallet new`)."
+        ),
+    ] = "custodial",
 ) -> None:
     """Create a consortium: authorities, staff keys, ledger nodes, storage."""
     from medshare.service.consortium import init as make
@@ -134,6 +143,7 @@ def init(
             replication=min(2, hospitals),
             database_url=database_url,
             ledger=ledger,
+            patient_keys=patient_keys,
         )
         with make(config, progress=_notice) as service:
             doc: dict[str, Any] = {

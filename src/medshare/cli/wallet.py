@@ -219,7 +219,7 @@ def share(
     from medshare.fileio import write_file
 
     write_file(out, made.to_bytes(), secret=True)
-    _print({**answer, "keys": len(made.keys), "bytes": made.size_bytes(), "out": str(out)})
+    _print({**answer, "keys": len(made.keys), "bytes": made.size_bytes, "out": str(out)})
 
 
 @app.command()

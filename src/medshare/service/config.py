@@ -24,6 +24,9 @@ class ConfigError(ValueError):
     """A data directory without a usable configuration."""
 
 
+PATIENT_KEYS = ("custodial", "device")
+
+
 @dataclass(frozen=True)
 class ServiceConfig:
     """What a consortium is made of and how the service stores things.
@@ -38,7 +41,10 @@ class ServiceConfig:
     ``slab_size`` is the classes a department reserves at a time; ``policy_templates``
     overrides the CP-ABE areas' policy templates (:class:`~medshare.service.areas.AreaTemplates`,
     e.g. ``{"institution": "hospital:{hospital} and dept:{dept} and role:physician and
-    epoch:{epoch}"}``).
+    epoch:{epoch}"}``); ``patient_keys`` says where a patient first seen at ingest gets
+    their seed: ``device`` (nowhere here: their records wait, sealed to no block, until
+    the patient's own wallet enrols and publishes its block keys) or ``custodial`` (made
+    and kept in this directory's ``wallets/``, the single-directory harness).
     """
 
     data_dir: Path
@@ -53,6 +59,7 @@ class ServiceConfig:
     break_glass_minutes: int = 60
     policy_templates: dict[str, str] = field(default_factory=dict)
     ledger: str = "inprocess"
+    patient_keys: str = "custodial"
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -85,6 +92,8 @@ class ServiceConfig:
                 f"replication {self.replication} needs that many hospitals "
                 f"(have {len(self.hospitals)})"
             )
+        if self.patient_keys not in PATIENT_KEYS:
+            raise ConfigError(f"patient_keys is one of {', '.join(PATIENT_KEYS)}")
         if self.kac_classes % self.slab_size:
             raise ConfigError("slab_size must divide kac_classes")
 

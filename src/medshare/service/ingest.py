@@ -132,8 +132,8 @@ class IngestMixin:
             enrolled: list[str] = []
             for res in patients.values():
                 if res.id and session.get(db.Patient, res.id) is None:
-                    self._enroll(session, res, hospital)
-                    enrolled.append(patient_principal(res.id))
+                    if self._enroll(session, res, hospital):
+                        enrolled.append(patient_principal(res.id))
                     report.patients += 1
             added: list[db.Record] = []
             publications: BlockPublications = {}
@@ -182,10 +182,25 @@ class IngestMixin:
             return item
         return _Prepared(res, item.patient_id, stored.dept)
 
-    def _enroll(self, session: Session, res: fhir.Resource, hospital: str) -> None:
-        """A new patient: a fresh seed in their wallet, an empty public directory, and an
-        identity key (registered on the ledger by the enrolling hospital's node, in the
-        ingest's anchoring block)."""
+    def _enroll(self, session: Session, res: fhir.Resource, hospital: str) -> bool:
+        """A new patient: an empty public directory, and — where this directory keeps
+        patients' keys (``patient_keys = custodial``) — a fresh seed and identity key in
+        their wallet here (registered on the ledger by the enrolling hospital's node, in
+        the ingest's anchoring block); returns whether it made that identity. Otherwise
+        the patient's own wallet makes both (``hospital enrol``, ``wallet new``)."""
+        directory = hkac.Directory.for_params(self.params, self.config.slab_size)
+        session.add(
+            db.Patient(
+                id=res.id,
+                name=_display_name(res.original),
+                home_hospital=hospital,
+                directory=directory.to_bytes(),
+                block_publics={},
+                created_ms=self.clock(),
+            )
+        )
+        if self.config.patient_keys != "custodial":
+            return False
         if not self.wallets.has_seed(res.id):  # kept from an ingest rolled back after
             # its ledger writes (registration, block keys): the published keys stay valid
             self.wallets.save_seed(res.id, hkac.PatientSeed.generate())
@@ -203,17 +218,7 @@ class IngestMixin:
                 created_ms=self.clock(),
             )
         )
-        directory = hkac.Directory.for_params(self.params, self.config.slab_size)
-        session.add(
-            db.Patient(
-                id=res.id,
-                name=_display_name(res.original),
-                home_hospital=hospital,
-                directory=directory.to_bytes(),
-                block_publics={},
-                created_ms=self.clock(),
-            )
-        )
+        return True
 
     def _protect(
         self,
