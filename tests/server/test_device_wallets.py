@@ -280,3 +280,36 @@ def test_a_staff_wallet_gets_its_keys_on_the_device_and_reads(story):
             service.enrol("H001", "dr.other@H001", kind="clinician", **bad)
     with pytest.raises(InvalidInput, match="named <name>@H001"):
         service.enrol("H001", "dr.other@H002", kind="clinician", role="physician", dept="03")
+
+
+def test_the_patient_revokes_a_share_from_the_device(story, patient_wallet):
+    service, patient = story["service"], story["patient"]
+    client = _client(story, patient_wallet)
+    made, _ = device.share(patient_wallet, client, "dr.wang@H001", everything=True, now_ms=NOW)
+    rid = next(r["id"] for r in service.records_of(patient) if r["type"] != "Patient")
+    wang = HospitalClient(
+        BASE, "dr.wang@H001", service.wallets.identity("dr.wang@H001"),
+        clock_ms=story["clock"], http=story["http"],
+    )  # fmt: skip
+    assert wang.sealed_record(rid, area="personal", share_id=made.share_id)
+    # Nobody but the patient revokes it: not the grantee, not with another key.
+    key = service.wallets.identity("dr.wang@H001")
+    forged = Tx.create(
+        TxKind.REVOKE, {"grant": made.share_id, "reason": "x"},
+        service.ledger.next_nonce(key.public), key, chain=service.ledger.chain_id,
+    )  # fmt: skip
+    with pytest.raises(AccessDenied, match="revoked by its patient"):
+        wang.post_json(
+            f"/v1/grants/{made.share_id}/revoke",
+            json.dumps({"tx": forged.encode().hex()}).encode(),
+        )
+    done = device.revoke(patient_wallet, client, made.share_id, "changed my mind")
+    assert done["records_resealed"] > 0
+    assert service.ledger.find(done["txid"]).tx.sender == patient_wallet.identity_key().public
+    with pytest.raises(AccessDenied, match="revoked"):
+        wang.sealed_record(rid, area="personal", share_id=made.share_id)
+    # The patient's own key still opens every record at its new slot.
+    opened, pending = device.export(patient_wallet, client)
+    assert pending == [] and len(opened) == len(service.records_of(patient))
+    with pytest.raises(InvalidInput, match="already revoked"):
+        device.revoke(patient_wallet, client, made.share_id, "again")

@@ -153,6 +153,7 @@ def _routes(service) -> tuple[dict[str, tuple[str, str]], str, str]:
             "patient-blocks": ("POST", f"/v1/patients/{owner}/blocks"),  # empty body
             "patient-shares": ("POST", f"/v1/patients/{owner}/shares"),  # empty body
             "enrolment": ("POST", "/v1/enrolment"),  # empty body: no code
+            "revoke": ("POST", "/v1/grants/some-grant/revoke"),  # empty body: no tx
         },
         owner,
         next(p for p in patients if p != owner),
@@ -193,6 +194,7 @@ MATRIX = {
     "patient-shares": {"patient": 400, "other-patient": 403, "clinician": 403,
                        "outsider": 401, "unsigned": 401, "replayed": 401},
     "enrolment": dict.fromkeys(CALLERS, 400),  # the code is the credential, not a signature
+    "revoke": _enrolled(400),
 }  # fmt: skip
 
 

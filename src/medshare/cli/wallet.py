@@ -223,6 +223,22 @@ def share(
 
 
 @app.command()
+def revoke(
+    directory: WalletDir,
+    grant: Annotated[str, typer.Argument(help="The grant (share) id to revoke.")],
+    reason: Annotated[str, typer.Option(help="Why (kept in your log).")] = "revoked by the patient",
+    hospital: Hospital = None,
+) -> None:
+    """Revoke a share you gave: signed here; the hospital moves the records it covered to
+    fresh slots, so the revoked key opens nothing stored or added later."""
+    from medshare.wallet import device
+
+    with _holder(directory, None, hospital) as holder:
+        answer = device.revoke(_personal_wallet(holder), holder.client, grant, reason)
+    _print(answer)
+
+
+@app.command()
 def export(
     directory: WalletDir,
     out: Annotated[Path, typer.Option(help="NDJSON file to write.")],

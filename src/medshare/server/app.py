@@ -154,6 +154,19 @@ def create_app(
             raise InvalidInput(str(exc)) from None
         return _serialised(lambda: service.accept_share(patient_id, tx, classes))
 
+    @app.post(
+        "/v1/grants/{grant_id}/revoke",
+        summary="A patient revokes their share or consent: the REVOKE tx their wallet "
+        "signed; the share's records move to fresh slots before it is committed",
+    )
+    def revoke_grant(
+        who: Signed, grant_id: Annotated[str, Path(max_length=255)], request: Request
+    ) -> dict[str, Any]:
+        tx = _tx_field(_json_object(request.state.body), "tx")
+        if tx.sender != who.key:
+            raise AccessDenied("a revocation is signed by the caller's own key")
+        return _serialised(lambda: service.revoke(grant_id, signed=tx))
+
     @app.get("/v1/me", summary="Who the signed request authenticates as")
     def me(who: Signed) -> dict[str, str]:
         return {"identity": who.identity, "key": who.key.hex()}

@@ -33,6 +33,8 @@ RULES: dict[tuple[str, str], str] = {
     ("GET", "/v1/patients/{patient_id}/export"): "the patient",
     ("POST", "/v1/patients/{patient_id}/blocks"): "the patient (their own publish_key txs)",
     ("POST", "/v1/patients/{patient_id}/shares"): "the patient (a grant they signed)",
+    ("POST", "/v1/grants/{grant_id}/revoke"): "the patient who gave the grant (their "
+    "signed REVOKE tx, from the caller's own key)",
     ("POST", "/v1/enrolment"): "anyone holding a valid one-time enrolment code (unsigned)",
     ("POST", "/v1/issuance/{code}/challenge"): "any enrolled identity",
     ("POST", "/v1/issuance/{code}/offer"): "the registration's own identity; the authority "

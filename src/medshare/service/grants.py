@@ -212,14 +212,27 @@ class GrantMixin:
         key = self.wallets.identity(patient_principal(patient_id))
         return self._submit(key, kind, [body])[0]
 
-    def revoke(self, grant_id: str, *, reason: str = "revoked by the grantor") -> dict[str, Any]:
+    def revoke(
+        self,
+        grant_id: str,
+        *,
+        reason: str = "revoked by the grantor",
+        signed: Tx | None = None,
+    ) -> dict[str, Any]:
         """End a grant. An H-KAC share's records move to fresh slots and the current slab of
         every department it covered is retired (so the revoked key opens no stored wrap and
         no later record, and the other live shares get the new slots' keys); a referral's
         or consent's wraps are destroyed; a study approval loses its research scope, its
-        wraps and the researcher's study key; then the REVOKE tx is committed."""
+        wraps and the researcher's study key; then the REVOKE tx is committed.
+
+        ``signed`` is the REVOKE tx as the patient's own wallet signed it (a patient whose
+        key is on their device; :meth:`check_revocation`); without it the grantor's key
+        held here signs."""
         with self.sessions() as session:
             kind = _revocable(session, grant_id).kind
+            if signed is not None:
+                self.check_revocation(session, grant_id, signed)
+                reason = signed.body["reason"]
             study_keys = self._study_keys(session, grant_id) if kind == "study" else []
         # A study's key is revoked first, in revoke_key's own all-or-nothing transaction (it
         # bumps the epoch and re-issues the authority's other keys): if what follows fails,
@@ -228,11 +241,12 @@ class GrantMixin:
             self.revoke_key(who, authority, tag)
         with db.transaction(self.sessions) as session:
             grant = _revocable(session, grant_id)
-            signer = (
-                self.wallets.identity(patient_principal(grant.patient))
-                if grant.area in (Area.PERSONAL.value, Area.RESEARCH.value) and grant.patient
-                else self.node_key(grant.scope.get("hospital", ""))
-            )
+            if signed is not None:
+                signer = None  # the patient's wallet signed already
+            elif _patients_grant(grant):
+                signer = self.wallets.identity(patient_principal(grant.patient))
+            else:
+                signer = self.node_key(grant.scope.get("hospital", ""))
             grant.revoked_ms = self.clock()
             moved = shredded = retired = 0
             if grant.kind == "share":
@@ -241,7 +255,10 @@ class GrantMixin:
                 shredded = self._shred_grant_wraps(session, grant)
             # Logged last, inside the transaction: if anything above fails, neither the
             # database nor the ledger says the grant was revoked.
-            tx = self._submit(signer, TxKind.REVOKE, [{"grant": grant_id, "reason": reason}])[0]
+            if signed is not None:
+                tx = self.ledger.submit([signed])[0]
+            else:
+                tx = self._submit(signer, TxKind.REVOKE, [{"grant": grant_id, "reason": reason}])[0]
         out = {
             "grant": grant_id,
             "txid": tx.tx.txid,
@@ -253,6 +270,37 @@ class GrantMixin:
         if kind == "study":
             out["keys_revoked"] = len(study_keys)
         return out
+
+    def check_revocation(self, session: Session, grant_id: str, tx: Tx) -> None:
+        """``tx`` must be the REVOKE of this live grant of the patient's, signed by the
+        patient's own key for this chain: ``{"grant": id, "reason": text}``."""
+        grant = _revocable(session, grant_id)
+        principal = (
+            session.get(db.Principal, patient_principal(grant.patient))
+            if _patients_grant(grant)
+            else None
+        )
+        if (
+            principal is None
+            or grant.kind not in ("share", "consent")
+            or tx.kind is not TxKind.REVOKE
+            or tx.sender != principal.identity_public
+            or tx.chain != self.ledger.chain_id
+        ):
+            raise AccessDenied(f"grant {grant_id} is revoked by its patient, with their key")
+        body = tx.body
+        reason = body.get("reason") if isinstance(body, Mapping) else None
+        if (
+            set(body) != {"grant", "reason"}
+            or body["grant"] != grant_id
+            or not isinstance(reason, str)
+            or not 0 < len(reason) <= 500
+        ):
+            raise InvalidInput('a revocation is {"grant": id, "reason": text of ≤ 500}')
+        try:
+            tx.verify()
+        except InvalidSignature:
+            raise AccessDenied("the revocation's signature does not verify") from None
 
     def _study_keys(self, session: Session, grant_id: str) -> list[tuple[str, str, bytes]]:
         """(holder, authority, tag) of each live key carrying the study's ``ethics:`` attribute
@@ -584,6 +632,11 @@ class GrantMixin:
                 ),
             )
         return made
+
+
+def _patients_grant(grant: db.Grant) -> bool:
+    """A grant the patient gave (a share or a research consent): the patient revokes it."""
+    return grant.area in (Area.PERSONAL.value, Area.RESEARCH.value) and bool(grant.patient)
 
 
 def _revocable(session: Session, grant_id: str) -> db.Grant:

@@ -310,3 +310,18 @@ def export(wallet: PersonalWallet, client: HospitalClient) -> tuple[list[bytes],
     except (KeyError, TypeError, ValueError) as exc:
         raise IntegrityError(f"the server's export does not decode: {exc}") from None
     return [open_sealed(s, params=params, share=own) for s in sealed], pending
+
+
+def revoke(
+    wallet: PersonalWallet, client: HospitalClient, grant_id: str, reason: str
+) -> dict[str, Any]:
+    """``wallet revoke``: the REVOKE tx signed here, sent to the hospital, which moves the
+    share's records to fresh slots before committing it."""
+    nonce = client.get("/v1/ledger/next-nonce")
+    body = {"grant": grant_id, "reason": reason}
+    tx = Tx.create(
+        TxKind.REVOKE, body, int(nonce["next_nonce"]), wallet.identity_key(),
+        chain=nonce["chain_id"],
+    )  # fmt: skip
+    path = f"/v1/grants/{quote(grant_id, safe='')}/revoke"
+    return client.post_json(path, json.dumps({"tx": tx.encode().hex()}).encode())
