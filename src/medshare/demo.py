@@ -38,7 +38,7 @@ from medshare.ledger.cometbft import network
 from medshare.ledger.cometbft import verify as chain_verify
 from medshare.ledger.cometbft.client import LedgerClient, LedgerUnavailable
 from medshare.ledger.types import TxKind
-from medshare.records import canonical, synthetic
+from medshare.records import canonical, fhir, synthetic
 from medshare.service import db, ledgers
 from medshare.service.api import MedShare, wall_clock_ms
 from medshare.service.areas import Area
@@ -448,15 +448,15 @@ def step_log_and_export(story: Story) -> Outcome:
     exported = svc.export(pid).splitlines()
     (story.out / "export.ndjson").write_bytes(b"\n".join(exported) + b"\n")
     original = _original_resources(story.bundles["H001"])
-    later = json.loads((story.out / "fhir" / "later-observation.json").read_text())
-    original[f"Observation/{later['id']}"] = canonical.canonical_bytes(later)
+    later = (story.out / "fhir" / "later-observation.json").read_text()
+    original[_key(later.encode())] = canonical.on_one_line(later.strip().encode())
     same = sum(original.get(_key(line)) == line for line in exported)
     ok = events and denied and same == len(exported)
     return Outcome(
         bool(ok),
         f"{len(events)} AuditEvents ({denied} refusals, the break-glass flagged), "
         f"{len(consents)} Consents; export with the patient's own seed: {len(exported)} "
-        f"records, {same} byte-identical to the ingested canonical JSON",
+        f"records, {same} byte-identical to the JSON the hospitals submitted",
     )
 
 
@@ -466,12 +466,13 @@ def _key(line: bytes) -> str:
 
 
 def _original_resources(paths: list[Path]) -> dict[str, bytes]:
+    """Each bundle entry's resource as its text stands in the file (on one line)."""
     out = {}
     for path in paths:
-        for entry in json.loads(path.read_text())["entry"]:
-            res = entry["resource"]
-            if "id" in res:
-                out[f"{res['resourceType']}/{res['id']}"] = canonical.canonical_bytes(res)
+        text = path.read_text()
+        for source in fhir.entry_resource_texts(text):
+            if source is not None and "id" in json.loads(source):
+                out[_key(source.encode())] = canonical.on_one_line(source.encode())
     return out
 
 

@@ -160,7 +160,7 @@ def _open_blob(sealed: SealedRecord, dek: bytes) -> bytes:
         data = protect.open_blob(dek, sealed.blob, sealed.record_id)
     except (DecryptionFailed, ValueError):
         raise IntegrityError(f"record {sealed.record_id}: blob fails authentication") from None
-    if sealed.check_digest and not canonical.verify_salted_digest(data, sealed.salt, sealed.digest):
+    if sealed.check_digest and not canonical.verify_record(data, sealed.salt, sealed.digest):
         raise IntegrityError(f"record {sealed.record_id} does not match its ledger digest")
     return data
 

@@ -251,7 +251,9 @@ def export(
 
     with _holder(directory, None, hospital) as holder:
         opened, pending = device.export(_personal_wallet(holder), holder.client)
-    write_file(out, b"".join(data + b"\n" for data in opened), secret=True)
+    from medshare.records.canonical import on_one_line
+
+    write_file(out, b"".join(on_one_line(data) + b"\n" for data in opened), secret=True)
     _print({"out": str(out), "records": len(opened), "pending": pending})
     if pending:
         raise typer.Exit(3)

@@ -1,11 +1,14 @@
-"""The one byte form of a record, and the salted digest that goes on the ledger.
+"""The one byte form of a record for its digest, and the salted digest on the ledger.
 
 :func:`canonical_bytes` is RFC 8785 (JSON Canonicalization Scheme, via ``rfc8785``):
-sorted keys, no whitespace, ECMAScript number form, UTF-8. It is what gets hashed,
-encrypted and returned on export, so every node derives the same bytes from the same
-resource. Numbers are IEEE doubles in JCS: a FHIR decimal written ``1.50`` comes back as
-``1.5`` (its value is kept, its trailing zero is not), and integers beyond ±2^53 are
-refused rather than silently rounded.
+sorted keys, no whitespace, ECMAScript number form, UTF-8. It is what gets hashed, so
+every node derives the same digest from the same resource, however it was formatted.
+It is *only* for digests: numbers are IEEE doubles in JCS, so a FHIR decimal written
+``1.50`` (or ``0.0``) would come back as ``1.5`` (``0``), losing the precision FHIR
+gives its decimals. What is encrypted, stored and returned is the resource's JSON as the
+hospital submitted it; :func:`verify_record` checks such bytes against the digest
+through their canonical form, and :func:`on_one_line` fits them on an NDJSON line
+without touching a value.
 
 :func:`salted_digest` is SHA-256 over ``salt ‖ data``. The salt (≥ 16 random bytes from
 :func:`new_salt`) is stored beside the encrypted record, never on the ledger, so the
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -62,3 +66,48 @@ def salted_digest(data: bytes, salt: bytes) -> str:
 def verify_salted_digest(data: bytes, salt: bytes, digest: str) -> bool:
     """Constant-time comparison of ``salted_digest(data, salt)`` with a stored digest."""
     return hmac.compare_digest(salted_digest(data, salt), digest)
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"duplicate key {key!r}")
+        out[key] = value
+    return out
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def canonical_of_json(data: bytes) -> bytes:
+    """RFC 8785 bytes of a JSON object given as text (strict: no duplicate keys, no NaN);
+    :class:`CanonicalizationError` if it is not one."""
+    try:
+        doc = json.loads(
+            data.decode("utf-8"),
+            object_pairs_hook=_no_duplicates,
+            parse_constant=_no_constant,
+        )
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise CanonicalizationError(f"not a JSON object: {exc}") from None
+    if not isinstance(doc, Mapping):
+        raise CanonicalizationError(f"not a JSON object but {type(doc).__name__}")
+    return canonical_bytes(doc)
+
+
+def verify_record(data: bytes, salt: bytes, digest: str) -> bool:
+    """Whether a record's JSON (as submitted, or already canonical) matches its salted
+    ledger digest, which covers its canonical form."""
+    try:
+        return verify_salted_digest(canonical_of_json(bytes(data)), salt, digest)
+    except CanonicalizationError:
+        return False
+
+
+def on_one_line(data: bytes) -> bytes:
+    """JSON text on one line, for NDJSON: line breaks and tabs removed. JSON forbids both
+    raw inside strings, so they only ever sit between tokens: every value, and every
+    number as written, stays byte for byte."""
+    return data.replace(b"\r", b"").replace(b"\n", b"").replace(b"\t", b"")

@@ -25,7 +25,7 @@ import copy
 import json
 import os
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from functools import cache
 from pathlib import Path
@@ -92,12 +92,13 @@ class Resource:
     """A validated FHIR resource plus the JSON it came from.
 
     ``original`` is a private deep copy of the input (treat it as read-only); ``canonical``
-    is its RFC 8785 form — what is hashed, encrypted and exported. ``model`` is the
-    ``fhir.resources`` R4B object, built from ``canonical``. ``patient``/``encounter`` are
-    the keys (``Patient/<id>``, or the ``fullUrl`` of an entry without an id) of the
-    patient and encounter the resource belongs to, with bundle ``urn:uuid:`` references
-    resolved; an unresolved reference is kept as written. ``location`` says where in the
-    input it was found (``Bundle.entry[3]``, ``line 7``).
+    is its RFC 8785 form — what is hashed; ``source`` the exact text it was submitted as
+    (an NDJSON line, a file, a Bundle entry's resource) — what is encrypted and exported.
+    ``model`` is the ``fhir.resources`` R4B object, built from ``canonical``.
+    ``patient``/``encounter`` are the keys (``Patient/<id>``, or the ``fullUrl`` of an
+    entry without an id) of the patient and encounter the resource belongs to, with
+    bundle ``urn:uuid:`` references resolved; an unresolved reference is kept as written.
+    ``location`` says where in the input it was found (``Bundle.entry[3]``, ``line 7``).
     """
 
     resource_type: str
@@ -109,6 +110,14 @@ class Resource:
     location: str = ""
     patient: str | None = None
     encounter: str | None = None
+    source: bytes = field(default=b"", repr=False)
+
+    @property
+    def submitted(self) -> bytes:
+        """The resource's JSON text exactly as submitted (UTF-8): what is encrypted, stored
+        and given back, so a decimal ``0.0`` stays ``0.0``. A resource handed in as a
+        parsed object has no text; its canonical bytes stand in."""
+        return self.source or self.canonical
 
     @property
     def key(self) -> str | None:
@@ -250,16 +259,22 @@ def _validate(rtype: str, canonical: bytes, root: str) -> _FhirResourceModel:
         raise FhirError(f"invalid {rtype}: {type(exc).__name__}: {exc}", path=root) from None
 
 
-def parse_resource(obj: Mapping[str, Any] | str | bytes, *, path: str = "") -> Resource:
+def parse_resource(
+    obj: Mapping[str, Any] | str | bytes, *, path: str = "", source: str | None = None
+) -> Resource:
     """Validate one resource (a JSON object, or its JSON text) and keep its original JSON.
 
     ``path`` is where the object sits in a larger document (``Bundle.entry[3].resource``);
     error paths start there, or at the resource type for a standalone resource. The
     result's ``patient``/``encounter`` are the references as written (see
-    :func:`iter_bundle` for resolution).
+    :func:`iter_bundle` for resolution). ``source`` is the object's JSON text as
+    submitted, when it was parsed from a larger text (JSON text given as ``obj`` is its
+    own source).
     """
     if isinstance(obj, str | bytes | bytearray):
+        text = obj if isinstance(obj, str) else bytes(obj).decode("utf-8-sig", "replace")
         obj = loads(obj)
+        source = text.removeprefix("\ufeff").strip(" \t\r\n") if source is None else source
     rtype = _check_type(obj, path)
     root = path or rtype
     for i, inner in enumerate(obj.get("contained") or ()):
@@ -277,6 +292,7 @@ def parse_resource(obj: Mapping[str, Any] | str | bytes, *, path: str = "") -> R
         location=path,
         patient=patient_reference(original),
         encounter=encounter_reference(original),
+        source=source.encode("utf-8") if source is not None else b"",
     )
 
 
@@ -329,6 +345,73 @@ def _link(res: Resource, index: _Index, *, strict_urns: bool) -> Resource:
     return replace(res, patient=patient, encounter=encounter)
 
 
+# -- where each entry's resource stands in a bundle's text --------------------------------
+
+_SCANNER = json.JSONDecoder()
+_WHITESPACE = re.compile(r"[ \t\n\r]*")  # JSON's four whitespace characters
+
+
+def entry_resource_texts(text: str) -> list[str | None]:
+    """The JSON text of ``entry[i].resource`` for each entry of the bundle in ``text``
+    (None where an entry has none), exactly as it stands there.
+
+    ``text`` must have parsed already (:func:`loads`): this only finds where values are,
+    skipping each one with the standard library's own JSON scanner, so no value is
+    re-interpreted here."""
+    found: list[str | None] = []
+    resource: list[str | None] = [None]
+
+    def ws(i: int) -> int:
+        return _WHITESPACE.match(text, i).end()
+
+    def skip(i: int) -> int:
+        return _SCANNER.raw_decode(text, i)[1]
+
+    def members(i: int, on_value: Callable[[str, int], int]) -> int:
+        """Walk the object at ``text[i]``; ``on_value(key, start)`` returns each value's end."""
+        i = ws(i + 1)
+        if text[i] == "}":
+            return i + 1
+        while True:
+            key, i = _SCANNER.raw_decode(text, i)
+            i = ws(on_value(key, ws(ws(i) + 1)))  # past the ':' to the value, then past it
+            if text[i] == "}":
+                return i + 1
+            i = ws(i + 1)  # past the ','
+
+    def elements(i: int, on_value: Callable[[int], int]) -> int:
+        i = ws(i + 1)
+        if text[i] == "]":
+            return i + 1
+        while True:
+            i = ws(on_value(i))
+            if text[i] == "]":
+                return i + 1
+            i = ws(i + 1)
+
+    def entry_member(key: str, i: int) -> int:
+        end = skip(i)
+        if key == "resource":
+            resource[0] = text[i:end]
+        return end
+
+    def entry(i: int) -> int:
+        resource[0] = None
+        end = members(i, entry_member) if text[i] == "{" else skip(i)
+        found.append(resource[0])
+        return end
+
+    def top_member(key: str, i: int) -> int:
+        if key == "entry" and text[i] == "[":
+            return elements(i, entry)
+        return skip(i)
+
+    start = ws(0)
+    if text[start] == "{":
+        members(start, top_member)
+    return found
+
+
 # -- loaders ------------------------------------------------------------------------------
 
 
@@ -340,7 +423,9 @@ def _bundle_dict(bundle: Mapping[str, Any] | str | bytes) -> Mapping[str, Any]:
     return bundle
 
 
-def iter_bundle(bundle: Mapping[str, Any] | str | bytes) -> Iterator[Resource]:
+def iter_bundle(
+    bundle: Mapping[str, Any] | str | bytes, *, text: str | None = None
+) -> Iterator[Resource]:
     """The resources of a transaction, batch, collection or searchset Bundle.
 
     The envelope (type, fullUrl, request, search) and every entry are validated before the
@@ -350,8 +435,11 @@ def iter_bundle(bundle: Mapping[str, Any] | str | bytes) -> Iterator[Resource]:
     resource's :attr:`Resource.patient` is the Patient entry's key (``Patient/<id>``); a
     ``urn:uuid:`` in a patient field that matches no entry is an error. Conditional
     references (``Organization?identifier=…``) are accepted and resolved by identifier
-    when the bundle holds the target.
+    when the bundle holds the target. Each resource keeps its JSON text as it stands in
+    the bundle (``text``: the bundle's JSON text, when ``bundle`` is already parsed).
     """
+    if isinstance(bundle, str | bytes | bytearray):
+        text = bundle if isinstance(bundle, str) else bytes(bundle).decode("utf-8-sig")
     doc = _bundle_dict(bundle)
     btype = doc.get("type")
     # a str first: a list or object is unhashable (was a TypeError in the set lookup)
@@ -373,6 +461,7 @@ def iter_bundle(bundle: Mapping[str, Any] | str | bytes) -> Iterator[Resource]:
     if not shell["entry"]:
         del shell["entry"]
     _validate("Bundle", _canonical(shell, "Bundle"), "Bundle")
+    sources = entry_resource_texts(text) if text is not None else [None] * len(entries)
 
     parsed: list[Resource] = []
     seen: dict[str, int] = {}
@@ -386,7 +475,7 @@ def iter_bundle(bundle: Mapping[str, Any] | str | bytes) -> Iterator[Resource]:
             raise FhirError("entry has no resource", path=where)
         if (entry.get("search") or {}).get("mode") == "outcome":
             continue
-        res = parse_resource(resource, path=f"{where}.resource")
+        res = parse_resource(resource, path=f"{where}.resource", source=sources[i])
         full_url = entry.get("fullUrl")
         if full_url is not None:
             if full_url in seen:
@@ -424,8 +513,9 @@ def iter_ndjson(
             continue
         if number == 1 and isinstance(raw, str):
             raw = raw.removeprefix("\ufeff")  # bytes lose their BOM in loads()
+        line = raw if isinstance(raw, str) else bytes(raw).decode("utf-8", "replace")
         try:
-            res = parse_resource(loads(raw))
+            res = parse_resource(loads(raw), source=line.strip(" \t\r\n"))
         except FhirError as exc:
             located = exc.at(line=number, source=source)
             if errors is None:
@@ -477,8 +567,9 @@ def load_any(data: bytes | str | os.PathLike[str]) -> Loaded:
         return Loaded("ndjson", found, tuple(errors))
     try:
         if isinstance(doc, Mapping) and doc.get("resourceType") == "Bundle":
-            return Loaded("bundle", tuple(iter_bundle(doc)), bundle_type=doc.get("type"))
-        return Loaded("resource", (parse_resource(doc),))
+            found = tuple(iter_bundle(doc, text=text))
+            return Loaded("bundle", found, bundle_type=doc.get("type"))
+        return Loaded("resource", (parse_resource(doc, source=text.strip(" \t\r\n")),))
     except FhirError as exc:
         raise exc.at(source=source) from None
 

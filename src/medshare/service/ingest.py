@@ -230,7 +230,9 @@ class IngestMixin:
     ) -> db.Record:
         res = item.resource
         dek = protect.new_dek()
-        blob_id = self.blobs.put(protect.seal_blob(dek, res.canonical, res.key))
+        # The text as submitted is what is kept and given back (a decimal 0.0 stays 0.0);
+        # the ledger digest covers its canonical form.
+        blob_id = self.blobs.put(protect.seal_blob(dek, res.submitted, res.key))
         salt = canonical.new_salt()
         patient = session.get(db.Patient, item.patient_id)
         header = self._seal_personal(patient, item.dept, res.key, dek, publications)

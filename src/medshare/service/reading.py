@@ -294,7 +294,7 @@ class ReadingMixin:
             data = protect.open_blob(dek, blob, record.id)
         except DecryptionFailed:
             raise IntegrityError(f"record {record.id}: blob fails authentication") from None
-        if blob_id == record.blob_id and not canonical.verify_salted_digest(
+        if blob_id == record.blob_id and not canonical.verify_record(
             data, record.salt, record.digest
         ):
             raise IntegrityError(f"record {record.id} does not match its ledger digest")
@@ -330,7 +330,10 @@ class ReadingMixin:
             directory = hkac.Directory.from_bytes(self._patient(session, patient_id).directory)
         seed = self.wallets.seed(patient_id)
         own = hkac.share_all(seed, self.params, directory, grantee=who)
-        return b"".join(open_sealed(s, params=self.params, share=own) + b"\n" for s in sealed)
+        lines = (
+            canonical.on_one_line(open_sealed(s, params=self.params, share=own)) for s in sealed
+        )
+        return b"".join(line + b"\n" for line in lines)
 
     def seal_export(self, who: str, patient_id: str) -> tuple[list[SealedRecord], list[str]]:
         """The hospital's side of an export, for the patient alone: every live record
@@ -416,5 +419,5 @@ class ReadingMixin:
         self._check_anchor(record)
         blob = self.blobs.get(record.blob_id)
         data = protect.open_blob(self._custodian_dek(session, record), blob, record.id)
-        if not canonical.verify_salted_digest(data, record.salt, record.digest):
+        if not canonical.verify_record(data, record.salt, record.digest):
             raise IntegrityError("content does not match its ledger digest")
