@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 
 from medshare.crypto.signing import SigningKey
@@ -22,7 +23,8 @@ class Kit:
 
     @classmethod
     def new(cls, nodes: int = 4, committee: int = 4, epoch_length: int = 5, lag: int = 1) -> Kit:
-        keys = [SigningKey.generate() for _ in range(nodes)]
+        # Fixed keys: elections draw from them, so a test's outcome never depends on luck.
+        keys = [SigningKey(hashlib.sha256(f"chainkit/{i}".encode()).digest()) for i in range(nodes)]
         validators = tuple(
             election.Validator(k.public, f"node{i}", 1000) for i, k in enumerate(keys)
         )

@@ -219,3 +219,30 @@ def plot_service(report: dict, out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
     plt.close(fig)
+
+
+def plot_http(report: dict, out: Path) -> None:
+    """Left: read latency percentiles vs concurrent wallets (targets dashed). Right:
+    throughput and reads per block."""
+    rows = [r for r in report["levels"] if r["p50_ms"] is not None]
+    xs = [r["wallets"] for r in rows]
+    setup = report["setup"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8))
+    for key, label in (("p50_ms", "p50"), ("p90_ms", "p90"), ("p99_ms", "p99")):
+        left.plot(xs, [r[key] for r in rows], marker="o", label=label)
+    left.axhline(setup["target_p50_ms"], linestyle="--", color="grey", label="p50 target")
+    left.axhline(setup["target_p99_ms"], linestyle=":", color="grey", label="p99 target")
+    left.set_xlabel("concurrent wallets")
+    left.set_ylabel("ms per read, end to end")
+    left.set_title(f"{setup['record_bytes'] // 1000} kB read over HTTP, {setup['nodes']} nodes")
+    left.legend(fontsize=8)
+    left.grid(alpha=0.3)
+    right.plot(xs, [r["reads_per_s"] for r in rows], marker="o", label="reads/s")
+    right.plot(xs, [r["reads_per_block"] for r in rows], marker="s", label="reads per block")
+    right.set_xlabel("concurrent wallets")
+    right.set_title("throughput")
+    right.legend(fontsize=8)
+    right.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)

@@ -201,8 +201,11 @@ def _ingest(service: MedShare, hospital: str, data: bytes) -> int:
     return report.records
 
 
-def big_record(service: MedShare, chars: int = RECORD_CHARS) -> tuple[str, int]:
-    """Ingest the ~100 kB Observation at H001; (record id, its canonical size in bytes)."""
+def big_record(
+    service: MedShare, chars: int = RECORD_CHARS, *, reader: str = READER
+) -> tuple[str, int]:
+    """Ingest the ~100 kB Observation at H001; (record id, its size in bytes, as ``reader``,
+    a department-02 physician, reads it)."""
     rng = random.Random(SEED)
     text = "".join(rng.choices(string.ascii_letters + string.digits + " .,", k=chars))
     observation = {
@@ -217,7 +220,7 @@ def big_record(service: MedShare, chars: int = RECORD_CHARS) -> tuple[str, int]:
     row = next(r for r in service.records_of(BIG_PATIENT) if r["id"] == BIG_RECORD)
     if row["dept"] != "02":
         raise RuntimeError(f"the benchmark record went to department {row['dept']}, not 02")
-    size = len(service.read(READER, BIG_RECORD, area=Area.INSTITUTION).resource)
+    size = len(service.read(reader, BIG_RECORD, area=Area.INSTITUTION).resource)
     return BIG_RECORD, size
 
 

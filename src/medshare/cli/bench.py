@@ -298,6 +298,45 @@ def service(
     typer.echo(f"report written to {json_out}" + (f", plot to {plot}" if plot else ""))
 
 
+@app.command("http")
+def http(
+    json_out: Annotated[Path, typer.Option("--json", help="Where to write the JSON report.")],
+    plot: Annotated[Path | None, typer.Option(help="Where to write a PNG plot.")] = None,
+    quick: Annotated[
+        bool, typer.Option(help="1 and 4 wallets × 5 reads (else 1, 2, 4, 8 × 20).")
+    ] = False,
+) -> None:
+    """Reads over HTTP between real processes (hospital server, CometBFT nodes, wallets
+    in this process, one thread each) under concurrent load: latency percentiles and
+    throughput per number of concurrent wallets."""
+    from medshare.bench import http_service
+
+    report = _run_and_save(http_service.run, "plot_http", quick, json_out, plot)
+    setup = report["setup"]
+    table = Table(
+        title=f"medshare bench http: {setup['record_bytes'] // 1000} kB read, signed request "
+        "→ access tx committed → sealed release → decrypted in the wallet (ms)",
+        caption=f"{setup['hospitals']} hospitals, {setup['nodes']} CometBFT nodes; targets: "
+        f"p50 < {setup['target_p50_ms']:g} ms, p99 < {setup['target_p99_ms']:g} ms",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+    )
+    columns = ("wallets", "reads", "errors", "p50", "p90", "p99", "max", "reads/s", "per block")
+    for column in (*columns, "met"):
+        table.add_column(column, justify="right")
+    for row in report["levels"]:
+        table.add_row(
+            *(
+                str(row[k]) if row[k] is not None else "-"
+                for k in ("wallets", "reads", "errors", "p50_ms", "p90_ms", "p99_ms", "max_ms",
+                          "reads_per_s", "reads_per_block")
+            ),
+            "yes" if row["met"] else "no",
+        )  # fmt: skip
+    Console().print(table)
+    typer.echo(f"report written to {json_out}" + (f", plot to {plot}" if plot else ""))
+
+
 @app.command("fuzz")
 def fuzz(
     json_out: Annotated[Path, typer.Option("--json", help="Where to write the JSON report.")],

@@ -35,13 +35,16 @@ open replays that block to it, as CometBFT's handshake does.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import sqlite3
+import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -64,6 +67,8 @@ from medshare.ledger.port import (
     unlock,
 )
 from medshare.ledger.types import LedgerFormatError, Tx, TxKind
+
+T = TypeVar("T")
 
 MANIFEST = "inprocess.json"
 FORMAT = "medshare-inprocess-ledger"
@@ -227,8 +232,20 @@ def _finalize_request(blocks: _Blocks, block: _Block) -> abci.RequestFinalizeBlo
     )
 
 
+def _locked(method: Callable[..., T]) -> Callable[..., T]:
+    """Run ``method`` holding the ledger's lock."""
+
+    @functools.wraps(method)
+    def locked(self: InProcessLedger, *args: Any, **kwargs: Any) -> T:
+        with self._mutex:
+            return method(self, *args, **kwargs)
+
+    return locked
+
+
 class InProcessLedger:
-    """See the module docstring. Not thread-safe: one caller drives it."""
+    """See the module docstring. Thread-safe: one lock orders every call (a hospital server
+    reads and commits from several request threads)."""
 
     def __init__(
         self,
@@ -247,6 +264,7 @@ class InProcessLedger:
         self._lock_fd = lock_fd
         self._keys: dict[int, SigningKey] = {}
         self._closed = False
+        self._mutex = threading.RLock()
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -357,6 +375,7 @@ class InProcessLedger:
             raise StateCorrupted(f"replaying block {stored} gives another app hash")
         self._app.commit(abci.RequestCommit())
 
+    @_locked
     def close(self) -> None:
         """Idempotent."""
         if self._closed:
@@ -384,6 +403,7 @@ class InProcessLedger:
     def node_names(self) -> tuple[str, ...]:
         return self._names
 
+    @_locked
     def node_key(self, index: int) -> SigningKey:
         if not 0 <= index < len(self._names):
             raise LedgerUnavailable(f"no node {index}: the ledger has {len(self._names)} nodes")
@@ -399,10 +419,12 @@ class InProcessLedger:
             self._keys[index] = key
         return key
 
+    @_locked
     def height(self) -> int:
         self._check_open()
         return self._blocks.height()
 
+    @_locked
     def _query(self, path: str, data: bytes = b"") -> dict:
         self._check_open()
         response = self._app.query(abci.RequestQuery(path=path, data=data))
@@ -422,6 +444,7 @@ class InProcessLedger:
     def committee(self) -> tuple[str, ...]:
         return tuple(m["name"] for m in self._query("/state")["committee"])
 
+    @_locked
     def txs(self, kind: TxKind | None = None, start_height: int = 1) -> Iterator[CommittedTx]:
         self._check_open()
         query = (
@@ -433,8 +456,9 @@ class InProcessLedger:
             query += " AND t.kind = ?"
             params.append(TxKind(kind).value)
         rows = self._blocks.db.execute(query + " ORDER BY t.height, t.idx", params).fetchall()
-        return (CommittedTx(h, i, t, Tx.decode(raw)) for h, i, t, raw in rows)
+        return iter([CommittedTx(h, i, t, Tx.decode(raw)) for h, i, t, raw in rows])
 
+    @_locked
     def find(self, txid: str) -> CommittedTx | None:
         self._check_open()
         row = self._blocks.db.execute(
@@ -446,6 +470,7 @@ class InProcessLedger:
 
     # --- writing ---------------------------------------------------------------------------
 
+    @_locked
     def submit(self, txs: Sequence[Tx]) -> list[CommittedTx]:
         """``CheckTx`` each (a refusal refuses the batch: nothing commits), then one block.
         A transaction the rules skip in the block raises :class:`TxRejected` after the
@@ -525,6 +550,7 @@ class InProcessLedger:
 
     # --- verification ----------------------------------------------------------------------
 
+    @_locked
     def verify(self) -> list[NodeCheck]:
         """Replay every stored block from genesis through a fresh application in memory:
         each block's hash, every result code, every app hash and validator set must be

@@ -282,7 +282,7 @@ def create_app(
                 or body.get("attributes") != sorted(registration.attributes)
             ):
                 raise AccessDenied("the tag registration is not this key's, by its holder")
-            service.ledger.submit([tag_tx])  # on the ledger before the key leaves
+            service.relay([tag_tx])  # on the ledger before the key leaves
             service.record_issued_key(registration, code)
             return issued
 
@@ -317,12 +317,13 @@ def create_app(
             chosen = parse_area(area)
         except ValueError as exc:
             raise InvalidInput(str(exc)) from None
-        sealed = _serialised(
-            lambda: service.seal_for(
+        gate = _serialised(
+            lambda: service.read_gate(
                 who.identity, record_id, area=chosen, share_id=share, reason=reason
             )
         )
-        return sealed.to_json()
+        # Outside the lock: the access tx's block is shared with the other reads in flight.
+        return service.release(gate).to_json()
 
     return app
 

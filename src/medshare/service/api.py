@@ -31,7 +31,8 @@ from medshare.crypto import abe, kac
 from medshare.crypto.errors import CryptoError
 from medshare.crypto.signing import SigningKey
 from medshare.ledger.app import published
-from medshare.ledger.port import CommittedTx, LedgerPort, sign
+from medshare.ledger.group_commit import GroupCommitter
+from medshare.ledger.port import CommittedTx, LedgerPort
 from medshare.ledger.types import Tx, TxKind
 from medshare.records.blobstore import DirectoryReplica, ReplicatedBlobStore
 from medshare.records.classify import Classifier
@@ -86,6 +87,9 @@ class MedShare(
     ) -> None:
         self.config = config
         self.ledger = ledger
+        # Every transaction this process signs or relays goes through one group committer:
+        # concurrent reads share a block, and one key's nonces never collide.
+        self.committer = GroupCommitter(ledger)
         self.clock = clock
         self.templates = templates or AreaTemplates.from_config(config.policy_templates)
         self.wallets = Wallets(config.wallet_dir)
@@ -233,19 +237,18 @@ class MedShare(
     def _submit(
         self, key: SigningKey, kind: TxKind, bodies: Sequence[dict[str, Any]]
     ) -> list[CommittedTx]:
-        return self.ledger.sign_and_submit(key, kind, bodies)
+        return self.committer.commit([(key, kind, bodies)])
 
     def _submit_batches(
         self, batches: Sequence[tuple[SigningKey, TxKind, Sequence[dict[str, Any]]]]
     ) -> list[CommittedTx]:
-        """Several signers' transactions committed together, in this order (one block on
-        the in-process ledger)."""
-        used: dict[bytes, int] = {}
-        txs: list[Tx] = []
-        for key, kind, bodies in batches:
-            txs += sign(self.ledger, key, kind, bodies, skip=used.get(key.public, 0))
-            used[key.public] = used.get(key.public, 0) + len(bodies)
-        return self.ledger.submit(txs) if txs else []
+        """Several signers' transactions committed together, in this order (in one block,
+        with whatever other callers of this process commit at the same moment)."""
+        return self.committer.commit([b for b in batches if b[2]])
+
+    def relay(self, txs: Sequence[Tx]) -> list[CommittedTx]:
+        """Commit transactions their holders signed on their own devices."""
+        return self.committer.commit(list(txs))
 
     def signer_for(self, who: str, hospital: str) -> SigningKey:
         """The key an action of ``who`` at ``hospital`` is logged with on the ledger: the

@@ -301,7 +301,7 @@ class EnrolmentMixin:
         publications: Sequence[Tx],
         publics: Mapping[int, bytes],
     ) -> dict[str, Any]:
-        self.ledger.submit(list(publications))
+        self.relay(publications)
         patient.block_publics = {
             **patient.block_publics,
             **{str(b): raw.hex() for b, raw in publics.items()},

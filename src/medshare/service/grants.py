@@ -135,7 +135,7 @@ class GrantMixin:
         for block, chosen in classes.items():
             if not chosen <= needed.get(block, set()):
                 raise InvalidInput(f"the share claims classes of block {block} outside its scope")
-        committed = self.ledger.submit([tx])[0]
+        committed = self.relay([tx])[0]
         grant = db.Grant(
             id=share_id,
             kind="share",
@@ -256,7 +256,7 @@ class GrantMixin:
             # Logged last, inside the transaction: if anything above fails, neither the
             # database nor the ledger says the grant was revoked.
             if signed is not None:
-                tx = self.ledger.submit([signed])[0]
+                tx = self.relay([signed])[0]
             else:
                 tx = self._submit(signer, TxKind.REVOKE, [{"grant": grant_id, "reason": reason}])[0]
         out = {

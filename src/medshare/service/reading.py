@@ -51,6 +51,19 @@ class ReadResult:
     txid: str
 
 
+@dataclass(frozen=True)
+class ReadGate:
+    """A read the gate allowed: who, which record and area, and what to release."""
+
+    who: str
+    record: db.Record
+    area: Area
+    reason: str | None
+    header: bytes | None
+    seal: AreaSeal | None
+    blob_id: str
+
+
 class ReadingMixin:
     """Reading (a part of :class:`~medshare.service.api.MedShare`)."""
 
@@ -86,10 +99,25 @@ class ReadingMixin:
         reason: str | None = None,
     ) -> SealedRecord:
         """The hospital's side of a read: decide whether ``who`` may read the record
-        through ``area`` from public facts only (grants, the reader's issued keys'
-        attributes, the record's anchor), commit the ``access`` tx, and release the
-        record sealed for the reader's own key. Nothing of the reader's is needed or seen:
-        the hospital cannot open what it releases for another area than its own."""
+        through ``area`` from public facts only (:meth:`read_gate`), then commit the
+        ``access`` tx and release the record sealed for the reader's own key
+        (:meth:`release`). Nothing of the reader's is needed or seen: the hospital cannot
+        open what it releases for another area than its own."""
+        gate = self.read_gate(who, record_id, area=area, share_id=share_id, reason=reason)
+        return self.release(gate)
+
+    def read_gate(
+        self,
+        who: str,
+        record_id: str,
+        *,
+        area: Area,
+        share_id: str | None = None,
+        reason: str | None = None,
+    ) -> ReadGate:
+        """The gate of a read, from public facts only (grants, the reader's issued keys'
+        attributes, break-glass windows). A refusal is logged (an ``access`` tx with
+        outcome ``denied``) and raised as :class:`AccessDenied`."""
         # The request's own form first, before anything about the record is looked up:
         # a malformed request tells nothing about which records exist.
         if area is Area.PERSONAL and share_id is None and not is_patient(who):
@@ -114,22 +142,30 @@ class ReadingMixin:
                     header = None
                     scope = self._scope_for(session, who, record, area, reason)
                     seal, blob_id = self._release_area(session, who, record, scope)
-            self._check_anchor(record)
-            blob = self._blob(record, blob_id)
         except AccessDenied as exc:
             self._log_access(who, record, area, "denied", str(exc))
             raise
-        committed = self._log_access(who, record, area, "success", reason)
+        return ReadGate(who, record, area, reason, header, seal, blob_id)
+
+    def release(self, gate: ReadGate) -> SealedRecord:
+        """What the gate let through: the record's anchor and blob checked, the ``access``
+        tx committed (with whatever other reads commit at the same moment: the service's
+        group committer), then the sealed record. Safe to run outside the lock that
+        orders the service's other work."""
+        record = gate.record
+        self._check_anchor(record)
+        blob = self._blob(record, gate.blob_id)
+        committed = self._log_access(gate.who, record, gate.area, "success", gate.reason)
         return SealedRecord(
             record.id,
-            area,
+            gate.area,
             committed.tx.txid,
             blob,
             record.salt,
             record.digest,
-            blob_id == record.blob_id,
-            kac_header=header,
-            seal=seal,
+            gate.blob_id == record.blob_id,
+            kac_header=gate.header,
+            seal=gate.seal,
         )
 
     def open_on_device(

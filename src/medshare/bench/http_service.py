@@ -1,0 +1,227 @@
+"""``medshare bench http``: reads over HTTP between real processes, under concurrent load.
+
+What it measures is the read a clinician's wallet makes: a signed request to the hospital
+server process (``medshare hospital serve``), the server's gate, the ``access`` tx
+committed on a real CometBFT network (node processes on 127.0.0.1), the sealed release
+(blob, CP-ABE area-key ciphertext, wrapped DEK) sent back, and the decryption in the
+wallet with the reader's own key, digest checked. Nothing is in-process between the
+parties: the wallets run in this process (one thread each, as many wallets as the
+concurrency level, each with its own identity and its own connection), the server and
+the ledger nodes are their own processes.
+
+The consortium is the one ``bench service`` builds (3 hospitals, SQLite, real keys) on a
+smaller CometBFT network (4 nodes, committee 4) so that all of it fits a 2-core machine
+beside the load: a ~100 kB Observation of department 02 at H001, read through the
+institution area by department-02 physicians. For each concurrency level ``c`` the
+``c`` wallets each read the record ``reads`` times back to back; reported are the
+latency percentiles over all reads of the level, the throughput (reads per second of
+wall time), and the ledger blocks the reads' access txs landed in (how many reads
+shared a block). Percentiles are nearest-rank over the measured reads.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from medshare.api.sealed_record import open_sealed
+from medshare.bench.service import big_record, machine
+from medshare.crypto import abe
+from medshare.ledger.cometbft.network import free_ports
+from medshare.service import ledgers
+from medshare.service.config import ServiceConfig
+from medshare.service.consortium import init
+from medshare.service.roster import StaffMember
+from medshare.service.wallets import Wallets
+from medshare.wallet.client import HospitalClient
+
+HOSPITALS = ("H001", "H002", "H003")
+NODES = 4
+COMMITTEE = 4
+TARGET_P50_MS = 150.0
+TARGET_P99_MS = 400.0
+MAX_WALLETS = 8
+READERS = tuple(f"dr.gp{i}@H001" for i in range(MAX_WALLETS))
+START_TIMEOUT_S = 120
+
+Progress = Callable[[str], None]
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), round(q * len(ordered) + 0.5)))
+    return ordered[rank - 1]
+
+
+def _medshare(*args: object) -> list[str]:
+    exe = shutil.which("medshare")
+    base = [exe] if exe else [sys.executable, "-m", "medshare.cli.main"]
+    return base + [str(a) for a in args]
+
+
+class _Server:
+    """``medshare hospital serve`` over the consortium directory, as its own process."""
+
+    def __init__(self, data: Path, log: Path) -> None:
+        (port,) = free_ports(1)
+        self.url = f"http://127.0.0.1:{port}"
+        self._log = log.open("wb")
+        self._process = subprocess.Popen(
+            _medshare("hospital", "serve", "--dir", data, "--port", port),
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            try:
+                if httpx.get(f"{self.url}/v1/health", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            if self._process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"the hospital server did not start: {log.read_text()[-2000:]}")
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        self._process.terminate()
+        try:
+            self._process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
+        self._log.close()
+
+
+class _Wallet:
+    """One reader's wallet: their identity and CP-ABE keys, a signed client of its own."""
+
+    def __init__(self, wallets: Wallets, who: str, url: str) -> None:
+        self.who = who
+        self.client = HospitalClient(url, who, wallets.identity(who))
+        self.keys = [
+            abe.AbeUserKey.from_bytes(p.read_bytes()) for p in wallets.abe_key_files(who, "H001")
+        ]
+        self.public = self.client.authority_public("H001")
+
+    def read(self, record: str) -> tuple[float, str, int]:
+        """One read end to end: (milliseconds, the access txid, plaintext bytes)."""
+        start = time.perf_counter()
+        sealed = self.client.sealed_record(record, area="institution")
+        data = open_sealed(sealed, abe_keys=self.keys, authority_public=self.public)
+        return (time.perf_counter() - start) * 1e3, sealed.txid, len(data)
+
+
+def _level(wallets: list[_Wallet], reads: int, record: str) -> dict[str, Any]:
+    """Every wallet reads ``reads`` times at once; the latencies, txids and wall time."""
+    latencies: list[float] = []
+    txids: list[str] = []
+    errors: list[str] = []
+    lock = threading.Lock()
+    barrier = threading.Barrier(len(wallets))
+
+    def run(wallet: _Wallet) -> None:
+        barrier.wait()
+        for _ in range(reads):
+            try:
+                ms, txid, _ = wallet.read(record)
+            except Exception as exc:  # a failed read is counted and named, not hidden
+                with lock:
+                    errors.append(f"{type(exc).__name__}: {exc}"[:200])
+                continue
+            with lock:
+                latencies.append(ms)
+                txids.append(txid)
+
+    threads = [threading.Thread(target=run, args=(w,)) for w in wallets]
+    start = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return {"latencies": latencies, "txids": txids, "errors": errors,
+            "seconds": time.perf_counter() - start}  # fmt: skip
+
+
+def run(quick: bool, progress: Progress | None = None) -> dict[str, Any]:
+    say = progress or (lambda _msg: None)
+    levels = (1, 4) if quick else (1, 2, 4, 8)
+    reads = 5 if quick else 20
+    with tempfile.TemporaryDirectory(prefix="ms-bench-http-") as tmp:
+        root = Path(tmp)
+        config = ServiceConfig(
+            data_dir=root / "data", hospitals=HOSPITALS, nodes=NODES, committee=COMMITTEE,
+            ledger="cometbft",
+        )  # fmt: skip
+        roster = tuple(StaffMember(who, "H001", "02", "physician") for who in READERS)
+        say(f"consortium: {len(HOSPITALS)} hospitals, {NODES} CometBFT nodes")
+        try:
+            with init(config, roster=roster) as service:
+                record, size = big_record(service, reader=READERS[0])
+            say("hospital server process")
+            server = _Server(config.data_dir, root / "server.log")
+            try:
+                measured = []
+                keys = Wallets(config.wallet_dir)
+                for level in levels:
+                    say(f"{level} concurrent wallet(s) × {reads} reads")
+                    wallets = [_Wallet(keys, who, server.url) for who in READERS[:level]]
+                    wallets[0].read(record)  # warm-up: connections, the server's caches
+                    measured.append((level, _level(wallets, reads, record)))
+                    for wallet in wallets:
+                        wallet.client.close()
+            finally:
+                server.stop()
+            say("blocks of the reads' access txs")
+            rows = [_row(level, got, _heights(config, got)) for level, got in measured]
+        finally:
+            ledgers.stop(config)
+    return {
+        "benchmark": "http",
+        "machine": machine(),
+        "quick": quick,
+        "setup": {"hospitals": len(HOSPITALS), "nodes": NODES, "committee": COMMITTEE,
+                  "record": record, "record_bytes": size, "area": "institution",
+                  "target_p50_ms": TARGET_P50_MS, "target_p99_ms": TARGET_P99_MS},
+        "levels": rows,
+    }  # fmt: skip
+
+
+def _heights(config: ServiceConfig, got: dict[str, Any]) -> list[int]:
+    """The heights the level's access txs committed at (read from the ledger's index)."""
+    ledger = ledgers.open_ledger(config, None)
+    try:
+        return [found.height for t in got["txids"] if (found := ledger.find(t)) is not None]
+    finally:
+        ledger.close()
+
+
+def _row(level: int, got: dict[str, Any], heights: list[int]) -> dict[str, Any]:
+    lat = got["latencies"]
+    blocks = len(set(heights))
+    return {
+        "wallets": level,
+        "reads": len(lat),
+        "errors": len(got["errors"]),
+        "first_errors": got["errors"][:3],
+        "p50_ms": round(_percentile(lat, 0.5), 1) if lat else None,
+        "p90_ms": round(_percentile(lat, 0.9), 1) if lat else None,
+        "p99_ms": round(_percentile(lat, 0.99), 1) if lat else None,
+        "max_ms": round(max(lat), 1) if lat else None,
+        "reads_per_s": round(len(lat) / got["seconds"], 2),
+        "blocks": blocks,
+        "reads_per_block": round(len(heights) / blocks, 2) if blocks else None,
+        "met": bool(lat) and not got["errors"]
+        and _percentile(lat, 0.5) < TARGET_P50_MS and _percentile(lat, 0.99) < TARGET_P99_MS,
+    }  # fmt: skip
