@@ -70,6 +70,8 @@ def create_app(
         if key in enrolled:
             return enrolled[key]
         identity = _serialised(lambda: service.ledger.registered(key))
+        if identity is not None and not _serialised(lambda: service.knows_key(identity, key)):
+            identity = None  # on the ledger, but not a person this hospital enrolled so
         if identity is not None:
             if len(enrolled) >= ENROLMENT_CACHE:
                 enrolled.clear()

@@ -250,6 +250,13 @@ class MedShare(
         """Commit transactions their holders signed on their own devices."""
         return self.committer.commit(list(txs))
 
+    def knows_key(self, identity: str, key: bytes) -> bool:
+        """Whether this consortium's records know ``identity`` by this very ``key`` (a
+        registration that committed while its enrolment rolled back speaks for nobody)."""
+        with self.sessions() as session:
+            row = session.get(db.Principal, identity)
+        return row is not None and row.identity_public == key
+
     def signer_for(self, who: str, hospital: str) -> SigningKey:
         """The key an action of ``who`` at ``hospital`` is logged with on the ledger: the
         person's own identity key where this process holds it (the single-directory

@@ -276,11 +276,24 @@ class EnrolmentMixin:
                 kac.KacPatientPublic.from_bytes(raw)
             except (CryptoError, ValueError, TypeError) as exc:
                 raise InvalidInput(f"block {block}'s key is not a G1 point: {exc}") from None
-            wanted[published.block_key(patient.id, block)] = published.digest(raw)
+            name = published.block_key(patient.id, block)
+            if self.ledger.published(name) is not None:
+                raise InvalidInput(f"{name} is on the ledger already (keys are never replaced)")
+            wanted[name] = published.digest(raw)
+        # The nonces the chain will expect: checked here so that a registration never
+        # commits with publications the chain then refuses (which would leave the name
+        # bound to a key this hospital never enrolled).
+        first = self.ledger.next_nonce(identity_key)
+        expected = set(range(first, first + len(publications)))
+        if {tx.nonce for tx in publications} != expected:
+            raise InvalidInput(
+                f"the publications' nonces must be {first}..{first + len(expected) - 1}"
+            )
         for tx in publications:
             name = tx.body.get("key") if isinstance(tx.body, Mapping) else None
             if (
-                name not in wanted
+                not isinstance(name, str)
+                or name not in wanted
                 or tx.kind is not TxKind.PUBLISH_KEY
                 or tx.sender != identity_key
                 or tx.chain != self.ledger.chain_id

@@ -399,10 +399,12 @@ class GrantMixin:
         classes = {int(b): frozenset(c) for b, c in grant.scope.get("classes", {}).items()}
         directory = hkac.Directory.from_bytes(patient.directory)
         directory, retired = hkac.retire_slabs(directory, classes)
+        # Every live record the share covered moves, sealed or not: one whose seal waits
+        # for a block key would otherwise be sealed into the revoked slots later.
         plan = [
             rid
             for rid in directory.records_in(classes)
-            if self._record(session, rid).kac_header is not None  # shredded: nothing to move
+            if self._record(session, rid).shredded_ms is None  # shredded: nothing to move
         ]
         if not plan:
             if retired:

@@ -34,7 +34,7 @@ from medshare.ledger.app import published
 from medshare.ledger.types import Tx, TxKind
 from medshare.records.departments import Taxonomy
 from medshare.service.common import wall_clock_ms
-from medshare.service.enrolment import code_identity
+from medshare.service.enrolment import MAX_BLOCKS_PER_CALL, code_identity
 from medshare.service.errors import AccessDenied, IntegrityError, InvalidInput
 from medshare.service.wallets import WalletError, Wallets
 from medshare.wallet.client import HospitalClient
@@ -109,11 +109,29 @@ class PersonalWallet:
         given by URL), signing for the audience pinned at enrolment for its own hospital."""
         info = self.info()
         url = hospital or info.hospital
-        audience = info.audience if url.rstrip("/") == info.hospital.rstrip("/") else None
-        return HospitalClient(
-            url, info.identity, self.identity_key(), audience=audience, http=http,
-            clock_ms=clock_ms,
+        home = url.rstrip("/") == info.hospital.rstrip("/")
+        client = HospitalClient(
+            url, info.identity, self.identity_key(), audience=info.audience if home else None,
+            http=http, clock_ms=clock_ms,
         )  # fmt: skip
+        if not home and client.audience() == info.audience:
+            # Another address answering in the home hospital's name: what this wallet
+            # signed for it would be good at the home hospital, so it signs nothing.
+            client.close()
+            raise IntegrityError(
+                f"{url} claims to be {info.hospital} (its audience); use {info.hospital}"
+            )
+        return client
+
+    def nonce(self, client: HospitalClient) -> int:
+        """The holder's next ledger nonce, from a server of this wallet's own chain."""
+        doc = client.get("/v1/ledger/next-nonce")
+        if not isinstance(doc, dict) or doc.get("chain_id") != self.info().chain_id:
+            raise IntegrityError("the server's ledger is not this wallet's chain")
+        nonce = doc.get("next_nonce")
+        if not isinstance(nonce, int) or isinstance(nonce, bool) or nonce < 0:
+            raise IntegrityError("the server sent no nonce")
+        return nonce
 
 
 def block_publications(
@@ -224,23 +242,35 @@ def sync_blocks(wallet: PersonalWallet, client: HospitalClient) -> dict[str, Any
     """Publish the blocks the hospital waits for, and more when the spare ones run low."""
     patient = _patient(wallet.info())
     directory, doc = directory_of(client, patient)
-    published_blocks = set(doc.get("published") or [])
+    published_blocks = _blocks(doc.get("published"))
     used = set(directory.blocks)
-    wanted = set(doc.get("pending") or [])
+    wanted = _blocks(doc.get("pending"))
     spare = [b for b in published_blocks if b not in used]
     if len(spare) < SPARE_BLOCKS:
         top = max(published_blocks | used, default=-1)
-        wanted |= set(range(top + 1, top + 1 + INITIAL_BLOCKS))
+        wanted |= set(range(top + 1, min(top + 1 + INITIAL_BLOCKS, published.MAX_BLOCK + 1)))
     if not wanted:
         return {"published": sorted(published_blocks), "added": [], "sealed": 0}
-    nonce = client.get("/v1/ledger/next-nonce")
+    top = max(published_blocks | used, default=-1)
+    wanted = {b for b in wanted if b <= min(top + INITIAL_BLOCKS, published.MAX_BLOCK)}
+    wanted = set(sorted(wanted)[:MAX_BLOCKS_PER_CALL])
     body = block_publications(
-        wallet.seed(), patient, wallet.identity_key(), nonce["chain_id"], sorted(wanted),
-        int(nonce["next_nonce"]),
+        wallet.seed(), patient, wallet.identity_key(), wallet.info().chain_id, sorted(wanted),
+        wallet.nonce(client),
     )  # fmt: skip
     path = f"/v1/patients/{quote(patient, safe='')}/blocks"
     answer = client.post_json(path, json.dumps(body).encode())
     return {"published": answer["blocks"], "added": sorted(wanted), "sealed": answer["sealed"]}
+
+
+def _blocks(value: object) -> set[int]:
+    """Block numbers a server listed: integers in range, or IntegrityError."""
+    if not isinstance(value, list) or not all(
+        isinstance(b, int) and not isinstance(b, bool) and 0 <= b <= published.MAX_BLOCK
+        for b in value
+    ):
+        raise IntegrityError("the server's block list is not a list of block numbers")
+    return set(value)
 
 
 def share(
@@ -279,11 +309,10 @@ def share(
             made = hkac.share_all(seed, params, directory, grantee=to, **times)
     except (ValueError, hkac.UnknownRecord) as exc:
         raise InvalidInput(f"cannot make this share: {exc}") from None
-    nonce = client.get("/v1/ledger/next-nonce")
     body = share_grants.grant_body(made, patient, until_ms)
     tx = Tx.create(
-        TxKind.GRANT, body, int(nonce["next_nonce"]), wallet.identity_key(),
-        chain=nonce["chain_id"],
+        TxKind.GRANT, body, wallet.nonce(client), wallet.identity_key(),
+        chain=wallet.info().chain_id,
     )  # fmt: skip
     request = {"tx": tx.encode().hex(), "classes": share_grants.wire_classes(made)}
     path = f"/v1/patients/{quote(patient, safe='')}/shares"
@@ -317,11 +346,10 @@ def revoke(
 ) -> dict[str, Any]:
     """``wallet revoke``: the REVOKE tx signed here, sent to the hospital, which moves the
     share's records to fresh slots before committing it."""
-    nonce = client.get("/v1/ledger/next-nonce")
     body = {"grant": grant_id, "reason": reason}
     tx = Tx.create(
-        TxKind.REVOKE, body, int(nonce["next_nonce"]), wallet.identity_key(),
-        chain=nonce["chain_id"],
+        TxKind.REVOKE, body, wallet.nonce(client), wallet.identity_key(),
+        chain=wallet.info().chain_id,
     )  # fmt: skip
     path = f"/v1/grants/{quote(grant_id, safe='')}/revoke"
     return client.post_json(path, json.dumps({"tx": tx.encode().hex()}).encode())
