@@ -313,3 +313,24 @@ def test_the_patient_revokes_a_share_from_the_device(story, patient_wallet):
     assert pending == [] and len(opened) == len(service.records_of(patient))
     with pytest.raises(InvalidInput, match="already revoked"):
         device.revoke(patient_wallet, client, made.share_id, "again")
+
+
+def test_a_records_officer_ingests_over_http_and_others_may_not(story):
+    service, http = story["service"], story["http"]
+    code = service.enrol("H001", "it.officer@H001", kind="clinician", role="records", dept="02")
+    wallet = _wallet(story, "it.officer")
+    answer = device.enrol(wallet.directory, BASE, code.code, http=http, clock_ms=story["clock"])
+    assert answer["keys"] == []  # a records officer reads nothing through an area
+    client = _client(story, wallet)
+    bundle = write_bundle(story["root"], 12, 0, 10).read_bytes()
+    report = client.post_json("/v1/ingest", bundle)
+    assert report["records"] > 0 and report["rejected"] == []
+    assert client.post_json("/v1/ingest", bundle)["unchanged"] == report["records"]
+    bad = client.post_json("/v1/ingest", b'{"resourceType": "Observation", "status": 7}')
+    assert bad["records"] == 0 and bad["rejected"]  # refused with its reason, nothing lost
+    wang = HospitalClient(
+        BASE, "dr.wang@H001", service.wallets.identity("dr.wang@H001"),
+        clock_ms=story["clock"], http=http,
+    )  # fmt: skip
+    with pytest.raises(AccessDenied, match="not a records officer"):
+        wang.post_json("/v1/ingest", bundle)

@@ -154,6 +154,7 @@ def _routes(service) -> tuple[dict[str, tuple[str, str]], str, str]:
             "patient-shares": ("POST", f"/v1/patients/{owner}/shares"),  # empty body
             "enrolment": ("POST", "/v1/enrolment"),  # empty body: no code
             "revoke": ("POST", "/v1/grants/some-grant/revoke"),  # empty body: no tx
+            "ingest": ("POST", "/v1/ingest"),  # nobody in the matrix is a records officer
         },
         owner,
         next(p for p in patients if p != owner),
@@ -195,6 +196,7 @@ MATRIX = {
                        "outsider": 401, "unsigned": 401, "replayed": 401},
     "enrolment": dict.fromkeys(CALLERS, 400),  # the code is the credential, not a signature
     "revoke": _enrolled(400),
+    "ingest": _enrolled(403),
 }  # fmt: skip
 
 

@@ -21,6 +21,7 @@ shared a block). Percentiles are nearest-rank over the measured reads.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -38,6 +39,7 @@ from medshare.api.sealed_record import open_sealed
 from medshare.bench.service import big_record, machine
 from medshare.crypto import abe
 from medshare.ledger.cometbft.network import free_ports
+from medshare.records import synthetic
 from medshare.service import ledgers
 from medshare.service.config import ServiceConfig
 from medshare.service.consortium import init
@@ -52,6 +54,8 @@ TARGET_P50_MS = 150.0
 TARGET_P99_MS = 400.0
 MAX_WALLETS = 8
 READERS = tuple(f"dr.gp{i}@H001" for i in range(MAX_WALLETS))
+OFFICERS = {code: f"records.office@{code}" for code in HOSPITALS}
+TARGET_INGEST_PER_S = 200.0
 START_TIMEOUT_S = 120
 
 Progress = Callable[[str], None]
@@ -158,13 +162,16 @@ def run(quick: bool, progress: Progress | None = None) -> dict[str, Any]:
     say = progress or (lambda _msg: None)
     levels = (1, 4) if quick else (1, 2, 4, 8)
     reads = 5 if quick else 20
+    bundles, records = (2, 30) if quick else (6, 40)
     with tempfile.TemporaryDirectory(prefix="ms-bench-http-") as tmp:
         root = Path(tmp)
         config = ServiceConfig(
             data_dir=root / "data", hospitals=HOSPITALS, nodes=NODES, committee=COMMITTEE,
             ledger="cometbft",
         )  # fmt: skip
-        roster = tuple(StaffMember(who, "H001", "02", "physician") for who in READERS)
+        roster = tuple(StaffMember(who, "H001", "02", "physician") for who in READERS) + tuple(
+            StaffMember(officer, code, "02", "records") for code, officer in OFFICERS.items()
+        )
         say(f"consortium: {len(HOSPITALS)} hospitals, {NODES} CometBFT nodes")
         try:
             with init(config, roster=roster) as service:
@@ -181,6 +188,8 @@ def run(quick: bool, progress: Progress | None = None) -> dict[str, Any]:
                     measured.append((level, _level(wallets, reads, record)))
                     for wallet in wallets:
                         wallet.client.close()
+                say(f"ingest: {len(OFFICERS)} records officers posting bundles at once")
+                ingest = _ingest(keys, server.url, bundles, records)
             finally:
                 server.stop()
             say("blocks of the reads' access txs")
@@ -195,7 +204,58 @@ def run(quick: bool, progress: Progress | None = None) -> dict[str, Any]:
                   "record": record, "record_bytes": size, "area": "institution",
                   "target_p50_ms": TARGET_P50_MS, "target_p99_ms": TARGET_P99_MS},
         "levels": rows,
+        "ingest": ingest,
     }  # fmt: skip
+
+
+def _ingest(keys: Wallets, url: str, bundles: int, records: int) -> dict[str, Any]:
+    """Each hospital's records officer posts ``bundles`` Synthea-style bundles (one patient
+    of ``records`` records each) to ``/v1/ingest``, all officers at once; records per
+    second per hospital and in all, over the wall time of the whole phase."""
+    per_hospital: dict[str, dict[str, Any]] = {}
+    lock = threading.Lock()
+    barrier = threading.Barrier(len(OFFICERS))
+
+    def run(index: int, code: str, officer: str) -> None:
+        client = HospitalClient(url, officer, keys.identity(officer))
+        payloads = [
+            json.dumps(synthetic.generate_bundle(100 + index, i, records)).encode()
+            for i in range(bundles)
+        ]
+        stored = rejected = 0
+        barrier.wait()
+        start = time.perf_counter()
+        for payload in payloads:
+            report = client.post_json("/v1/ingest", payload)
+            stored += report["records"]
+            rejected += len(report["rejected"])
+        seconds = time.perf_counter() - start
+        client.close()
+        with lock:
+            per_hospital[code] = {"records": stored, "rejected": rejected,
+                                  "seconds": round(seconds, 2),
+                                  "records_per_s": round(stored / seconds, 1)}  # fmt: skip
+
+    threads = [
+        threading.Thread(target=run, args=(i, code, officer))
+        for i, (code, officer) in enumerate(OFFICERS.items())
+    ]
+    start = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    wall = time.perf_counter() - start
+    total = sum(h["records"] for h in per_hospital.values())
+    slowest = min((h["records_per_s"] for h in per_hospital.values()), default=0.0)
+    return {
+        "hospitals": per_hospital,
+        "records": total,
+        "seconds": round(wall, 2),
+        "records_per_s": round(total / wall, 1) if wall else None,
+        "target_per_hospital_per_s": TARGET_INGEST_PER_S,
+        "met": len(per_hospital) == len(OFFICERS) and slowest >= TARGET_INGEST_PER_S,
+    }
 
 
 def _heights(config: ServiceConfig, got: dict[str, Any]) -> list[int]:

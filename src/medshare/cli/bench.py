@@ -334,6 +334,13 @@ def http(
             "yes" if row["met"] else "no",
         )  # fmt: skip
     Console().print(table)
+    ingest = report["ingest"]
+    rates = ", ".join(f"{code} {h['records_per_s']:g}" for code, h in ingest["hospitals"].items())
+    typer.echo(
+        f"ingest over HTTP: {ingest['records']} records by {len(ingest['hospitals'])} records "
+        f"officers at once in {ingest['seconds']:g} s = {ingest['records_per_s']:g} records/s "
+        f"(per hospital: {rates}; target ≥ {ingest['target_per_hospital_per_s']:g} each)"
+    )
     typer.echo(f"report written to {json_out}" + (f", plot to {plot}" if plot else ""))
 
 

@@ -27,7 +27,8 @@ def enrol(
     name: Annotated[str | None, typer.Option(help="The patient's display name.")] = None,
     staff: Annotated[str | None, typer.Option(help="Enrol this staff member (name@CODE).")] = None,
     role: Annotated[
-        str | None, typer.Option("--role", "--roles", help="physician, nurse or emergency.")
+        str | None,
+        typer.Option("--role", "--roles", help="physician, nurse, emergency or records."),
     ] = None,
     dept: Annotated[str | None, typer.Option(help="The staff member's department code.")] = None,
     hospital: Annotated[
@@ -54,6 +55,22 @@ def enrol(
                 code, staff, kind="clinician", role=role, dept=dept, ttl_ms=days * 86_400_000
             )
     typer.echo(json.dumps({**got.as_dict(), "hospital": code}, indent=2))
+
+
+@app.command()
+def ingest(
+    directory: Annotated[Path, typer.Option("--dir", help="The hospital's data directory.")],
+    files: Annotated[list[Path], typer.Argument(help="FHIR Bundles, NDJSON or resources.")],
+    hospital: Annotated[
+        str | None, typer.Option(help="Which hospital of the directory (default: the first).")
+    ] = None,
+) -> None:
+    """Ingest FHIR R4 as this hospital's records (validated, classified, encrypted,
+    replicated, anchored); JSON {"patients", "records", "rejected": [{"item", "reason"}]}.
+    Over HTTP a records officer posts the same to /v1/ingest."""
+    with opened(directory) as service:
+        report = service.ingest(hospital or service.config.hospitals[0], files)
+    typer.echo(json.dumps(report.as_dict(), indent=2))
 
 
 @app.command()

@@ -37,6 +37,7 @@ from medshare.service.common import wall_clock_ms
 from medshare.service.errors import AccessDenied, InvalidInput, NotFound
 
 MAX_BODY_BYTES = 1 << 20  # a request body above this is refused (413) before it is read
+MAX_INGEST_BYTES = 32 << 20  # FHIR a records officer sends in one ingest request
 ENROLMENT_CACHE = 65_536  # identity keys whose enrolment this server remembers
 
 
@@ -168,6 +169,19 @@ def create_app(
         if tx.sender != who.key:
             raise AccessDenied("a revocation is signed by the caller's own key")
         return _serialised(lambda: service.revoke(grant_id, signed=tx))
+
+    @app.post(
+        "/v1/ingest",
+        summary="FHIR R4 in (a Bundle, NDJSON or one resource), from a records officer of a "
+        "hospital this server speaks for: validated, classified, encrypted, replicated and "
+        "anchored as that hospital's records",
+    )
+    def ingest(who: Signed, request: Request) -> dict[str, Any]:
+        hospital = _serialised(lambda: service.records_officer_of(who.identity))
+        if hospital not in service.config.hospitals:
+            raise AccessDenied(f"{who.identity} does not ingest at this server")
+        body = request.state.body
+        return _serialised(lambda: service.ingest(hospital, [body]).as_dict())
 
     @app.get("/v1/me", summary="Who the signed request authenticates as")
     def me(who: Signed) -> dict[str, str]:
@@ -334,7 +348,10 @@ async def _caller(request: Request) -> Caller:
     """The verified signer of this request (401 otherwise): the target is the path and
     query exactly as sent, the body is read up to the app's size cap. Verification (and
     its ledger lookup) runs on a worker thread, never on the event loop."""
-    body = await _capped_body(request, request.app.state.max_body)
+    limit = request.app.state.max_body
+    if request.scope.get("path") == "/v1/ingest":
+        limit = max(limit, MAX_INGEST_BYTES)
+    body = await _capped_body(request, limit)
     request.state.body = body  # what was verified is what the route reads
     target = request.scope.get("raw_path", b"").decode("latin-1")
     query = request.scope.get("query_string", b"").decode("latin-1")

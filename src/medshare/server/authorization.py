@@ -35,6 +35,8 @@ RULES: dict[tuple[str, str], str] = {
     ("POST", "/v1/patients/{patient_id}/shares"): "the patient (a grant they signed)",
     ("POST", "/v1/grants/{grant_id}/revoke"): "the patient who gave the grant (their "
     "signed REVOKE tx, from the caller's own key)",
+    ("POST", "/v1/ingest"): "a records officer of a hospital this server speaks for "
+    "(role records); the records become that hospital's",
     ("POST", "/v1/enrolment"): "anyone holding a valid one-time enrolment code (unsigned)",
     ("POST", "/v1/issuance/{code}/challenge"): "any enrolled identity",
     ("POST", "/v1/issuance/{code}/offer"): "the registration's own identity; the authority "

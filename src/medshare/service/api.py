@@ -49,7 +49,7 @@ from medshare.service.common import (
 )
 from medshare.service.config import ServiceConfig
 from medshare.service.enrolment import EnrolmentMixin
-from medshare.service.errors import InvalidInput, NotFound
+from medshare.service.errors import AccessDenied, InvalidInput, NotFound
 from medshare.service.grants import GrantMixin
 from medshare.service.ingest import IngestMixin, IngestReport
 from medshare.service.patients import PatientKeyMixin, load_taxonomy
@@ -249,6 +249,14 @@ class MedShare(
     def relay(self, txs: Sequence[Tx]) -> list[CommittedTx]:
         """Commit transactions their holders signed on their own devices."""
         return self.committer.commit(list(txs))
+
+    def records_officer_of(self, who: str) -> str:
+        """The hospital whose records ``who`` may ingest (their role ``records``)."""
+        with self.sessions() as session:
+            row = session.get(db.Principal, who)
+        if row is None or row.hospital is None or "records" not in (row.roles or []):
+            raise AccessDenied(f"{who} is not a records officer of a hospital")
+        return row.hospital
 
     def knows_key(self, identity: str, key: bytes) -> bool:
         """Whether this consortium's records know ``identity`` by this very ``key`` (a

@@ -118,6 +118,9 @@ def staff_attributes(
     )
 
 
+CLINICAL_ROLES = ("physician", "nurse")
+
+
 def staff_entitlement(
     role: str, home: str | None, dept: str | None, authority: str, epoch: int, taxonomy: Taxonomy
 ) -> tuple[str, ...] | None:
@@ -127,8 +130,8 @@ def staff_entitlement(
     for their department only."""
     if role == "emergency":
         return emergency_attributes(epoch)
-    if home != authority or not dept:
-        return None
+    if role not in CLINICAL_ROLES or home != authority or not dept:
+        return None  # a records officer ingests; they read nothing through an area
     return staff_attributes(authority, dept, role, epoch, taxonomy)
 
 
