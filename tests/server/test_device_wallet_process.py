@@ -65,6 +65,9 @@ def hospital(tmp_path_factory):
     staff_code = _run("hospital", "enrol", "--dir", data, "--staff", "dr.dev@H001",
                       "--role", "physician", "--dept", dept)  # fmt: skip
     assert staff_code.returncode == 0, staff_code.stderr
+    auditor_code = _run("hospital", "enrol", "--dir", data, "--staff", "audit@H001",
+                        "--role", "auditor", "--dept", dept)  # fmt: skip
+    assert auditor_code.returncode == 0, auditor_code.stderr
     (port,) = free_ports(1)
     url = f"http://127.0.0.1:{port}"
     log = (root / "server.log").open("wb")
@@ -94,6 +97,7 @@ def hospital(tmp_path_factory):
             "clinical": clinical["id"],
             "patient_code": json.loads(patient_code.stdout)["code"],
             "staff_code": json.loads(staff_code.stdout)["code"],
+            "auditor_code": json.loads(auditor_code.stdout)["code"],
         }
     finally:
         server.terminate()
@@ -148,6 +152,23 @@ def test_the_patient_reads_exports_and_shares_from_their_own_wallet(hospital, wa
                          "--key", share_file)  # fmt: skip
     assert through_share.returncode == 0, through_share.stderr
     assert json.loads(through_share.stdout) == resource
+
+
+def test_consents_and_an_auditors_trace_from_their_wallets(hospital, wallets):
+    patient_dir, staff_dir = wallets
+    listed = _run("wallet", "consents", "--dir", patient_dir)
+    assert listed.returncode == 0, listed.stderr
+    assert all(c["resourceType"] == "Consent" for c in json.loads(listed.stdout))
+    auditor_dir = hospital["root"] / "audit"
+    made = _run("wallet", "new", "--dir", auditor_dir, "--hospital", hospital["url"],
+                "--code", hospital["auditor_code"])  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    leaked = PersonalWallet(staff_dir).keys.abe_key_files("dr.dev@H001", "H001")[0]
+    traced = _run("wallet", "trace", "--dir", auditor_dir, leaked)
+    assert traced.returncode == 0, traced.stderr
+    assert json.loads(traced.stdout)["identity"] == "dr.dev@H001"
+    refused = _run("wallet", "trace", "--dir", patient_dir, leaked)
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
 
 
 def test_a_code_is_good_once_and_refusals_are_one_line(hospital, wallets):

@@ -155,6 +155,9 @@ def _routes(service) -> tuple[dict[str, tuple[str, str]], str, str]:
             "enrolment": ("POST", "/v1/enrolment"),  # empty body: no code
             "revoke": ("POST", "/v1/grants/some-grant/revoke"),  # empty body: no tx
             "ingest": ("POST", "/v1/ingest"),  # nobody in the matrix is a records officer
+            "refer": ("POST", f"/v1/patients/{owner}/referrals"),  # empty body
+            "consents": ("GET", f"/v1/patients/{owner}/consents"),
+            "trace": ("POST", "/v1/trace"),  # nobody in the matrix is an auditor
         },
         owner,
         next(p for p in patients if p != owner),
@@ -197,6 +200,11 @@ MATRIX = {
     "enrolment": dict.fromkeys(CALLERS, 400),  # the code is the credential, not a signature
     "revoke": _enrolled(400),
     "ingest": _enrolled(403),
+    "refer": {"patient": 403, "other-patient": 403, "clinician": 400, "outsider": 401,
+              "unsigned": 401, "replayed": 401},
+    "consents": {"patient": 200, "other-patient": 403, "clinician": 403, "outsider": 401,
+                 "unsigned": 401, "replayed": 401},
+    "trace": _enrolled(403),
 }  # fmt: skip
 
 

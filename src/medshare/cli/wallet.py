@@ -180,6 +180,53 @@ def log(directory: WalletDir, who: Holder = None, hospital: Hospital = None) -> 
     _as_patient(directory, who, hospital, lambda h: h.client.patient_log(h.patient_id))
 
 
+@app.command()
+def consents(directory: WalletDir, who: Holder = None, hospital: Hospital = None) -> None:
+    """The patient's grants (shares, referrals, consents) as FHIR R4 Consent resources."""
+    _as_patient(
+        directory, who, hospital, lambda h: h.client.get(f"/v1/patients/{h.patient_id}/consents")
+    )
+
+
+@app.command()
+def refer(
+    directory: WalletDir,
+    patient: Annotated[str, typer.Option(help="The patient's id.")],
+    to: Annotated[str, typer.Option(help="The partner physician (name@HOSPITAL).")],
+    dept: Annotated[str | None, typer.Option(help="Only this department's records.")] = None,
+    until: Annotated[str | None, typer.Option(help="Last valid day (ISO date/time).")] = None,
+    who: Holder = None,
+    hospital: Hospital = None,
+) -> None:
+    """A physician refers a patient to a partner physician, who then asks the authority
+    for the referral key (`wallet issue --authority <this hospital>`)."""
+    from urllib.parse import quote
+
+    body: dict[str, Any] = {"to": to, "dept": dept, "until_ms": parse_until(until)}
+    with _holder(directory, who, hospital) as holder:
+        path = f"/v1/patients/{quote(patient, safe='')}/referrals"
+        answer = holder.client.post_json(path, json.dumps(body).encode())
+    _print(answer)
+
+
+@app.command()
+def trace(
+    directory: WalletDir,
+    keyfile: Annotated[Path, typer.Argument(help="The leaked CP-ABE key file.")],
+    who: Holder = None,
+    hospital: Hospital = None,
+) -> None:
+    """An auditor submits a leaked key: who it was issued to (or the authority's forgery,
+    or malformed), with the verdict recorded on the ledger."""
+    try:
+        data = keyfile.read_bytes()
+    except OSError as exc:
+        raise fail(f"cannot read {keyfile}: {exc.strerror}") from None
+    with _holder(directory, who, hospital) as holder:
+        answer = holder.client.post_json("/v1/trace", data)
+    _print(answer)
+
+
 def _as_patient(
     directory: Path, who: str | None, hospital: str | None, ask: Callable[[_Holder], Any]
 ) -> None:

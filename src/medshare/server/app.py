@@ -183,6 +183,55 @@ def create_app(
         body = request.state.body
         return _serialised(lambda: service.ingest(hospital, [body]).as_dict())
 
+    @app.post(
+        "/v1/patients/{patient_id}/referrals",
+        summary="A physician of a hospital this server speaks for refers the patient to a "
+        "partner physician: the partner's wallet then obtains the referral key (`wallet "
+        "issue`) and reads the patient's records at the referring hospital",
+    )
+    def refer(
+        who: Signed, patient_id: Annotated[str, Path(max_length=128)], request: Request
+    ) -> dict[str, Any]:
+        hospital = _serialised(lambda: service.staff_hospital(who.identity, ("physician",),
+                                                              "a physician"))  # fmt: skip
+        if hospital not in service.config.hospitals:
+            raise AccessDenied(f"{who.identity} does not refer at this server")
+        doc = _json_object(request.state.body)
+        to, dept, until = doc.get("to"), doc.get("dept"), doc.get("until_ms")
+        if not isinstance(to, str) or not (dept is None or isinstance(dept, str)):
+            raise InvalidInput('a referral is {"to": name, "dept"?: code, "until_ms"?: ms}')
+        if until is not None and (not isinstance(until, int) or isinstance(until, bool)):
+            raise InvalidInput("until_ms is a time in ms")
+
+        def make() -> dict[str, Any]:
+            if not service.records_of_at(patient_id, hospital):
+                raise NotFound(f"patient {patient_id} has no records at {hospital}")
+            referral = service.refer(patient_id, hospital, to, dept=dept, until_ms=until)
+            return {"referral": referral, "hospital": hospital, "to": to}
+
+        return _serialised(make)
+
+    @app.get(
+        "/v1/patients/{patient_id}/consents",
+        summary="The patient's grants as FHIR R4 Consent resources",
+    )
+    def patient_consents(
+        who: Signed, patient_id: Annotated[str, Path(max_length=128)]
+    ) -> list[dict[str, Any]]:
+        authorization.the_patient(who, patient_id)
+        return _serialised(lambda: service.consents(patient_id))
+
+    @app.post(
+        "/v1/trace",
+        summary="An auditor submits a leaked CP-ABE key file: traced to its holder (or shown "
+        "to be the authority's forgery or malformed), the verdict put on the ledger, a "
+        "guilty key revoked",
+    )
+    def trace(who: Signed, request: Request) -> dict[str, Any]:
+        _serialised(lambda: service.staff_hospital(who.identity, ("auditor",), "an auditor"))
+        body = request.state.body
+        return _serialised(lambda: service.trace(body))
+
     @app.get("/v1/me", summary="Who the signed request authenticates as")
     def me(who: Signed) -> dict[str, str]:
         return {"identity": who.identity, "key": who.key.hex()}

@@ -37,6 +37,10 @@ RULES: dict[tuple[str, str], str] = {
     "signed REVOKE tx, from the caller's own key)",
     ("POST", "/v1/ingest"): "a records officer of a hospital this server speaks for "
     "(role records); the records become that hospital's",
+    ("POST", "/v1/patients/{patient_id}/referrals"): "a physician of a hospital this "
+    "server speaks for, where the patient has records",
+    ("GET", "/v1/patients/{patient_id}/consents"): "the patient",
+    ("POST", "/v1/trace"): "an auditor (role auditor) of a member hospital",
     ("POST", "/v1/enrolment"): "anyone holding a valid one-time enrolment code (unsigned)",
     ("POST", "/v1/issuance/{code}/challenge"): "any enrolled identity",
     ("POST", "/v1/issuance/{code}/offer"): "the registration's own identity; the authority "

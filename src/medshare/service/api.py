@@ -252,10 +252,14 @@ class MedShare(
 
     def records_officer_of(self, who: str) -> str:
         """The hospital whose records ``who`` may ingest (their role ``records``)."""
+        return self.staff_hospital(who, ("records",), "a records officer")
+
+    def staff_hospital(self, who: str, roles: Sequence[str], what: str) -> str:
+        """The hospital ``who`` works at in one of ``roles``; AccessDenied otherwise."""
         with self.sessions() as session:
             row = session.get(db.Principal, who)
-        if row is None or row.hospital is None or "records" not in (row.roles or []):
-            raise AccessDenied(f"{who} is not a records officer of a hospital")
+        if row is None or row.hospital is None or not set(roles) & set(row.roles or []):
+            raise AccessDenied(f"{who} is not {what} of a hospital")
         return row.hospital
 
     def knows_key(self, identity: str, key: bytes) -> bool:
@@ -331,6 +335,12 @@ class MedShare(
                 ).all()
             )
         return [{"id": p.id, "name": p.name, "records": counts.get(p.id, 0)} for p in rows]
+
+    def records_of_at(self, patient_id: str, hospital: str) -> list[str]:
+        """The ids of the patient's live records held by ``hospital``."""
+        with self.sessions() as session:
+            self._patient(session, patient_id)
+            return [r.id for r in self._records_at(session, patient_id, hospital)]
 
     def records_of(self, patient_id: str) -> list[dict[str, Any]]:
         with self.sessions() as session:

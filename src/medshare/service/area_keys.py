@@ -23,6 +23,7 @@ from medshare.service import areas, db, keyring, protect
 from medshare.service.areas import Area, top_department
 from medshare.service.common import (
     authority_principal,
+    valid_at,
 )
 from medshare.service.errors import AccessDenied, InvalidInput, NotFound
 
@@ -178,10 +179,34 @@ class AreaKeyMixin:
             role = "emergency" if "emergency" in roles else roles[0]
             attributes = areas.staff_entitlement(
                 role, principal.hospital, principal.dept, authority, hosp.epoch, self.taxonomy
-            )
+            ) or self._referral_entitlement(session, who, authority, hosp.epoch)
             if attributes is None:
                 raise AccessDenied(f"{who} is not staff of {authority}: it issues them no key")
             return attributes
+
+    def _referral_entitlement(
+        self, session: Session, who: str, authority: str, epoch: int
+    ) -> tuple[str, ...] | None:
+        """A partner physician's referral key: for the first live referral of ``authority``
+        to ``who`` whose key they do not hold yet (a referral made while their keys are on
+        their own device waits for them to ask)."""
+        now = self.clock()
+        held = {a for row in self._live_keys(session, authority, who) for a in row.attributes}
+        referrals = session.execute(
+            select(db.Grant)
+            .where(
+                db.Grant.kind == "referral",
+                db.Grant.grantee == who,
+                db.Grant.revoked_ms.is_(None),
+            )
+            .order_by(db.Grant.created_ms)
+        ).scalars()
+        for grant in referrals:
+            if grant.scope.get("hospital") != authority or not valid_at(grant.until_ms, now):
+                continue
+            if f"referral:{grant.id}" not in held:
+                return areas.partner_attributes(grant.id, grant.scope["partner"], epoch)
+        return None
 
     def _revoked_holder(self, who: str, authority: str) -> bool:
         """Whether ``authority`` revoked (on the ledger) a key whose tag ``who`` registered."""

@@ -48,8 +48,9 @@ SECRET_BYTES = 20  # 160 bits: not guessable within any rate a server allows
 # Blocks a wallet publishes in one call: 64 blocks of 8 slabs are 512 departments' worth
 MAX_BLOCKS_PER_CALL = 64
 # Clinical roles get CP-ABE keys (areas.staff_entitlement); a records officer ingests the
-# hospital's records over HTTP and gets no key (the hospital encrypts what it creates).
-STAFF_ROLES = ("physician", "nurse", "emergency", "records")
+# hospital's records over HTTP and an auditor submits leaked keys for tracing: neither
+# gets a key (the hospital encrypts what it creates; tracing needs no decryption).
+STAFF_ROLES = ("physician", "nurse", "emergency", "records", "auditor")
 _SECRET = re.compile(r"[A-Za-z2-7]{1,64}")  # base32, either case
 _REFUSED = "this enrolment code is not valid (unknown, already used, or expired)"
 

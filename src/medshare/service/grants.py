@@ -539,8 +539,10 @@ class GrantMixin:
                 if referral_covers(scope, record, self.taxonomy):
                     self._add_wrap(session, record, area_key, self._custodian_dek(session, record))
             epoch = hosp.epoch
-        attrs = areas.partner_attributes(referral, partner.hospital, epoch)
-        self.issue_key(to, hospital, attrs)
+        if self.wallets.has_identity(to):  # the partner's wallet is kept here: issue now
+            attrs = areas.partner_attributes(referral, partner.hospital, epoch)
+            self.issue_key(to, hospital, attrs)
+        # otherwise the partner's own wallet asks the authority for it (`wallet issue`)
         return referral
 
     def _records_at(self, session, patient_id: str, hospital: str) -> list[db.Record]:
