@@ -22,10 +22,6 @@ shared a block). Percentiles are nearest-rank over the measured reads.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -33,13 +29,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from medshare.api.sealed_record import open_sealed
 from medshare.bench.service import big_record, machine
 from medshare.crypto import abe
-from medshare.ledger.cometbft.network import free_ports
 from medshare.records import synthetic
+from medshare.server.process import ServerProcess
 from medshare.service import ledgers
 from medshare.service.config import ServiceConfig
 from medshare.service.consortium import init
@@ -65,47 +59,6 @@ def _percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     rank = max(1, min(len(ordered), round(q * len(ordered) + 0.5)))
     return ordered[rank - 1]
-
-
-def _medshare(*args: object) -> list[str]:
-    exe = shutil.which("medshare")
-    base = [exe] if exe else [sys.executable, "-m", "medshare.cli.main"]
-    return base + [str(a) for a in args]
-
-
-class _Server:
-    """``medshare hospital serve`` over the consortium directory, as its own process."""
-
-    def __init__(self, data: Path, log: Path) -> None:
-        (port,) = free_ports(1)
-        self.url = f"http://127.0.0.1:{port}"
-        self._log = log.open("wb")
-        self._process = subprocess.Popen(
-            _medshare("hospital", "serve", "--dir", data, "--port", port),
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            try:
-                if httpx.get(f"{self.url}/v1/health", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            if self._process.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"the hospital server did not start: {log.read_text()[-2000:]}")
-            time.sleep(0.2)
-
-    def stop(self) -> None:
-        self._process.terminate()
-        try:
-            self._process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self._process.kill()
-            self._process.wait()
-        self._log.close()
 
 
 class _Wallet:
@@ -177,7 +130,7 @@ def run(quick: bool, progress: Progress | None = None) -> dict[str, Any]:
             with init(config, roster=roster) as service:
                 record, size = big_record(service, reader=READERS[0])
             say("hospital server process")
-            server = _Server(config.data_dir, root / "server.log")
+            server = ServerProcess(config.data_dir, root / "server.log")
             try:
                 measured = []
                 keys = Wallets(config.wallet_dir)
