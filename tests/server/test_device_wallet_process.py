@@ -171,6 +171,27 @@ def test_consents_and_an_auditors_trace_from_their_wallets(hospital, wallets):
     assert refused.returncode == 1 and "Traceback" not in refused.stderr
 
 
+def test_backup_shares_restore_the_wallet_on_another_device(hospital, wallets):
+    patient_dir, _ = wallets
+    made = _run("wallet", "backup", "--dir", patient_dir, "--threshold", "2", "--shares", "3")
+    assert made.returncode == 0, made.stderr
+    shares = json.loads(made.stdout)["shares"]
+    words = hospital["root"] / "two-shares.txt"
+    words.write_text("\n".join(shares[:2]) + "\n")
+    new_device = hospital["root"] / "new-phone"
+    restored = _run("wallet", "restore", "--dir", new_device, "--hospital", hospital["url"],
+                    "--patient", hospital["patient"], "--shares", words)  # fmt: skip
+    assert restored.returncode == 0, restored.stderr
+    listed = _run("wallet", "records", "--dir", new_device)
+    assert listed.returncode == 0, listed.stderr
+    assert len(json.loads(listed.stdout)) == len(hospital["records"])
+    one = hospital["root"] / "one-share.txt"
+    one.write_text(shares[2] + "\n")
+    refused = _run("wallet", "restore", "--dir", hospital["root"] / "x2", "--hospital",
+                   hospital["url"], "--patient", hospital["patient"], "--shares", one)  # fmt: skip
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+
+
 def test_a_code_is_good_once_and_refusals_are_one_line(hospital, wallets):
     again = _run("wallet", "new", "--dir", hospital["root"] / "thief", "--hospital",
                  hospital["url"], "--code", hospital["patient_code"])  # fmt: skip

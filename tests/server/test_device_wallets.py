@@ -12,7 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from medshare.api import share_grants
-from medshare.crypto import abe, hkac
+from medshare.crypto import abe, hkac, recovery
 from medshare.crypto.signing import SigningKey
 from medshare.ledger.app import published
 from medshare.ledger.types import Tx, TxKind
@@ -334,3 +334,34 @@ def test_a_records_officer_ingests_over_http_and_others_may_not(story):
     )  # fmt: skip
     with pytest.raises(AccessDenied, match="not a records officer"):
         wang.post_json("/v1/ingest", bundle)
+
+
+def test_the_seed_alone_restores_the_patients_wallet_on_a_new_device(story, patient_wallet):
+    patient = story["patient"]
+    words = device.backup(patient_wallet, 2, 3)
+    assert len(words) == 3
+    # The identity key is derived from the seed: the restored wallet is the same person.
+    assert patient_wallet.identity_key().seed == hkac.identity_seed(patient_wallet.seed())
+    fresh = _wallet(story, "patient-restored")
+    done = device.restore(
+        fresh.directory, BASE, patient, words[1:], http=story["http"], clock_ms=story["clock"]
+    )
+    assert done["restored"]
+    assert fresh.seed() == patient_wallet.seed()
+    client = _client(story, fresh)
+    rid = story["service"].records_of(patient)[0]["id"]
+    assert device.read_own(fresh, client, rid) == device.read_own(
+        patient_wallet, _client(story, patient_wallet), rid
+    )
+    other = device.backup(patient_wallet, 2, 3)  # another split: shares do not mix
+    with pytest.raises(InvalidInput, match="cannot rebuild"):
+        device.restore(_wallet(story, "mixed").directory, BASE, patient, [words[0], other[1]],
+                       http=story["http"], clock_ms=story["clock"])  # fmt: skip
+    wrong_seed = recovery.split_seed(hkac.PatientSeed.generate(), 2, 2)
+    with pytest.raises(InvalidInput, match="not patient"):
+        device.restore(_wallet(story, "wrong").directory, BASE, patient, wrong_seed,
+                       http=story["http"], clock_ms=story["clock"])  # fmt: skip
+    assert not _wallet(story, "wrong").exists()
+    with pytest.raises(InvalidInput, match="holds a wallet"):
+        device.restore(fresh.directory, BASE, patient, words[:2],
+                       http=story["http"], clock_ms=story["clock"])  # fmt: skip

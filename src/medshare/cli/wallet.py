@@ -318,6 +318,41 @@ def sync(directory: WalletDir, hospital: Hospital = None) -> None:
 
 
 @app.command()
+def backup(
+    directory: WalletDir,
+    threshold: Annotated[int, typer.Option(help="Shares needed to restore.")] = 2,
+    shares: Annotated[int, typer.Option(help="Shares to make (one per trusted contact).")] = 3,
+) -> None:
+    """SLIP-39 recovery shares of your seed (JSON): any --threshold of them restore your
+    whole wallet on a new device. Give each to a different person; keep none together."""
+    from medshare.wallet import device
+
+    with _holder(directory, None, None) as holder:
+        words = device.backup(_personal_wallet(holder), threshold, shares)
+    _print({"identity": holder.identity, "threshold": threshold, "shares": words})
+
+
+@app.command()
+def restore(
+    directory: WalletDir,
+    hospital: Annotated[str, typer.Option("--hospital", help="Your hospital's server URL.")],
+    patient: Annotated[str, typer.Option(help="Your patient id.")],
+    shares: Annotated[Path, typer.Option(help="A file with one SLIP-39 share per line.")],
+) -> None:
+    """Rebuild your wallet on this device from recovery shares; refused (nothing written)
+    unless the key they rebuild is the one your hospital knows as you."""
+    from medshare.wallet import device
+
+    try:
+        lines = [line.strip() for line in shares.read_text().splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise fail(f"cannot read {shares}: {exc}") from None
+    with service_errors():
+        answer = device.restore(directory, hospital, patient, lines)
+    _print(answer)
+
+
+@app.command()
 def issue(
     directory: WalletDir,
     authority: Annotated[str, typer.Option(help="The authority (hospital code) to ask.")],

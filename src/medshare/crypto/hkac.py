@@ -89,6 +89,7 @@ __all__ = [
     "block_publics",
     "block_secret",
     "extend_share",
+    "identity_seed",
     "key_overhead",
     "move_records",
     "open_record",
@@ -109,6 +110,7 @@ DEFAULT_SLAB_SIZE = 32
 MAX_BLOCKS = 1 << 20
 _GAMMA_OKM_BYTES = 64
 _BLOCK_INFO = "medshare/hkac/v1/block/{}"
+_IDENTITY_INFO = b"medshare/identity/v1"
 _RECORD_CONTEXT = b"medshare/hkac/v1/record\x00"
 _MAX_TEXT = 256
 _SHARE_ID_BYTES = 16
@@ -179,6 +181,18 @@ def block_gamma(seed: PatientSeed, block: int) -> int:
         seed.secret_bytes()
     )
     return 1 + int.from_bytes(okm, "big") % (ORDER - 1)
+
+
+def identity_seed(seed: PatientSeed) -> bytes:
+    """The 32-byte Ed25519 seed of the patient's identity key: HKDF-SHA256(seed,
+    info=medshare/identity/v1). Derived, not drawn, so that the one 32-byte seed (and its
+    SLIP-39 shares) restores the patient's whole wallet: the key the ledger enrolled under
+    their name as well as every block key; the info string keeps it apart from every γ_b."""
+    if not isinstance(seed, PatientSeed):
+        raise TypeError(f"expected a PatientSeed, not {type(seed).__name__}")
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_IDENTITY_INFO).derive(
+        seed.secret_bytes()
+    )
 
 
 def block_secret(seed: PatientSeed, block: int) -> KacPatientSecret:

@@ -74,6 +74,13 @@ class Wallets:
         write_file(path, key.seed, secret=True)
         return key
 
+    def save_identity(self, who: str, key: SigningKey) -> None:
+        """Keep an identity key made elsewhere (a patient's, derived from their seed)."""
+        path = self._folder(who) / "identity.key"
+        if path.exists():
+            raise WalletError(f"{who} already has an identity")
+        write_file(path, key.seed, secret=True)
+
     def identity(self, who: str) -> SigningKey:
         return SigningKey(self._read(self._folder(who) / "identity.key", f"identity for {who}"))
 

@@ -27,7 +27,7 @@ import httpx
 
 from medshare.api import share_grants
 from medshare.api.sealed_record import SealedRecord, open_sealed
-from medshare.crypto import hkac, kac
+from medshare.crypto import hkac, kac, recovery
 from medshare.crypto.signing import SigningKey
 from medshare.fileio import write_file
 from medshare.ledger.app import published
@@ -170,12 +170,15 @@ def enrol(
         if info.identity != identity:
             raise InvalidInput(f"{directory} holds a wallet begun for {info.identity}")
     keys = wallet.keys
-    if not keys.has_identity(identity):
-        keys.create_identity(identity)
-    key = keys.identity(identity)
     patient = WalletInfo(identity, hospital, "", "", False).patient_id
     if patient is not None and not keys.has_seed(patient):
         keys.save_seed(patient, hkac.PatientSeed.generate())
+    if not keys.has_identity(identity):
+        if patient is not None:  # derived from the seed: the seed alone restores it
+            keys.save_identity(identity, SigningKey(hkac.identity_seed(keys.seed(patient))))
+        else:
+            keys.create_identity(identity)
+    key = keys.identity(identity)
     with HospitalClient(hospital, identity, key, http=http, clock_ms=clock_ms) as client:
         health = client.health()
         info = WalletInfo(identity, hospital, health["audience"], health["chain_id"], False)
@@ -353,3 +356,53 @@ def revoke(
     )  # fmt: skip
     path = f"/v1/grants/{quote(grant_id, safe='')}/revoke"
     return client.post_json(path, json.dumps({"tx": tx.encode().hex()}).encode())
+
+
+def backup(wallet: PersonalWallet, threshold: int, shares: int) -> list[str]:
+    """SLIP-39 shares of the patient's seed: any ``threshold`` of them rebuild the whole
+    wallet (the identity key is derived from the seed), on any device."""
+    try:
+        return recovery.split_seed(wallet.seed(), threshold, shares)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput(str(exc)) from None
+
+
+def restore(
+    directory: Path,
+    hospital: str,
+    patient_id: str,
+    mnemonics: Sequence[str],
+    *,
+    http: httpx.Client | None = None,
+    clock_ms: Callable[[], int] = wall_clock_ms,
+) -> dict[str, Any]:
+    """A patient's wallet rebuilt on a new device from SLIP-39 shares. The rebuilt seed
+    is checked before anything is kept: the identity key it derives must be the one the
+    hospital (and its ledger) know as the patient, so a wrong or mixed set of shares is
+    refused instead of giving the patient a useless wallet."""
+    wallet = PersonalWallet(directory)
+    if wallet.exists():
+        raise InvalidInput(f"{directory} holds a wallet already; restore into a new folder")
+    try:
+        seed = recovery.recover_seed(mnemonics)
+    except recovery.RecoveryError as exc:
+        raise InvalidInput(f"cannot rebuild the seed: {exc}") from None
+    identity = published.patient_identity(patient_id)
+    key = SigningKey(hkac.identity_seed(seed))
+    with HospitalClient(hospital, identity, key, http=http, clock_ms=clock_ms) as client:
+        health = client.health()
+        try:
+            me = client.me()
+        except AccessDenied:
+            raise InvalidInput(
+                f"these shares rebuild a seed whose key is not patient {patient_id}'s at "
+                f"{hospital}; nothing was written"
+            ) from None
+        if me.get("identity") != identity:
+            raise IntegrityError(f"the server says this key is {me.get('identity')!r}")
+        wallet.keys.save_seed(patient_id, seed)
+        wallet.keys.save_identity(identity, key)
+        wallet.save_info(
+            WalletInfo(identity, hospital, health["audience"], health["chain_id"], True)
+        )
+    return {"identity": identity, "restored": True, "wallet": str(directory)}
