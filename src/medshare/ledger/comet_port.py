@@ -344,7 +344,9 @@ class CometLedger:
 
     # --- writing ---------------------------------------------------------------------------
 
-    def submit(self, txs: Sequence[Tx]) -> list[CommittedTx]:
+    def submit(
+        self, txs: Sequence[Tx], *, on_broadcast: Callable[[], None] | None = None
+    ) -> list[CommittedTx]:
         """Broadcast and wait for commit. A refusal by ``CheckTx`` raises
         :class:`TxRejected` at once; the transactions of the batch before the refused one
         were accepted by a node and may still commit (they are waited for briefly and
@@ -355,7 +357,9 @@ class CometLedger:
         with self._rpc():
             start = self._client.height()
             try:
-                decided = self._client.submit(batch, timeout=self._timeout)
+                decided = self._client.submit(
+                    batch, timeout=self._timeout, on_broadcast=on_broadcast
+                )
             except TxRefused as exc:
                 index = next(i for i, tx in enumerate(batch) if tx.txid == exc.txid)
                 accepted = [tx.txid for tx in batch[:index]]

@@ -12,15 +12,22 @@ it as one batch and hands every caller its own committed transactions. Callers t
 arrive meanwhile form the next batch, so under load a block carries many reads and each
 read waits about one block.
 
-A batch that fails is not failed for everyone: the callers whose transactions all
+The lead passes on as soon as a batch is in the mempool (``on_broadcast``), not when it
+is committed: the next batch signs its nonces on from the ones in flight and lines up
+behind it, so concurrent readers wait about one block, not one block per batch ahead.
+
+A batch that ``CheckTx`` refuses is not failed for everyone: the leader still holds the
+lead (nothing of the batch is in flight), so the callers whose transactions all
 committed get them, the caller whose transaction was refused gets the refusal, and the
-others are retried alone (signed afresh from the ledger's nonces).
+others are retried alone (signed afresh). A batch refused later, in its block, fails its
+callers: batches behind it may have signed on from its nonces, so the nonces are read
+from the ledger again.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +43,7 @@ Part = ToSign | Tx
 @dataclass
 class _Request:
     parts: Sequence[Part]
+    taken: bool = False  # by a leader, whose batch it is in
     done: bool = False
     result: list[CommittedTx] = field(default_factory=list)
     error: BaseException | None = None
@@ -69,24 +77,39 @@ class GroupCommitter:
             return []
         with self._cond:
             self._queue.append(request)
-            while not request.done and self._leading:
+            # Wait for a leader to take this request and finish it, or for the lead.
+            while not request.done and (self._leading or request.taken):
                 self._cond.wait()
             if request.done:
                 return request.outcome()
             self._leading = True
             group, self._queue = self._queue, []
+            for taken in group:
+                taken.taken = True
+        released = threading.Event()
+
+        def step_down() -> None:
+            """Hand the lead on once this batch is in the mempool, in nonce order: the next
+            batch signs on from these nonces and lines up behind it (pipelining)."""
+            if not released.is_set():
+                released.set()
+                with self._cond:
+                    self._leading = False
+                    self._cond.notify_all()
+
         try:
-            self._run(group)
+            self._run(group, step_down)
         finally:
+            step_down()
             with self._cond:
-                self._leading = False
-                self._cond.notify_all()
+                self._cond.notify_all()  # the group's callers: their results are in
         return request.outcome()
 
-    def _run(self, group: list[_Request]) -> None:
+    def _run(self, group: list[_Request], step_down: Callable[[], None]) -> None:
         used: dict[bytes, int] = {}
         batch: list[Tx] = []
         signed: list[_Request] = []
+        before = dict(self._next)
         for request in group:
             try:
                 request.txs = self._sign(request.parts, used)
@@ -97,23 +120,37 @@ class GroupCommitter:
             signed.append(request)
         if not batch:
             return
+        for tx in batch:  # in flight: the next batch signs on from here
+            self._next[tx.sender] = max(self._next.get(tx.sender, 0), tx.nonce + 1)
+        broadcast = threading.Event()
+
+        def on_broadcast() -> None:
+            broadcast.set()
+            step_down()
+
         try:
-            committed = self._ledger.submit(batch)
+            committed = self._ledger.submit(batch, on_broadcast=on_broadcast)
         except TxRejected as exc:
-            self._forget(batch)
-            self._after_failure(signed, exc)
+            if broadcast.is_set():  # refused in its block: later batches may be doomed too
+                self._forget(batch)
+                self._fail(signed, exc)
+            else:  # refused by CheckTx: still the leader; nothing of it is in flight
+                self._next = before
+                self._after_failure(signed, exc)
             return
         except BaseException as exc:
             self._forget(batch)
-            for request in signed:
-                request.finish(error=exc)
+            self._fail(signed, exc)
             return
-        for tx in batch:
-            self._next[tx.sender] = max(self._next.get(tx.sender, 0), tx.nonce + 1)
         start = 0
         for request in signed:
             request.finish(committed[start : start + len(request.txs)])
             start += len(request.txs)
+
+    @staticmethod
+    def _fail(signed: list[_Request], exc: BaseException) -> None:
+        for request in signed:
+            request.finish(error=exc)
 
     def _after_failure(self, signed: list[_Request], exc: TxRejected) -> None:
         """Each caller of a failed batch: its committed txs, its own refusal, or a retry."""
@@ -129,8 +166,12 @@ class GroupCommitter:
                 request.finish(error=exc)
             else:
                 try:
-                    request.finish(self._ledger.submit(self._sign(request.parts, {})))
+                    retried = self._sign(request.parts, {})
+                    request.finish(self._ledger.submit(retried))
+                    for tx in retried:
+                        self._next[tx.sender] = max(self._next.get(tx.sender, 0), tx.nonce + 1)
                 except BaseException as retry_error:
+                    self._forget(request.txs)
                     request.finish(error=retry_error)
             start = end
 

@@ -471,7 +471,9 @@ class InProcessLedger:
     # --- writing ---------------------------------------------------------------------------
 
     @_locked
-    def submit(self, txs: Sequence[Tx]) -> list[CommittedTx]:
+    def submit(
+        self, txs: Sequence[Tx], *, on_broadcast: Callable[[], None] | None = None
+    ) -> list[CommittedTx]:
         """``CheckTx`` each (a refusal refuses the batch: nothing commits), then one block.
         A transaction the rules skip in the block raises :class:`TxRejected` after the
         block is committed, with the applied ones in ``committed``."""
@@ -487,6 +489,8 @@ class InProcessLedger:
                 self._drop_mempool()
                 raise TxRejected(response.log, index=i, code=response.code)
             raws.append(raw)
+        if on_broadcast is not None:
+            on_broadcast()
         block, codes, logs = self._commit_block(batch, raws)
         committed = [
             CommittedTx(block.height, i, block.time_ms, tx)

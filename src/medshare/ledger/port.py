@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import fcntl
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -121,9 +121,14 @@ class LedgerPort(Protocol):
         """The digest its owner published under ``name`` (``publish_key``), if any."""
         ...
 
-    def submit(self, txs: Sequence[Tx]) -> list[CommittedTx]:
+    def submit(
+        self, txs: Sequence[Tx], *, on_broadcast: Callable[[], None] | None = None
+    ) -> list[CommittedTx]:
         """Commit ``txs`` in order and return them as committed, or raise
-        :class:`TxRejected` / :class:`LedgerUnavailable`."""
+        :class:`TxRejected` / :class:`LedgerUnavailable`. ``on_broadcast`` is called once
+        every one of them passed ``CheckTx`` (they are in the mempool, in order), before
+        the wait for their block: a caller may then submit its next transactions of the
+        same keys, which line up behind these."""
         ...
 
     def sign_and_submit(

@@ -21,7 +21,7 @@ import hashlib
 import itertools
 import json
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import httpx
@@ -238,7 +238,13 @@ class LedgerClient:
                 out.append((int(a.get("code", 0)), a.get("log", "")))
         return out
 
-    def submit(self, txs: Sequence[Tx], *, timeout: float = 30.0) -> list[Committed]:
+    def submit(
+        self,
+        txs: Sequence[Tx],
+        *,
+        timeout: float = 30.0,
+        on_broadcast: Callable[[], None] | None = None,
+    ) -> list[Committed]:
         """Broadcast ``txs`` (in order) and wait until every one is committed.
 
         Raises :class:`TxRefused` for the first one ``CheckTx`` refused (those before it
@@ -258,6 +264,8 @@ class LedgerClient:
                     found[tx.txid] = committed
             elif code != 0:
                 raise TxRefused(tx.txid, code, log)
+        if on_broadcast is not None:
+            on_broadcast()  # all in the mempool, in order: the caller may queue the next
         wanted = {tx.txid for tx in txs}
         found.update(self.wait(wanted - set(found), start, timeout=timeout / 2))
         if len(found) < len(wanted):
