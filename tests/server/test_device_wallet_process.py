@@ -8,16 +8,12 @@ any file of the hospital's data directory."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
-import sys
 import time
 
-import httpx
 import pytest
 
-from medshare.ledger.cometbft.network import free_ports
+from medshare.server.process import ServerProcess, medshare_command
 from medshare.service.areas import top_department
 from medshare.service.config import ServiceConfig
 from medshare.service.consortium import init
@@ -25,17 +21,9 @@ from medshare.service.roster import StaffMember
 from medshare.wallet.device import PersonalWallet
 from service.conftest import Clock, write_bundle
 
-START_TIMEOUT_S = 60
-
-
-def _medshare(*args: object) -> list[str]:
-    exe = shutil.which("medshare")
-    base = [exe] if exe else [sys.executable, "-m", "medshare.cli.main"]
-    return base + [str(a) for a in args]
-
 
 def _run(*args: object, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(_medshare(*args), capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(medshare_command(*args), capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
@@ -68,30 +56,11 @@ def hospital(tmp_path_factory):
     auditor_code = _run("hospital", "enrol", "--dir", data, "--staff", "audit@H001",
                         "--role", "auditor", "--dept", dept)  # fmt: skip
     assert auditor_code.returncode == 0, auditor_code.stderr
-    (port,) = free_ports(1)
-    url = f"http://127.0.0.1:{port}"
-    log = (root / "server.log").open("wb")
-    server = subprocess.Popen(
-        _medshare("hospital", "serve", "--dir", data, "--port", port),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            try:
-                if httpx.get(f"{url}/v1/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError((root / "server.log").read_text())
-            time.sleep(0.2)
+    with ServerProcess(data, root / "server.log") as server:
         yield {
             "root": root,
             "data": data,
-            "url": url,
+            "url": server.url,
             "patient": patient,
             "records": records,
             "clinical": clinical["id"],
@@ -99,14 +68,6 @@ def hospital(tmp_path_factory):
             "staff_code": json.loads(staff_code.stdout)["code"],
             "auditor_code": json.loads(auditor_code.stdout)["code"],
         }
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
-        log.close()
 
 
 @pytest.fixture(scope="module")

@@ -5,17 +5,12 @@ is decrypted by the wallet process with the holder's key; refusals exit 1 and ar
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
-import sys
-import time
 from urllib.parse import unquote
 
-import httpx
 import pytest
 
-from medshare.ledger.cometbft.network import free_ports
+from medshare.server.process import ServerProcess, medshare_command
 from medshare.service.consortium import add_person
 from medshare.service.roster import StaffMember
 from service.conftest import one_hospital, write_bundle
@@ -25,12 +20,6 @@ ROSTER = (
     StaffMember("dr.zhao@H001", "H001", "04", "physician"),
 )
 START_TIMEOUT_S = 60
-
-
-def _medshare(*args: object) -> list[str]:
-    exe = shutil.which("medshare")
-    base = [exe] if exe else [sys.executable, "-m", "medshare.cli.main"]
-    return base + [str(a) for a in args]
 
 
 @pytest.fixture(scope="module")
@@ -50,40 +39,13 @@ def served(tmp_path_factory):
         add_person(service, "dr.new@H001", "clinician", "H001", ["physician"], "03")
     finally:
         service.close()
-    (port,) = free_ports(1)
-    url = f"http://127.0.0.1:{port}"
-    log = (root / "server.log").open("wb")
-    server = subprocess.Popen(
-        _medshare("hospital", "serve", "--dir", data, "--port", port),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            try:
-                if httpx.get(f"{url}/v1/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError((root / "server.log").read_text())
-            time.sleep(0.2)
-        yield data, url, record, share_file
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
-        log.close()
+    with ServerProcess(data, root / "server.log") as server:
+        yield data, server.url, record, share_file
 
 
 def _wallet_read(data, url, who, record, *extra) -> subprocess.CompletedProcess:
     return subprocess.run(
-        _medshare(
+        medshare_command(
             "wallet", "read", "--dir", data / "wallets", "--as", who, "--hospital", url,
             "--record", record, *extra,
         ),
@@ -122,7 +84,7 @@ def test_a_wallet_process_obtains_a_key_from_the_hospital_process_and_reads(serv
     is written to the wallet, its tag registered on the ledger by the holder's own key."""
     data, url, record, _ = served
     issued = subprocess.run(
-        _medshare("wallet", "issue", "--dir", data / "wallets", "--as", "dr.new@H001",
+        medshare_command("wallet", "issue", "--dir", data / "wallets", "--as", "dr.new@H001",
                   "--hospital", url, "--authority", "H001"),
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
@@ -141,7 +103,7 @@ def test_a_patient_wallet_lists_its_records_and_log_and_only_a_patient_may(serve
 
     def wallet(command: str, who: str) -> subprocess.CompletedProcess:
         return subprocess.run(
-            _medshare("wallet", command, "--dir", data / "wallets", "--as", who,
+            medshare_command("wallet", command, "--dir", data / "wallets", "--as", who,
                       "--hospital", url),
             capture_output=True, text=True, timeout=120,
         )  # fmt: skip

@@ -68,16 +68,19 @@ def verify_salted_digest(data: bytes, salt: bytes, digest: str) -> bool:
     return hmac.compare_digest(salted_digest(data, salt), digest)
 
 
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+def object_without_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``json`` object hook refusing a repeated key: parsers disagree on which duplicate
+    wins, so the digest would depend on the node."""
     out: dict[str, Any] = {}
     for key, value in pairs:
         if key in out:
-            raise ValueError(f"duplicate key {key!r}")
+            raise ValueError(f"duplicate key {key!r} in a JSON object")
         out[key] = value
     return out
 
 
-def _no_constant(name: str) -> Any:
+def no_constants(name: str) -> Any:
+    """``json`` constant hook: NaN and Infinity are not JSON."""
     raise ValueError(f"{name} is not JSON")
 
 
@@ -87,8 +90,8 @@ def canonical_of_json(data: bytes) -> bytes:
     try:
         doc = json.loads(
             data.decode("utf-8"),
-            object_pairs_hook=_no_duplicates,
-            parse_constant=_no_constant,
+            object_pairs_hook=object_without_duplicates,
+            parse_constant=no_constants,
         )
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise CanonicalizationError(f"not a JSON object: {exc}") from None

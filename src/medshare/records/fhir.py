@@ -35,7 +35,12 @@ from fhir.resources.R4B import __fhir_version__, get_fhir_model_class
 from fhir.resources.R4B.resource import Resource as _FhirResourceModel
 from pydantic import ValidationError
 
-from medshare.records.canonical import CanonicalizationError, canonical_bytes
+from medshare.records.canonical import (
+    CanonicalizationError,
+    canonical_bytes,
+    no_constants,
+    object_without_duplicates,
+)
 from medshare.records.references import (
     Reference,
     encounter_reference,
@@ -138,20 +143,6 @@ class Loaded:
 # -- JSON ---------------------------------------------------------------------------------
 
 
-def _object_without_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            # Parsers disagree on which duplicate wins: the hash would depend on the node.
-            raise ValueError(f"duplicate key {key!r} in a JSON object")
-        out[key] = value
-    return out
-
-
-def _no_constants(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
 def loads(text: str | bytes) -> Any:
     """Strict JSON: no duplicate keys, no NaN/Infinity. Raises :class:`FhirError`."""
     if isinstance(text, bytes | bytearray):
@@ -161,7 +152,7 @@ def loads(text: str | bytes) -> Any:
             raise FhirError(f"not UTF-8 (byte {exc.start})") from None
     try:
         doc = json.loads(
-            text, object_pairs_hook=_object_without_duplicates, parse_constant=_no_constants
+            text, object_pairs_hook=object_without_duplicates, parse_constant=no_constants
         )
     except json.JSONDecodeError as exc:
         raise FhirError(f"invalid JSON: {exc.msg} (column {exc.colno})", line=exc.lineno) from None
