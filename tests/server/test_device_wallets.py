@@ -326,6 +326,20 @@ def test_a_records_officer_ingests_over_http_and_others_may_not(story):
     report = client.post_json("/v1/ingest", bundle)
     assert report["records"] > 0 and report["rejected"] == []
     assert client.post_json("/v1/ingest", bundle)["unchanged"] == report["records"]
+    # The officer enrols a patient while the server runs; the code makes their wallet.
+    doc = json.dumps({"patient": "P-officer", "name": "Ms Officer", "days": 1}).encode()
+    code = client.post_json("/v1/enrolments", doc)
+    assert code["identity"] == "patient:P-officer" and code["hospital"] == "H001"
+    made = device.enrol(_wallet(story, "p-officer").directory, BASE, code["code"], http=http,
+                        clock_ms=story["clock"])  # fmt: skip
+    assert made["identity"] == "patient:P-officer"
+    for bad_doc in (
+        {"patient": "x", "staff": "y@H001"},
+        {"patient": 7},
+        {"patient": "x", "days": 0},
+    ):
+        with pytest.raises(InvalidInput):
+            client.post_json("/v1/enrolments", json.dumps(bad_doc).encode())
     bad = client.post_json("/v1/ingest", b'{"resourceType": "Observation", "status": 7}')
     assert bad["records"] == 0 and bad["rejected"]  # refused with its reason, nothing lost
     wang = HospitalClient(
@@ -334,6 +348,8 @@ def test_a_records_officer_ingests_over_http_and_others_may_not(story):
     )  # fmt: skip
     with pytest.raises(AccessDenied, match="not a records officer"):
         wang.post_json("/v1/ingest", bundle)
+    with pytest.raises(AccessDenied, match="not a records officer"):
+        wang.post_json("/v1/enrolments", json.dumps({"patient": "P-x"}).encode())
 
 
 def test_the_seed_alone_restores_the_patients_wallet_on_a_new_device(story, patient_wallet):

@@ -158,6 +158,7 @@ def _routes(service) -> tuple[dict[str, tuple[str, str]], str, str]:
             "refer": ("POST", f"/v1/patients/{owner}/referrals"),  # empty body
             "consents": ("GET", f"/v1/patients/{owner}/consents"),
             "trace": ("POST", "/v1/trace"),  # nobody in the matrix is an auditor
+            "enrolments": ("POST", "/v1/enrolments"),  # nobody in the matrix is an officer
         },
         owner,
         next(p for p in patients if p != owner),
@@ -205,6 +206,7 @@ MATRIX = {
     "consents": {"patient": 200, "other-patient": 403, "clinician": 403, "outsider": 401,
                  "unsigned": 401, "replayed": 401},
     "trace": _enrolled(403),
+    "enrolments": _enrolled(403),
 }  # fmt: skip
 
 

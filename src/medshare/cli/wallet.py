@@ -210,6 +210,28 @@ def refer(
 
 
 @app.command()
+def enrol(
+    directory: WalletDir,
+    patient: Annotated[str | None, typer.Option(help="Enrol this patient id.")] = None,
+    name: Annotated[str | None, typer.Option(help="The patient's display name.")] = None,
+    staff: Annotated[str | None, typer.Option(help="Enrol this staff member (name@CODE).")] = None,
+    role: Annotated[
+        str | None,
+        typer.Option("--role", "--roles", help="physician, nurse, emergency, records or auditor."),
+    ] = None,
+    dept: Annotated[str | None, typer.Option(help="The staff member's department code.")] = None,
+    days: Annotated[int, typer.Option(help="Days the code stays valid.")] = 7,
+    hospital: Hospital = None,
+) -> None:
+    """A records officer asks their hospital's server for a one-time enrolment code."""
+    body = {"patient": patient, "name": name, "staff": staff, "role": role, "dept": dept,
+            "days": days}  # fmt: skip
+    with _holder(directory, None, hospital) as holder:
+        answer = holder.client.post_json("/v1/enrolments", json.dumps(body).encode())
+    _print(answer)
+
+
+@app.command()
 def trace(
     directory: WalletDir,
     keyfile: Annotated[Path, typer.Argument(help="The leaked CP-ABE key file.")],

@@ -232,6 +232,37 @@ def create_app(
         body = request.state.body
         return _serialised(lambda: service.trace(body))
 
+    @app.post(
+        "/v1/enrolments",
+        summary="A records officer enrols a patient or a staff member of their hospital: a "
+        "one-time code for the person's `wallet new` (the server stays up meanwhile)",
+    )
+    def enrolments(who: Signed, request: Request) -> dict[str, Any]:
+        hospital = _serialised(lambda: service.records_officer_of(who.identity))
+        if hospital not in service.config.hospitals:
+            raise AccessDenied(f"{who.identity} does not enrol at this server")
+        doc = _json_object(request.state.body)
+        days = doc.get("days", 7)
+        if not isinstance(days, int) or isinstance(days, bool) or not 0 < days <= 90:
+            raise InvalidInput("days is a whole number from 1 to 90")
+        texts = {k: doc.get(k) for k in ("patient", "name", "staff", "role", "dept")}
+        if not all(v is None or isinstance(v, str) for v in texts.values()):
+            raise InvalidInput("patient, name, staff, role and dept are text")
+        if (texts["patient"] is None) == (texts["staff"] is None):
+            raise InvalidInput('enrol either {"patient": id} or {"staff": name@CODE, ...}')
+        ttl = days * 86_400_000
+
+        def enrol() -> dict[str, Any]:
+            if texts["patient"] is not None:
+                got = service.enrol(hospital, f"patient:{texts['patient']}", kind="patient",
+                                    name=texts["name"], ttl_ms=ttl)  # fmt: skip
+            else:
+                got = service.enrol(hospital, texts["staff"], kind="clinician",
+                                    role=texts["role"], dept=texts["dept"], ttl_ms=ttl)  # fmt: skip
+            return {**got.as_dict(), "hospital": hospital}
+
+        return _serialised(enrol)
+
     @app.get("/v1/me", summary="Who the signed request authenticates as")
     def me(who: Signed) -> dict[str, str]:
         return {"identity": who.identity, "key": who.key.hex()}

@@ -41,6 +41,8 @@ RULES: dict[tuple[str, str], str] = {
     "server speaks for, where the patient has records",
     ("GET", "/v1/patients/{patient_id}/consents"): "the patient",
     ("POST", "/v1/trace"): "an auditor (role auditor) of a member hospital",
+    ("POST", "/v1/enrolments"): "a records officer of a hospital this server speaks for: "
+    "one-time codes for that hospital's patients and staff",
     ("POST", "/v1/enrolment"): "anyone holding a valid one-time enrolment code (unsigned)",
     ("POST", "/v1/issuance/{code}/challenge"): "any enrolled identity",
     ("POST", "/v1/issuance/{code}/offer"): "the registration's own identity; the authority "
