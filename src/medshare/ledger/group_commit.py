@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from medshare.crypto.signing import SigningKey
-from medshare.ledger.port import CommittedTx, LedgerPort, TxRejected
+from medshare.ledger.port import CommittedTx, LedgerPort, LedgerUnavailable, TxRejected
 from medshare.ledger.types import LedgerFormatError, Tx, TxKind
 
 # What a caller asks to commit: transactions to sign here, or signed ones to relay.
@@ -100,6 +100,9 @@ class GroupCommitter:
         try:
             self._run(group, step_down)
         finally:
+            for taken in group:  # whatever went wrong, no caller of the batch waits forever
+                if not taken.done:
+                    taken.finish(error=LedgerUnavailable("the ledger batch failed; try again"))
             step_down()
             with self._cond:
                 self._cond.notify_all()  # the group's callers: their results are in
@@ -113,7 +116,7 @@ class GroupCommitter:
         for request in group:
             try:
                 request.txs = self._sign(request.parts, used)
-            except TxRejected as exc:
+            except Exception as exc:  # this caller's problem (or the ledger's), not the batch's
                 request.finish(error=exc)
                 continue
             batch += request.txs
@@ -133,10 +136,10 @@ class GroupCommitter:
         except TxRejected as exc:
             if broadcast.is_set():  # refused in its block: later batches may be doomed too
                 self._forget(batch)
-                self._fail(signed, exc)
+                self._after_failure(signed, exc, retry=False)
             else:  # refused by CheckTx: still the leader; nothing of it is in flight
                 self._next = before
-                self._after_failure(signed, exc)
+                self._after_failure(signed, exc, retry=True)
             return
         except BaseException as exc:
             self._forget(batch)
@@ -152,8 +155,9 @@ class GroupCommitter:
         for request in signed:
             request.finish(error=exc)
 
-    def _after_failure(self, signed: list[_Request], exc: TxRejected) -> None:
-        """Each caller of a failed batch: its committed txs, its own refusal, or a retry."""
+    def _after_failure(self, signed: list[_Request], exc: TxRejected, *, retry: bool) -> None:
+        """Each caller of a failed batch: its committed txs, its own refusal, or a retry
+        (only while the lead is still held: after a broadcast, the others get the error)."""
         committed = {c.tx.txid: c for c in exc.committed}
         start = 0
         for request in signed:
@@ -162,7 +166,7 @@ class GroupCommitter:
                 request.finish([committed[tx.txid] for tx in request.txs])
             elif exc.index is not None and start <= exc.index < end:
                 request.finish(error=_shifted(exc, start, committed, request.txs))
-            elif len(signed) == 1:
+            elif len(signed) == 1 or not retry:
                 request.finish(error=exc)
             else:
                 try:

@@ -54,6 +54,8 @@ BUNDLE_TYPES = frozenset({"transaction", "batch", "collection", "searchset"})
 # JSON nesting of one document; real resources (extensions of extensions, nested
 # questionnaire items) stay far below it
 MAX_DEPTH = 100
+# Bad NDJSON lines reported one by one before a file is refused whole
+MAX_BAD_LINES = 100
 _MAX_REPORTED = 3
 
 
@@ -511,6 +513,14 @@ def iter_ndjson(
             located = exc.at(line=number, source=source)
             if errors is None:
                 raise located from None
+            if len(errors) >= MAX_BAD_LINES:
+                # one report line per bad line, but not without end: past this many the
+                # source is refused whole (and nothing of it is stored)
+                raise FhirError(
+                    f"more than {MAX_BAD_LINES} lines are not valid FHIR; the file is refused "
+                    f"(first: {errors[0]})",
+                    source=source,
+                ) from None
             errors.append(located)
         else:
             yield replace(res, location=f"{source} line {number}".lstrip())

@@ -14,10 +14,11 @@ per app; signature checks and JSON work run outside it.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import re
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Path, Query, Request, Response
@@ -28,6 +29,7 @@ from medshare.api.signed_requests import Caller, RequestRefused
 from medshare.crypto import issuance
 from medshare.crypto.errors import CryptoError
 from medshare.ledger.app import published
+from medshare.ledger.app.rules import KEY_TAG_FIELDS
 from medshare.ledger.types import LedgerFormatError, Tx, TxKind
 from medshare.server import authorization, problems
 from medshare.service import db, enrolment
@@ -59,10 +61,11 @@ def create_app(
         version="1",
     )
     problems.install(app)
-    lock = threading.Lock()
+    lock = ReadWriteLock()
+    gate_lock = threading.Lock()
 
     def _serialised(call: Callable[[], Any]) -> Any:
-        with lock:
+        with lock.exclusive():
             return call()
 
     enrolled: dict[bytes, str] = {}  # enrolments are written once: a hit never goes stale
@@ -82,6 +85,24 @@ def create_app(
     app.state.audience = audience_of(service)
     app.state.verifier = signed_requests.RequestVerifier(app.state.audience, enrolled_as, clock_ms)
     app.state.max_body = max_body
+
+    def may_send_large(headers: Any) -> bool:
+        """Whether a request names an enrolled records officer's key (checked before a
+        large body is read; the signature over it is checked once it is read)."""
+        try:
+            key = bytes.fromhex(headers.get(signed_requests.KEY) or "")
+        except ValueError:
+            return False
+        identity = enrolled_as(key) if len(key) == 32 else None
+        if identity is None or identity != headers.get(signed_requests.IDENTITY):
+            return False
+        try:
+            _serialised(lambda: service.records_officer_of(identity))
+        except AccessDenied:
+            return False
+        return True
+
+    app.state.may_send_large = may_send_large
 
     @app.get("/v1/health", summary="Liveness and the ledger height (no signature needed)")
     def health() -> dict[str, Any]:
@@ -250,6 +271,10 @@ def create_app(
             raise InvalidInput("patient, name, staff, role and dept are text")
         if (texts["patient"] is None) == (texts["staff"] is None):
             raise InvalidInput('enrol either {"patient": id} or {"staff": name@CODE, ...}')
+        if texts["role"] == "emergency":
+            # every authority of the consortium issues emergency staff a key: that is the
+            # hospital administrator's decision (`hospital enrol`), not a records officer's
+            raise AccessDenied("a records officer does not enrol emergency staff")
         ttl = days * 86_400_000
 
         def enrol() -> dict[str, Any]:
@@ -376,7 +401,16 @@ def create_app(
                 or body.get("authority") != code
                 or body.get("tag") != registration.tag().hex()
                 or body.get("attributes") != sorted(registration.attributes)
+                or set(body) != KEY_TAG_FIELDS
+                or tag_tx.chain != service.ledger.chain_id
+                or not issuance.verify_key_tag(
+                    body.get("tag"),
+                    body.get("proof"),
+                    issuance.key_tag_context(tag_tx.chain, who.identity, who.key),
+                )
             ):
+                # checked here, before the relay: the chain would refuse it only in its
+                # block, after other callers' transactions were batched with it
                 raise AccessDenied("the tag registration is not this key's, by its holder")
             service.relay([tag_tx])  # on the ledger before the key leaves
             service.record_issued_key(registration, code)
@@ -413,15 +447,60 @@ def create_app(
             chosen = parse_area(area)
         except ValueError as exc:
             raise InvalidInput(str(exc)) from None
-        gate = _serialised(
-            lambda: service.read_gate(
-                who.identity, record_id, area=chosen, share_id=share, reason=reason
-            )
-        )
-        # Outside the lock: the access tx's block is shared with the other reads in flight.
-        return service.release(gate).to_json()
+        # A read holds the shared side from its gate to its release: reads run their
+        # commits together (their access txs share a block), while a revocation, a
+        # deletion or any other change waits until no read it could affect is between its
+        # gate and its release, and new reads wait for it.
+        with lock.shared():
+            with gate_lock:
+                gate = service.read_gate(
+                    who.identity, record_id, area=chosen, share_id=share, reason=reason
+                )
+            return service.release(gate).to_json()
 
     return app
+
+
+class ReadWriteLock:
+    """Many readers or one writer; a waiting writer holds back new readers (so a steady
+    stream of reads cannot starve a revocation)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._writing = False
+        self._waiting_writers = 0
+
+    @contextlib.contextmanager
+    def shared(self) -> Iterator[None]:
+        with self._cond:
+            while self._writing or self._waiting_writers:
+                self._cond.wait()
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                if not self._readers:
+                    self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        with self._cond:
+            self._waiting_writers += 1
+            try:
+                while self._writing or self._readers:
+                    self._cond.wait()
+            finally:
+                self._waiting_writers -= 1
+            self._writing = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writing = False
+                self._cond.notify_all()
 
 
 async def _caller(request: Request) -> Caller:
@@ -430,7 +509,9 @@ async def _caller(request: Request) -> Caller:
     its ledger lookup) runs on a worker thread, never on the event loop."""
     limit = request.app.state.max_body
     if request.scope.get("path") == "/v1/ingest":
-        limit = max(limit, MAX_INGEST_BYTES)
+        allowed = await run_in_threadpool(request.app.state.may_send_large, request.headers)
+        if allowed:  # only a records officer's request may carry FHIR beyond the common cap
+            limit = max(limit, MAX_INGEST_BYTES)
     body = await _capped_body(request, limit)
     request.state.body = body  # what was verified is what the route reads
     target = request.scope.get("raw_path", b"").decode("latin-1")

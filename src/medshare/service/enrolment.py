@@ -117,6 +117,9 @@ class EnrolmentMixin:
             row = session.get(db.Enrolment, identity)
             if row is not None and row.redeemed_ms is not None:
                 raise InvalidInput(f"{identity}'s enrolment was redeemed already")
+            if row is not None and row.hospital != hospital:
+                # only the hospital that issued a code may replace it (a lost code)
+                raise AccessDenied(f"{identity} is being enrolled by {row.hospital}")
             if row is not None:
                 session.delete(row)
                 session.flush()
@@ -145,7 +148,13 @@ class EnrolmentMixin:
             raise InvalidInput(f"a patient id has at most {db.SHORT} characters")
         if self.wallets.has_seed(patient_id):
             raise InvalidInput(f"patient {patient_id}'s keys are held by this data directory")
-        if session.get(db.Patient, patient_id) is None:
+        existing = session.get(db.Patient, patient_id)
+        if existing is not None and existing.home_hospital != hospital:
+            # a patient's wallet is vouched for by their own hospital, nobody else
+            raise AccessDenied(
+                f"patient {patient_id} is enrolled by {existing.home_hospital}, not {hospital}"
+            )
+        if existing is None:
             directory = hkac.Directory.for_params(self.params, self.config.slab_size)
             session.add(
                 db.Patient(

@@ -62,6 +62,7 @@ class ReadGate:
     header: bytes | None
     seal: AreaSeal | None
     blob_id: str
+    share_id: str | None = None
 
 
 class ReadingMixin:
@@ -145,7 +146,7 @@ class ReadingMixin:
         except AccessDenied as exc:
             self._log_access(who, record, area, "denied", str(exc))
             raise
-        return ReadGate(who, record, area, reason, header, seal, blob_id)
+        return ReadGate(who, record, area, reason, header, seal, blob_id, share_id)
 
     def release(self, gate: ReadGate) -> SealedRecord:
         """What the gate let through: the record's anchor and blob checked, the ``access``
@@ -153,6 +154,11 @@ class ReadingMixin:
         group committer), then the sealed record. Safe to run outside the lock that
         orders the service's other work."""
         record = gate.record
+        try:
+            self._still_releasable(gate)
+        except AccessDenied as exc:
+            self._log_access(gate.who, record, gate.area, "denied", str(exc))
+            raise
         self._check_anchor(record)
         blob = self._blob(record, gate.blob_id)
         committed = self._log_access(gate.who, record, gate.area, "success", gate.reason)
@@ -167,6 +173,32 @@ class ReadingMixin:
             kac_header=gate.header,
             seal=gate.seal,
         )
+
+    def _still_releasable(self, gate: ReadGate) -> None:
+        """What the gate decided to release must still be there when it is released: the
+        record not deleted, its personal seal unchanged and the share live (a revocation
+        moves records to fresh slots), or the area key's wrap of its DEK still stored (a
+        revoked referral, study or consent destroys its wraps, a key rotation moves them).
+        A change that slipped in between refuses the read; the reader may ask again."""
+        with self.sessions() as session:
+            record = session.get(db.Record, gate.record.id)
+            if record is None or record.shredded_ms is not None:
+                raise NotFound(f"record {gate.record.id} was deleted (crypto-shredded)")
+            if gate.area is Area.PERSONAL:
+                grant = session.get(db.Grant, gate.share_id) if gate.share_id else None
+                if record.kac_header != gate.header or (
+                    grant is not None
+                    and (grant.revoked_ms is not None or not valid_at(grant.until_ms, self.clock()))
+                ):
+                    raise AccessDenied("the share or the record's seal changed meanwhile")
+                return
+            wrap = session.execute(
+                select(db.Wrap).where(
+                    db.Wrap.record == record.id, db.Wrap.area_key == gate.seal.area_key_id
+                )
+            ).first()
+            if wrap is None:
+                raise AccessDenied("the grant of this read was revoked meanwhile")
 
     def open_on_device(
         self, who: str, sealed: SealedRecord, share: hkac.Share | None = None
