@@ -137,8 +137,8 @@ class GroupCommitter:
             if broadcast.is_set():  # refused in its block: later batches may be doomed too
                 self._forget(batch)
                 self._after_failure(signed, exc, retry=False)
-            else:  # refused by CheckTx: still the leader; nothing of it is in flight
-                self._next = before
+            else:  # refused by CheckTx: still the leader, so nobody signed on from it
+                self._rewind(batch, before, exc.committed)
                 self._after_failure(signed, exc, retry=True)
             return
         except BaseException as exc:
@@ -200,6 +200,22 @@ class GroupCommitter:
                 mine[key.public] = mine.get(key.public, 0) + 1
         used.update(mine)
         return txs
+
+    def _rewind(
+        self, batch: Sequence[Tx], before: Mapping[bytes, int], committed: Sequence[CommittedTx]
+    ) -> None:
+        """The nonces after a batch ``CheckTx`` refused: as they were before it, plus any of
+        its transactions the ledger did commit; a key forgotten meanwhile (by an earlier
+        batch that failed in its block) stays forgotten."""
+        for key in {tx.sender for tx in batch}:
+            if key not in self._next:
+                continue
+            known = [c.tx.nonce + 1 for c in committed if c.tx.sender == key]
+            values = [v for v in (before.get(key), *known) if v is not None]
+            if values:
+                self._next[key] = max(values)
+            else:
+                self._next.pop(key)
 
     def _forget(self, batch: Sequence[Tx]) -> None:
         """After a failed batch the ledger's own nonces are the truth again."""
