@@ -88,9 +88,13 @@ def serve(
     the one reader, so a captured release opens for any holder of that area's key."""
     if (ssl_certfile is None) != (ssl_keyfile is None):
         raise fail("--ssl-certfile and --ssl-keyfile go together")
+    import sys
+
     import uvicorn
 
-    from medshare.server.app import create_app
+    from medshare.server.app import SERVER_RECURSION_LIMIT, create_app
+
+    sys.setrecursionlimit(SERVER_RECURSION_LIMIT)  # see server.app: deep JSON must raise
 
     with opened(directory) as service:
         config = uvicorn.Config(

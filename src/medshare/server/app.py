@@ -38,6 +38,10 @@ from medshare.service.areas import parse_area
 from medshare.service.common import wall_clock_ms
 from medshare.service.errors import AccessDenied, InvalidInput, NotFound
 
+# The server process's recursion limit (`hospital serve` pins it): a JSON body nested
+# deeper than this raises RecursionError (a 400) long before it could overflow the C stack
+# of a request thread, whatever a library imported elsewhere set the limit to.
+SERVER_RECURSION_LIMIT = 1000
 MAX_BODY_BYTES = 1 << 20  # a request body above this is refused (413) before it is read
 MAX_INGEST_BYTES = 32 << 20  # FHIR a records officer sends in one ingest request
 ENROLMENT_CACHE = 65_536  # identity keys whose enrolment this server remembers
