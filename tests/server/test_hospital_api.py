@@ -296,3 +296,32 @@ def test_issuance_over_http_refuses_what_the_authority_would_not_give(hospital):
     )
     with pytest.raises(AccessDenied, match="its own identity"):
         zhao.post_message("/v1/issuance/H001/offer", user.registration(challenge).to_bytes())
+
+
+def test_the_server_keeps_issuance_randomness_ready(hospital):
+    """With ``precompute_offers`` the server fills each authority's Paillier randomness in
+    the background, and refills it after an offer used some."""
+    import time
+
+    from medshare.service.consortium import add_person
+    from medshare.wallet.keys import obtain_key
+
+    service, _ = hospital
+    app = create_app(service, clock_ms=lambda: NOW, precompute_offers=1)
+
+    def ready() -> int:
+        deadline = time.monotonic() + 120  # ~1.3 s of work; generous for a loaded machine
+        while time.monotonic() < deadline:
+            authority = app.state.issuers.get("H001")
+            if authority is not None and authority.precomputed_offers >= 1:
+                return authority.precomputed_offers
+            time.sleep(0.05)
+        return 0
+
+    assert ready() == 1
+    add_person(service, "dr.pool@H001", "clinician", "H001", ["physician"], "03")
+    with TestClient(app, base_url=BASE, raise_server_exceptions=False) as http:
+        client = _client(service, http, "dr.pool@H001")
+        got = obtain_key(client, "dr.pool@H001", service.wallets.identity("dr.pool@H001"), "H001")
+    assert "dept:03" in got.key.components
+    assert ready() == 1  # used by the offer, made again

@@ -82,6 +82,10 @@ def serve(
         Path | None, typer.Option(help="TLS certificate (PEM); serve HTTPS with --ssl-keyfile.")
     ] = None,
     ssl_keyfile: Annotated[Path | None, typer.Option(help="TLS private key (PEM).")] = None,
+    precompute: Annotated[
+        int,
+        typer.Option(help="Issuance offers whose Paillier randomness is kept ready per authority."),
+    ] = 2,
 ) -> None:
     """Serve the hospital API (OpenAPI docs at /docs) until interrupted. Anywhere but
     127.0.0.1, give it a TLS certificate: releases are sealed to an area's key, not to
@@ -98,7 +102,7 @@ def serve(
 
     with opened(directory) as service:
         config = uvicorn.Config(
-            create_app(service),
+            create_app(service, precompute_offers=max(0, min(precompute, 16))),
             host=host,
             port=port,
             log_level="warning",

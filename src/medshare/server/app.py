@@ -57,8 +57,12 @@ def create_app(
     *,
     clock_ms: Callable[[], int] = wall_clock_ms,
     max_body: int = MAX_BODY_BYTES,
+    precompute_offers: int = 0,
 ) -> FastAPI:
-    """The FastAPI app of one hospital's server over ``service``."""
+    """The FastAPI app of one hospital's server over ``service``. With
+    ``precompute_offers`` > 0 a background thread keeps that many issuance offers' Paillier
+    randomness ready per authority (about 1.3 s of CPU each), so a key request finds its
+    heavy part done."""
     app = FastAPI(
         title="medshare hospital",
         summary="Accountable, patient-controlled sharing of medical records",
@@ -349,6 +353,25 @@ def create_app(
             )
         return issuers[code]
 
+    app.state.issuers = issuers
+    refill = threading.Event()
+
+    def keep_ready() -> None:
+        """Fill each authority's randomness pool to ``precompute_offers`` offers; woken
+        after every offer. A daemon thread: it ends with the server."""
+        for code in service.config.hospitals:
+            _serialised(lambda code=code: issuer(code))
+        while True:
+            low = [a for a in list(issuers.values()) if a.precomputed_offers < precompute_offers]
+            if low:
+                low[0].precompute(1)  # outside the lock: the pool takes and adds atomically
+                continue
+            refill.wait()
+            refill.clear()
+
+    if precompute_offers > 0:
+        threading.Thread(target=keep_ready, name="issuance-precompute", daemon=True).start()
+
     @app.post(
         "/v1/issuance/{code}/challenge",
         summary="Issuance, step 1: a fresh session bound to the authority's keys",
@@ -373,7 +396,9 @@ def create_app(
             attributes = service.entitled_attributes(who.identity, code)
             return issuer(code).offer(registration, attributes)
 
-        return _message(await run_in_threadpool(_serialised, offer))
+        made = await run_in_threadpool(_serialised, offer)
+        refill.set()  # the pool gave one offer's randomness: make more while idle
+        return _message(made)
 
     @app.post("/v1/issuance/{code}/range", summary="Issuance, step 3: the range proof's answer")
     async def issuance_range(

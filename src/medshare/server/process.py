@@ -32,13 +32,18 @@ class ServerProcess:
     """``medshare hospital serve --dir DATA`` on a free 127.0.0.1 port until :meth:`stop`;
     its output goes to ``log``."""
 
-    def __init__(self, data: Path, log: Path) -> None:
+    def __init__(self, data: Path, log: Path, *, precompute: int = 0) -> None:
+        """``precompute``: issuance offers whose randomness the server keeps ready per
+        authority (none by default: a demo or a benchmark issues few keys, and the
+        background work would only compete with what they measure)."""
         (port,) = free_ports(1)
         self.url = f"http://127.0.0.1:{port}"
         self._log_path = log
         self._log = log.open("wb")
         self._process = subprocess.Popen(
-            medshare_command("hospital", "serve", "--dir", data, "--port", port),
+            medshare_command(
+                "hospital", "serve", "--dir", data, "--port", port, "--precompute", precompute
+            ),
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
