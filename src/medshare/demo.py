@@ -489,9 +489,7 @@ def step_parties_over_http(story: Story) -> Outcome:
 
     svc, out = story.svc, story.out
     bundle = synthetic.generate_bundle(404, 0, 12)
-    patient = next(
-        e["resource"]["id"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Patient"
-    )
+    patient = synthetic.patient_id(bundle)
     records_code = svc.enrol("H001", "records.office@H001", kind="clinician", role="records",
                              dept="02").code  # fmt: skip
     patient_code = svc.enrol("H001", f"patient:{patient}", kind="patient", name="Device").code

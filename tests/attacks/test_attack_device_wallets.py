@@ -42,18 +42,11 @@ from medshare.service.errors import AccessDenied, IntegrityError, InvalidInput, 
 from medshare.service.roster import StaffMember
 from medshare.wallet import device
 from medshare.wallet.client import HospitalClient
-from service.conftest import Clock, one_hospital, write_bundle
+from service.conftest import Clock, one_hospital, patient_of, write_bundle
 
 ROSTER = (StaffMember("dr.wang@H001", "H001", "03", "physician"),)
 NOW = 1_800_000_000_000
 BASE = "http://testserver"
-
-
-def _patient_of(bundle) -> str:
-    doc = json.loads(bundle.read_text())
-    return next(
-        e["resource"]["id"] for e in doc["entry"] if e["resource"]["resourceType"] == "Patient"
-    )
 
 
 def _decoded_blocks(body: dict) -> tuple[list[Tx], dict[int, bytes]]:
@@ -67,7 +60,7 @@ def world(tmp_path_factory):
     clock = Clock(NOW)
     service = one_hospital(root, ROSTER, clock)
     victim_bundle, other_bundle, late_bundle = (write_bundle(root, s, 0, 20) for s in (11, 12, 13))
-    victim, other, late = (_patient_of(b) for b in (victim_bundle, other_bundle, late_bundle))
+    victim, other, late = (patient_of(b) for b in (victim_bundle, other_bundle, late_bundle))
     victim_code = service.enrol("H001", f"patient:{victim}", kind="patient")
     late_code = service.enrol("H001", f"patient:{late}", kind="patient")
     report = service.ingest("H001", [victim_bundle, other_bundle, late_bundle])

@@ -49,7 +49,7 @@ from medshare.service.roster import StaffMember
 from medshare.wallet import device
 from medshare.wallet.client import HospitalClient
 from medshare.wallet.keys import obtain_key
-from service.conftest import Clock, write_bundle
+from service.conftest import Clock, patient_of, write_bundle
 
 NOW = 1_800_000_000_000
 BASE = "http://testserver"
@@ -348,13 +348,6 @@ def test_verify_record_refuses_a_changed_decimal():
 # --------------------------------------------------------------------------------------
 
 
-def _patient_of(bundle) -> str:
-    doc = json.loads(bundle.read_text())
-    return next(
-        e["resource"]["id"] for e in doc["entry"] if e["resource"]["resourceType"] == "Patient"
-    )
-
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """H001 and H002 (one server for both): a custodial patient and a ``victim`` whose
@@ -368,10 +361,10 @@ def world(tmp_path_factory):
     )
     service = init(config, roster=ROSTER, clock=clock)
     custodial_bundle, victim_bundle = write_bundle(root, 7, 0, 20), write_bundle(root, 11, 0, 12)
-    victim = _patient_of(victim_bundle)
+    victim = patient_of(victim_bundle)
     victim_code = service.enrol("H001", f"patient:{victim}", kind="patient")
     assert not service.ingest("H001", [custodial_bundle, victim_bundle]).rejected
-    patient = _patient_of(custodial_bundle)
+    patient = patient_of(custodial_bundle)
     app = server_app.create_app(service, clock_ms=clock)
     with TestClient(app, base_url=BASE, raise_server_exceptions=False) as http:
         w = {"service": service, "http": http, "clock": clock, "root": root,
@@ -510,7 +503,7 @@ def test_resisted_ingest_is_the_officers_own_hospital_and_capped(world):
     bundle = write_bundle(root, 21, 0, 5)
     report = officer.post_json("/v1/ingest", bundle.read_bytes())
     assert report["records"] > 0 and not report["rejected"]
-    assert {r["hospital"] for r in service.records_of(_patient_of(bundle))} == {"H002"}
+    assert {r["hospital"] for r in service.records_of(patient_of(bundle))} == {"H002"}
     # A record of H001's patient is never overwritten by another hospital's ingest.
     rid = next(r["id"] for r in service.records_of(world["patient"])
                if r["type"] == "Observation")  # fmt: skip

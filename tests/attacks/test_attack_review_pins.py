@@ -54,7 +54,7 @@ from medshare.records import synthetic
 from medshare.service import db, ledgers
 from medshare.service.config import ConfigError, ServiceConfig
 from medshare.service.errors import InvalidInput
-from service.conftest import one_hospital
+from service.conftest import one_hospital, patient_of
 
 # --- chain rules (pure) -------------------------------------------------------------------
 
@@ -374,13 +374,6 @@ def _bundle(root, name: str, seed: int, records: int = 3):
     return path
 
 
-def _patient_of(path) -> str:
-    doc = json.loads(path.read_text())
-    return next(
-        e["resource"]["id"] for e in doc["entry"] if e["resource"]["resourceType"] == "Patient"
-    )
-
-
 def test_resisted_a_patient_is_locked_out_after_an_ingest_failed_past_its_ledger_commit(
     consortium, monkeypatch
 ):
@@ -394,7 +387,7 @@ def test_resisted_a_patient_is_locked_out_after_an_ingest_failed_past_its_ledger
         patch.setattr(service, "_extend_shares", crash)
         with pytest.raises(RuntimeError, match="process died"):
             service.ingest("H001", [path])
-    patient = _patient_of(path)
+    patient = patient_of(path)
     assert patient not in {p["id"] for p in service.patients()}  # rolled back
     assert service.ledger.published(published.block_key(patient, 0)) is not None  # pinned
     try:
@@ -408,7 +401,7 @@ def test_resisted_seed_recovery_trusts_the_database_row_over_the_ledger(consorti
     service, root = consortium
     path = _bundle(root, "recover", 72)
     service.ingest("H001", [path])
-    patient = _patient_of(path)
+    patient = patient_of(path)
     real_seed = service.wallets.seed(patient)
     with service.sessions() as session:
         publics = dict(session.get(db.Patient, patient).block_publics)

@@ -271,9 +271,7 @@ def test_ingest_reports_patients_and_records(consortium: Consortium) -> None:
     )
     assert again["patients"] == 0 and again["records"] == 0 and again["rejected"] == []
     bundle = json.loads((consortium.root / "bundle-0.json").read_text())
-    patient = next(
-        e["resource"]["id"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Patient"
-    )
+    patient = synthetic.patient_id(bundle)
     assert again["unchanged"] == len(consortium.records(patient))
 
 

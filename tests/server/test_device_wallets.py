@@ -22,18 +22,11 @@ from medshare.service.errors import AccessDenied, InvalidInput, NotFound
 from medshare.service.roster import StaffMember
 from medshare.wallet import device
 from medshare.wallet.client import HospitalClient
-from service.conftest import Clock, one_hospital, write_bundle
+from service.conftest import Clock, one_hospital, patient_of, write_bundle
 
 ROSTER = (StaffMember("dr.wang@H001", "H001", "03", "physician"),)
 NOW = 1_800_000_000_000
 BASE = "http://testserver"
-
-
-def _patient_of(bundle) -> str:
-    doc = json.loads(bundle.read_text())
-    return next(
-        e["resource"]["id"] for e in doc["entry"] if e["resource"]["resourceType"] == "Patient"
-    )
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +37,7 @@ def story(tmp_path_factory):
     clock = Clock(NOW)
     service = one_hospital(root, ROSTER, clock)
     bundle = write_bundle(root, 11, 0, 20)
-    patient = _patient_of(bundle)
+    patient = patient_of(bundle)
     code = service.enrol("H001", f"patient:{patient}", kind="patient", name="Ms Device")
     report = service.ingest("H001", [bundle])
     assert not report.rejected and report.records > 0

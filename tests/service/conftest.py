@@ -48,6 +48,11 @@ def write_bundle(directory: Path, seed: int, index: int, records: int = 30) -> P
     return path
 
 
+def patient_of(bundle_file: Path) -> str:
+    """The id of the Patient a bundle file written by :func:`write_bundle` is about."""
+    return synthetic.patient_id(json.loads(bundle_file.read_text()))
+
+
 @pytest.fixture(scope="module")
 def consortium(tmp_path_factory):
     """(service, bundle paths): two hospitals, 4 nodes, two patients ingested at H001."""

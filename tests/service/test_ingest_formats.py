@@ -64,9 +64,7 @@ def test_transaction_bundle_exports_every_resource_identically(service):
     path = root / "bundle.json"
     path.write_text(json.dumps(bundle))
     assert svc.ingest("H001", [path]).rejected == []
-    pid = next(
-        e["resource"]["id"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Patient"
-    )
+    pid = synthetic.patient_id(bundle)
     originals = _submitted_by_key(fhir.entry_resource_texts(path.read_text()))
     exported = svc.export(pid).splitlines()
     assert sorted(exported) == sorted(originals.values())
@@ -79,11 +77,7 @@ def test_crypto_shredding_keeps_the_digest_and_loses_the_content(service):
     path = root / "shred.json"
     path.write_text(json.dumps(synthetic.generate_bundle(47, 0, 8)))
     assert svc.ingest("H001", [path]).rejected == []
-    pid = next(
-        e["resource"]["id"]
-        for e in json.loads(path.read_text())["entry"]
-        if e["resource"]["resourceType"] == "Patient"
-    )
+    pid = synthetic.patient_id(json.loads(path.read_text()))
     rid = next(r["id"] for r in svc.records_of(pid) if r["type"] == "Observation")
     before = [c for c in svc.ledger.txs() if c.tx.body.get("record") == rid]
     txid = svc.shred(rid, reason="patient asked for deletion")

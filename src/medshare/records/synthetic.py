@@ -32,7 +32,7 @@ import datetime as dt
 import json
 import random
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -921,6 +921,13 @@ def generate_bundle(seed: int, patient_index: int, records: int = 40) -> dict[st
     # A JSON round trip so that no two places in the result share a dict (the builder reuses
     # reference objects): callers may edit one resource without changing another.
     return _fresh({"resourceType": "Bundle", "type": "transaction", "entry": b.entries})
+
+
+def patient_id(bundle: Mapping[str, Any]) -> str:
+    """The id of the Patient a generated bundle is about (its one Patient entry)."""
+    return next(
+        e["resource"]["id"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Patient"
+    )
 
 
 def _fresh(doc: dict[str, Any]) -> dict[str, Any]:

@@ -81,9 +81,13 @@ def create_app(
     def enrolled_as(key: bytes) -> str | None:
         if key in enrolled:
             return enrolled[key]
-        identity = _serialised(lambda: service.ledger.registered(key))
-        if identity is not None and not _serialised(lambda: service.knows_key(identity, key)):
-            identity = None  # on the ledger, but not a person this hospital enrolled so
+
+        def lookup() -> str | None:
+            identity = service.ledger.registered(key)
+            # on the ledger, but not a person this hospital enrolled by this key: nobody
+            return identity if identity and service.knows_key(identity, key) else None
+
+        identity = _serialised(lookup)
         if identity is not None:
             if len(enrolled) >= ENROLMENT_CACHE:
                 enrolled.clear()
@@ -105,12 +109,19 @@ def create_app(
         if identity is None or identity != headers.get(signed_requests.IDENTITY):
             return False
         try:
-            _serialised(lambda: service.records_officer_of(identity))
+            staff_here(identity, "records", "a records officer")
         except AccessDenied:
             return False
         return True
 
     app.state.may_send_large = may_send_large
+
+    def staff_here(identity: str, role: str, what: str) -> str:
+        """The hospital ``identity`` works at in ``role``, if this server speaks for it."""
+        hospital = _serialised(lambda: service.staff_hospital(identity, role, what))
+        if hospital not in service.config.hospitals:
+            raise AccessDenied(f"{identity} is {what} of {hospital}, not of this server")
+        return hospital
 
     @app.get("/v1/health", summary="Liveness and the ledger height (no signature needed)")
     def health() -> dict[str, Any]:
@@ -206,9 +217,7 @@ def create_app(
         "anchored as that hospital's records",
     )
     def ingest(who: Signed, request: Request) -> dict[str, Any]:
-        hospital = _serialised(lambda: service.records_officer_of(who.identity))
-        if hospital not in service.config.hospitals:
-            raise AccessDenied(f"{who.identity} does not ingest at this server")
+        hospital = staff_here(who.identity, "records", "a records officer")
         body = request.state.body
         return _serialised(lambda: service.ingest(hospital, [body]).as_dict())
 
@@ -221,10 +230,7 @@ def create_app(
     def refer(
         who: Signed, patient_id: Annotated[str, Path(max_length=128)], request: Request
     ) -> dict[str, Any]:
-        hospital = _serialised(lambda: service.staff_hospital(who.identity, ("physician",),
-                                                              "a physician"))  # fmt: skip
-        if hospital not in service.config.hospitals:
-            raise AccessDenied(f"{who.identity} does not refer at this server")
+        hospital = staff_here(who.identity, "physician", "a physician")
         doc = _json_object(request.state.body)
         to, dept, until = doc.get("to"), doc.get("dept"), doc.get("until_ms")
         if not isinstance(to, str) or not (dept is None or isinstance(dept, str)):
@@ -257,7 +263,7 @@ def create_app(
         "guilty key revoked",
     )
     def trace(who: Signed, request: Request) -> dict[str, Any]:
-        _serialised(lambda: service.staff_hospital(who.identity, ("auditor",), "an auditor"))
+        _serialised(lambda: service.staff_hospital(who.identity, "auditor", "an auditor"))
         body = request.state.body
         return _serialised(lambda: service.trace(body))
 
@@ -267,12 +273,10 @@ def create_app(
         "one-time code for the person's `wallet new` (the server stays up meanwhile)",
     )
     def enrolments(who: Signed, request: Request) -> dict[str, Any]:
-        hospital = _serialised(lambda: service.records_officer_of(who.identity))
-        if hospital not in service.config.hospitals:
-            raise AccessDenied(f"{who.identity} does not enrol at this server")
+        hospital = staff_here(who.identity, "records", "a records officer")
         doc = _json_object(request.state.body)
         days = doc.get("days", 7)
-        if not isinstance(days, int) or isinstance(days, bool) or not 0 < days <= 90:
+        if not isinstance(days, int) or isinstance(days, bool):  # its range: service.enrol
             raise InvalidInput("days is a whole number from 1 to 90")
         texts = {k: doc.get(k) for k in ("patient", "name", "staff", "role", "dept")}
         if not all(v is None or isinstance(v, str) for v in texts.values()):

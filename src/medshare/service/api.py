@@ -250,15 +250,11 @@ class MedShare(
         """Commit transactions their holders signed on their own devices."""
         return self.committer.commit(list(txs))
 
-    def records_officer_of(self, who: str) -> str:
-        """The hospital whose records ``who`` may ingest (their role ``records``)."""
-        return self.staff_hospital(who, ("records",), "a records officer")
-
-    def staff_hospital(self, who: str, roles: Sequence[str], what: str) -> str:
-        """The hospital ``who`` works at in one of ``roles``; AccessDenied otherwise."""
+    def staff_hospital(self, who: str, role: str, what: str) -> str:
+        """The hospital ``who`` works at as ``role``; AccessDenied otherwise."""
         with self.sessions() as session:
             row = session.get(db.Principal, who)
-        if row is None or row.hospital is None or not set(roles) & set(row.roles or []):
+        if row is None or row.hospital is None or role not in (row.roles or []):
             raise AccessDenied(f"{who} is not {what} of a hospital")
         return row.hospital
 

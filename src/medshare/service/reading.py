@@ -185,12 +185,11 @@ class ReadingMixin:
             if record is None or record.shredded_ms is not None:
                 raise NotFound(f"record {gate.record.id} was deleted (crypto-shredded)")
             if gate.area is Area.PERSONAL:
-                grant = session.get(db.Grant, gate.share_id) if gate.share_id else None
-                if record.kac_header != gate.header or (
-                    grant is not None
-                    and (grant.revoked_ms is not None or not valid_at(grant.until_ms, self.clock()))
-                ):
-                    raise AccessDenied("the share or the record's seal changed meanwhile")
+                # the gate's own check again (share live, its classes cover the slot), and
+                # the header it released must still be the record's
+                header = self._release_personal(session, gate.who, record, gate.share_id)
+                if header != gate.header:
+                    raise AccessDenied("the record's seal changed meanwhile (a share revoked)")
                 return
             wrap = session.execute(
                 select(db.Wrap).where(
