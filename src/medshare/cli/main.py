@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from medshare import __version__
-from medshare.cli import anchor, bench, crypto, hospital, ledger, net, records, wallet
+from medshare.cli import anchor, bench, consortium, crypto, hospital, ledger, net, records, wallet
 
 app = typer.Typer(
     help="medshare: accountable, patient-controlled sharing of medical records.",
@@ -20,6 +20,7 @@ app.add_typer(ledger.app, name="ledger")
 app.add_typer(anchor.app, name="anchor")
 app.add_typer(bench.app, name="bench")
 app.add_typer(net.app, name="net")
+app.add_typer(consortium.app, name="consortium")
 app.add_typer(hospital.app, name="hospital")
 app.add_typer(wallet.app, name="wallet")
 records.register(app)

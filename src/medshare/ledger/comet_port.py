@@ -62,7 +62,7 @@ def _ms(text: str) -> int:
 def start_stopped(net: network.Network, notice: Notice | None = None) -> list[int]:
     """Start every node of ``net`` that is not running and wait for their RPC; returns
     the indexes started."""
-    stopped = [i for i in range(len(net.nodes)) if not network.running(net, i)]
+    stopped = [i for i in net.local_nodes() if not network.running(net, i)]
     if not stopped:
         return []
     if notice is not None:
@@ -115,7 +115,8 @@ class CometLedger:
             f"the ledger in {directory} is in use by another medshare process",
         )
         try:
-            if not any(network.running(net, i) for i in range(len(net.nodes))):
+            local = net.local_nodes()
+            if local and not any(network.running(net, i) for i in local):
                 if not start:
                     raise LedgerUnavailable(
                         f"no ledger node is running; start them with "
@@ -163,7 +164,7 @@ class CometLedger:
             yield
         except ClientUnavailable as exc:
             net = self.network
-            down = [i for i in range(len(net.nodes)) if not network.running(net, i)]
+            down = [i for i in net.local_nodes() if not network.running(net, i)]
             hint = (
                 f"nodes {', '.join(map(str, down))} of {len(net.nodes)} are not running "
                 f"(start one with `medshare net restart --dir {net.directory} --node I`)"
@@ -181,6 +182,12 @@ class CometLedger:
     @property
     def node_names(self) -> tuple[str, ...]:
         return tuple(n.name for n in self.network.nodes)
+
+    def node_public(self, index: int) -> bytes:
+        try:
+            return bytes.fromhex(self.network.node(index).public)
+        except network.NetworkError as exc:
+            raise LedgerUnavailable(str(exc)) from None
 
     def node_key(self, index: int) -> SigningKey:
         key = self._keys.get(index)
@@ -391,13 +398,16 @@ class CometLedger:
 
     def verify(self) -> list[NodeCheck]:
         """Re-verify the chain every running node serves, from the genesis this folder was
-        created with (node 0's ``genesis.json``, the trust anchor: a node serving another
-        fails) with :func:`medshare.ledger.cometbft.verify.verify_node` (headers, commit
-        signatures, validator sets, and a replay of the application), all up to the same
-        height: the lowest of the running nodes' at the start. A stopped node is reported,
-        not read."""
+        created with (its first own node's ``genesis.json``, the trust anchor: a node
+        serving another fails; nodes other parties run are read over RPC) with
+        :func:`medshare.ledger.cometbft.verify.verify_node` (headers, commit signatures,
+        validator sets, and a replay of the application), all up to the same height: the
+        lowest of the running nodes' at the start. A stopped node is reported, not read."""
         net = self.network
-        running = [i for i in range(len(net.nodes)) if network.running(net, i)]
+        # this folder's running nodes, and the nodes other parties run (over RPC)
+        running = [
+            i for i in range(len(net.nodes)) if network.running(net, i) or not net.is_local(i)
+        ]
         heights = {}
         for i in running:
             try:
@@ -406,7 +416,7 @@ class CometLedger:
             except ClientUnavailable:
                 pass
         stop = min(heights.values()) if heights else 0
-        anchor = net.node_dir(0) / "config" / "genesis.json"
+        anchor = net.node_dir(net.local_nodes()[0]) / "config" / "genesis.json"
         try:
             trusted = json.loads(anchor.read_text())
         except (OSError, ValueError) as exc:

@@ -403,6 +403,11 @@ class InProcessLedger:
     def node_names(self) -> tuple[str, ...]:
         return self._names
 
+    def node_public(self, index: int) -> bytes:
+        if not 0 <= index < len(self._names):
+            raise LedgerUnavailable(f"no node {index}: the ledger has {len(self._names)} nodes")
+        return self._genesis.nodes[index].public
+
     @_locked
     def node_key(self, index: int) -> SigningKey:
         if not 0 <= index < len(self._names):

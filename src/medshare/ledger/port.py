@@ -107,6 +107,11 @@ class LedgerPort(Protocol):
         """Node ``index``'s signing key (its validator key), held next to the node."""
         ...
 
+    def node_public(self, index: int) -> bytes:
+        """Node ``index``'s public validator key, as genesis names it (any node's, also
+        one another party runs)."""
+        ...
+
     def height(self) -> int: ...
 
     def next_nonce(self, sender: bytes) -> int:

@@ -31,11 +31,12 @@ from medshare.crypto.errors import CryptoError
 from medshare.ledger.app import published
 from medshare.ledger.app.rules import KEY_TAG_FIELDS
 from medshare.ledger.types import LedgerFormatError, Tx, TxKind
+from medshare.records.blobstore import DirectoryReplica, blob_id_of
 from medshare.server import authorization, problems
 from medshare.service import db, enrolment
 from medshare.service.api import MedShare
 from medshare.service.areas import parse_area
-from medshare.service.common import wall_clock_ms
+from medshare.service.common import service_principal, wall_clock_ms
 from medshare.service.errors import AccessDenied, InvalidInput, NotFound
 
 # The server process's recursion limit (`hospital serve` pins it): a JSON body nested
@@ -44,6 +45,8 @@ from medshare.service.errors import AccessDenied, InvalidInput, NotFound
 SERVER_RECURSION_LIMIT = 1000
 MAX_BODY_BYTES = 1 << 20  # a request body above this is refused (413) before it is read
 MAX_INGEST_BYTES = 32 << 20  # FHIR a records officer sends in one ingest request
+REPLICA_PREFIX = "/v1/replica/"
+MAX_REPLICA_PAGE = 1000  # blob ids in one replica listing
 ENROLMENT_CACHE = 65_536  # identity keys whose enrolment this server remembers
 
 
@@ -77,8 +80,13 @@ def create_app(
             return call()
 
     enrolled: dict[bytes, str] = {}  # enrolments are written once: a hit never goes stale
+    # Member hospitals' records services, by the key of their ledger nodes (genesis names
+    # each node after the hospital that runs it): they call the replica routes.
+    member_nodes = _member_nodes(service)
 
     def enrolled_as(key: bytes) -> str | None:
+        if key in member_nodes:
+            return member_nodes[key]
         if key in enrolled:
             return enrolled[key]
 
@@ -98,12 +106,17 @@ def create_app(
     app.state.verifier = signed_requests.RequestVerifier(app.state.audience, enrolled_as, clock_ms)
     app.state.max_body = max_body
 
-    def may_send_large(headers: Any) -> bool:
-        """Whether a request names an enrolled records officer's key (checked before a
-        large body is read; the signature over it is checked once it is read)."""
+    def may_send_large(path: str, headers: Any) -> bool:
+        """Whether a request may carry a body beyond the common cap: an ingest naming an
+        enrolled records officer's key, a replica write naming a member hospital's node
+        key (checked before the body is read; the signature over it once it is read)."""
         try:
             key = bytes.fromhex(headers.get(signed_requests.KEY) or "")
         except ValueError:
+            return False
+        if path.startswith(REPLICA_PREFIX):
+            return key in member_nodes
+        if path != "/v1/ingest":
             return False
         identity = enrolled_as(key) if len(key) == 32 else None
         if identity is None or identity != headers.get(signed_requests.IDENTITY):
@@ -119,7 +132,7 @@ def create_app(
     def staff_here(identity: str, role: str, what: str) -> str:
         """The hospital ``identity`` works at in ``role``, if this server speaks for it."""
         hospital = _serialised(lambda: service.staff_hospital(identity, role, what))
-        if hospital not in service.config.hospitals:
+        if hospital not in service.config.served:
             raise AccessDenied(f"{identity} is {what} of {hospital}, not of this server")
         return hospital
 
@@ -127,7 +140,7 @@ def create_app(
     def health() -> dict[str, Any]:
         return {
             "status": "ok",
-            "hospitals": list(service.config.hospitals),
+            "hospitals": list(service.config.served),
             "audience": app.state.audience,
             "chain_id": service.ledger.chain_id,
         }
@@ -220,6 +233,57 @@ def create_app(
         hospital = staff_here(who.identity, "records", "a records officer")
         body = request.state.body
         return _serialised(lambda: service.ingest(hospital, [body]).as_dict())
+
+    def own_replica(who: Caller) -> DirectoryReplica:
+        """This hospital's blob replica, for a member hospital's records service."""
+        authorization.a_member_service(who, service.config.hospitals)
+        if service.own_replica is None:
+            raise NotFound("this server keeps no replica for other hospitals")
+        return service.own_replica
+
+    @app.put(
+        REPLICA_PREFIX + "{blob_id}",
+        status_code=204,
+        summary="A member hospital's records service stores a copy of an encrypted blob "
+        "here (content-addressed: the bytes must hash to the id)",
+    )
+    def replica_put(who: Signed, blob_id: BlobId, request: Request) -> Response:
+        replica = own_replica(who)
+        body = request.state.body
+        if blob_id_of(body) != blob_id:
+            raise InvalidInput("the blob's bytes do not hash to its id")
+        replica.put(blob_id, body)
+        return Response(status_code=204)
+
+    @app.get(
+        REPLICA_PREFIX + "{blob_id}",
+        summary="A member hospital's records service reads this hospital's copy of a blob",
+        response_class=Response,
+    )
+    def replica_get(who: Signed, blob_id: BlobId) -> Response:
+        data = own_replica(who).get(blob_id)
+        if data is None:
+            raise NotFound(f"no copy of blob {blob_id} here")
+        return Response(content=data, media_type="application/octet-stream")
+
+    @app.get(
+        "/v1/replica",
+        summary="The blob ids this hospital's replica holds, in order, a page at a time "
+        "(a member hospital's records service scrubs its placements with it)",
+    )
+    def replica_ids(
+        who: Signed,
+        after: Annotated[str, Query(pattern="^([0-9a-f]{64})?$")] = "",
+        limit: Annotated[int, Query(ge=1, le=MAX_REPLICA_PAGE)] = MAX_REPLICA_PAGE,
+    ) -> dict[str, list[str]]:
+        replica = own_replica(who)
+        page = []
+        for blob_id in replica.ids():  # sorted by the replica's fan-out layout
+            if blob_id > after:
+                page.append(blob_id)
+                if len(page) == limit:
+                    break
+        return {"ids": page}
 
     @app.post(
         "/v1/patients/{patient_id}/referrals",
@@ -347,7 +411,7 @@ def create_app(
         sessions and precomputed randomness live there); it holds the authority's keys,
         which are this hospital's own."""
         if code not in issuers:
-            if code not in service.config.hospitals:
+            if code not in service.config.served:
                 raise NotFound(f"no authority {code!r} at this server")
             issuers[code] = issuance.IssuanceAuthority(
                 service.wallets.authority(code),
@@ -363,7 +427,7 @@ def create_app(
     def keep_ready() -> None:
         """Fill each authority's randomness pool to ``precompute_offers`` offers; woken
         after every offer. A daemon thread: it ends with the server."""
-        for code in service.config.hospitals:
+        for code in service.config.served:
             _serialised(lambda code=code: issuer(code))
         while True:
             low = [a for a in list(issuers.values()) if a.precomputed_offers < precompute_offers]
@@ -541,9 +605,11 @@ async def _caller(request: Request) -> Caller:
     query exactly as sent, the body is read up to the app's size cap. Verification (and
     its ledger lookup) runs on a worker thread, never on the event loop."""
     limit = request.app.state.max_body
-    if request.scope.get("path") == "/v1/ingest":
-        allowed = await run_in_threadpool(request.app.state.may_send_large, request.headers)
-        if allowed:  # only a records officer's request may carry FHIR beyond the common cap
+    path = request.scope.get("path", "")
+    if path == "/v1/ingest" or path.startswith(REPLICA_PREFIX):
+        may_send_large = request.app.state.may_send_large
+        allowed = await run_in_threadpool(may_send_large, path, request.headers)
+        if allowed:  # a records officer's FHIR, a member's blob copy: beyond the common cap
             limit = max(limit, MAX_INGEST_BYTES)
     body = await _capped_body(request, limit)
     request.state.body = body  # what was verified is what the route reads
@@ -621,14 +687,26 @@ def _message(message: Any) -> Response:
     return Response(content=message.to_bytes(), media_type="application/json")
 
 
+def _member_nodes(service: MedShare) -> dict[bytes, str]:
+    """{node public key: ``records@<code>``} for every ledger node a member hospital runs
+    (genesis labels nodes ``<code>-a``, ``<code>-b``, …; the regulator's is no hospital's)."""
+    members = {}
+    for i, name in enumerate(service.ledger.node_names):
+        code = name.rsplit("-", 1)[0]
+        if "-" in name and code in service.config.hospitals:
+            members[service.ledger.node_public(i)] = service_principal(code)
+    return members
+
+
 def audience_of(service: MedShare) -> str:
     """What requests to this server must be signed for: the consortium's chain and the
     hospitals this server speaks for, so a request made for one server is refused by
     every other."""
-    return f"{service.ledger.chain_id}/{'+'.join(service.config.hospitals)}"
+    return f"{service.ledger.chain_id}/{'+'.join(service.config.served)}"
 
 
 Signed = Annotated[Caller, Depends(_caller)]
+BlobId = Annotated[str, Path(pattern="^[0-9a-f]{64}$")]
 
 
 async def _capped_body(request: Request, limit: int) -> bytes:

@@ -20,6 +20,15 @@ def the_patient(caller: Caller, patient_id: str) -> None:
         raise AccessDenied(f"only patient {patient_id} may see this")
 
 
+def a_member_service(caller: Caller, members: tuple[str, ...]) -> None:
+    """Only a member hospital's records service (``records@<code>``, signed with the key
+    of a ledger node genesis names after that hospital: the server maps node keys to these
+    identities and nothing else to them)."""
+    name, _, code = caller.identity.partition("@")
+    if name != "records" or code not in members:
+        raise AccessDenied("only a member hospital's records service may use the replica")
+
+
 # Route (method, path template) -> the rule it applies, for the matrix test and the docs.
 RULES: dict[tuple[str, str], str] = {
     ("GET", "/v1/health"): "anyone (unsigned)",
@@ -51,4 +60,7 @@ RULES: dict[tuple[str, str], str] = {
     ("POST", "/v1/issuance/{code}/issue"): "the session's own identity, with the key's tag "
     "registration signed by its own key (on the ledger before the key is released)",
     ("GET", "/v1/ledger/next-nonce"): "any enrolled identity (its own nonce)",
+    ("PUT", "/v1/replica/{blob_id}"): "a member hospital's records service (its node key)",
+    ("GET", "/v1/replica/{blob_id}"): "a member hospital's records service (its node key)",
+    ("GET", "/v1/replica"): "a member hospital's records service (its node key)",
 }

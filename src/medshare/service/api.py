@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from medshare.api.peer_replica import PeerReplica
 from medshare.crypto import abe, kac
 from medshare.crypto.errors import CryptoError
 from medshare.crypto.signing import SigningKey
@@ -47,7 +48,7 @@ from medshare.service.common import (
     service_principal,
     wall_clock_ms,
 )
-from medshare.service.config import ServiceConfig
+from medshare.service.config import ConfigError, ServiceConfig
 from medshare.service.enrolment import EnrolmentMixin
 from medshare.service.errors import AccessDenied, InvalidInput, NotFound
 from medshare.service.grants import GrantMixin
@@ -98,10 +99,8 @@ class MedShare(
         self.sessions = db.session_factory(self.engine)
         self.taxonomy = load_taxonomy(config.data_dir)
         self.classifier = Classifier(self.taxonomy)
-        self.blobs = ReplicatedBlobStore(
-            [DirectoryReplica(config.replica_dir(h), h) for h in config.hospitals],
-            config.replication,
-        )
+        self.own_replica: DirectoryReplica | None = None
+        self.blobs = self._blob_store()
         self._params: kac.KacParams | None = None
         self._decoded: dict[tuple, Any] = {}
         # (published name, digest) pairs this process found on the ledger.
@@ -112,6 +111,35 @@ class MedShare(
         # Identities whose issuance failed the authority's check (one bit about its
         # master secret each): refused for the rest of this process.
         self.issuance_suspended: set[str] = set()
+
+    def _blob_store(self) -> ReplicatedBlobStore:
+        """Every member's replica: folders here for the single-directory consortium; for a
+        hospital's own directory, its own folder (also served to the members, see
+        :attr:`own_replica`) and the others' replicas through their servers, as this
+        hospital's records service."""
+        config = self.config
+        if config.local is None:
+            replicas: list = [DirectoryReplica(config.replica_dir(h), h) for h in config.hospitals]
+            return ReplicatedBlobStore(replicas, config.replication)
+        self.own_replica = DirectoryReplica(config.replica_dir(config.local), config.local)
+        signer = self.node_key(config.local)
+        replicas = [self.own_replica] + [
+            PeerReplica(
+                code,
+                url,
+                signer=signer,
+                identity=service_principal(config.local),
+                audience=f"{self.ledger.chain_id}/{code}",
+                clock_ms=self.clock,
+            )
+            for code, url in sorted(config.peers.items())
+        ]
+        if len(replicas) < config.replication:
+            raise ConfigError(
+                f"replication {config.replication} needs {config.replication - 1} peer "
+                f"hospital(s) in {config.data_dir}'s configuration; it names {len(config.peers)}"
+            )
+        return ReplicatedBlobStore(replicas, config.replication)
 
     @classmethod
     def open(
@@ -130,6 +158,9 @@ class MedShare(
             raise
 
     def close(self) -> None:
+        for replica in self.blobs.replicas:
+            if isinstance(replica, PeerReplica):
+                replica.close()
         self.ledger.close()
         self.engine.dispose()
 
@@ -293,7 +324,7 @@ class MedShare(
         bodies: dict[str, list[dict[str, Any]]] = {}
         for who, hospital, public in people:
             if self.ledger.registered(public) is None:
-                sponsor = hospital or self.config.hospitals[0]
+                sponsor = hospital or self.config.served[0]
                 bodies.setdefault(sponsor, []).append({"identity": who, "key": public.hex()})
         return [(self.node_key(h), TxKind.REGISTER_IDENTITY, items) for h, items in bodies.items()]
 

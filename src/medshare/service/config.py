@@ -45,6 +45,12 @@ class ServiceConfig:
     their seed: ``device`` (nowhere here: their records wait, sealed to no block, until
     the patient's own wallet enrols and publishes its block keys) or ``custodial`` (made
     and kept in this directory's ``wallets/``, the single-directory harness).
+
+    ``local`` is the hospital this directory *is* when each hospital has its own
+    (``medshare consortium up`` / ``hospital init``): its own database, blob replica,
+    authority and ledger node, the other members reached at their ``peers`` URLs (code →
+    API base URL) for blob replication. ``None`` is the single-directory consortium (every
+    hospital's state in one place: the test harness and ``medshare init``).
     """
 
     data_dir: Path
@@ -60,6 +66,8 @@ class ServiceConfig:
     policy_templates: dict[str, str] = field(default_factory=dict)
     ledger: str = "inprocess"
     patient_keys: str = "custodial"
+    local: str | None = None
+    peers: dict[str, str] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -94,10 +102,26 @@ class ServiceConfig:
             )
         if self.patient_keys not in PATIENT_KEYS:
             raise ConfigError(f"patient_keys is one of {', '.join(PATIENT_KEYS)}")
+        if self.local is not None:
+            if self.local not in self.hospitals:
+                raise ConfigError(f"local hospital {self.local!r} is not a member")
+            if self.patient_keys != "device":
+                raise ConfigError("a hospital's own directory never holds patients' seeds")
+        unknown_peers = set(self.peers) - set(self.hospitals) | {self.local} & set(self.peers)
+        if unknown_peers:
+            raise ConfigError(f"peers must be other member hospitals: {sorted(unknown_peers)}")
+        for url in self.peers.values():
+            if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+                raise ConfigError(f"a peer's address is an http(s) URL, not {url!r}")
         if self.kac_classes % self.slab_size:
             raise ConfigError("slab_size must divide kac_classes")
 
     # -- derived paths -------------------------------------------------------------------
+
+    @property
+    def served(self) -> tuple[str, ...]:
+        """The hospitals whose state this directory holds and whose server it serves."""
+        return (self.local,) if self.local is not None else self.hospitals
 
     @property
     def url(self) -> str:

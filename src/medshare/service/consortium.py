@@ -85,6 +85,43 @@ def init(
     return service
 
 
+def init_hospital(
+    config: ServiceConfig,
+    params: bytes,
+    *,
+    clock: Clock = wall_clock_ms,
+    progress: Progress | None = None,
+) -> MedShare:
+    """Create one hospital's own directory (``config.local``), next to its ledger node
+    (``config.ledger_dir``, already laid out and running, see
+    :func:`medshare.server.consortium.up`): its configuration, the consortium's public KAC
+    parameters ``params``, its database, its attribute authority and KEK seed, its records
+    service's identity (its node's key) and its authority's identity, registered by its own
+    node, and the authority's public keys published on the ledger. Nobody else's key is
+    made here: staff and patients enrol with one-time codes and make theirs on their own
+    devices."""
+    say = progress or (lambda _msg: None)
+    code = config.local
+    if code is None:
+        raise ConfigError("init_hospital makes a hospital's own directory: set local")
+    data_dir = config.data_dir
+    if data_dir.exists() and any(p.name != "ledger" for p in data_dir.iterdir()):
+        raise ConfigError(f"{data_dir} holds more than its ledger node; choose a new directory")
+    kac.KacParams.from_bytes(params).verify()
+    config.save()
+    write_file(config.kac_params_file, params)
+    service = MedShare.open(data_dir, clock=clock, notice=say)
+    try:
+        say(f"{code}: authority, records service, identities on the ledger")
+        _add_hospital(service, code)
+        service.register([(authority_principal(code), code)])
+        service.publish_authority_keys((code,))
+    except BaseException:
+        service.close()
+        raise
+    return service
+
+
 def _add_hospital(service: MedShare, code: str) -> None:
     wallets = service.wallets
     authority = issuance.AuthorityKeys.generate()

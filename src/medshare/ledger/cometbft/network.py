@@ -16,6 +16,11 @@ Layout::
     D/node-<i>/abci.sock       the app's socket (0600)
     D/node-<i>/pids.json       the two process ids
     D/node-<i>/*.log           their output
+
+A network may also be *split* among its operators (:func:`split`): each party's folder
+keeps only its own nodes, and its ``net.json`` lists the others with no folder (``""``:
+run elsewhere, reached over RPC and p2p only). A party starts, stops and signs with its
+own nodes; it cannot touch another's.
 """
 
 from __future__ import annotations
@@ -30,12 +35,13 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 
+from medshare import processes
 from medshare.fileio import write_file
 from medshare.ledger import election
 from medshare.ledger.app.genesis import Genesis
@@ -73,7 +79,20 @@ class Network:
     nodes: tuple[NodeInfo, ...]
 
     def node_dir(self, i: int) -> Path:
-        return self.directory / self.node(i).folder
+        node = self.node(i)
+        if not node.folder:
+            raise NetworkError(
+                f"node {i} ({node.name}) is run by another party; this folder holds "
+                f"only nodes {', '.join(map(str, self.local_nodes())) or 'none'}"
+            )
+        return self.directory / node.folder
+
+    def is_local(self, i: int) -> bool:
+        """Whether node ``i``'s folder (keys, state, processes) is in this network folder."""
+        return bool(self.node(i).folder)
+
+    def local_nodes(self) -> list[int]:
+        return [n.index for n in self.nodes if n.folder]
 
     def node(self, i: int) -> NodeInfo:
         if not 0 <= i < len(self.nodes):
@@ -210,39 +229,12 @@ def _pid_file(network: Network, i: int) -> Path:
     return network.node_dir(i) / "pids.json"
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie (killed, not yet reaped) is not running
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
-
-
-def _identity(pid: int) -> tuple[int, str] | None:
-    """(start time in clock ticks since boot, command line) of a process, or None."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-        return int(stat[19]), cmdline
-    except (OSError, IndexError, ValueError, UnicodeDecodeError):
-        return None
-
-
-def _record(pid: int) -> dict:
-    identity = _identity(pid)
-    return {"pid": pid, "start": identity[0] if identity else -1}
-
-
 def pids(network: Network, i: int) -> dict[str, int]:
     """Node ``i``'s live processes. A pid counts only while it is the very process the
     network started — same start time, and its command line names the node's folder — so
     a pid reused by another process after a crash or a reboot is never signalled."""
+    if not network.is_local(i):
+        return {}
     try:
         doc = json.loads(_pid_file(network, i).read_text())
     except (FileNotFoundError, json.JSONDecodeError):
@@ -250,18 +242,15 @@ def pids(network: Network, i: int) -> dict[str, int]:
     folder = str(network.node_dir(i))
     out = {}
     for role, entry in doc.items() if isinstance(doc, dict) else ():
-        if not isinstance(entry, dict) or not isinstance(entry.get("pid"), int):
-            continue
-        identity = _identity(entry["pid"])
-        if identity is None or identity[0] != entry.get("start") or folder not in identity[1]:
-            continue
-        if _alive(entry["pid"]):
-            out[role] = entry["pid"]
+        pid = processes.still_ours(entry, folder)
+        if pid is not None:
+            out[role] = pid
     return out
 
 
 def running(network: Network, i: int) -> bool:
-    return len(pids(network, i)) == 2
+    """Whether node ``i`` runs here (a node another party runs is never "running" here)."""
+    return network.is_local(i) and len(pids(network, i)) == 2
 
 
 def start(network: Network, i: int, *, wait: bool = True) -> None:
@@ -297,7 +286,9 @@ def start(network: Network, i: int, *, wait: bool = True) -> None:
     engine_log.close()
     write_file(
         _pid_file(network, i),
-        json.dumps({"app": _record(app.pid), "cometbft": _record(engine.pid)}).encode(),
+        json.dumps(
+            {"app": processes.record(app.pid), "cometbft": processes.record(engine.pid)}
+        ).encode(),
     )
     if wait:
         wait_rpc(network, i, deadline)
@@ -380,8 +371,49 @@ def up(directory: Path, **kwargs) -> Network:
 
 
 def down(network: Network) -> None:
-    for i in range(len(network.nodes)):
+    """Stop this folder's nodes (another party's keep running)."""
+    for i in network.local_nodes():
         stop(network, i)
+
+
+def split(network: Network, owners: Sequence[Path]) -> list[Network]:
+    """Hand each node to its operator: node ``i``'s folder moves to
+    ``owners[i]/node-<i>`` and each distinct owner folder gets a ``net.json`` that lists
+    every node (the public facts: name, key, node id, addresses) with a folder only for
+    its own. Nothing may be running. The genesis and the peers in each node's config are
+    unchanged, so the network is the same chain; only who holds which keys changes.
+    Returns the owners' networks in order of first appearance; ``network.directory`` is
+    left without nodes and its ``net.json`` removed."""
+    if len(owners) != len(network.nodes):
+        raise NetworkError(f"{len(network.nodes)} nodes need {len(network.nodes)} owners")
+    if any(running(network, i) for i in network.local_nodes()):
+        raise NetworkError("stop the network before splitting it among its operators")
+    targets = [Path(o).resolve() for o in owners]
+    for i, target in enumerate(targets):
+        target.mkdir(parents=True, exist_ok=True)
+        if (target / NET_FILE).exists():
+            raise NetworkError(f"{target} already holds a network")
+        moved = target / f"node-{i}"
+        socket_path = moved / SOCKET
+        if len(str(socket_path)) > server.UNIX_PATH_MAX - len(".new"):
+            raise NetworkError(f"folder path too long for a Unix socket: {socket_path}")
+    out: list[Network] = []
+    for target in dict.fromkeys(targets):
+        nodes = tuple(
+            replace(n, folder=f"node-{n.index}" if targets[n.index] == target else "")
+            for n in network.nodes
+        )
+        out.append(Network(target, network.chain_id, network.cometbft_chain_id, nodes))
+    for i, target in enumerate(targets):
+        old = network.node_dir(i)
+        new = target / f"node-{i}"
+        os.replace(old, new)
+        # the node's config names its own socket by absolute path
+        node_home.set_config(new, {("", "proxy_app"): f"unix://{new / SOCKET}"})
+    for net in out:
+        net.save()
+    (network.directory / NET_FILE).unlink()
+    return out
 
 
 def status(network: Network) -> dict:

@@ -1,0 +1,124 @@
+"""Another member hospital's blob replica, reached over its HTTP API.
+
+Why: a hospital keeps its own replica on its own disk, and the consortium's copies of
+each encrypted blob (:class:`medshare.records.blobstore.ReplicatedBlobStore`, rendezvous
+placement over every member's replica) are written to and read from the other hospitals
+through their servers. Every call is a signed request
+(:mod:`medshare.api.signed_requests`) by the calling hospital's records service — the
+identity ``records@<code>`` with the key of its ledger node, which the receiving server
+finds in genesis — for the receiving hospital's audience, so a copy cannot be written by
+anyone but a member's node, and a captured request cannot be replayed or taken to another
+member.
+
+The replica need not be trusted: the blob store checks every copy against its content
+address and the ledger digest, whatever a peer returns. Any failure (refused, down, slow)
+raises, which the store counts as *unavailable* for that operation, never as fatal.
+
+There is no delete over HTTP: a peer must not be able to remove another hospital's copies.
+A record is deleted by crypto-shredding its key wraps at its holder (every copy becomes
+unreadable); the peers' copies of its ciphertext stay.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+
+import httpx
+
+from medshare.api import signed_requests
+from medshare.crypto.signing import SigningKey
+from medshare.records.blobstore import BlobUnavailable, check_blob_id
+
+REPLICA_PATH = "/v1/replica"
+IDS_PAGE = 1000  # blob ids per listing request
+TIMEOUT_S = 10.0
+
+
+class PeerReplica:
+    """The replica of member ``name`` at ``url``, as this hospital's records service."""
+
+    def __init__(
+        self,
+        name: str,
+        url: str,
+        *,
+        signer: SigningKey,
+        identity: str,
+        audience: str,
+        clock_ms: Callable[[], int],
+        timeout: float = TIMEOUT_S,
+    ) -> None:
+        self.name = name
+        self.url = url.rstrip("/")
+        self._signer = signer
+        self._identity = identity
+        self._audience = audience
+        self._clock_ms = clock_ms
+        self._http = httpx.Client(base_url=self.url, timeout=timeout)
+
+    def __repr__(self) -> str:
+        return f"PeerReplica({self.name!r}, {self.url!r})"
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _call(self, method: str, target: str, body: bytes = b"") -> httpx.Response:
+        headers = signed_requests.sign(
+            self._signer,
+            self._identity,
+            method,
+            target,
+            body,
+            audience=self._audience,
+            now_ms=self._clock_ms(),
+        )
+        if body:
+            headers["content-type"] = "application/octet-stream"
+        try:
+            return self._http.request(method, target, content=body, headers=headers)
+        except httpx.HTTPError as exc:
+            raise BlobUnavailable(f"{self.name} at {self.url} does not answer: {exc}") from None
+
+    def _refused(self, response: httpx.Response) -> BlobUnavailable:
+        try:
+            detail = response.json().get("detail", "")
+        except ValueError:
+            detail = ""
+        return BlobUnavailable(f"{self.name} refused ({response.status_code}): {detail}")
+
+    def put(self, blob_id: str, data: bytes) -> None:
+        response = self._call("PUT", f"{REPLICA_PATH}/{check_blob_id(blob_id)}", bytes(data))
+        if response.status_code != 204:
+            raise self._refused(response)
+
+    def get(self, blob_id: str) -> bytes | None:
+        response = self._call("GET", f"{REPLICA_PATH}/{check_blob_id(blob_id)}")
+        if response.status_code == 404:
+            return None
+        if response.status_code != 200:
+            raise self._refused(response)
+        return response.content
+
+    def delete(self, blob_id: str) -> None:
+        raise BlobUnavailable(
+            f"{self.name} keeps its copy of {blob_id}: peers' copies are not deleted over "
+            "the network (the record's key wraps are shredded at its holder)"
+        )
+
+    def ids(self) -> Iterator[str]:
+        after = ""
+        while True:
+            target = f"{REPLICA_PATH}?limit={IDS_PAGE}" + (f"&after={after}" if after else "")
+            response = self._call("GET", target)
+            if response.status_code != 200:
+                raise self._refused(response)
+            try:
+                page = json.loads(response.content)
+                ids = [check_blob_id(i) for i in page["ids"]]
+            except (ValueError, KeyError, TypeError) as exc:
+                raise BlobUnavailable(f"{self.name} sent a malformed listing: {exc}") from None
+            yield from ids
+            if len(ids) < IDS_PAGE or not ids or ids[-1] <= after:
+                return
+            after = ids[-1]
