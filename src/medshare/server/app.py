@@ -96,6 +96,12 @@ def create_app(
             return identity if identity and service.knows_key(identity, key) else None
 
         identity = _serialised(lookup)
+        if identity is None:
+            # a member hospital's staff member, seen here first: their hospital vouches
+            # (asked outside the lock; the answer is checked against the ledger)
+            named = _serialised(lambda: service.ledger.registered(key))
+            if named is not None and service.learn_peer_staff(named):
+                identity = _serialised(lookup)
         if identity is not None:
             if len(enrolled) >= ENROLMENT_CACHE:
                 enrolled.clear()
@@ -363,6 +369,14 @@ def create_app(
             return {**got.as_dict(), "hospital": hospital}
 
         return _serialised(enrol)
+
+    @app.get(
+        "/v1/staff/{identity}",
+        summary="This hospital vouches for one of its staff: identity key, role and "
+        "department, signed by its ledger node (other members read it; no signature needed)",
+    )
+    def staff(identity: Annotated[str, Path(max_length=256)]) -> dict[str, Any]:
+        return _serialised(lambda: service.staff_attestation(identity))
 
     @app.get("/v1/me", summary="Who the signed request authenticates as")
     def me(who: Signed) -> dict[str, str]:

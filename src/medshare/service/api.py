@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from medshare.api import staff_attestation
 from medshare.api.peer_replica import PeerReplica
 from medshare.crypto import abe, kac
 from medshare.crypto.errors import CryptoError
@@ -288,6 +289,64 @@ class MedShare(
         if row is None or row.hospital is None or role not in (row.roles or []):
             raise AccessDenied(f"{who} is not {what} of a hospital")
         return row.hospital
+
+    def node_publics(self, hospital: str) -> list[bytes]:
+        """The public keys of the ledger nodes genesis names after ``hospital``."""
+        return [
+            self.ledger.node_public(i)
+            for i, name in enumerate(self.ledger.node_names)
+            if name.rpartition("-")[0] == hospital
+        ]
+
+    def staff_attestation(self, who: str) -> dict[str, Any]:
+        """This hospital vouches for one of its staff (:mod:`medshare.api.staff_attestation`),
+        signed by its node; NotFound for anyone else."""
+        with self.sessions() as session:
+            row = session.get(db.Principal, who)
+        if row is None or row.kind != "clinician" or row.hospital not in self.config.served:
+            raise NotFound(f"{who} is not staff of this hospital")
+        facts = staff_attestation.StaffFacts(
+            chain_id=self.ledger.chain_id,
+            identity=row.id,
+            key=row.identity_public,
+            hospital=row.hospital,
+            roles=tuple(row.roles or ()),
+            dept=row.dept,
+            issued_ms=self.clock(),
+        )
+        return staff_attestation.attest(self.node_key(row.hospital), facts)
+
+    def learn_peer_staff(self, who: str) -> bool:
+        """Whether ``who`` is known here, learning a member hospital's staff member from
+        their own hospital's attestation on first sight: signed by that hospital's node,
+        for the key the ledger enrolled under that name (which only that hospital's nodes
+        may enrol). Nothing is learnt about anyone else (patients, unknown hospitals)."""
+        with self.sessions() as session:
+            if session.get(db.Principal, who) is not None:
+                return True
+        hospital = who.rpartition("@")[2]
+        url = self.config.peers.get(hospital)
+        if url is None:
+            return False
+        facts = staff_attestation.fetch(
+            url, who, chain_id=self.ledger.chain_id, node_keys=self.node_publics(hospital)
+        )
+        if facts is None or self.ledger.registered(facts.key) != who:
+            return False
+        with db.transaction(self.sessions) as session:
+            if session.get(db.Principal, who) is None:
+                session.add(
+                    db.Principal(
+                        id=who,
+                        kind="clinician",
+                        hospital=hospital,
+                        roles=list(facts.roles),
+                        dept=facts.dept,
+                        identity_public=facts.key,
+                        created_ms=self.clock(),
+                    )
+                )
+        return True
 
     def knows_key(self, identity: str, key: bytes) -> bool:
         """Whether this consortium's records know ``identity`` by this very ``key`` (a
