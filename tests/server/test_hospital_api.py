@@ -159,6 +159,11 @@ def _routes(service) -> tuple[dict[str, tuple[str, str]], str, str]:
             "consents": ("GET", f"/v1/patients/{owner}/consents"),
             "trace": ("POST", "/v1/trace"),  # nobody in the matrix is an auditor
             "enrolments": ("POST", "/v1/enrolments"),  # nobody in the matrix is an officer
+            "staff": ("GET", "/v1/staff/dr.wang@H001"),
+            # nobody in the matrix is a member hospital's node (test_consortium_processes)
+            "replica-put": ("PUT", f"/v1/replica/{'ab' * 32}"),
+            "replica-get": ("GET", f"/v1/replica/{'ab' * 32}"),
+            "replica-list": ("GET", "/v1/replica"),
         },
         owner,
         next(p for p in patients if p != owner),
@@ -207,6 +212,10 @@ MATRIX = {
                  "unsigned": 401, "replayed": 401},
     "trace": _enrolled(403),
     "enrolments": _enrolled(403),
+    "staff": dict.fromkeys(CALLERS, 200),  # the hospital's attestation of its staff member
+    "replica-put": _enrolled(403),
+    "replica-get": _enrolled(403),
+    "replica-list": _enrolled(403),
 }  # fmt: skip
 
 

@@ -77,3 +77,25 @@ def test_a_long_data_directory_gets_its_nodes_in_a_short_linked_folder(
         assert len(str(target)) <= ledgers.SOCKET_ROOM and "linked from" in notes[0]
     finally:
         shutil.rmtree(state, ignore_errors=True)
+
+
+def test_a_hospitals_own_directory_is_checked(tmp_path: Path) -> None:
+    """``local`` names a member, never holds patients' seeds, and its peers are the other
+    members at http(s) addresses; it is kept across save and load."""
+    base = {"data_dir": tmp_path, "patient_keys": "device"}
+    with pytest.raises(ConfigError, match="not a member"):
+        ServiceConfig(**base, local="H009")
+    with pytest.raises(ConfigError, match="never holds patients' seeds"):
+        ServiceConfig(data_dir=tmp_path, local="H001")
+    with pytest.raises(ConfigError, match="other member hospitals"):
+        ServiceConfig(**base, local="H001", peers={"H001": "http://127.0.0.1:1"})
+    with pytest.raises(ConfigError, match="other member hospitals"):
+        ServiceConfig(**base, local="H001", peers={"H009": "http://127.0.0.1:1"})
+    with pytest.raises(ConfigError, match="http"):
+        ServiceConfig(**base, local="H001", peers={"H002": "file:///etc/passwd"})
+    config = ServiceConfig(**base, local="H002", peers={"H001": "http://127.0.0.1:8401"})
+    assert config.served == ("H002",)
+    config.save()
+    again = ServiceConfig.load(tmp_path)
+    assert again.local == "H002" and again.peers == {"H001": "http://127.0.0.1:8401"}
+    assert ServiceConfig(data_dir=tmp_path).served == ("H001", "H002", "H003")
