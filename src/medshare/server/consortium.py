@@ -93,13 +93,21 @@ def up(
     directory = directory.resolve()
     officer_codes: dict[str, str] = {}
     if not (directory / CONSORTIUM_FILE).exists():
-        officer_codes = _create(directory, hospitals, host, say)
+        try:
+            officer_codes = _create(directory, hospitals, host, say)
+        except BaseException:
+            _stop_all(directory)  # a half-made consortium leaves nothing running
+            raise
     members = load(directory)
     for party in _parties(directory, members):
         network.Network.load(party)  # damaged or missing: say so before starting anything
-    _start_nodes(directory, members, say)
-    for member in members:
-        _start_server(directory, member, host, say)
+    try:
+        _start_nodes(directory, members, say)
+        for member in members:
+            _start_server(directory, member, host, say)
+    except BaseException:
+        _stop_all(directory)
+        raise
     summary = status(directory)
     for entry in summary["hospitals"]:
         if entry["code"] in officer_codes:
@@ -120,6 +128,17 @@ def down(directory: Path, *, progress: Progress | None = None) -> dict[str, Any]
         network.down(net)
     say("ledger nodes stopped")
     return status(directory)
+
+
+def _stop_all(directory: Path) -> None:
+    """Stop whatever of ``directory``'s consortium runs (as far as it was made)."""
+    with contextlib.suppress(ConsortiumError, network.NetworkError, OSError):
+        members = load(directory)
+        for member in members:
+            _stop_server(directory / member.data_dir)
+    for party in [*sorted(directory.glob("*/ledger")), directory / ".genesis"]:
+        with contextlib.suppress(network.NetworkError, OSError):
+            network.down(network.Network.load(party))
 
 
 def status(directory: Path) -> dict[str, Any]:
