@@ -97,16 +97,26 @@ def create_app(
 
         identity = _serialised(lookup)
         if identity is None:
-            # a member hospital's staff member, seen here first: their hospital vouches
-            # (asked outside the lock; the answer is checked against the ledger)
             named = _serialised(lambda: service.ledger.registered(key))
-            if named is not None and service.learn_peer_staff(named):
+            if named is not None and learn_peer_staff(named):
                 identity = _serialised(lookup)
         if identity is not None:
             if len(enrolled) >= ENROLMENT_CACHE:
                 enrolled.clear()
             enrolled[key] = identity
         return identity
+
+    def learn_peer_staff(who: str) -> bool:
+        """Whether ``who`` is known here, learning a member hospital's staff member from
+        their hospital's attestation on first sight (asked outside the lock: a slow peer
+        holds up only this request)."""
+        if _serialised(lambda: service.knows(who)):
+            return True
+        facts = service.peer_staff_facts(who)
+        if facts is None:
+            return False
+        _serialised(lambda: service.add_peer_staff(facts))
+        return True
 
     app.state.audience = audience_of(service)
     app.state.verifier = signed_requests.RequestVerifier(app.state.audience, enrolled_as, clock_ms)
@@ -214,6 +224,9 @@ def create_app(
             classes = share_grants.parse_classes(doc.get("classes"))
         except share_grants.ShareGrantError as exc:
             raise InvalidInput(str(exc)) from None
+        grantee = tx.body.get("grantee") if isinstance(tx.body, dict) else None
+        if isinstance(grantee, str) and len(grantee) <= 256:
+            learn_peer_staff(grantee)  # another hospital's staff member: the gate decides
         return _serialised(lambda: service.accept_share(patient_id, tx, classes))
 
     @app.post(
@@ -307,6 +320,8 @@ def create_app(
             raise InvalidInput('a referral is {"to": name, "dept"?: code, "until_ms"?: ms}')
         if until is not None and (not isinstance(until, int) or isinstance(until, bool)):
             raise InvalidInput("until_ms is a time in ms")
+        if len(to) <= 256:
+            learn_peer_staff(to)  # a partner of another hospital: their hospital vouches
 
         def make() -> dict[str, Any]:
             if not service.records_of_at(patient_id, hospital):

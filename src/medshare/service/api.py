@@ -316,37 +316,43 @@ class MedShare(
         )
         return staff_attestation.attest(self.node_key(row.hospital), facts)
 
-    def learn_peer_staff(self, who: str) -> bool:
-        """Whether ``who`` is known here, learning a member hospital's staff member from
-        their own hospital's attestation on first sight: signed by that hospital's node,
-        for the key the ledger enrolled under that name (which only that hospital's nodes
-        may enrol). Nothing is learnt about anyone else (patients, unknown hospitals)."""
-        with self.sessions() as session:
-            if session.get(db.Principal, who) is not None:
-                return True
+    def peer_staff_facts(self, who: str) -> staff_attestation.StaffFacts | None:
+        """What ``who``'s own hospital, a member of this consortium, vouches for: fetched
+        from it, signed by its node, for the key the ledger enrolled under that name
+        (which only that hospital's nodes may enrol). None for anyone else (patients,
+        unknown hospitals, a name its hospital does not vouch for). No lock is needed:
+        it reads only the network and the ledger (see :meth:`add_peer_staff`)."""
         hospital = who.rpartition("@")[2]
         url = self.config.peers.get(hospital)
         if url is None:
-            return False
+            return None
         facts = staff_attestation.fetch(
             url, who, chain_id=self.ledger.chain_id, node_keys=self.node_publics(hospital)
         )
         if facts is None or self.ledger.registered(facts.key) != who:
-            return False
+            return None
+        return facts
+
+    def add_peer_staff(self, facts: staff_attestation.StaffFacts) -> None:
+        """Remember a member hospital's staff member (:meth:`peer_staff_facts`) as a person
+        of that hospital: their grants, referrals and reads then work here as anyone's."""
         with db.transaction(self.sessions) as session:
-            if session.get(db.Principal, who) is None:
+            if session.get(db.Principal, facts.identity) is None:
                 session.add(
                     db.Principal(
-                        id=who,
+                        id=facts.identity,
                         kind="clinician",
-                        hospital=hospital,
+                        hospital=facts.hospital,
                         roles=list(facts.roles),
                         dept=facts.dept,
                         identity_public=facts.key,
                         created_ms=self.clock(),
                     )
                 )
-        return True
+
+    def knows(self, who: str) -> bool:
+        with self.sessions() as session:
+            return session.get(db.Principal, who) is not None
 
     def knows_key(self, identity: str, key: bytes) -> bool:
         """Whether this consortium's records know ``identity`` by this very ``key`` (a

@@ -86,20 +86,10 @@ class GrantMixin:
         """A share the patient's device made: the GRANT ``tx`` the patient signed and the
         share's class map (the key itself went to the grantee, never here). Checked, put on
         the ledger, then kept for the gate."""
-        self._learn_grantee(tx)
         with db.transaction(self.sessions) as session:
             patient = self._patient(session, patient_id)
             grant = self._accept_share(session, patient, tx, classes)
             return {"grant": grant.id, "txid": grant.txid, "grantee": grant.grantee}
-
-    def _learn_grantee(self, tx: Tx) -> None:
-        """A share with a member hospital's staff member met here for the first time: learn
-        them from their hospital first (the gate then checks the grant as for anyone)."""
-        try:
-            grantee = share_grants.parse_body(tx.body)[1]
-        except (InvalidInput, ValueError, TypeError):
-            return  # the gate refuses it with the reason
-        self.learn_peer_staff(grantee)
 
     def _accept_share(
         self,
@@ -505,9 +495,7 @@ class GrantMixin:
     ) -> str:
         """``hospital`` refers the patient to a partner physician ``to``: a key with the
         referral attribute from ``hospital``'s authority, a referral area key, and wraps
-        of the patient's records at ``hospital`` (within ``dept`` if given). A partner
-        met here for the first time is learnt from their own hospital's attestation."""
-        self.learn_peer_staff(to)
+        of the patient's records at ``hospital`` (within ``dept`` if given)."""
         now = self.clock()
         until = until_ms or now + self.config.referral_days * 86_400_000
         if until <= now:
