@@ -571,8 +571,12 @@ STEPS: tuple[tuple[str, Callable[[Story], Outcome]], ...] = (
 )
 
 
-def run_demo(data_dir: Path | None, console: Console | None = None) -> int:
-    """Run every step; print a summary table; return the process exit code."""
+def run_demo(
+    data_dir: Path | None, console: Console | None = None, *, single_directory: bool = False
+) -> int:
+    """Run the story — the parties apart (:mod:`medshare.demo_parties`), or with
+    ``single_directory`` this module's story over one data directory — print a summary
+    table and return the process exit code."""
     console = console or Console()
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out = (data_dir or Path.cwd() / f"medshare-demo-{stamp}").resolve()
@@ -580,6 +584,10 @@ def run_demo(data_dir: Path | None, console: Console | None = None) -> int:
         console.print(f"[bold red]error:[/] {out} is not empty; choose a new --data-dir")
         return 2
     out.mkdir(parents=True, exist_ok=True)
+    if not single_directory:
+        from medshare import demo_parties
+
+        return demo_parties.run_demo(out, console)
     story = Story(out)
     results: list[tuple[str, Outcome, float]] = []
     try:
