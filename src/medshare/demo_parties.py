@@ -125,7 +125,7 @@ class Story:
 
 
 def step_consortium(story: Story) -> Outcome:
-    story.summary = consortium.up(story.consortium, hospitals=HOSPITALS)
+    story.summary = consortium.up(story.consortium, hospitals=HOSPITALS, precompute=0)
     hospitals = story.summary["hospitals"]
     running = all(h["server_running"] and h["node_running"] for h in hospitals)
     regulator = network.Network.load(story.consortium / consortium.REGULATOR / "ledger")
@@ -207,14 +207,14 @@ def step_staff(story: Story) -> Outcome:
     # them; the hospital's IT does, at its own console, with the server stopped.
     members = {m.code: m for m in consortium.load(story.consortium)}
     h1 = story.consortium / members["H001"].data_dir
-    consortium._stop_server(h1)
+    consortium.stop_server(story.consortium, "H001")
     try:
         codes["er.zhao@H001"] = story.commands.json(
             "hospital", "enrol", "--dir", h1, "--staff", "er.zhao@H001", "--role", "emergency",
             "--dept", "20",
         )["code"]  # fmt: skip
     finally:
-        consortium._start_server(story.consortium, members["H001"], "127.0.0.1", lambda _m: None)
+        consortium.start_server(story.consortium, "H001")
     keys = 0
     for who, otp in codes.items():
         home = who.rpartition("@")[2]
@@ -348,11 +348,11 @@ def step_outage(story: Story) -> Outcome:
     """H002's server stops and H001's replica is corrupted: the patient still exports
     everything, and the bad copies are repaired from the good ones."""
     members = {m.code: m for m in consortium.load(story.consortium)}
-    consortium._stop_server(story.consortium / members["H002"].data_dir)
+    consortium.stop_server(story.consortium, "H002")
     try:
         down = story.wallet_cmd("export", "patient", "--out", story.out / "h002-down.ndjson")
     finally:
-        consortium._start_server(story.consortium, members["H002"], "127.0.0.1", lambda _m: None)
+        consortium.start_server(story.consortium, "H002")
     h1 = story.consortium / members["H001"].data_dir
     with sqlite3.connect(h1 / "medshare.db") as db:  # H001's IT looks up the patient's blobs
         ids = {row[0] for row in db.execute(

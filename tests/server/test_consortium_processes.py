@@ -113,14 +113,13 @@ def test_blobs_are_replicated_to_peers_and_read_when_one_is_down(story):
                 copies[path.name] = copies.get(path.name, 0) + 1
     assert len(copies) == story["records"] and set(copies.values()) == {2}
     # H002's server stops: every record is still read (from the other copy)
-    assert consortium._stop_server(directory / "H002")
+    assert consortium.stop_server(directory, "H002")
     try:
         out = story["root"] / "export.ndjson"
         exported = _ok("wallet", "export", "--dir", story["root"] / "patient", "--out", out)
         assert exported["records"] == story["records"] and not exported["pending"]
     finally:
-        members = {m.code: m for m in consortium.load(directory)}
-        consortium._start_server(directory, members["H002"], "127.0.0.1", lambda _m: None)
+        consortium.start_server(directory, "H002")
 
 
 def test_another_hospitals_physician_reads_a_share_and_a_referral(story):

@@ -51,11 +51,21 @@ def up(
     host: Annotated[
         str, typer.Option(help="Address the servers and nodes listen on.")
     ] = "127.0.0.1",
+    precompute: Annotated[
+        int, typer.Option(help="Issuance offers each server keeps ready per authority.")
+    ] = 2,
 ) -> None:
     """Create (when new) and start the consortium; JSON: each hospital's code, API URL,
     data directory and node RPC (on creation also each hospital's records-officer code:
     `medshare wallet new --hospital API --code CODE` on the officer's device)."""
-    summary = _guard(consortium.up, directory, hospitals=hospitals, host=host, progress=_say)
+    summary = _guard(
+        consortium.up,
+        directory,
+        hospitals=hospitals,
+        host=host,
+        precompute=max(0, min(precompute, 16)),
+        progress=_say,
+    )
     typer.echo(json.dumps(summary, indent=2))
 
 

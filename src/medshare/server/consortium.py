@@ -84,11 +84,14 @@ def up(
     *,
     hospitals: int = 3,
     host: str = "127.0.0.1",
+    precompute: int = 2,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Create (if new) and start the consortium in ``directory``; returns its summary
     (each hospital's code, API URL, data directory and node RPC; on creation, each
-    hospital's records-officer code)."""
+    hospital's records-officer code). ``host`` is fixed at creation; ``precompute`` is the
+    issuance offers each server keeps ready per authority (``hospital serve
+    --precompute``)."""
     say = progress or (lambda _msg: None)
     directory = directory.resolve()
     officer_codes: dict[str, str] = {}
@@ -103,8 +106,7 @@ def up(
         network.Network.load(party)  # damaged or missing: say so before starting anything
     try:
         _start_nodes(directory, members, say)
-        for member in members:
-            _start_server(directory, member, host, say)
+        _start_servers(directory, members, _host(directory), say, precompute)
     except BaseException:
         _stop_all(directory)
         raise
@@ -238,6 +240,7 @@ def _create(directory: Path, count: int, host: str, say: Progress) -> dict[str, 
         "format": FORMAT,
         "version": VERSION,
         "chain_id": net.chain_id,
+        "host": host,
         "hospitals": [m.__dict__ for m in members],
     }
     write_file(directory / CONSORTIUM_FILE, json.dumps(doc, indent=2).encode())
@@ -305,37 +308,69 @@ def _server_pid(data_dir: Path) -> int | None:
     return processes.still_ours(entry, str(data_dir))
 
 
-def _start_server(directory: Path, member: Member, host: str, say: Progress) -> None:
-    """``medshare hospital serve`` for ``member`` as a process that outlives this one."""
-    data_dir = directory / member.data_dir
-    if _server_pid(data_dir) is not None:
-        return
-    port = member.api.rsplit(":", 1)[1]
-    with (data_dir / SERVER_LOG).open("ab") as log:
-        child = subprocess.Popen(
-            medshare_command(
-                "hospital", "serve", "--dir", data_dir, "--host", host, "--port", port
-            ),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-    write_file(data_dir / SERVER_FILE, json.dumps(processes.record(child.pid)).encode())
+def start_server(directory: Path, code: str, *, precompute: int = 0) -> None:
+    """Start hospital ``code``'s server (if stopped) and wait until it answers."""
+    directory = directory.resolve()
+    member = next((m for m in load(directory) if m.code == code), None)
+    if member is None:
+        raise ConsortiumError(f"no hospital {code!r} in {directory}")
+    _start_servers(directory, [member], _host(directory), lambda _m: None, precompute)
+
+
+def stop_server(directory: Path, code: str) -> bool:
+    """Stop hospital ``code``'s server; True if it was running."""
+    directory = directory.resolve()
+    member = next((m for m in load(directory) if m.code == code), None)
+    if member is None:
+        raise ConsortiumError(f"no hospital {code!r} in {directory}")
+    return _stop_server(directory / member.data_dir)
+
+
+def _host(directory: Path) -> str:
+    doc = json.loads((directory / CONSORTIUM_FILE).read_text())
+    return str(doc.get("host", "127.0.0.1"))
+
+
+def _start_servers(
+    directory: Path, members: list[Member], host: str, say: Progress, precompute: int
+) -> None:
+    """``medshare hospital serve`` for each stopped member, as processes that outlive this
+    one: all started at once, then waited for."""
+    started = []
+    for member in members:
+        data_dir = directory / member.data_dir
+        if _server_pid(data_dir) is not None:
+            continue
+        port = member.api.rsplit(":", 1)[1]
+        with (data_dir / SERVER_LOG).open("ab") as log:
+            child = subprocess.Popen(
+                medshare_command(
+                    "hospital", "serve", "--dir", data_dir, "--host", host, "--port", port,
+                    "--precompute", precompute,
+                ),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )  # fmt: skip
+        write_file(data_dir / SERVER_FILE, json.dumps(processes.record(child.pid)).encode())
+        started.append((member, child))
     deadline = time.monotonic() + START_TIMEOUT_S
-    while True:
-        try:
-            if httpx.get(f"{member.api}/v1/health", timeout=2).status_code == 200:
-                say(f"{member.code}: server at {member.api}")
-                return
-        except httpx.HTTPError:
-            pass
-        if child.poll() is not None or time.monotonic() > deadline:
-            _stop_server(data_dir)
-            tail = (data_dir / SERVER_LOG).read_text(errors="replace")[-1500:]
-            raise ConsortiumError(f"{member.code}'s server did not start: {tail}")
-        time.sleep(0.2)
+    for member, child in started:
+        data_dir = directory / member.data_dir
+        while True:
+            try:
+                if httpx.get(f"{member.api}/v1/health", timeout=2).status_code == 200:
+                    say(f"{member.code}: server at {member.api}")
+                    break
+            except httpx.HTTPError:
+                pass
+            if child.poll() is not None or time.monotonic() > deadline:
+                _stop_server(data_dir)
+                tail = (data_dir / SERVER_LOG).read_text(errors="replace")[-1500:]
+                raise ConsortiumError(f"{member.code}'s server did not start: {tail}")
+            time.sleep(0.1)
 
 
 def _stop_server(data_dir: Path) -> bool:
