@@ -11,6 +11,7 @@ folder.
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 
@@ -40,17 +41,36 @@ def identity(pid: int) -> tuple[int, str] | None:
 
 
 def record(pid: int) -> dict:
-    """What a pid file keeps of a process it started: its pid and start time."""
+    """What a pid file keeps of a process it started: its pid, start time and command
+    line (read again for a moment while it is empty: a process just past ``exec`` may
+    show none yet)."""
     found = identity(pid)
-    return {"pid": pid, "start": found[0] if found else -1}
+    for _ in range(50):
+        if found is None or found[1]:
+            break
+        time.sleep(0.01)
+        found = identity(pid)
+    return {"pid": pid, "start": found[0] if found else -1, "cmdline": found[1] if found else ""}
 
 
 def still_ours(entry: object, needle: str) -> int | None:
-    """The pid of a pid-file ``entry`` (:func:`record`) if that very process still runs
-    and its command line contains ``needle`` (its folder), else None."""
+    """The pid of a pid-file ``entry`` (:func:`record`) if that very process still runs:
+    the same start time, the same command line (when recorded), which must contain
+    ``needle`` (its folder); else None."""
     if not isinstance(entry, dict) or not isinstance(entry.get("pid"), int):
         return None
     found = identity(entry["pid"])
     if found is None or found[0] != entry.get("start") or needle not in found[1]:
         return None
+    if entry.get("cmdline") and entry["cmdline"] != found[1]:
+        return None
     return entry["pid"] if alive(entry["pid"]) else None
+
+
+def leads_its_group(pid: int) -> bool:
+    """Whether ``pid`` is the leader of its own process group (started with a new
+    session), so signalling the group reaches only it and its children."""
+    try:
+        return os.getpgid(pid) == pid
+    except ProcessLookupError:
+        return False

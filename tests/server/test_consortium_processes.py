@@ -192,7 +192,15 @@ def test_replica_routes_take_only_member_nodes_and_true_content(story):
 def test_staff_attestations_are_signed_by_the_hospitals_node(story):
     directory, h2 = story["dir"], story["h2"]
     chain = story["summary"]["chain_id"]
-    doc = httpx.get(f"{h2['api']}/v1/staff/dr.li@H002", timeout=10).json()
+    url = f"{h2['api']}/v1/staff/dr.li@H002"
+    audience = f"{chain}/H002"
+    assert httpx.get(url, timeout=10).status_code == 401  # not a public directory
+    patient = PersonalWallet(story["root"] / "patient")
+    as_patient = _signed(patient.identity_key(), f"patient:{story['patient']}", "GET", url,
+                         f"{chain}/H002")  # fmt: skip
+    assert as_patient.status_code == 401  # H002 does not know H001's patient
+    h1_node = _node_key(directory, "H001")
+    doc = _signed(h1_node, "records@H001", "GET", url, audience).json()
     net = network.Network.load(directory / "H002" / "ledger")
     h2_nodes = [bytes.fromhex(n.public) for n in net.nodes if n.name.startswith("H002-")]
     h3_nodes = [bytes.fromhex(n.public) for n in net.nodes if n.name.startswith("H003-")]
@@ -204,8 +212,9 @@ def test_staff_attestations_are_signed_by_the_hospitals_node(story):
     with pytest.raises(staff_attestation.AttestationRefused):
         staff_attestation.check(forged, chain_id=chain, identity="dr.li@H002", node_keys=h2_nodes)
     # a patient is nobody's staff; H002 does not vouch for H001's people
-    assert httpx.get(f"{h2['api']}/v1/staff/patient:{story['patient']}").status_code == 404
-    assert httpx.get(f"{h2['api']}/v1/staff/officer@H001").status_code == 404
+    for name in (f"patient:{story['patient']}", "officer@H001"):
+        asked = _signed(h1_node, "records@H001", "GET", f"{h2['api']}/v1/staff/{name}", audience)
+        assert asked.status_code == 404
 
 
 def test_no_holders_secret_in_any_hospitals_files(story):

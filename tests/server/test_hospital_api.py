@@ -212,7 +212,7 @@ MATRIX = {
                  "unsigned": 401, "replayed": 401},
     "trace": _enrolled(403),
     "enrolments": _enrolled(403),
-    "staff": dict.fromkeys(CALLERS, 200),  # the hospital's attestation of its staff member
+    "staff": _enrolled(403),  # only a member hospital's records service
     "replica-put": _enrolled(403),
     "replica-get": _enrolled(403),
     "replica-list": _enrolled(403),

@@ -27,12 +27,16 @@ from collections.abc import Callable, Iterator
 import httpx
 
 from medshare.api import signed_requests
+from medshare.api.bounded_http import PeerAnswerRefused, bounded_request
 from medshare.crypto.signing import SigningKey
 from medshare.records.blobstore import BlobUnavailable, check_blob_id
 
 REPLICA_PATH = "/v1/replica"
 IDS_PAGE = 1000  # blob ids per listing request
-TIMEOUT_S = 10.0
+TIMEOUT_S = 10.0  # per socket read
+DEADLINE_S = 60.0  # for a whole exchange (a 32 MiB copy on a slow link)
+MAX_ANSWER = 32 << 20  # a blob copy: the largest a member may store
+MAX_PROBLEM = 16 << 10  # an answer that is not a blob
 
 
 class PeerReplica:
@@ -48,6 +52,7 @@ class PeerReplica:
         audience: str,
         clock_ms: Callable[[], int],
         timeout: float = TIMEOUT_S,
+        deadline: float = DEADLINE_S,
     ) -> None:
         self.name = name
         self.url = url.rstrip("/")
@@ -55,15 +60,21 @@ class PeerReplica:
         self._identity = identity
         self._audience = audience
         self._clock_ms = clock_ms
-        self._http = httpx.Client(base_url=self.url, timeout=timeout)
+        self._timeout = timeout
+        self._deadline = deadline
 
     def __repr__(self) -> str:
         return f"PeerReplica({self.name!r}, {self.url!r})"
 
     def close(self) -> None:
-        self._http.close()
+        """Nothing to release: every request has its own connection."""
 
-    def _call(self, method: str, target: str, body: bytes = b"") -> httpx.Response:
+    def _call(
+        self, method: str, target: str, body: bytes = b"", *, max_bytes: int = MAX_ANSWER
+    ) -> tuple[int, bytes]:
+        """(status, body) of a signed request; the answer is bounded in size and time
+        (:mod:`medshare.api.bounded_http`): a hostile or stalled peer costs this request,
+        nothing more. Each request has its own connection, which the deadline closes."""
         headers = signed_requests.sign(
             self._signer,
             self._identity,
@@ -76,29 +87,34 @@ class PeerReplica:
         if body:
             headers["content-type"] = "application/octet-stream"
         try:
-            return self._http.request(method, target, content=body, headers=headers)
-        except httpx.HTTPError as exc:
-            raise BlobUnavailable(f"{self.name} at {self.url} does not answer: {exc}") from None
+            with httpx.Client(base_url=self.url, timeout=self._timeout) as client:
+                return bounded_request(
+                    client, method, target, headers=headers, content=body,
+                    deadline_s=self._deadline, max_bytes=max_bytes,
+                )  # fmt: skip
+        except PeerAnswerRefused as exc:
+            raise BlobUnavailable(f"{self.name}: {exc}") from None
 
-    def _refused(self, response: httpx.Response) -> BlobUnavailable:
+    def _refused(self, status: int, body: bytes) -> BlobUnavailable:
         try:
-            detail = response.json().get("detail", "")
-        except ValueError:
+            detail = json.loads(body).get("detail", "")
+        except (ValueError, AttributeError, RecursionError):
             detail = ""
-        return BlobUnavailable(f"{self.name} refused ({response.status_code}): {detail}")
+        return BlobUnavailable(f"{self.name} refused ({status}): {str(detail)[:200]}")
 
     def put(self, blob_id: str, data: bytes) -> None:
-        response = self._call("PUT", f"{REPLICA_PATH}/{check_blob_id(blob_id)}", bytes(data))
-        if response.status_code != 204:
-            raise self._refused(response)
+        target = f"{REPLICA_PATH}/{check_blob_id(blob_id)}"
+        status, body = self._call("PUT", target, bytes(data), max_bytes=MAX_PROBLEM)
+        if status != 204:
+            raise self._refused(status, body)
 
     def get(self, blob_id: str) -> bytes | None:
-        response = self._call("GET", f"{REPLICA_PATH}/{check_blob_id(blob_id)}")
-        if response.status_code == 404:
+        status, body = self._call("GET", f"{REPLICA_PATH}/{check_blob_id(blob_id)}")
+        if status == 404:
             return None
-        if response.status_code != 200:
-            raise self._refused(response)
-        return response.content
+        if status != 200:
+            raise self._refused(status, body)
+        return body
 
     def delete(self, blob_id: str) -> None:
         raise BlobUnavailable(
@@ -110,11 +126,11 @@ class PeerReplica:
         after = ""
         while True:
             target = f"{REPLICA_PATH}?limit={IDS_PAGE}" + (f"&after={after}" if after else "")
-            response = self._call("GET", target)
-            if response.status_code != 200:
-                raise self._refused(response)
+            status, body = self._call("GET", target, max_bytes=MAX_PROBLEM + 70 * IDS_PAGE)
+            if status != 200:
+                raise self._refused(status, body)
             try:
-                page = json.loads(response.content)
+                page = json.loads(body)
                 ids = [check_blob_id(i) for i in page["ids"]]
             except (ValueError, KeyError, TypeError) as exc:
                 raise BlobUnavailable(f"{self.name} sent a malformed listing: {exc}") from None

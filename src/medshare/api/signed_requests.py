@@ -40,6 +40,9 @@ KEY = "x-medshare-key"
 TIMESTAMP = "x-medshare-timestamp"
 NONCE = "x-medshare-nonce"
 SIGNATURE = "x-medshare-signature"
+# The SHA-256 of the body the signature covers, sent so a server can verify a request
+# before it reads a large body (optional for others: the server hashes what it reads).
+BODY_DIGEST = "x-medshare-body-sha256"
 HEADERS = (IDENTITY, KEY, TIMESTAMP, NONCE, SIGNATURE)
 MAX_SKEW_MS = 60_000  # a request older or newer than this (by the server's clock) is refused
 NONCE_BYTES = 16
@@ -52,6 +55,7 @@ _HEX = {
     SIGNATURE: re.compile(r"[0-9a-f]{128}"),
 }
 _TIMESTAMP = re.compile(r"(0|[1-9][0-9]{0,15})")
+_DIGEST = re.compile(r"[0-9a-f]{64}")
 
 EnrolledAs = Callable[[bytes], str | None]  # identity key -> the identity enrolled with it
 
@@ -84,22 +88,26 @@ class Caller:
     key: bytes
 
 
+def body_digest(body: bytes) -> str:
+    return hashlib.sha256(body).hexdigest()
+
+
 def message(
     audience: str,
     method: str,
     target: str,
-    body: bytes,
+    digest: str,
     identity: str,
     timestamp_ms: int,
     nonce: str,
 ) -> bytes:
     """The bytes a request's signature covers (fields separated by newlines, which none
-    of them may contain)."""
+    of them may contain); ``digest`` is the body's :func:`body_digest`."""
     fields = (
         audience,
         method.upper(),
         target,
-        hashlib.sha256(body).hexdigest(),
+        digest,
         identity,
         str(timestamp_ms),
         nonce,
@@ -123,13 +131,15 @@ def sign(
     """The headers that authenticate one request as ``identity`` to the server whose
     audience string is ``audience`` (the wallet's side)."""
     nonce = nonce if nonce is not None else secrets.token_hex(NONCE_BYTES)
-    signed = message(audience, method, target, body, identity, now_ms, nonce)
+    digest = body_digest(body)
+    signed = message(audience, method, target, digest, identity, now_ms, nonce)
     return {
         IDENTITY: identity,
         KEY: key.public.hex(),
         TIMESTAMP: str(now_ms),
         NONCE: nonce,
         SIGNATURE: key.sign(DOMAIN, signed).hex(),
+        BODY_DIGEST: digest,
     }
 
 
@@ -163,6 +173,24 @@ class RequestVerifier:
         """The caller of a request, or :class:`RequestRefused` saying why not. Checks run
         cheapest first; the ledger is asked only about correctly signed fresh requests,
         and a nonce is remembered only once the key is known to be enrolled."""
+        return self.verify_digest(method, target, body_digest(body), headers)
+
+    def verify_before_body(
+        self, method: str, target: str, headers: Mapping[str, str]
+    ) -> tuple[Caller, str]:
+        """The caller of a request whose body is not read yet, from the body digest its
+        signature covers (the :data:`BODY_DIGEST` header), and that digest: the server
+        reads a large body only for a verified caller, then checks it against the digest
+        (:func:`body_digest`)."""
+        digest = headers.get(BODY_DIGEST) or ""
+        if not _DIGEST.fullmatch(digest):
+            raise RequestRefused(f"a large request names its body's SHA-256 in {BODY_DIGEST}")
+        return self.verify_digest(method, target, digest, headers), digest
+
+    def verify_digest(
+        self, method: str, target: str, digest: str, headers: Mapping[str, str]
+    ) -> Caller:
+        """:meth:`verify` for a body known by its digest."""
         values = {name: headers.get(name) for name in HEADERS}
         missing = [name for name, value in values.items() if value is None]
         if missing:
@@ -188,7 +216,7 @@ class RequestVerifier:
         key = bytes.fromhex(values[KEY] or "")
         nonce = values[NONCE] or ""
         try:
-            signed = message(self.audience, method, target, body, identity, timestamp, nonce)
+            signed = message(self.audience, method, target, digest, identity, timestamp, nonce)
         except ValueError:
             raise RequestRefused("malformed request target") from None
         if not signing.is_valid(key, bytes.fromhex(values[SIGNATURE] or ""), DOMAIN, signed):

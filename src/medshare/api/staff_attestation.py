@@ -7,12 +7,14 @@ referral). The ledger tells the other member *who* holds the key — only the ho
 own nodes may enrol names ``…@<code>`` — but not their role. The role comes from the
 staff member's hospital, in this attestation: signed by a node that genesis names after
 that hospital (``<code>-a``…), bound to the chain, and accepted only for the key the
-ledger enrolled under that name. A forged or altered attestation fails the signature; an
-attestation of another chain, hospital or key is refused.
+ledger enrolled under that name. Only member hospitals may ask (a signed request by their
+records service): the staff directory is not public. A forged or altered attestation
+fails the signature; an attestation of another chain, hospital or key is refused.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -20,13 +22,17 @@ from dataclasses import dataclass
 import httpx
 import rfc8785
 
+from medshare.api import signed_requests
+from medshare.api.bounded_http import PeerAnswerRefused, bounded_request
 from medshare.crypto import signing
 from medshare.crypto.signing import SigningKey
 
 DOMAIN = b"medshare/staff-attestation/v1"
 FIELDS = frozenset({"chain_id", "identity", "key", "hospital", "roles", "dept", "issued_ms"})
 MAX_ROLES = 8
-TIMEOUT_S = 5.0
+TIMEOUT_S = 5.0  # per socket read
+DEADLINE_S = 5.0  # for the whole exchange
+MAX_ANSWER_BYTES = 16 << 10
 _ROLE = re.compile(r"[a-z]{1,32}")
 
 
@@ -93,16 +99,32 @@ def check(doc: object, *, chain_id: str, identity: str, node_keys: Iterable[byte
 
 
 def fetch(
-    url: str, identity: str, *, chain_id: str, node_keys: Iterable[bytes]
+    url: str,
+    identity: str,
+    *,
+    chain_id: str,
+    node_keys: Iterable[bytes],
+    signer: SigningKey,
+    asker: str,
+    audience: str,
+    now_ms: int,
 ) -> StaffFacts | None:
-    """Ask the hospital at ``url`` about ``identity``; None if it does not vouch for them
-    (unknown, refused, unreachable, or an answer that does not check)."""
+    """Ask the hospital at ``url`` about ``identity`` (a request signed by the asking
+    hospital's records service ``asker``); None if it does not vouch for them (unknown,
+    refused, unreachable, too slow or too large, or an answer that does not check)."""
+    target = f"/v1/staff/{identity}"
+    headers = signed_requests.sign(signer, asker, "GET", target, b"", audience=audience,
+                                   now_ms=now_ms)  # fmt: skip
     try:
-        response = httpx.get(f"{url.rstrip('/')}/v1/staff/{identity}", timeout=TIMEOUT_S)
-        if response.status_code != 200:
+        with httpx.Client(base_url=url.rstrip("/"), timeout=TIMEOUT_S) as client:
+            status, body = bounded_request(
+                client, "GET", target, headers=headers, deadline_s=DEADLINE_S,
+                max_bytes=MAX_ANSWER_BYTES,
+            )  # fmt: skip
+        if status != 200:
             return None
-        return check(response.json(), chain_id=chain_id, identity=identity, node_keys=node_keys)
-    except (httpx.HTTPError, ValueError):
+        return check(json.loads(body), chain_id=chain_id, identity=identity, node_keys=node_keys)
+    except (PeerAnswerRefused, ValueError, RecursionError):
         return None
 
 

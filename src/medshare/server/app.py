@@ -13,11 +13,13 @@ per app; signature checks and JSON work run outside it.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import json
 import re
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Annotated, Any
 
@@ -45,7 +47,11 @@ from medshare.service.errors import AccessDenied, InvalidInput, NotFound
 SERVER_RECURSION_LIMIT = 1000
 MAX_BODY_BYTES = 1 << 20  # a request body above this is refused (413) before it is read
 MAX_INGEST_BYTES = 32 << 20  # FHIR a records officer sends in one ingest request
+LARGE_BODIES = 2  # bodies above the common cap read at once (memory: 2 x 32 MiB)
 REPLICA_PREFIX = "/v1/replica/"
+PEER_FETCHES = 4  # attestation requests in flight to one peer at a time
+UNVOUCHED_S = 60.0  # a name a peer did not vouch for is not asked about again for this long
+UNVOUCHED_CACHE = 4096
 MAX_REPLICA_PAGE = 1000  # blob ids in one replica listing
 ENROLMENT_CACHE = 65_536  # identity keys whose enrolment this server remembers
 
@@ -106,14 +112,31 @@ def create_app(
             enrolled[key] = identity
         return identity
 
+    unvouched: dict[str, float] = {}  # names a peer did not vouch for -> until when
+    asking = {code: threading.BoundedSemaphore(PEER_FETCHES) for code in service.config.peers}
+
     def learn_peer_staff(who: str) -> bool:
         """Whether ``who`` is known here, learning a member hospital's staff member from
-        their hospital's attestation on first sight (asked outside the lock: a slow peer
-        holds up only this request)."""
+        their hospital's attestation on first sight: asked outside the lock, within a
+        deadline, at most a few at a time per peer, and a name the peer did not vouch for
+        is not asked about again for a while (a slow or hostile peer costs only the
+        requests that need it, never the server)."""
         if _serialised(lambda: service.knows(who)):
             return True
-        facts = service.peer_staff_facts(who)
+        now = time.monotonic()
+        if unvouched.get(who, 0.0) > now:
+            return False
+        gate = asking.get(who.rpartition("@")[2])
+        if gate is None or not gate.acquire(blocking=False):
+            return False
+        try:
+            facts = service.peer_staff_facts(who)
+        finally:
+            gate.release()
         if facts is None:
+            if len(unvouched) >= UNVOUCHED_CACHE:
+                unvouched.clear()
+            unvouched[who] = now + UNVOUCHED_S
             return False
         _serialised(lambda: service.add_peer_staff(facts))
         return True
@@ -121,6 +144,7 @@ def create_app(
     app.state.audience = audience_of(service)
     app.state.verifier = signed_requests.RequestVerifier(app.state.audience, enrolled_as, clock_ms)
     app.state.max_body = max_body
+    app.state.large_bodies = asyncio.Semaphore(LARGE_BODIES)
 
     def may_send_large(path: str, headers: Any) -> bool:
         """Whether a request may carry a body beyond the common cap: an ingest naming an
@@ -387,10 +411,11 @@ def create_app(
 
     @app.get(
         "/v1/staff/{identity}",
-        summary="This hospital vouches for one of its staff: identity key, role and "
-        "department, signed by its ledger node (other members read it; no signature needed)",
+        summary="This hospital vouches for one of its staff to a member hospital's records "
+        "service: identity key, role and department, signed by its ledger node",
     )
-    def staff(identity: Annotated[str, Path(max_length=256)]) -> dict[str, Any]:
+    def staff(who: Signed, identity: Annotated[str, Path(max_length=256)]) -> dict[str, Any]:
+        authorization.a_member_service(who, service.config.hospitals)
         return _serialised(lambda: service.staff_attestation(identity))
 
     @app.get("/v1/me", summary="Who the signed request authenticates as")
@@ -639,15 +664,43 @@ async def _caller(request: Request) -> Caller:
         may_send_large = request.app.state.may_send_large
         allowed = await run_in_threadpool(may_send_large, path, request.headers)
         if allowed:  # a records officer's FHIR, a member's blob copy: beyond the common cap
-            limit = max(limit, MAX_INGEST_BYTES)
+            return await _verified_then_large_body(request)
     body = await _capped_body(request, limit)
-    request.state.body = body  # what was verified is what the route reads
+    return await _verified(request, body)
+
+
+async def _verified_then_large_body(request: Request) -> Caller:
+    """A request that may carry a large body is verified first, from the body digest its
+    signature covers, and its body read only then (a few at a time), and checked against
+    that digest: naming a key that may send a large body is not enough to have one read."""
+    verifier = request.app.state.verifier
+    target = _target(request)
+    headers = dict(request.headers)
+    caller, digest = await run_in_threadpool(
+        verifier.verify_before_body, request.method, target, headers
+    )
+    async with request.app.state.large_bodies:
+        body = await _capped_body(request, max(request.app.state.max_body, MAX_INGEST_BYTES))
+    if signed_requests.body_digest(body) != digest:
+        raise RequestRefused("the body is not the one the request's signature covers")
+    request.state.body = body
+    return caller
+
+
+def _target(request: Request) -> str:
+    """The path and query exactly as sent (what the signature covers)."""
     target = request.scope.get("raw_path", b"").decode("latin-1")
     query = request.scope.get("query_string", b"").decode("latin-1")
-    if query:
-        target += "?" + query
+    return f"{target}?{query}" if query else target
+
+
+async def _verified(request: Request, body: bytes) -> Caller:
+    """The verified signer of a request whose body (within the common cap) is read."""
+    request.state.body = body  # what was verified is what the route reads
     verify = request.app.state.verifier.verify
-    return await run_in_threadpool(verify, request.method, target, body, dict(request.headers))
+    return await run_in_threadpool(
+        verify, request.method, _target(request), body, dict(request.headers)
+    )
 
 
 def _parsed(kind: Any, body: bytes) -> Any:

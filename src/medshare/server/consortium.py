@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -96,20 +97,20 @@ def up(
     directory = directory.resolve()
     officer_codes: dict[str, str] = {}
     if not (directory / CONSORTIUM_FILE).exists():
+        if directory.exists() and any(directory.iterdir()):
+            raise ConsortiumError(f"{directory} is not empty and holds no consortium")
         try:
             officer_codes = _create(directory, hospitals, host, say)
+            _start_servers(directory, load(directory), host, say, precompute)
         except BaseException:
             _stop_all(directory)  # a half-made consortium leaves nothing running
             raise
     members = load(directory)
     for party in _parties(directory, members):
         network.Network.load(party)  # damaged or missing: say so before starting anything
-    try:
-        _start_nodes(directory, members, say)
-        _start_servers(directory, members, _host(directory), say, precompute)
-    except BaseException:
-        _stop_all(directory)
-        raise
+    # what runs already stays running if a start fails (the error says which)
+    _start_nodes(directory, members, say)
+    _start_servers(directory, members, _host(directory), say, precompute)
     summary = status(directory)
     for entry in summary["hospitals"]:
         if entry["code"] in officer_codes:
@@ -170,21 +171,27 @@ def load(directory: Path) -> list[Member]:
         doc = json.loads(path.read_text())
         if doc.get("format") != FORMAT or doc.get("version") != VERSION:
             raise ConsortiumError(f"{path} is not a medshare consortium file")
-        return [Member(**m) for m in doc["hospitals"]]
+        members = [Member(**m) for m in doc["hospitals"]]
     except FileNotFoundError:
         raise ConsortiumError(
             f"no consortium in {directory} (run `medshare consortium up --dir {directory}`)"
         ) from None
     except (ValueError, KeyError, TypeError) as exc:
         raise ConsortiumError(f"{path} is damaged: {exc}") from None
+    for m in members:
+        # each hospital's folder is the one named by its code, inside this folder: an
+        # edited file must not point `down` at another folder's processes
+        if not re.fullmatch(r"[A-Za-z0-9]{1,16}", m.code) or m.data_dir != m.code:
+            raise ConsortiumError(f"{path} is damaged: hospital {m.code!r} at {m.data_dir!r}")
+        if not m.api.startswith(("http://", "https://")):
+            raise ConsortiumError(f"{path} is damaged: {m.code}'s API is {m.api!r}")
+    return members
 
 
 # --- creation -------------------------------------------------------------------------------
 
 
 def _create(directory: Path, count: int, host: str, say: Progress) -> dict[str, str]:
-    if directory.exists() and any(directory.iterdir()):
-        raise ConsortiumError(f"{directory} is not empty and holds no consortium")
     codes = hospital_codes(count)
     ports = network.free_ports(count, host if host != "0.0.0.0" else "127.0.0.1")
     api = {
@@ -378,6 +385,8 @@ def _stop_server(data_dir: Path) -> bool:
     pid = _server_pid(data_dir)
     if pid is None:
         return False
+    if not processes.leads_its_group(pid):
+        raise ConsortiumError(f"process {pid} in {data_dir / SERVER_FILE} is not a server we run")
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, signal.SIGTERM)
     deadline = time.monotonic() + STOP_TIMEOUT_S

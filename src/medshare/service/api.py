@@ -326,8 +326,18 @@ class MedShare(
         url = self.config.peers.get(hospital)
         if url is None:
             return None
+        local = self.config.local
+        if local is None:
+            return None
         facts = staff_attestation.fetch(
-            url, who, chain_id=self.ledger.chain_id, node_keys=self.node_publics(hospital)
+            url,
+            who,
+            chain_id=self.ledger.chain_id,
+            node_keys=self.node_publics(hospital),
+            signer=self.node_key(local),
+            asker=service_principal(local),
+            audience=f"{self.ledger.chain_id}/{hospital}",
+            now_ms=self.clock(),
         )
         if facts is None or self.ledger.registered(facts.key) != who:
             return None
