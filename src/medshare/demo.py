@@ -1,4 +1,6 @@
-"""``medshare demo``: the whole story on a local CometBFT consortium, every step checked.
+"""``medshare demo --single-directory``: the whole story over one data directory (every
+party's state in one folder: the test harness), every step checked. ``medshare demo``
+runs the story with the parties apart (:mod:`medshare.demo_parties`).
 
 Three hospitals and seven ledger nodes (CometBFT processes with our application, on
 127.0.0.1) form a consortium with an elected committee; synthetic Synthea-style patients
@@ -476,83 +478,6 @@ def _original_resources(paths: list[Path]) -> dict[str, bytes]:
     return out
 
 
-def step_parties_over_http(story: Story) -> Outcome:
-    """The parties apart: the hospital server as its own process, the wallets here with
-    keys made here. A records officer ingests a new patient's bundle over HTTP; the
-    patient's wallet is made from a one-time code (seed and identity key never sent),
-    publishes its block keys (the waiting records are sealed), reads and exports with the
-    seed and shares one record with a physician, who reads it with the share; no file of
-    the hospital's directory holds the patient's secrets."""
-    from medshare.server.process import ServerProcess
-    from medshare.wallet import device
-    from medshare.wallet.client import HospitalClient
-
-    svc, out = story.svc, story.out
-    bundle = synthetic.generate_bundle(404, 0, 12)
-    patient = synthetic.patient_id(bundle)
-    records_code = svc.enrol("H001", "records.office@H001", kind="clinician", role="records",
-                             dept="02").code  # fmt: skip
-    patient_code = svc.enrol("H001", f"patient:{patient}", kind="patient", name="Device").code
-    svc.close()  # the server process holds the ledger from here on
-    story.service = None
-    devices = out / "devices"
-    with ServerProcess(story.config.data_dir, out / "hospital-server.log") as server:
-        officer = device.PersonalWallet(devices / "records.office@H001")
-        device.enrol(officer.directory, server.url, records_code)
-        with officer.client() as client:
-            report = client.post_json("/v1/ingest", json.dumps(bundle).encode())
-        wallet = device.PersonalWallet(devices / f"patient-{patient}")
-        enrolled = device.enrol(wallet.directory, server.url, patient_code)
-        with wallet.client() as client:
-            exported, pending = device.export(wallet, client)
-            rid = next(r["id"] for r in client.patient_records(patient) if r["type"] != "Patient")
-            own = device.read_own(wallet, client, rid)
-            share, _ = device.share(
-                wallet, client, "dr.wang@H001", records=[rid], now_ms=wall_clock_ms()
-            )
-        keys = _wallets(story)
-        with HospitalClient(server.url, "dr.wang@H001", keys.identity("dr.wang@H001")) as wang:
-            sealed = wang.sealed_record(rid, area="personal", share_id=share.share_id)
-            from medshare.api.sealed_record import open_sealed
-
-            shared = open_sealed(sealed, params=wang.kac_params(), share=share)
-    submitted = {
-        _key(t.encode()): canonical.on_one_line(t.encode())
-        for t in fhir.entry_resource_texts(json.dumps(bundle))
-        if t is not None
-    }
-    faithful = sum(submitted.get(_key(line)) == canonical.on_one_line(line) for line in exported)
-    secrets = (wallet.seed().secret_bytes(), wallet.identity_key().seed)
-    leaked = [
-        p for p in story.config.data_dir.rglob("*")
-        if p.is_file() and any(x in p.read_bytes() for x in secrets)
-    ]  # fmt: skip
-    ok = (
-        report["records"] == len(exported)
-        and not report["rejected"]
-        and enrolled["sealed"] == report["records"]
-        and not pending
-        and faithful == len(exported)
-        and shared == own
-        and not leaked
-    )
-    return Outcome(
-        ok,
-        f"server process {server.url}: {report['records']} records ingested over HTTP by a "
-        f"records officer, sealed to the patient's keys when their wallet was made "
-        f"({enrolled['sealed']}); export on the device {faithful}/{len(exported)} as "
-        f"submitted; a one-record share read by dr.wang@H001; the patient's seed and key "
-        f"in {len(leaked)} of the hospital's files. Hospital data: {story.config.data_dir}; "
-        f"wallets: {devices}",
-    )
-
-
-def _wallets(story: Story):
-    from medshare.service.wallets import Wallets
-
-    return Wallets(story.config.wallet_dir)
-
-
 STEPS: tuple[tuple[str, Callable[[Story], Outcome]], ...] = (
     ("consortium", step_consortium),
     ("ingest synthetic patients", step_ingest),
@@ -567,7 +492,6 @@ STEPS: tuple[tuple[str, Callable[[Story], Outcome]], ...] = (
     ("tampered blob and block byte", step_tamper),
     ("node killed, ledger goes on", step_node_down),
     ("access log and patient export", step_log_and_export),
-    ("parties over HTTP", step_parties_over_http),
 )
 
 
