@@ -178,6 +178,29 @@ def test_a_node_joins_only_when_more_than_two_thirds_of_active_nodes_approve(
     assert state.candidates == {}
 
 
+def test_a_pending_node_registration_outlives_epochs_then_expires(
+    state: LedgerState, monkeypatch
+) -> None:
+    """Members approve a newcomer by hand on their own machines, so a proposal waits
+    across epoch ends (5 blocks here) and expires only CANDIDATE_TTL_BLOCKS after it was
+    opened; a later approval then opens a new proposal instead of completing the old."""
+    monkeypatch.setattr(rules, "CANDIDATE_TTL_BLOCKS", 12)
+    newcomer = SigningKey.generate()
+    body = {"node": newcomer.public.hex(), "name": "H009"}
+    rules.finalize(state, block(state, 1, [tx(TxKind.REGISTER_NODE, body, 0, NODE_KEYS[0],
+                                             state.genesis)]))  # fmt: skip
+    for h in range(2, 12):  # epoch ends at 5 and 10: still pending
+        rules.finalize(state, block(state, h, []))
+    assert list(state.candidates) == [f"{newcomer.public.hex()}/H009"]
+    for h in range(12, 16):  # the epoch end at 15 is 14 blocks after it was opened
+        rules.finalize(state, block(state, h, []))
+    assert state.candidates == {}
+    late = tx(TxKind.REGISTER_NODE, body, 0, NODE_KEYS[1], state.genesis)
+    rules.finalize(state, block(state, 16, [late]))
+    (entry,) = state.candidates.values()
+    assert entry[1] == frozenset({NODE_KEYS[1].public.hex()}) and entry[2] == 16
+
+
 # --- what CometBFT reports ------------------------------------------------------------------
 
 

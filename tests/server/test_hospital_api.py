@@ -160,6 +160,7 @@ def _routes(service) -> tuple[dict[str, tuple[str, str]], str, str]:
             "trace": ("POST", "/v1/trace"),  # nobody in the matrix is an auditor
             "enrolments": ("POST", "/v1/enrolments"),  # nobody in the matrix is an officer
             "staff": ("GET", "/v1/staff/dr.wang@H001"),
+            "consortium": ("GET", "/v1/consortium"),  # a single-directory server: none
             # nobody in the matrix is a member hospital's node (test_consortium_processes)
             "replica-put": ("PUT", f"/v1/replica/{'ab' * 32}"),
             "replica-get": ("GET", f"/v1/replica/{'ab' * 32}"),
@@ -213,6 +214,7 @@ MATRIX = {
     "trace": _enrolled(403),
     "enrolments": _enrolled(403),
     "staff": _enrolled(403),  # only a member hospital's records service
+    "consortium": dict.fromkeys(CALLERS, 400),
     "replica-put": _enrolled(403),
     "replica-get": _enrolled(403),
     "replica-list": _enrolled(403),

@@ -1,9 +1,7 @@
-"""``medshare hospital …``: run a hospital's HTTP server, enrol its people.
-
-Today a server serves the consortium data directory ``medshare init`` made (one process,
-every hospital of it); ``hospital init`` with one directory per hospital is to come
-(issue 13). ``serve`` holds the directory's ledger for as long as it runs, so ``enrol``
-runs while the server is stopped (or against another copy of the directory's ledger).
+"""``medshare hospital …``: a hospital's own directory and HTTP server: join a running
+consortium (``init --join``, then ``admit`` at the members), enrol its people, ingest,
+serve. ``serve`` holds the directory's ledger for as long as it runs, so ``enrol``,
+``ingest`` and ``admit`` run while the server is stopped.
 """
 
 from __future__ import annotations
@@ -15,7 +13,7 @@ from typing import Annotated
 import typer
 
 from medshare.cli.errors import fail
-from medshare.cli.records import opened
+from medshare.cli.records import opened, service_errors
 
 app = typer.Typer(help="A hospital's HTTP server.", no_args_is_help=True)
 
@@ -74,6 +72,49 @@ def ingest(
 
 
 @app.command()
+def init(
+    directory: Annotated[Path, typer.Option("--dir", help="The new hospital's directory.")],
+    code: Annotated[str, typer.Option(help="The hospital's code (e.g. H004).")],
+    join: Annotated[str, typer.Option(help="The API URL of any member of the consortium.")],
+    host: Annotated[
+        str, typer.Option(help="The address the other members reach this machine at.")
+    ] = "127.0.0.1",
+    port: Annotated[int | None, typer.Option(help="The port its server will listen on.")] = None,
+) -> None:
+    """Join a running consortium from this machine: the node key, the authority's keys and
+    the database are made here. Writes DIR/join-request.json for the members' `medshare
+    hospital admit` and prints it with the first records officer's one-time code (keep
+    that one here). Then `medshare hospital serve --dir DIR --port PORT`."""
+    from medshare.server import join as joining
+
+    with service_errors():
+        try:
+            request = joining.prepare(directory, code, join, host=host, port=port)
+        except joining.JoinError as exc:
+            raise fail(str(exc), 1) from None
+    typer.echo(json.dumps(request, indent=2))
+
+
+@app.command()
+def admit(
+    directory: Annotated[Path, typer.Option("--dir", help="This member's directory.")],
+    request: Annotated[Path, typer.Argument(help="The join request hospital init printed.")],
+) -> None:
+    """Approve a hospital's node on the chain (signed by this member's node; it is admitted
+    once more than 2/3 of the active nodes approved) and add it to this member's peers.
+    Run with this member's server stopped; restart it afterwards."""
+    from medshare.server import join as joining
+
+    try:
+        doc = json.loads(request.read_text())
+    except (OSError, ValueError) as exc:
+        raise fail(f"cannot read the join request {request}: {exc}") from None
+    with opened(directory) as service:
+        answer = joining.admit(service, doc)
+    typer.echo(json.dumps(answer, indent=2))
+
+
+@app.command()
 def serve(
     directory: Annotated[Path, typer.Option("--dir", help="The data directory to serve.")],
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
@@ -101,6 +142,14 @@ def serve(
     sys.setrecursionlimit(SERVER_RECURSION_LIMIT)  # see server.app: deep JSON must raise
 
     with opened(directory) as service:
+        if service.config.local is not None:
+            from medshare.server import join as joining
+
+            try:
+                if joining.activate(service):
+                    typer.echo(f"{service.config.local}'s authority published", err=True)
+            except joining.JoinError as exc:
+                raise fail(str(exc), 1) from None
         config = uvicorn.Config(
             create_app(service, precompute_offers=max(0, min(precompute, 16))),
             host=host,

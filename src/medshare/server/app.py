@@ -418,6 +418,16 @@ def create_app(
         authorization.a_member_service(who, service.config.hospitals)
         return _serialised(lambda: service.staff_attestation(identity))
 
+    @app.get(
+        "/v1/consortium",
+        summary="The consortium's public facts for a hospital that joins: chain, genesis, "
+        "nodes' keys and addresses, members' API URLs, KAC parameters (no signature needed)",
+    )
+    def consortium_facts() -> dict[str, Any]:
+        from medshare.server import join
+
+        return _serialised(lambda: join.consortium_facts(service))
+
     @app.get("/v1/me", summary="Who the signed request authenticates as")
     def me(who: Signed) -> dict[str, str]:
         return {"identity": who.identity, "key": who.key.hex()}

@@ -213,6 +213,7 @@ def _create(directory: Path, count: int, host: str, say: Progress) -> dict[str, 
                 "data_dir": directory / code,
                 "local": code,
                 "peers": {c: u for c, u in api.items() if c != code},
+                "api_url": api[code],
             }
         )
         for code in codes

@@ -383,7 +383,12 @@ class MedShare(
 
     def node_key(self, hospital: str) -> SigningKey:
         """The key of ``hospital``'s ledger node: its records service signs with it."""
-        return self.ledger.node_key(self.config.hospital_node(hospital))
+        self.config.hospital_node(hospital)  # a member, or ConfigError
+        names = self.ledger.node_names
+        first = next((i for i, n in enumerate(names) if n.rpartition("-")[0] == hospital), None)
+        # genesis labels a hospital's nodes <code>-a, <code>-b, …; a node that joined later
+        # is labelled so by the members that admitted it
+        return self.ledger.node_key(self.config.hospital_node(hospital) if first is None else first)
 
     def registrations(self, people: Sequence[tuple[str, str | None]]) -> list[tuple]:
         """``register_identity`` batches for (principal, hospital) pairs whose identity key

@@ -50,7 +50,8 @@ class ServiceConfig:
     (``medshare consortium up`` / ``hospital init``): its own database, blob replica,
     authority and ledger node, the other members reached at their ``peers`` URLs (code →
     API base URL) for blob replication. ``None`` is the single-directory consortium (every
-    hospital's state in one place: the test harness and ``medshare init``).
+    hospital's state in one place: the test harness and ``medshare init``). ``api_url`` is
+    where this hospital's own server is reached (what it tells a hospital that joins).
     """
 
     data_dir: Path
@@ -68,6 +69,7 @@ class ServiceConfig:
     patient_keys: str = "custodial"
     local: str | None = None
     peers: dict[str, str] = field(default_factory=dict)
+    api_url: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

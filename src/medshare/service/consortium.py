@@ -19,6 +19,7 @@ from pathlib import Path
 
 from medshare.crypto import issuance, kac
 from medshare.fileio import write_file
+from medshare.ledger.app import published
 from medshare.service import areas, db, ledgers
 from medshare.service.api import (
     Clock,
@@ -91,6 +92,7 @@ def init_hospital(
     *,
     clock: Clock = wall_clock_ms,
     progress: Progress | None = None,
+    activate: bool = True,
 ) -> MedShare:
     """Create one hospital's own directory (``config.local``), next to its ledger node
     (``config.ledger_dir``, already laid out and running, see
@@ -99,7 +101,9 @@ def init_hospital(
     service's identity (its node's key) and its authority's identity, registered by its own
     node, and the authority's public keys published on the ledger. Nobody else's key is
     made here: staff and patients enrol with one-time codes and make theirs on their own
-    devices."""
+    devices. A hospital joining a running consortium is created with ``activate`` False:
+    its node is not a member yet, so nothing goes on the ledger until the members admitted
+    it (:func:`activate_hospital`)."""
     say = progress or (lambda _msg: None)
     code = config.local
     if code is None:
@@ -112,14 +116,28 @@ def init_hospital(
     write_file(config.kac_params_file, params)
     service = MedShare.open(data_dir, clock=clock, notice=say)
     try:
-        say(f"{code}: authority, records service, identities on the ledger")
+        say(f"{code}: authority, records service" + (", identities on the ledger" * activate))
         _add_hospital(service, code)
-        service.register([(authority_principal(code), code)])
-        service.publish_authority_keys((code,))
+        if activate:
+            activate_hospital(service)
     except BaseException:
         service.close()
         raise
     return service
+
+
+def activate_hospital(service: MedShare) -> bool:
+    """Register the hospital's authority identity with its own node and publish the
+    authority's public keys, unless that was done; True if it did it now. Needs the
+    hospital's node to be a member of the chain."""
+    code = service.config.local
+    if code is None:
+        raise ConfigError("only a hospital's own directory is activated")
+    if service.ledger.published(published.authority_key(code, published.ABE_KEY)) is not None:
+        return False
+    service.register([(authority_principal(code), code)])
+    service.publish_authority_keys((code,))
+    return True
 
 
 def _add_hospital(service: MedShare, code: str) -> None:

@@ -96,6 +96,9 @@ SENDERS: Mapping[TxKind, Sender] = {
     TxKind.COMMITTEE_CHANGE: Sender.ENGINE,
 }
 MAX_IDENTITY_NAME = 256
+# How long a node registration waits for its approvals (blocks; CometBFT here commits a
+# few blocks a second, so about a working day).
+CANDIDATE_TTL_BLOCKS = 100_000
 IDENTITY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@:+\-]{0,255}")
 MAX_TAG_HEX = 256  # a compressed G1 point is 96 hex digits
 KEY_TAG_FIELDS = frozenset({"identity", "tag", "R", "authority", "attributes", "proof"})
@@ -162,8 +165,10 @@ def _register_node(state: LedgerState, tx: Tx, changes: BlockChanges) -> None:
     nodes active now approved that same key and name: no single member — possibly the
     Byzantine one the committee is sized to tolerate — can fill the consortium with keys
     of its own, or block a newcomer by proposing it under another name. Each node may
-    have opened at most one proposal still pending, and pending proposals expire at the
-    end of the epoch, so the proposals kept in the state stay as few as the nodes."""
+    have opened at most one proposal still pending, so the proposals kept in the state
+    stay as few as the nodes; a proposal expires at the first epoch end
+    :data:`CANDIDATE_TTL_BLOCKS` after it was opened (the members' IT approve by hand,
+    on their own machines: an epoch of 100 blocks is seconds)."""
     sponsor = state.node(tx.sender)
     if sponsor is None or sponsor.ejected:
         raise TxRejected(Code.NOT_PERMITTED, "only an active node may register a node")
@@ -176,18 +181,18 @@ def _register_node(state: LedgerState, tx: Tx, changes: BlockChanges) -> None:
     key = f"{public.hex()}/{name}"
     me = tx.sender.hex()
     if key in state.candidates:
-        opener, approvals = state.candidates[key]
+        opener, approvals, opened = state.candidates[key]
         if me in approvals:
             raise TxRejected(Code.REJECTED, "this node already approved that registration")
     else:
-        if any(opener == me for opener, _ in state.candidates.values()):
+        if any(entry[0] == me for entry in state.candidates.values()):
             raise TxRejected(Code.REJECTED, "this node already has a registration pending")
-        opener, approvals = me, frozenset()
+        opener, approvals, opened = me, frozenset(), state.height + 1
     approvals = approvals | {me}
     active = {v.public.hex() for v in state.validators if not v.ejected}
     changes.candidates = True
     if 3 * len(approvals & active) <= 2 * len(active):
-        state.candidates[key] = (opener, approvals)
+        state.candidates[key] = (opener, approvals, opened)
         return
     for other in [k for k in state.candidates if k.startswith(public.hex() + "/")]:
         del state.candidates[other]
@@ -449,9 +454,15 @@ def epoch_ends(state: LedgerState, height: int) -> bool:
 
 def elect_next(state: LedgerState, seed: bytes, changes: BlockChanges) -> None:
     """At an epoch's last block: the next committee, from the committed reputations; node
-    registrations still pending expire."""
-    if state.candidates:
-        state.candidates = {}
+    registrations pending for :data:`CANDIDATE_TTL_BLOCKS` or more expire."""
+    height = state.height + 1  # the block being finalized
+    live = {
+        key: entry
+        for key, entry in state.candidates.items()
+        if height - entry[2] < CANDIDATE_TTL_BLOCKS
+    }
+    if live != state.candidates:
+        state.candidates = live
         changes.candidates = True
     try:
         committee = election.elect(state.validators, seed, state.genesis.committee_size)

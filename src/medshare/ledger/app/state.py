@@ -61,8 +61,9 @@ class LedgerState:
     nonces: dict[str, int]
     identities: dict[str, str]
     # Node registrations pending approval by more than 2/3 of the active nodes:
-    # "<public key hex>/<name>" -> (opening node's key hex, approving nodes' keys hex).
-    candidates: dict[str, tuple[str, frozenset[str]]] = field(default_factory=dict)
+    # "<public key hex>/<name>" -> (opening node's key hex, approving nodes' keys hex,
+    # the height it was opened at).
+    candidates: dict[str, tuple[str, frozenset[str], int]] = field(default_factory=dict)
     # Public keys their owners published (``publish_key``): name -> SHA-256 hex of the key,
     # e.g. ``authority/H001/abe`` or ``patient/P1/block/0``. Written once, never replaced.
     published: dict[str, str] = field(default_factory=dict)
@@ -78,16 +79,20 @@ class LedgerState:
 
     def candidates_json(self) -> dict:
         return {
-            key: {"opener": opener, "approvals": sorted(approvals)}
-            for key, (opener, approvals) in sorted(self.candidates.items())
+            key: {"opener": opener, "approvals": sorted(approvals), "opened": opened}
+            for key, (opener, approvals, opened) in sorted(self.candidates.items())
         }
 
     @staticmethod
-    def candidates_from_json(doc: object) -> dict[str, tuple[str, frozenset[str]]]:
+    def candidates_from_json(doc: object) -> dict[str, tuple[str, frozenset[str], int]]:
         if not isinstance(doc, dict):
             raise ValueError("candidates must be an object")
         return {
-            str(key): (str(entry["opener"]), frozenset(map(str, entry["approvals"])))
+            str(key): (
+                str(entry["opener"]),
+                frozenset(map(str, entry["approvals"])),
+                int(entry.get("opened", 0)),
+            )
             for key, entry in doc.items()
         }
 
