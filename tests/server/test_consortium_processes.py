@@ -45,13 +45,14 @@ def _ok(*args: object) -> dict:
 def federation(tmp_path_factory):
     root = tmp_path_factory.mktemp("federation")
     directory = root / "c"
-    summary = _ok("consortium", "up", "--dir", directory, "--hospitals", 3)
-    try:
+    try:  # a failed `up` stops what it started; a later failure is cleaned up here
+        summary = _ok("consortium", "up", "--dir", directory, "--hospitals", 3)
         yield {"root": root, "dir": directory, "summary": summary}
     finally:
-        _run("consortium", "down", "--dir", directory)
-        status = consortium.status(directory)
-        assert not any(h["server_running"] or h["node_running"] for h in status["hospitals"])
+        if (directory / consortium.CONSORTIUM_FILE).exists():
+            _run("consortium", "down", "--dir", directory)
+            status = consortium.status(directory)
+            assert not any(h["server_running"] or h["node_running"] for h in status["hospitals"])
 
 
 @pytest.fixture(scope="module")

@@ -37,8 +37,8 @@ def _ok(*args: object) -> dict:
 def joined(tmp_path_factory):
     root = tmp_path_factory.mktemp("join")
     directory, newcomer = root / "c", root / "H004"
-    summary = _ok("consortium", "up", "--dir", directory, "--precompute", 0)
     try:
+        summary = _ok("consortium", "up", "--dir", directory, "--precompute", 0)
         member = summary["hospitals"][0]["api"]
         (port,) = network.free_ports(1)
         made = _ok("hospital", "init", "--dir", newcomer, "--code", "H004", "--join", member,
@@ -46,9 +46,10 @@ def joined(tmp_path_factory):
         yield {"root": root, "dir": directory, "newcomer": newcomer, "made": made,
                "summary": summary, "port": port}  # fmt: skip
     finally:
-        _run("consortium", "down", "--dir", directory)
-        net = network.Network.load(newcomer / "ledger")
-        network.down(net)
+        if (directory / consortium.CONSORTIUM_FILE).exists():
+            _run("consortium", "down", "--dir", directory)
+        if (newcomer / "ledger" / network.NET_FILE).exists():
+            network.down(network.Network.load(newcomer / "ledger"))
 
 
 def test_a_newcomer_is_nothing_on_the_ledger_until_admitted(joined):
