@@ -39,8 +39,26 @@ def test_a_signed_request_names_its_caller():
     verifier = _verifier()
     caller = verifier.verify(*_signed(body=b'{"x": 1}', method="POST"))
     assert caller == sr.Caller("patient:P1", ALICE.public)
-    # headers arrive lower-cased from HTTP frameworks: that is what sign() produces
-    assert set(_signed()[3]) == set(sr.HEADERS)
+    # headers arrive lower-cased from HTTP frameworks: that is what sign() produces (and
+    # the body's digest, so a server can verify before it reads a large body)
+    assert set(_signed()[3]) == {*sr.HEADERS, sr.BODY_DIGEST}
+
+
+def test_a_request_is_verified_before_its_body_from_the_digest_it_signs():
+    """verify_before_body: the signature covers the digest header; a changed digest or
+    a missing one is refused before any body is read; what it returns is what the body
+    must hash to."""
+    verifier = _verifier()
+    method, target, body, headers = _signed(body=b'{"x": 1}', method="POST")
+    caller, digest = verifier.verify_before_body(method, target, headers)
+    assert caller.identity == "patient:P1" and digest == sr.body_digest(body)
+    method, target, body, headers = _signed(body=b'{"x": 2}', method="POST")
+    other = sr.body_digest(b'{"x": 3}')
+    with pytest.raises(sr.RequestRefused, match="signature"):
+        verifier.verify_before_body(method, target, {**headers, sr.BODY_DIGEST: other})
+    missing = {k: v for k, v in headers.items() if k != sr.BODY_DIGEST}
+    with pytest.raises(sr.RequestRefused, match="SHA-256"):
+        verifier.verify_before_body(method, target, missing)
 
 
 @pytest.mark.parametrize(

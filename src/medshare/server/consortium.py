@@ -11,7 +11,8 @@ others over the network. This module lays a consortium out that way on one machi
                            medshare.db, wallets/ (its authority, KEK seed), blobs/<code>/,
                            kac-params.bin, ledger/ (its node; the others listed by address),
                            server.json (its server's pid) and server.log
-    D/regulator/ledger/    the regulator's node (the fourth validator of three hospitals)
+    D/regulator/ledger/    the regulator's node (the fourth validator of three hospitals;
+                           none for a consortium started with one hospital)
 
 ``up`` on a new folder makes the genesis for every node, hands each node to its operator
 (:func:`medshare.ledger.cometbft.network.split`), starts the nodes, creates each hospital
@@ -55,6 +56,7 @@ REGULATOR = "regulator"
 START_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 30.0
 OFFICER_CODE_DAYS = 7
+GENESIS_COMMITTEE = 4  # 3f+1 with f = 1
 OFFICER_DEPT = "69"  # 其他业务科室: a records officer holds no clinical department's key
 
 Progress = Callable[[str], None]
@@ -200,8 +202,8 @@ def _create(directory: Path, count: int, host: str, say: Progress) -> dict[str, 
     template = ServiceConfig(
         data_dir=directory,
         hospitals=tuple(codes),
-        nodes=count + 1,
-        committee=min(4, count + 1),
+        nodes=_nodes(count),
+        committee=min(4, _nodes(count)),
         replication=min(2, count),
         ledger="cometbft",
         patient_keys="device",
@@ -228,7 +230,7 @@ def _create(directory: Path, count: int, host: str, say: Progress) -> dict[str, 
     net = network.create(
         staging,
         nodes=template.nodes,
-        committee=template.committee,
+        committee=GENESIS_COMMITTEE,  # seats beyond the first nodes fill as hospitals join
         names=labels,
         p2p_host=host if host != "0.0.0.0" else "127.0.0.1",
         rpc_host="127.0.0.1",
@@ -272,6 +274,14 @@ def _create(directory: Path, count: int, host: str, say: Progress) -> dict[str, 
         finally:
             service.close()
     return officers
+
+
+def _nodes(hospitals: int) -> int:
+    """Ledger nodes of a new consortium: one per hospital and the regulator's (three
+    hospitals make the four validators that tolerate one fault); a consortium started
+    with one hospital has no regulator's node, so hospitals that join later are admitted
+    by the members' own approvals (the regulator's node has no server to approve with)."""
+    return hospitals + 1 if hospitals > 1 else 1
 
 
 def _fields(config: ServiceConfig) -> dict[str, Any]:

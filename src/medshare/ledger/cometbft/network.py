@@ -44,7 +44,7 @@ import httpx
 from medshare import processes
 from medshare.fileio import write_file
 from medshare.ledger import election
-from medshare.ledger.app.genesis import Genesis
+from medshare.ledger.app.genesis import MAX_COMMITTEE, Genesis
 from medshare.ledger.cometbft import home as node_home
 from medshare.ledger.cometbft import install, server
 from medshare.ledger.cometbft.appmain import SOCKET
@@ -162,8 +162,9 @@ def create(
     names = list(names) if names is not None else [f"node-{i}" for i in range(nodes)]
     if len(names) != nodes:
         raise NetworkError(f"{nodes} nodes need {nodes} names, got {len(names)}")
-    if not 1 <= committee <= nodes:
-        raise NetworkError(f"the committee must have 1..{nodes} members")
+    if not 1 <= committee <= MAX_COMMITTEE:
+        # more seats than nodes: every node validates, and the seats fill as nodes join
+        raise NetworkError(f"the committee must have 1..{MAX_COMMITTEE} members")
     if (directory / NET_FILE).exists():
         raise NetworkError(f"{directory} already holds a network (`medshare net down` first)")
     install.binary()
