@@ -34,8 +34,8 @@ RULES: dict[tuple[str, str], str] = {
     ("GET", "/v1/health"): "anyone (unsigned)",
     ("GET", "/v1/authorities/{code}"): "anyone (unsigned): public keys",
     ("GET", "/v1/kac-params"): "anyone (unsigned): public parameters",
-    ("GET", "/v1/staff/{identity}"): "anyone (unsigned): the hospital's attestation of "
-    "its own staff member",
+    ("GET", "/v1/staff/{identity}"): "a member hospital's records service (its node key): "
+    "this hospital's attestation of its own staff member",
     ("GET", "/v1/consortium"): "anyone (unsigned): the public facts a joining hospital needs",
     ("GET", "/v1/me"): "any enrolled identity",
     ("GET", "/v1/records/{record_id}"): "any enrolled identity; the area's gate decides",
