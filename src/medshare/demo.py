@@ -31,14 +31,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rich.console import Console
-from rich.progress import Progress
-from rich.table import Table
 
 from medshare.crypto import abe, group, hkac
+from medshare.demo_steps import Outcome, catch_up, run_steps, verdict
 from medshare.ledger.comet_port import CometLedger
 from medshare.ledger.cometbft import network
 from medshare.ledger.cometbft import verify as chain_verify
-from medshare.ledger.cometbft.client import LedgerClient, LedgerUnavailable
 from medshare.ledger.types import TxKind
 from medshare.records import canonical, fhir, synthetic
 from medshare.service import db, ledgers
@@ -52,7 +50,6 @@ DAY_MS = 86_400_000
 PATIENTS_PER_HOSPITAL = 6
 RECORDS_PER_PATIENT = 30
 SEED = 2026
-CATCH_UP_S = 60.0
 
 
 class DemoClock:
@@ -63,12 +60,6 @@ class DemoClock:
 
     def __call__(self) -> int:
         return wall_clock_ms() + self.offset_ms
-
-
-@dataclass(frozen=True)
-class Outcome:
-    ok: bool
-    detail: str
 
 
 @dataclass
@@ -413,7 +404,7 @@ def step_node_down(story: Story) -> Outcome:
     served = svc.read("dr.wang@H001", rid, area=Area.INSTITUTION)
     down = not network.running(net, victim)
     network.start(net, victim)
-    caught_up = _catch_up(net, victim, svc.ledger.height())
+    caught_up = catch_up(net.nodes[victim].rpc, svc.ledger.height())
     checks = svc.ledger.verify()
     heads = {c.height for c in checks}
     ok = served.resource and down and caught_up and all(c.ok for c in checks) and len(heads) == 1
@@ -423,19 +414,6 @@ def step_node_down(story: Story) -> Outcome:
         f"still commit; restarted, it caught up; all {len(checks)} nodes' chains re-verified "
         f"from genesis (signatures, validator sets, app replay) to height {max(heads)}",
     )
-
-
-def _catch_up(net: network.Network, i: int, height: int) -> bool:
-    deadline = time.monotonic() + CATCH_UP_S
-    with LedgerClient([net.nodes[i].rpc], timeout=2.0) as client:
-        while time.monotonic() < deadline:
-            try:
-                if client.height() >= height:
-                    return True
-            except LedgerUnavailable:  # its RPC may refuse for a moment after its start
-                pass
-            time.sleep(0.2)
-    return False
 
 
 def step_log_and_export(story: Story) -> Outcome:
@@ -513,40 +491,12 @@ def run_demo(
 
         return demo_parties.run_demo(out, console)
     story = Story(out)
-    results: list[tuple[str, Outcome, float]] = []
+    results: list = []
     try:
-        with Progress(console=console, transient=True) as progress:
-            task = progress.add_task("medshare demo", total=len(STEPS))
-            for name, step in STEPS:
-                progress.update(task, description=name)
-                start = time.perf_counter()
-                try:
-                    outcome = step(story)
-                except Exception as exc:  # a crashing step is a failed step, reported plainly
-                    outcome = Outcome(False, f"unexpected {type(exc).__name__}: {exc}")
-                results.append((name, outcome, time.perf_counter() - start))
-                progress.advance(task)
-                if not outcome.ok and story.service is None:
-                    break
+        results = run_steps(story, STEPS, console, go_on=lambda: story.service is not None)
     finally:
         if story.service is not None:
             story.service.close()
         if story.config is not None and ledgers.stop(story.config):
             console.print(f"ledger nodes in {story.config.ledger_dir} stopped")
-    _summary(console, results)
-    failed = [name for name, outcome, _ in results if not outcome.ok]
-    if failed or len(results) != len(STEPS):
-        console.print(f"[bold red]demo failed:[/] {', '.join(failed) or 'stopped early'}")
-        return 1
-    console.print(f"all {len(STEPS)} steps behaved as expected; outputs are in {out}")
-    return 0
-
-
-def _summary(console: Console, results: list[tuple[str, Outcome, float]]) -> None:
-    table = Table(title="medshare demo")
-    for column in ("step", "result", "what happened", "ms"):
-        table.add_column(column)
-    for name, outcome, seconds in results:
-        mark = "[green]ok[/]" if outcome.ok else "[bold red]FAILED[/]"
-        table.add_row(name, mark, outcome.detail, f"{seconds * 1e3:.0f}")
-    console.print(table)
+    return verdict(console, "medshare demo --single-directory", results, STEPS, out)

@@ -27,7 +27,6 @@ import hashlib
 import json
 import shutil
 import sqlite3
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -35,12 +34,12 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.progress import Progress
 from rich.table import Table
 
+from medshare.demo_steps import Outcome, catch_up, run_steps, verdict
 from medshare.ledger.cometbft import network
 from medshare.ledger.cometbft import verify as chain_verify
-from medshare.ledger.cometbft.client import LedgerClient, LedgerUnavailable
+from medshare.ledger.cometbft.client import LedgerClient
 from medshare.records import canonical, fhir, synthetic
 from medshare.server import consortium
 from medshare.wallet.device import PersonalWallet
@@ -48,17 +47,10 @@ from medshare.wallet.device import PersonalWallet
 HOSPITALS = 3
 RECORDS = 24  # clinical records of the demo's main patient
 SEED = 2026
-CATCH_UP_S = 60.0
 
 
 class StepFailed(Exception):
     """A command of the story did not do what the step needs to go on."""
-
-
-@dataclass(frozen=True)
-class Outcome:
-    ok: bool
-    detail: str
 
 
 class Commands:
@@ -385,7 +377,7 @@ def step_node_down(story: Story) -> Outcome:
     down = not network.running(regulator, victim)
     network.start(regulator, victim)
     height = _height(story.summary["hospitals"][0]["node_rpc"])
-    caught_up = _catch_up(regulator.nodes[victim].rpc, height)
+    caught_up = catch_up(regulator.nodes[victim].rpc, height)
     return Outcome(
         bool(read.get("id") and down and caught_up),
         "the regulator's validator killed: reads and their access txs still commit (3 of 4); "
@@ -482,19 +474,6 @@ def _height(url: str) -> int:
         return client.height()
 
 
-def _catch_up(url: str, height: int) -> bool:
-    deadline = time.monotonic() + CATCH_UP_S
-    with LedgerClient([url], timeout=2.0) as client:
-        while time.monotonic() < deadline:
-            try:
-                if client.height() >= height:
-                    return True
-            except LedgerUnavailable:
-                pass
-            time.sleep(0.2)
-    return False
-
-
 STEPS: tuple[tuple[str, Callable[[Story], Outcome]], ...] = (
     ("separate hospitals", step_consortium),
     ("enrol and ingest over HTTP", step_enrol_and_ingest),
@@ -517,43 +496,15 @@ def run_demo(out: Path, console: Console) -> int:
     """Run every step; print a summary and where each party's data lives; stop every
     process; return the exit code."""
     story = Story(out)
-    results: list[tuple[str, Outcome, float]] = []
+    results: list = []
     try:
-        with Progress(console=console, transient=True) as progress:
-            task = progress.add_task("medshare demo", total=len(STEPS))
-            for name, step in STEPS:
-                progress.update(task, description=name)
-                start = time.perf_counter()
-                try:
-                    outcome = step(story)
-                except Exception as exc:  # a crashing step is a failed step, reported plainly
-                    outcome = Outcome(False, f"{type(exc).__name__}: {exc}")
-                results.append((name, outcome, time.perf_counter() - start))
-                progress.advance(task)
-                if not outcome.ok and not story.summary:
-                    break
+        results = run_steps(story, STEPS, console, go_on=lambda: bool(story.summary))
     finally:
         if (story.consortium / consortium.CONSORTIUM_FILE).exists():
             consortium.down(story.consortium)
             console.print(f"servers and ledger nodes of {story.consortium} stopped")
-    summary(console, "medshare demo: separate parties", results)
     _where(console, story)
-    failed = [name for name, outcome, _ in results if not outcome.ok]
-    if failed or len(results) != len(STEPS):
-        console.print(f"[bold red]demo failed:[/] {', '.join(failed) or 'stopped early'}")
-        return 1
-    console.print(f"all {len(STEPS)} steps behaved as expected; outputs are in {out}")
-    return 0
-
-
-def summary(console: Console, title: str, results: list[tuple[str, Outcome, float]]) -> None:
-    table = Table(title=title)
-    for column in ("step", "result", "what happened", "ms"):
-        table.add_column(column)
-    for name, outcome, seconds in results:
-        mark = "[green]ok[/]" if outcome.ok else "[bold red]FAILED[/]"
-        table.add_row(name, mark, outcome.detail, f"{seconds * 1e3:.0f}")
-    console.print(table)
+    return verdict(console, "medshare demo: separate parties", results, STEPS, out)
 
 
 def _where(console: Console, story: Story) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
-import subprocess
 from pathlib import Path
 
 import httpx
@@ -24,21 +23,12 @@ from medshare.ledger.cometbft import home as node_home
 from medshare.ledger.cometbft import network
 from medshare.records import synthetic
 from medshare.server import consortium
-from medshare.server.process import medshare_command
 from medshare.service.common import wall_clock_ms
 from medshare.wallet.device import PersonalWallet
+from server.commands import ok as _ok
+from server.commands import run as _run
 
 pytestmark = pytest.mark.slow
-
-
-def _run(*args: object, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(medshare_command(*args), capture_output=True, text=True, timeout=timeout)
-
-
-def _ok(*args: object) -> dict:
-    done = _run(*args)
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout)
 
 
 @pytest.fixture(scope="module")

@@ -19,18 +19,10 @@ from medshare.records import synthetic
 from medshare.server import consortium, join
 from medshare.server.process import medshare_command
 from medshare.service.api import MedShare
+from server.commands import ok as _ok
+from server.commands import run as _run
 
 pytestmark = pytest.mark.slow
-
-
-def _run(*args: object, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(medshare_command(*args), capture_output=True, text=True, timeout=timeout)
-
-
-def _ok(*args: object) -> dict:
-    done = _run(*args)
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout)
 
 
 @pytest.fixture(scope="module")
