@@ -40,7 +40,7 @@ from medshare.ledger.app.genesis import Genesis
 from medshare.ledger.cometbft import home as node_home
 from medshare.ledger.cometbft import network
 from medshare.ledger.cometbft.appmain import SOCKET
-from medshare.ledger.types import TxKind
+from medshare.ledger.types import LedgerFormatError, TxKind
 from medshare.server.consortium import OFFICER_CODE_DAYS, OFFICER_DEPT
 from medshare.service import consortium as hospital_setup
 from medshare.service.api import MedShare
@@ -52,6 +52,7 @@ FACTS_FORMAT = "medshare-consortium-facts"
 CODE = re.compile(r"[A-Za-z0-9]{1,16}")
 CATCH_UP_S = 180.0
 REQUEST_FILE = "join-request.json"
+NODE_FIELDS = ("name", "public", "node_id", "p2p", "rpc", "metrics")
 
 
 class JoinError(RuntimeError):
@@ -94,23 +95,24 @@ def prepare(
     if not CODE.fullmatch(code):
         raise JoinError("a hospital code is 1-16 letters or digits")
     facts = _fetch_facts(url)
-    members = facts["members"]
-    if code in members:
-        raise JoinError(f"{code} is a member already")
-    params = base64.b64decode(facts["kac_params"])
     try:
+        members = {str(c): str(u) for c, u in facts["members"].items()}
+        params = base64.b64decode(facts["kac_params"], validate=True)
         kac.KacParams.from_bytes(params).verify()
-    except (CryptoError, ValueError) as exc:
-        raise JoinError(f"the consortium's KAC parameters are not well formed: {exc}") from None
-    genesis_doc = json.loads(facts["genesis"])
-    genesis = Genesis.from_json(genesis_doc["app_state"])
+        genesis = Genesis.from_json(json.loads(facts["genesis"])["app_state"])
+        nodes = [{k: str(n[k]) for k in NODE_FIELDS} for n in facts["nodes"]]
+        sizes = {k: int(facts[k]) for k in ("committee", "replication", "kac_classes", "slab_size")}
+    except (CryptoError, LedgerFormatError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise JoinError(f"{url} sent malformed consortium facts: {exc}") from None
     if genesis.chain_id != facts["chain_id"]:
         raise JoinError("the member's genesis is not the chain it names")
+    if code in members:
+        raise JoinError(f"{code} is a member already")
     reachable = "127.0.0.1" if host in ("0.0.0.0", "") else host
     p2p, rpc, metrics, api_port = network.free_ports(4, reachable)
     api = f"http://{reachable}:{port or api_port}"
     ledger_dir = directory / "ledger"
-    index = len(facts["nodes"])
+    index = len(nodes)
     home = ledger_dir / f"node-{index}"
     node_home.init(home, f"node-{index}")
     (home / "config" / "genesis.json").write_text(facts["genesis"])
@@ -119,7 +121,7 @@ def prepare(
         ports=node_home.Ports(p2p, rpc, metrics),
         p2p_host=host if host != "0.0.0.0" else "127.0.0.1",
         rpc_host="127.0.0.1",
-        peers=[f"{n['node_id']}@{n['p2p']}" for n in facts["nodes"]],
+        peers=[f"{n['node_id']}@{n['p2p']}" for n in nodes],
         socket=home.resolve() / SOCKET,
     )
     public = node_home.validator_public(home)
@@ -133,7 +135,10 @@ def prepare(
         f"http://127.0.0.1:{rpc}",
         f"http://127.0.0.1:{metrics}/metrics",
     )
-    others = tuple(network.NodeInfo(**{**n, "folder": ""}) for n in facts["nodes"])
+    others = tuple(
+        network.NodeInfo(index=i, folder="", **{k: v for k, v in n.items() if k != "index"})
+        for i, n in enumerate(nodes)
+    )
     network.Network(
         ledger_dir, facts["chain_id"], facts["cometbft_chain_id"], (*others, own)
     ).save()
@@ -141,10 +146,10 @@ def prepare(
         data_dir=directory,
         hospitals=(*members, code),
         nodes=index + 1,
-        committee=facts["committee"],
-        replication=facts["replication"],
-        kac_classes=facts["kac_classes"],
-        slab_size=facts["slab_size"],
+        committee=sizes["committee"],
+        replication=sizes["replication"],
+        kac_classes=sizes["kac_classes"],
+        slab_size=sizes["slab_size"],
         ledger="cometbft",
         patient_keys="device",
         local=code,
