@@ -34,7 +34,7 @@ def joined(tmp_path_factory):
         member = summary["hospitals"][0]["api"]
         (port,) = network.free_ports(1)
         made = _ok("hospital", "init", "--dir", newcomer, "--code", "H004", "--join", member,
-                   "--port", port)  # fmt: skip
+                   "--chain-id", summary["chain_id"], "--port", port)  # fmt: skip
         yield {"root": root, "dir": directory, "newcomer": newcomer, "made": made,
                "summary": summary, "port": port}  # fmt: skip
     finally:

@@ -76,6 +76,14 @@ def init(
     directory: Annotated[Path, typer.Option("--dir", help="The new hospital's directory.")],
     code: Annotated[str, typer.Option(help="The hospital's code (e.g. H004).")],
     join: Annotated[str, typer.Option(help="The API URL of any member of the consortium.")],
+    chain_id: Annotated[
+        str,
+        typer.Option(
+            "--chain-id",
+            help="The consortium's chain id, as its members told you (consortium up prints "
+            "it): the member's answer must be that chain's.",
+        ),
+    ],
     host: Annotated[
         str, typer.Option(help="The address the other members reach this machine at.")
     ] = "127.0.0.1",
@@ -89,7 +97,9 @@ def init(
 
     with service_errors():
         try:
-            request = joining.prepare(directory, code, join, host=host, port=port)
+            request = joining.prepare(
+                directory, code, join, chain_id=chain_id, host=host, port=port
+            )
         except joining.JoinError as exc:
             raise fail(str(exc), 1) from None
     typer.echo(json.dumps(request, indent=2))

@@ -226,6 +226,11 @@ class CometLedger:
         with self._rpc():
             return tuple(m["name"] for m in self._client.state()["committee"])
 
+    def chain_nodes(self) -> dict[bytes, str]:
+        with self._rpc():
+            nodes = self._client.state()["nodes"]
+        return {bytes.fromhex(n["public"]): n["name"] for n in nodes if not n["ejected"]}
+
     def txs(self, kind: TxKind | None = None, start_height: int = 1) -> Iterator[CommittedTx]:
         with self._rpc():
             self._scan(self._client.height())

@@ -449,6 +449,10 @@ class InProcessLedger:
     def committee(self) -> tuple[str, ...]:
         return tuple(m["name"] for m in self._query("/state")["committee"])
 
+    def chain_nodes(self) -> dict[bytes, str]:
+        nodes = self._query("/state")["nodes"]
+        return {bytes.fromhex(n["public"]): n["name"] for n in nodes if not n["ejected"]}
+
     @_locked
     def txs(self, kind: TxKind | None = None, start_height: int = 1) -> Iterator[CommittedTx]:
         self._check_open()

@@ -107,6 +107,11 @@ class LedgerPort(Protocol):
         """Node ``index``'s signing key (its validator key), held next to the node."""
         ...
 
+    def chain_nodes(self) -> dict[bytes, str]:
+        """The nodes the chain counts as members now (admitted, not ejected): public key
+        -> name. What a server trusts a node key for, rather than any local list."""
+        ...
+
     def node_public(self, index: int) -> bytes:
         """Node ``index``'s public validator key, as genesis names it (any node's, also
         one another party runs)."""

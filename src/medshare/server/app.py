@@ -36,7 +36,7 @@ from medshare.ledger.types import LedgerFormatError, Tx, TxKind
 from medshare.records.blobstore import DirectoryReplica, blob_id_of
 from medshare.server import authorization, problems
 from medshare.service import db, enrolment
-from medshare.service.api import MedShare
+from medshare.service.api import MedShare, node_owner
 from medshare.service.areas import parse_area
 from medshare.service.common import service_principal, wall_clock_ms
 from medshare.service.errors import AccessDenied, InvalidInput, NotFound
@@ -52,6 +52,7 @@ REPLICA_PREFIX = "/v1/replica/"
 PEER_FETCHES = 4  # attestation requests in flight to one peer at a time
 UNVOUCHED_S = 60.0  # a name a peer did not vouch for is not asked about again for this long
 UNVOUCHED_CACHE = 4096
+MEMBERS_TTL_S = 10.0  # how long the chain's member nodes are trusted without asking again
 MAX_REPLICA_PAGE = 1000  # blob ids in one replica listing
 ENROLMENT_CACHE = 65_536  # identity keys whose enrolment this server remembers
 
@@ -86,13 +87,21 @@ def create_app(
             return call()
 
     enrolled: dict[bytes, str] = {}  # enrolments are written once: a hit never goes stale
-    # Member hospitals' records services, by the key of their ledger nodes (genesis names
-    # each node after the hospital that runs it): they call the replica routes.
-    member_nodes = _member_nodes(service)
+    # Member hospitals' records services, by the key of their ledger nodes as the chain
+    # counts them (admitted, not ejected; each named after the hospital that runs it):
+    # they call the replica and staff routes. Re-read every MEMBERS_TTL_S.
+    members: dict[str, Any] = {"nodes": {}, "until": 0.0}
+
+    def member_nodes() -> dict[bytes, str]:
+        now = time.monotonic()
+        if now >= members["until"]:
+            members["nodes"] = _serialised(lambda: _member_nodes(service))
+            members["until"] = now + MEMBERS_TTL_S
+        return members["nodes"]
 
     def enrolled_as(key: bytes) -> str | None:
-        if key in member_nodes:
-            return member_nodes[key]
+        if key in member_nodes():
+            return member_nodes()[key]
         if key in enrolled:
             return enrolled[key]
 
@@ -155,7 +164,7 @@ def create_app(
         except ValueError:
             return False
         if path.startswith(REPLICA_PREFIX):
-            return key in member_nodes
+            return key in member_nodes()
         if path != "/v1/ingest":
             return False
         identity = enrolled_as(key) if len(key) == 32 else None
@@ -780,14 +789,14 @@ def _message(message: Any) -> Response:
 
 
 def _member_nodes(service: MedShare) -> dict[bytes, str]:
-    """{node public key: ``records@<code>``} for every ledger node a member hospital runs
-    (genesis labels nodes ``<code>-a``, ``<code>-b``, …; the regulator's is no hospital's)."""
-    members = {}
-    for i, name in enumerate(service.ledger.node_names):
-        code = name.rsplit("-", 1)[0]
-        if "-" in name and code in service.config.hospitals:
-            members[service.ledger.node_public(i)] = service_principal(code)
-    return members
+    """{node public key: ``records@<code>``} for every node the chain counts as a member
+    hospital's now (nodes are labelled ``<code>-a``, ``<code>-b``, …; the regulator's is
+    no hospital's), for the hospitals this server knows as members."""
+    return {
+        key: service_principal(node_owner(name))
+        for key, name in service.ledger.chain_nodes().items()
+        if node_owner(name) in service.config.hospitals
+    }
 
 
 def audience_of(service: MedShare) -> str:

@@ -33,6 +33,7 @@ from typing import Any
 
 import httpx
 
+from medshare.api.bounded_http import PeerAnswerRefused, bounded_request
 from medshare.crypto import kac
 from medshare.crypto.errors import CryptoError
 from medshare.ledger.app import published
@@ -43,7 +44,7 @@ from medshare.ledger.cometbft.appmain import SOCKET
 from medshare.ledger.types import LedgerFormatError, TxKind
 from medshare.server.consortium import OFFICER_CODE_DAYS, OFFICER_DEPT
 from medshare.service import consortium as hospital_setup
-from medshare.service.api import MedShare
+from medshare.service.api import MedShare, node_owner
 from medshare.service.config import ConfigError, ServiceConfig
 from medshare.service.errors import InvalidInput
 
@@ -53,6 +54,7 @@ CODE = re.compile(r"[A-Za-z0-9]{1,16}")
 CATCH_UP_S = 180.0
 REQUEST_FILE = "join-request.json"
 NODE_FIELDS = ("name", "public", "node_id", "p2p", "rpc", "metrics")
+MAX_FACTS_BYTES = 4 << 20
 
 
 class JoinError(RuntimeError):
@@ -83,12 +85,22 @@ def consortium_facts(service: MedShare) -> dict[str, Any]:
 
 
 def prepare(
-    directory: Path, code: str, url: str, *, host: str = "127.0.0.1", port: int | None = None
+    directory: Path,
+    code: str,
+    url: str,
+    *,
+    chain_id: str,
+    host: str = "127.0.0.1",
+    port: int | None = None,
 ) -> dict[str, Any]:
     """Step 1: make hospital ``code``'s directory from the facts the member at ``url``
     gives; writes the join request for the members (public facts only) to
     ``directory/join-request.json`` and returns it with its path and the one-time code of
-    the hospital's first records officer (which must not go to the members)."""
+    the hospital's first records officer (which must not go to the members).
+
+    ``chain_id`` is the consortium's chain id as the joining hospital was told it out of
+    band (``consortium up`` prints it): whichever member answers, the genesis must be
+    that chain's, and the nodes it lists must be the genesis's under the same names."""
     directory = directory.resolve()
     if directory.exists() and any(directory.iterdir()):
         raise JoinError(f"{directory} is not empty; choose a new directory")
@@ -104,8 +116,14 @@ def prepare(
         sizes = {k: int(facts[k]) for k in ("committee", "replication", "kac_classes", "slab_size")}
     except (CryptoError, LedgerFormatError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise JoinError(f"{url} sent malformed consortium facts: {exc}") from None
-    if genesis.chain_id != facts["chain_id"]:
-        raise JoinError("the member's genesis is not the chain it names")
+    if genesis.chain_id != chain_id or facts["chain_id"] != chain_id:
+        raise JoinError(
+            f"{url} answers for chain {facts['chain_id']!r} (its genesis: {genesis.chain_id!r}), "
+            f"not {chain_id!r}: refusing to join"
+        )
+    listed = {n["public"]: n["name"] for n in nodes}
+    if any(listed.get(v.public.hex()) != v.name for v in genesis.nodes):
+        raise JoinError(f"{url} lists nodes that are not the genesis's: refusing to join")
     if code in members:
         raise JoinError(f"{code} is a member already")
     reachable = "127.0.0.1" if host in ("0.0.0.0", "") else host
@@ -202,7 +220,7 @@ def admit(service: MedShare, request: dict[str, Any]) -> dict[str, Any]:
             request["rpc"], request["metrics"],
         )  # fmt: skip
         replace(net, nodes=(*net.nodes, joined)).save()
-    hospitals = config.hospitals if code in config.hospitals else (*config.hospitals, code)
+    hospitals = (*config.hospitals, code)
     updated = replace(
         config,
         hospitals=hospitals,
@@ -260,8 +278,13 @@ def _checked_request(service: MedShare, request: object) -> tuple[str, str, byte
         raise InvalidInput(f"the joining node is named {code}-a")
     if request.get("chain_id") != service.ledger.chain_id:
         raise InvalidInput("the join request is for another chain")
-    if code in service.config.served or code.casefold() == "regulator":
-        raise InvalidInput(f"{code} cannot join: it is this hospital or reserved")
+    taken = {h.casefold() for h in service.config.hospitals} | {"regulator"}
+    taken |= {
+        node_owner(n).casefold() or n.casefold() for n in service.ledger.chain_nodes().values()
+    }
+    if code.casefold() in taken or code in service.config.peers:
+        # a member's name (in any case) must never be handed to another key or address
+        raise InvalidInput(f"{code} cannot join: a member or the regulator has that name")
     if not isinstance(api, str) or not api.startswith(("http://", "https://")):
         raise InvalidInput("the join request's api is an http(s) URL")
     for field in ("node_id", "p2p", "rpc", "metrics"):
@@ -278,12 +301,15 @@ def _checked_request(service: MedShare, request: object) -> tuple[str, str, byte
 
 def _fetch_facts(url: str) -> dict[str, Any]:
     try:
-        response = httpx.get(f"{url.rstrip('/')}/v1/consortium", timeout=10.0)
-        facts = response.json()
-    except (httpx.HTTPError, ValueError) as exc:
+        with httpx.Client(base_url=url.rstrip("/"), timeout=10.0) as client:
+            status, body = bounded_request(
+                client, "GET", "/v1/consortium", deadline_s=30.0, max_bytes=MAX_FACTS_BYTES
+            )
+        facts = json.loads(body)
+    except (PeerAnswerRefused, ValueError, RecursionError) as exc:
         raise JoinError(f"{url} does not answer as a consortium member: {exc}") from None
-    if response.status_code != 200 or not isinstance(facts, dict):
-        raise JoinError(f"{url} refused: {facts}")
+    if status != 200 or not isinstance(facts, dict):
+        raise JoinError(f"{url} refused ({status})")
     if facts.get("format") != FACTS_FORMAT:
         raise JoinError(f"{url} did not send a consortium's facts")
     return facts

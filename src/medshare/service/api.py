@@ -68,6 +68,12 @@ CHECKED_AUTHORITY_KEY = "checked-authority-public-key"
 PUBLISHED_SEEN_ENTRIES = 65_536
 
 
+def node_owner(name: str) -> str:
+    """The hospital a node's name says runs it (``H001-a`` -> ``H001``; ``""`` for a name
+    without a label, such as the regulator's)."""
+    return name.rpartition("-")[0]
+
+
 class MedShare(
     IngestMixin,
     AreaKeyMixin,
@@ -124,6 +130,8 @@ class MedShare(
             return ReplicatedBlobStore(replicas, config.replication)
         self.own_replica = DirectoryReplica(config.replica_dir(config.local), config.local)
         signer = self.node_key(config.local)
+        # a peer whose node the chain has not admitted (or ejected) gets no copies
+        members = {node_owner(name) for name in self.ledger.chain_nodes().values()}
         replicas = [self.own_replica] + [
             PeerReplica(
                 code,
@@ -134,6 +142,7 @@ class MedShare(
                 clock_ms=self.clock,
             )
             for code, url in sorted(config.peers.items())
+            if code in members
         ]
         if len(replicas) < config.replication:
             raise ConfigError(
@@ -291,12 +300,9 @@ class MedShare(
         return row.hospital
 
     def node_publics(self, hospital: str) -> list[bytes]:
-        """The public keys of the ledger nodes genesis names after ``hospital``."""
-        return [
-            self.ledger.node_public(i)
-            for i, name in enumerate(self.ledger.node_names)
-            if name.rpartition("-")[0] == hospital
-        ]
+        """The public keys of the nodes the chain counts as ``hospital``'s now (admitted,
+        not ejected; named ``<code>-a``…)."""
+        return [k for k, name in self.ledger.chain_nodes().items() if node_owner(name) == hospital]
 
     def staff_attestation(self, who: str) -> dict[str, Any]:
         """This hospital vouches for one of its staff (:mod:`medshare.api.staff_attestation`),

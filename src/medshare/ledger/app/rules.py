@@ -176,8 +176,11 @@ def _register_node(state: LedgerState, tx: Tx, changes: BlockChanges) -> None:
     if state.node(public) is not None or public.hex() in state.identities:
         raise TxRejected(Code.REJECTED, "node already registered")
     name = tx.body.get("name")
-    if not isinstance(name, str) or not 0 < len(name) <= MAX_IDENTITY_NAME:
-        raise TxRejected(Code.REJECTED, "node name must be a short non-empty string")
+    if not isinstance(name, str) or not IDENTITY_NAME.fullmatch(name):
+        raise TxRejected(Code.REJECTED, "node name must be 1-256 ASCII letters, digits or ._@:+-")
+    if any(v.name.casefold() == name.casefold() for v in state.validators):
+        # a name tells whose node it is (``H001-a`` is H001's): never a second key for it
+        raise TxRejected(Code.REJECTED, f"a node is named {name!r} already")
     key = f"{public.hex()}/{name}"
     me = tx.sender.hex()
     if key in state.candidates:
