@@ -158,7 +158,8 @@ def create_app(
     def may_send_large(path: str, headers: Any) -> bool:
         """Whether a request may carry a body beyond the common cap: an ingest naming an
         enrolled records officer's key, a replica write naming a member hospital's node
-        key (checked before the body is read; the signature over it once it is read)."""
+        key. Such a request is then verified before its body is read, from the body
+        digest its signature covers (``_verified_then_large_body``)."""
         try:
             key = bytes.fromhex(headers.get(signed_requests.KEY) or "")
         except ValueError:
