@@ -101,7 +101,7 @@ def _ok_all(*commands: tuple) -> list[dict]:
 def fed(tmp_path_factory):
     root = tmp_path_factory.mktemp("fedattack")
     directory = root / "c"
-    summary = _ok("consortium", "up", "--dir", directory, "--hospitals", 3)
+    summary = _ok("consortium", "up", "--dir", directory, "--hospitals", 3, "--precompute", 0)
     try:
         hs = {h["code"]: h for h in summary["hospitals"]}
         h1, h2 = hs["H001"], hs["H002"]

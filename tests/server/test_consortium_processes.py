@@ -36,7 +36,7 @@ def federation(tmp_path_factory):
     root = tmp_path_factory.mktemp("federation")
     directory = root / "c"
     try:  # a failed `up` stops what it started; a later failure is cleaned up here
-        summary = _ok("consortium", "up", "--dir", directory, "--hospitals", 3)
+        summary = _ok("consortium", "up", "--dir", directory, "--hospitals", 3, "--precompute", 0)
         yield {"root": root, "dir": directory, "summary": summary}
     finally:
         if (directory / consortium.CONSORTIUM_FILE).exists():
@@ -228,7 +228,7 @@ def test_down_and_up_again_keeps_everything(story):
     _ok("consortium", "down", "--dir", directory)
     status = _ok("consortium", "status", "--dir", directory)
     assert not any(h["server_running"] or h["node_running"] for h in status["hospitals"])
-    again = _ok("consortium", "up", "--dir", directory)
+    again = _ok("consortium", "up", "--dir", directory, "--precompute", 0)
     assert all(h["server_running"] and h["node_running"] for h in again["hospitals"])
     assert not any("officer_code" in h for h in again["hospitals"])
     out = story["root"] / "again.ndjson"
