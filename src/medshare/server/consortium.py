@@ -45,6 +45,7 @@ from medshare.ledger.cometbft import network
 from medshare.server.process import medshare_command
 from medshare.service import consortium as hospital_setup
 from medshare.service import ledgers
+from medshare.service.api import MedShare
 from medshare.service.config import ServiceConfig
 
 CONSORTIUM_FILE = "consortium.json"
@@ -261,19 +262,24 @@ def _create(directory: Path, count: int, host: str, say: Progress) -> dict[str, 
     for config in configs:
         service = hospital_setup.init_hospital(config, params, progress=say)
         try:
-            code = config.local or ""
-            got = service.enrol(
-                code,
-                f"officer@{code}",
-                kind="clinician",
-                role="records",
-                dept=OFFICER_DEPT,
-                ttl_ms=OFFICER_CODE_DAYS * 86_400_000,
-            )
-            officers[code] = got.code
+            officers[config.local or ""] = first_officer_code(service)
         finally:
             service.close()
     return officers
+
+
+def first_officer_code(service: MedShare) -> str:
+    """A one-time code for the new hospital's first records officer (``officer@<code>``),
+    whose wallet then enrols everyone else: no one's key is made at the hospital."""
+    code = service.config.local or ""
+    return service.enrol(
+        code,
+        f"officer@{code}",
+        kind="clinician",
+        role="records",
+        dept=OFFICER_DEPT,
+        ttl_ms=OFFICER_CODE_DAYS * 86_400_000,
+    ).code
 
 
 def _nodes(hospitals: int) -> int:

@@ -42,7 +42,7 @@ from medshare.ledger.cometbft import home as node_home
 from medshare.ledger.cometbft import network
 from medshare.ledger.cometbft.appmain import SOCKET
 from medshare.ledger.types import LedgerFormatError, TxKind
-from medshare.server.consortium import OFFICER_CODE_DAYS, OFFICER_DEPT
+from medshare.server.consortium import first_officer_code
 from medshare.service import consortium as hospital_setup
 from medshare.service.api import MedShare, node_owner
 from medshare.service.config import ConfigError, ServiceConfig
@@ -176,14 +176,7 @@ def prepare(
     )
     service = hospital_setup.init_hospital(config, params, activate=False)
     try:
-        officer = service.enrol(
-            code,
-            f"officer@{code}",
-            kind="clinician",
-            role="records",
-            dept=OFFICER_DEPT,
-            ttl_ms=OFFICER_CODE_DAYS * 86_400_000,
-        )
+        officer_code = first_officer_code(service)
     finally:
         service.close()
     request = {
@@ -200,7 +193,7 @@ def prepare(
     }
     path = directory / REQUEST_FILE
     path.write_text(json.dumps(request, indent=2))
-    return {"join_request": str(path), "api": api, "officer_code": officer.code, **request}
+    return {"join_request": str(path), "api": api, "officer_code": officer_code, **request}
 
 
 def admit(service: MedShare, request: dict[str, Any]) -> dict[str, Any]:
