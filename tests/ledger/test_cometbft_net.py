@@ -395,6 +395,10 @@ def test_client_find_and_resubmit_of_a_committed_tx(lab: Lab) -> None:
     tx = _access(staff, 0, net.chain_id)
     with LedgerClient([net.node(0).rpc]) as client:
         [done] = client.submit([tx])
+        # read-your-writes: when submit returns, the app's state holds the tx (CheckTx and
+        # queries read that state, which trails the stored block results by the Commit)
+        assert client.applied_height() >= done.height
+        assert client.next_nonce(staff.public) == 1
         url = [net.node(0).rpc]
         assert _wait_for("the tx indexed", lambda: _find(url, tx.txid), 10.0) == done
         assert client.find(tx.txid) == done

@@ -292,7 +292,12 @@ class LedgerClient:
     def wait(
         self, txids: Iterable[str], from_height: int, *, timeout: float
     ) -> dict[str, Committed]:
-        """Read blocks from ``from_height`` on until every id is seen or time runs out."""
+        """Read blocks from ``from_height`` on until every id is seen or time runs out;
+        then wait (within the same time) for the node's app to have applied the highest
+        block seen. CometBFT serves a block's results as soon as ``FinalizeBlock`` ran,
+        a moment before ``Commit`` makes them the app's state, and ``CheckTx`` and queries
+        read that state: without this wait, a transaction sent right after ours (by the
+        identity ours registered, say) could be refused by a state that lacks ours."""
         wanted = set(txids)
         found: dict[str, Committed] = {}
         next_height = max(from_height, 1)
@@ -309,4 +314,15 @@ class LedgerClient:
                 next_height += 1
             if wanted - set(found):
                 time.sleep(0.05)
+        if found:
+            self._until_applied(max(c.height for c in found.values()), deadline)
         return found
+
+    def applied_height(self) -> int:
+        """The last height the app has committed (``abci_info``), which may trail the
+        block store's height by the block being committed."""
+        return int(self.call("abci_info")["response"].get("last_block_height", 0))
+
+    def _until_applied(self, height: int, deadline: float) -> None:
+        while self.applied_height() < height and time.monotonic() < deadline:
+            time.sleep(0.01)
