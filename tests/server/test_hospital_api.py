@@ -157,6 +157,9 @@ def _routes(service) -> tuple[dict[str, tuple[str, str]], str, str]:
             "ingest": ("POST", "/v1/ingest"),  # nobody in the matrix is a records officer
             "refer": ("POST", f"/v1/patients/{owner}/referrals"),  # empty body
             "consents": ("GET", f"/v1/patients/{owner}/consents"),
+            "consent": ("POST", f"/v1/patients/{owner}/consents"),  # empty body: no tx
+            "approve-study": ("POST", "/v1/studies"),  # nobody in the matrix is ethics staff
+            "study": ("GET", "/v1/studies/S-unknown"),
             "trace": ("POST", "/v1/trace"),  # nobody in the matrix is an auditor
             "enrolments": ("POST", "/v1/enrolments"),  # nobody in the matrix is an officer
             "staff": ("GET", "/v1/staff/dr.wang@H001"),
@@ -211,6 +214,10 @@ MATRIX = {
               "unsigned": 401, "replayed": 401},
     "consents": {"patient": 200, "other-patient": 403, "clinician": 403, "outsider": 401,
                  "unsigned": 401, "replayed": 401},
+    "consent": {"patient": 400, "other-patient": 403, "clinician": 403, "outsider": 401,
+                "unsigned": 401, "replayed": 401},
+    "approve-study": _enrolled(403),
+    "study": _enrolled(404),
     "trace": _enrolled(403),
     "enrolments": _enrolled(403),
     "staff": _enrolled(403),  # only a member hospital's records service
@@ -229,6 +236,10 @@ def test_the_authorisation_matrix(hospital):
     service, http = hospital
     routes, owner, other = _routes(service)
     assert len(RULES) == len(MATRIX)  # every route of the table is in the matrix
+    from fastapi.routing import APIRoute
+
+    served = {(m, r.path) for r in http.app.routes if isinstance(r, APIRoute) for m in r.methods}
+    assert served == set(RULES)  # and every route the app serves is in the table
     identities = {
         "patient": (f"patient:{owner}", service.wallets.identity(f"patient:{owner}")),
         "other-patient": (f"patient:{other}", service.wallets.identity(f"patient:{other}")),

@@ -26,7 +26,11 @@ def enrol(
     staff: Annotated[str | None, typer.Option(help="Enrol this staff member (name@CODE).")] = None,
     role: Annotated[
         str | None,
-        typer.Option("--role", "--roles", help="physician, nurse, emergency or records."),
+        typer.Option(
+            "--role",
+            "--roles",
+            help="physician, nurse, emergency, records, auditor, ethics or researcher.",
+        ),
     ] = None,
     dept: Annotated[str | None, typer.Option(help="The staff member's department code.")] = None,
     hospital: Annotated[

@@ -210,6 +210,41 @@ def refer(
 
 
 @app.command()
+def study(
+    directory: WalletDir,
+    name: Annotated[str, typer.Option("--study", help="The study's name (e.g. S-2026-01).")],
+    researcher: Annotated[str, typer.Option(help="The researcher it is approved for.")],
+    who: Holder = None,
+    hospital: Hospital = None,
+) -> None:
+    """An ethics officer approves a study at their hospital for a researcher, who then
+    asks the authority for the study key (`wallet issue --authority <this hospital>`);
+    patients consent to it with `wallet consent`."""
+    body = {"study": name, "researcher": researcher}
+    with _holder(directory, who, hospital) as holder:
+        answer = holder.client.post_json("/v1/studies", json.dumps(body).encode())
+    _print(answer)
+
+
+@app.command()
+def consent(
+    directory: WalletDir,
+    name: Annotated[str, typer.Option("--study", help="The study to consent to.")],
+    hospital: Annotated[
+        str | None,
+        typer.Option(help="The server of the hospital that runs the study (default: yours)."),
+    ] = None,
+) -> None:
+    """Consent to a study: signed here; the study's hospital makes de-identified copies
+    of your records there for it. Withdraw with `wallet revoke <consent id>`."""
+    from medshare.wallet import device
+
+    with _holder(directory, None, hospital) as holder:
+        answer = device.consent(_personal_wallet(holder), holder.client, name)
+    _print(answer)
+
+
+@app.command()
 def enrol(
     directory: WalletDir,
     patient: Annotated[str | None, typer.Option(help="Enrol this patient id.")] = None,
@@ -217,7 +252,11 @@ def enrol(
     staff: Annotated[str | None, typer.Option(help="Enrol this staff member (name@CODE).")] = None,
     role: Annotated[
         str | None,
-        typer.Option("--role", "--roles", help="physician, nurse, emergency, records or auditor."),
+        typer.Option(
+            "--role",
+            "--roles",
+            help="physician, nurse, emergency, records, auditor, ethics or researcher.",
+        ),
     ] = None,
     dept: Annotated[str | None, typer.Option(help="The staff member's department code.")] = None,
     days: Annotated[int, typer.Option(help="Days the code stays valid.")] = 7,

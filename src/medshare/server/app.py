@@ -264,7 +264,7 @@ def create_app(
         return _serialised(lambda: service.accept_share(patient_id, tx, classes))
 
     @app.post(
-        "/v1/grants/{grant_id}/revoke",
+        "/v1/grants/{grant_id:path}/revoke",
         summary="A patient revokes their share or consent: the REVOKE tx their wallet "
         "signed; the share's records move to fresh slots before it is committed",
     )
@@ -364,6 +364,43 @@ def create_app(
             return {"referral": referral, "hospital": hospital, "to": to}
 
         return _serialised(make)
+
+    @app.post(
+        "/v1/studies",
+        summary="An ethics officer of a hospital this server speaks for approves a study "
+        "for a researcher: the researcher's wallet then obtains the study key (`wallet "
+        "issue`), and patients may consent to it",
+    )
+    def approve_study(who: Signed, request: Request) -> dict[str, Any]:
+        hospital = staff_here(who.identity, "ethics", "an ethics officer")
+        doc = _json_object(request.state.body)
+        study, researcher = doc.get("study"), doc.get("researcher")
+        if not isinstance(study, str) or not isinstance(researcher, str):
+            raise InvalidInput('a study approval is {"study": name, "researcher": name}')
+        if len(researcher) <= 256:
+            learn_peer_staff(researcher)  # a researcher of another member hospital
+        return _serialised(lambda: service.approve_study(study, hospital, researcher))
+
+    @app.get(
+        "/v1/studies/{study}",
+        summary="A live study's public facts (the hospital that runs it), for a patient "
+        "about to consent",
+    )
+    def study(who: Signed, study: Annotated[str, Path(max_length=128)]) -> dict[str, Any]:
+        return _serialised(lambda: service.study(study))
+
+    @app.post(
+        "/v1/patients/{patient_id}/consents",
+        summary="A research consent made on the patient's device (its grant transaction, "
+        "signed by the patient): de-identified copies of the patient's records here are "
+        "made for the study, then the consent is put on the ledger",
+    )
+    def patient_consent(
+        who: Signed, patient_id: Annotated[str, Path(max_length=128)], request: Request
+    ) -> dict[str, Any]:
+        authorization.the_patient(who, patient_id)
+        tx = _tx_field(_json_object(request.state.body), "tx")
+        return _serialised(lambda: service.accept_consent(patient_id, tx))
 
     @app.get(
         "/v1/patients/{patient_id}/consents",

@@ -38,20 +38,23 @@ RULES: dict[tuple[str, str], str] = {
     "this hospital's attestation of its own staff member",
     ("GET", "/v1/consortium"): "anyone (unsigned): the public facts a joining hospital needs",
     ("GET", "/v1/me"): "any enrolled identity",
-    ("GET", "/v1/records/{record_id}"): "any enrolled identity; the area's gate decides",
+    ("GET", "/v1/records/{record_id:path}"): "any enrolled identity; the area's gate decides",
     ("GET", "/v1/patients/{patient_id}/records"): "the patient",
     ("GET", "/v1/patients/{patient_id}/log"): "the patient",
     ("GET", "/v1/patients/{patient_id}/directory"): "the patient",
     ("GET", "/v1/patients/{patient_id}/export"): "the patient",
     ("POST", "/v1/patients/{patient_id}/blocks"): "the patient (their own publish_key txs)",
     ("POST", "/v1/patients/{patient_id}/shares"): "the patient (a grant they signed)",
-    ("POST", "/v1/grants/{grant_id}/revoke"): "the patient who gave the grant (their "
+    ("POST", "/v1/grants/{grant_id:path}/revoke"): "the patient who gave the grant (their "
     "signed REVOKE tx, from the caller's own key)",
     ("POST", "/v1/ingest"): "a records officer of a hospital this server speaks for "
     "(role records); the records become that hospital's",
     ("POST", "/v1/patients/{patient_id}/referrals"): "a physician of a hospital this "
     "server speaks for, where the patient has records",
     ("GET", "/v1/patients/{patient_id}/consents"): "the patient",
+    ("POST", "/v1/patients/{patient_id}/consents"): "the patient (a consent they signed)",
+    ("POST", "/v1/studies"): "an ethics officer of a hospital this server speaks for",
+    ("GET", "/v1/studies/{study}"): "any enrolled identity",
     ("POST", "/v1/trace"): "an auditor (role auditor) of a member hospital",
     ("POST", "/v1/enrolments"): "a records officer of a hospital this server speaks for: "
     "one-time codes for that hospital's patients and staff",

@@ -27,6 +27,10 @@ from medshare.service.common import (
 )
 from medshare.service.errors import AccessDenied, InvalidInput, NotFound
 
+# Principals an authority may issue keys to: staff enrolled by a hospital ("clinician",
+# whatever their role) and the harness's researcher.
+STAFF_KINDS = ("clinician", "researcher")
+
 
 class AreaKeyMixin:
     """CP-ABE area keys and the users' keys (a part of :class:`~medshare.service.api.MedShare`)."""
@@ -164,12 +168,13 @@ class AreaKeyMixin:
     def entitled_attributes(self, who: str, authority: str) -> tuple[str, ...]:
         """The attributes ``authority`` issues to ``who`` on request (the authority decides,
         never the requester): its own clinicians get their department's institution key,
-        emergency staff of the consortium an emergency key of every authority."""
+        emergency staff of the consortium an emergency key of every authority, a partner
+        physician a referral key, a researcher the key of a study it approved."""
         with self.sessions() as session:
             principal = session.get(db.Principal, who)
             hosp = self._hospital(session, authority)
             roles = list(principal.roles or []) if principal is not None else []
-            if principal is None or principal.kind != "clinician" or not roles:
+            if principal is None or principal.kind not in STAFF_KINDS or not roles:
                 raise AccessDenied(f"{who} is not staff: {authority} issues them no key")
             if self._revoked_holder(who, authority):
                 raise AccessDenied(
@@ -179,7 +184,11 @@ class AreaKeyMixin:
             role = "emergency" if "emergency" in roles else roles[0]
             attributes = areas.staff_entitlement(
                 role, principal.hospital, principal.dept, authority, hosp.epoch, self.taxonomy
-            ) or self._referral_entitlement(session, who, authority, hosp.epoch)
+            ) or (
+                self._study_entitlement(session, who, authority, hosp.epoch)
+                if "researcher" in roles
+                else self._referral_entitlement(session, who, authority, hosp.epoch)
+            )
             if attributes is None:
                 raise AccessDenied(f"{who} is not staff of {authority}: it issues them no key")
             return attributes
@@ -206,6 +215,18 @@ class AreaKeyMixin:
                 continue
             if f"referral:{grant.id}" not in held:
                 return areas.partner_attributes(grant.id, grant.scope["partner"], epoch)
+        return None
+
+    def _study_entitlement(
+        self, session: Session, who: str, authority: str, epoch: int
+    ) -> tuple[str, ...] | None:
+        """A researcher's study key: for the oldest live study ``authority`` approved for
+        ``who`` whose key they do not hold yet (a researcher's wallet asks after each
+        approval)."""
+        held = {a for row in self._live_keys(session, authority, who) for a in row.attributes}
+        for study in self._studies_of(session, who, authority):
+            if f"ethics:{study}" not in held:
+                return areas.researcher_attributes(study, epoch)
         return None
 
     def _revoked_holder(self, who: str, authority: str) -> bool:

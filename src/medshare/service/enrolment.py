@@ -49,8 +49,9 @@ SECRET_BYTES = 20  # 160 bits: not guessable within any rate a server allows
 MAX_BLOCKS_PER_CALL = 64
 # Clinical roles get CP-ABE keys (areas.staff_entitlement); a records officer ingests the
 # hospital's records over HTTP and an auditor submits leaked keys for tracing: neither
-# gets a key (the hospital encrypts what it creates; tracing needs no decryption).
-STAFF_ROLES = ("physician", "nurse", "emergency", "records", "auditor")
+# gets a key (the hospital encrypts what it creates; tracing needs no decryption). An
+# ethics officer approves studies (no key); a researcher gets a key per approved study.
+STAFF_ROLES = ("physician", "nurse", "emergency", "records", "auditor", "ethics", "researcher")
 _SECRET = re.compile(r"[A-Za-z2-7]{1,64}")  # base32, either case
 _REFUSED = "this enrolment code is not valid (unknown, already used, or expired)"
 

@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from medshare.api import share_grants
+from medshare.api import consent_grants, share_grants
 from medshare.crypto import hkac
 from medshare.crypto.signing import InvalidSignature, SigningKey
 from medshare.ledger.port import sign
@@ -556,30 +556,46 @@ class GrantMixin:
             ).scalars()
         )
 
-    def approve_study(self, study: str, hospital: str, researcher: str) -> None:
-        """An ethics approval at ``hospital``: the researcher gets ``ethics:<study>``."""
+    def approve_study(self, study: str, hospital: str, researcher: str) -> dict[str, Any]:
+        """An ethics approval at ``hospital``: ``researcher`` may ask its authority for an
+        ``ethics:<study>`` key, and patients may consent to the study. A researcher whose
+        wallet this data directory keeps (the test harness) gets the key at once."""
         check_principal(study)
         with db.transaction(self.sessions) as session:
-            self._principal(session, researcher)
+            person = self._principal(session, researcher)
+            if "researcher" not in (person.roles or []):
+                raise InvalidInput(f"{researcher} is not a researcher; studies go to researchers")
             hosp = self._hospital(session, hospital)
             if session.get(db.Grant, f"study/{study}") is not None:
                 raise InvalidInput(f"study {study} already exists")
-            self._commit_grant(
-                session,
-                self.node_key(hospital),
-                db.Grant(
-                    id=f"study/{study}",
-                    kind="study",
-                    area=Area.RESEARCH.value,
-                    patient=None,
-                    grantee=researcher,
-                    scope={"hospital": hospital, "study": study},
-                    created_ms=self.clock(),
-                ),
+            grant = db.Grant(
+                id=f"study/{study}",
+                kind="study",
+                area=Area.RESEARCH.value,
+                patient=None,
+                grantee=researcher,
+                scope={"hospital": hospital, "study": study},
+                created_ms=self.clock(),
             )
-            epoch = hosp.epoch
+            self._commit_grant(session, self.node_key(hospital), grant)
+            epoch, txid = hosp.epoch, grant.txid
         self.wallets.save_study_secret(study, secrets.token_bytes(32))
-        self.issue_key(researcher, hospital, areas.researcher_attributes(study, epoch))
+        if self.wallets.has_identity(researcher):
+            self.issue_key(researcher, hospital, areas.researcher_attributes(study, epoch))
+        # otherwise the researcher's own wallet asks the authority for it (`wallet issue`)
+        return {"study": study, "hospital": hospital, "researcher": researcher, "txid": txid}
+
+    def study(self, study: str) -> dict[str, str]:
+        """A live study's public facts (its hospital), for a patient about to consent."""
+        with self.sessions() as session:
+            approval = self._live_study(session, study)
+            return {"study": study, "hospital": approval.scope["hospital"]}
+
+    def _live_study(self, session: Session, study: object) -> db.Grant:
+        approval = session.get(db.Grant, f"study/{study}") if isinstance(study, str) else None
+        if approval is None or approval.kind != "study" or approval.revoked_ms is not None:
+            raise NotFound(f"unknown study {study!r}")
+        return approval
 
     def _studies_of(self, session, who: str, hospital: str) -> list[str]:
         """``who``'s live study approvals at ``hospital``, oldest first."""
@@ -595,47 +611,96 @@ class GrantMixin:
         return [g.scope["study"] for g in rows if g.scope.get("hospital") == hospital]
 
     def consent_research(self, patient_id: str, study: str) -> int:
-        """The patient consents to ``study``: de-identified copies of their records at the
-        study's hospital are made and wrapped for it. Returns how many."""
+        """The patient consents to ``study`` with the key this data directory keeps for them
+        (the test harness; a patient's own wallet signs the consent and the server takes it
+        with :meth:`accept_consent`). Returns how many de-identified copies were made."""
         with db.transaction(self.sessions) as session:
             self._patient(session, patient_id)
-            approval = session.get(db.Grant, f"study/{study}")
-            if approval is None or approval.revoked_ms is not None:
-                raise NotFound(f"unknown study {study!r}")
-            hospital = approval.scope["hospital"]
-            grant_id = _fresh_grant_id(session, f"consent/{study}/{patient_id}")
-            if grant_id is None:
-                raise InvalidInput(f"patient {patient_id} already consented to {study}")
-            area_key = self._area_key(
-                session, Area.RESEARCH, hospital, f"research/{study}/{hospital}", study=study
-            )
-            target = deidentify.Study(study, self.wallets.study_secret(study))
-            made = 0
-            for record in self._records_at(session, patient_id, hospital):
-                dek = self._custodian_dek(session, record)
-                plain = self._fetch(record, record.blob_id, dek)
-                copy = deidentify.deidentify(json.loads(plain), target, patient_id)
-                copy_dek = protect.new_dek()
-                data = canonical.canonical_bytes(copy)
-                blob_id = self.blobs.put(protect.seal_blob(copy_dek, data, record.id))
-                self._add_wrap(session, record, area_key, copy_dek, blob_id)
-                made += 1
+            hospital, grant_id = self._consent_target(session, patient_id, study)
+            made = self._research_copies(session, patient_id, study, hospital)
             # Logged last: a failure above (e.g. a blob with no intact copy) leaves neither
             # a consent in the ledger nor derivatives behind.
             self._commit_grant(
                 session,
                 self.wallets.identity(patient_principal(patient_id)),
-                db.Grant(
-                    id=grant_id,
-                    kind="consent",
-                    area=Area.RESEARCH.value,
-                    patient=patient_id,
-                    grantee=study,
-                    scope={"study": study, "hospital": hospital},
-                    created_ms=self.clock(),
-                ),
+                _consent_grant(grant_id, patient_id, study, hospital, self.clock()),
             )
         return made
+
+    def accept_consent(self, patient_id: str, tx: Tx) -> dict[str, Any]:
+        """A research consent the patient's device signed: the GRANT ``tx`` must be the
+        patient's, of this chain, and exactly the consent this hospital would write
+        (:func:`consent_grants.consent_body`). The study's de-identified copies of the
+        patient's records are made, then the consent is put on the ledger."""
+        with db.transaction(self.sessions) as session:
+            self._patient(session, patient_id)
+            principal = session.get(db.Principal, patient_principal(patient_id))
+            if (
+                principal is None
+                or tx.kind is not TxKind.GRANT
+                or tx.sender != principal.identity_public
+                or tx.chain != self.ledger.chain_id
+            ):
+                raise AccessDenied(f"a consent of patient {patient_id} is signed by the patient")
+            try:
+                tx.verify()
+            except InvalidSignature:
+                raise AccessDenied("the consent's signature does not verify") from None
+            study = tx.body.get("grantee") if isinstance(tx.body, dict) else None
+            hospital, grant_id = self._consent_target(session, patient_id, study)
+            if tx.body != consent_grants.consent_body(grant_id, patient_id, study, hospital):
+                raise InvalidInput(
+                    f"not the consent grant {grant_id} of patient {patient_id} to {study} at "
+                    f"{hospital} (consent_grants.consent_body)"
+                )
+            made = self._research_copies(session, patient_id, study, hospital)
+            committed = self.relay([tx])[0]  # last: a failure above leaves nothing behind
+            grant = _consent_grant(grant_id, patient_id, study, hospital, self.clock())
+            grant.txid = committed.tx.txid
+            session.add(grant)
+            return {"grant": grant_id, "txid": grant.txid, "study": study, "copies": made}
+
+    def _consent_target(self, session: Session, patient_id: str, study: object) -> tuple[str, str]:
+        """(the study's hospital, the id the patient's consent to it gets); NotFound for no
+        live study, InvalidInput while a consent of the patient to it is live."""
+        approval = self._live_study(session, study)
+        grant_id = _fresh_grant_id(session, consent_grants.consent_base(str(study), patient_id))
+        if grant_id is None:
+            raise InvalidInput(f"patient {patient_id} already consented to {study}")
+        return approval.scope["hospital"], grant_id
+
+    def _research_copies(self, session: Session, patient_id: str, study: str, hospital: str) -> int:
+        """De-identified copies of the patient's records at ``hospital``, each under a new
+        DEK wrapped for the study's research area key; how many were made."""
+        area_key = self._area_key(
+            session, Area.RESEARCH, hospital, f"research/{study}/{hospital}", study=study
+        )
+        target = deidentify.Study(study, self.wallets.study_secret(study))
+        made = 0
+        for record in self._records_at(session, patient_id, hospital):
+            dek = self._custodian_dek(session, record)
+            plain = self._fetch(record, record.blob_id, dek)
+            copy = deidentify.deidentify(json.loads(plain), target, patient_id)
+            copy_dek = protect.new_dek()
+            data = canonical.canonical_bytes(copy)
+            blob_id = self.blobs.put(protect.seal_blob(copy_dek, data, record.id))
+            self._add_wrap(session, record, area_key, copy_dek, blob_id)
+            made += 1
+        return made
+
+
+def _consent_grant(
+    grant_id: str, patient_id: str, study: str, hospital: str, now_ms: int
+) -> db.Grant:
+    return db.Grant(
+        id=grant_id,
+        kind="consent",
+        area=Area.RESEARCH.value,
+        patient=patient_id,
+        grantee=study,
+        scope={"study": study, "hospital": hospital},
+        created_ms=now_ms,
+    )
 
 
 def _patients_grant(grant: db.Grant) -> bool:

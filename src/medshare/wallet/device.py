@@ -25,13 +25,14 @@ from urllib.parse import quote
 
 import httpx
 
-from medshare.api import share_grants
+from medshare.api import consent_grants, share_grants
 from medshare.api.sealed_record import SealedRecord, open_sealed
 from medshare.crypto import hkac, kac, recovery
 from medshare.crypto.signing import SigningKey
 from medshare.fileio import write_file
 from medshare.ledger.app import published
 from medshare.ledger.types import Tx, TxKind
+from medshare.records import fhir_audit
 from medshare.records.departments import Taxonomy
 from medshare.service.common import wall_clock_ms
 from medshare.service.enrolment import MAX_BLOCKS_PER_CALL, code_identity
@@ -342,6 +343,33 @@ def export(wallet: PersonalWallet, client: HospitalClient) -> tuple[list[bytes],
     except (KeyError, TypeError, ValueError) as exc:
         raise IntegrityError(f"the server's export does not decode: {exc}") from None
     return [open_sealed(s, params=params, share=own) for s in sealed], pending
+
+
+def consent(wallet: PersonalWallet, client: HospitalClient, study: str) -> dict[str, Any]:
+    """``wallet consent``: the patient's research consent to ``study``, its GRANT tx signed
+    here and sent to the server of the hospital that runs the study (``client``), which
+    makes the de-identified copies of the patient's records there and commits it. The
+    study's hospital and the consent's id come from that server and the patient's own
+    Consents; the server takes the consent only if it is exactly the one it would write."""
+    patient = _patient(wallet.info())
+    facts = client.get(f"/v1/studies/{quote(study, safe='')}")
+    hospital = facts.get("hospital") if isinstance(facts, dict) else None
+    if not isinstance(hospital, str) or facts.get("study") != study:
+        raise IntegrityError(f"the server's facts of study {study} do not fit it")
+    taken = [
+        identifier.get("value")
+        for resource in client.get(f"/v1/patients/{quote(patient, safe='')}/consents")
+        for identifier in resource.get("identifier", [])
+        if identifier.get("system") == fhir_audit.GRANT_SYSTEM
+    ]
+    grant_id = consent_grants.next_consent_id(study, patient, taken)
+    body = consent_grants.consent_body(grant_id, patient, study, hospital)
+    tx = Tx.create(
+        TxKind.GRANT, body, wallet.nonce(client), wallet.identity_key(),
+        chain=wallet.info().chain_id,
+    )  # fmt: skip
+    path = f"/v1/patients/{quote(patient, safe='')}/consents"
+    return client.post_json(path, json.dumps({"tx": tx.encode().hex()}).encode())
 
 
 def revoke(
