@@ -334,3 +334,19 @@ def test_read_repair_restores_placement_not_every_replica(tmp_path: Path) -> Non
     assert report.missing == order[:3]
     assert report.repaired == order[:2]
     assert holders(reps, blob_id) == {order[0], order[1], order[3]}
+
+
+def test_put_many_stores_each_blob_as_put_does_and_returns_ids_in_order(replicas, store):
+    blobs = [BLOB + bytes([i]) for i in range(20)]
+    ids = store.put_many(blobs, workers=4)
+    assert ids == [blob_id_of(b) for b in blobs]
+    for blob, blob_id in zip(blobs, ids, strict=True):
+        assert holders(replicas, blob_id) == set(store.placement(blob_id))
+        assert store.get(blob_id) == blob
+
+
+def test_put_many_raises_when_a_blob_cannot_reach_its_replication(tmp_path):
+    up = DirectoryReplica(tmp_path / "up", "up")
+    store = ReplicatedBlobStore([up, DownReplica(tmp_path / "down", "down")], replication=2)
+    with pytest.raises(InsufficientReplicas, match="stored on only 1 of the 2"):
+        store.put_many([BLOB + b"1", BLOB + b"2", BLOB + b"3"], workers=3)

@@ -51,6 +51,24 @@ def test_reingest_is_idempotent_and_conflicts_are_rejected(consortium, tmp_path)
     assert any("never overwritten" in r["reason"] for r in report.rejected)
 
 
+def test_the_same_id_twice_in_one_ingest_is_stored_once(consortium, tmp_path):
+    """Blobs are stored before their rows (all at once): an id met twice in one call is
+    one record, and a second, different resource under it is refused as on a re-ingest."""
+    service, _, _ = consortium
+    patient = service.patients()[0]["id"]
+    first = {"resourceType": "Observation", "id": "twice-1", "status": "final",
+             "code": {"text": "x"}, "subject": {"reference": f"Patient/{patient}"}}  # fmt: skip
+    bundle = {"resourceType": "Bundle", "type": "collection",
+              "entry": [{"resource": first}, {"resource": first},
+                        {"resource": {**first, "status": "amended"}}]}  # fmt: skip
+    path = tmp_path / "twice.json"
+    path.write_text(json.dumps(bundle))
+    report = service.ingest("H001", [path])
+    assert report.records == 1 and report.unchanged == 1
+    assert [r["item"] for r in report.rejected] == ["Observation/twice-1"]
+    assert sum(r["id"] == "Observation/twice-1" for r in service.records_of(patient)) == 1
+
+
 def test_malformed_fhir_is_rejected_with_reason(consortium, tmp_path):
     service, _, _ = consortium
     bad = tmp_path / "bad.json"

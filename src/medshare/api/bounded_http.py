@@ -52,3 +52,4 @@ def bounded_request(
         raise PeerAnswerRefused(f"{url} did not answer: {exc}") from None
     finally:
         timer.cancel()
+        timer.join()  # a watchdog firing at this moment is done: the client's state is final

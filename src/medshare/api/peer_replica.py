@@ -21,7 +21,10 @@ unreadable); the peers' copies of its ciphertext stay.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import ssl
+import threading
 from collections.abc import Callable, Iterator
 
 import httpx
@@ -37,6 +40,7 @@ TIMEOUT_S = 10.0  # per socket read
 DEADLINE_S = 60.0  # for a whole exchange (a 32 MiB copy on a slow link)
 MAX_ANSWER = 32 << 20  # a blob copy: the largest a member may store
 MAX_PROBLEM = 16 << 10  # an answer that is not a blob
+MAX_IDLE = 8  # kept-alive connections to one peer (ReplicatedBlobStore.put_many's workers)
 
 
 class PeerReplica:
@@ -62,19 +66,50 @@ class PeerReplica:
         self._clock_ms = clock_ms
         self._timeout = timeout
         self._deadline = deadline
+        # Idle clients, each with its kept-alive connection to the peer. A request takes
+        # one (or makes one) and gives it back only if it ended in time: the deadline
+        # closes the client of a request that did not, which then is never reused. One
+        # TLS context for all of them (a client made without one loads the CA store
+        # afresh: ~35 ms a request, once most of an ingest's time).
+        self._tls = ssl.create_default_context()
+        self._idle: list[httpx.Client] = []
+        self._lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"PeerReplica({self.name!r}, {self.url!r})"
 
     def close(self) -> None:
-        """Nothing to release: every request has its own connection."""
+        """Close the idle connections (one in use is closed when its request ends)."""
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for client in idle:
+            client.close()
+
+    @contextlib.contextmanager
+    def _client(self) -> Iterator[httpx.Client]:
+        with self._lock:
+            client = self._idle.pop() if self._idle else None
+        if client is None:
+            client = httpx.Client(base_url=self.url, timeout=self._timeout, verify=self._tls)
+        reusable = False
+        try:
+            yield client
+            reusable = not client.is_closed
+        finally:
+            with self._lock:
+                if reusable and len(self._idle) < MAX_IDLE:
+                    self._idle.append(client)
+                    client = None
+            if client is not None:
+                client.close()
 
     def _call(
         self, method: str, target: str, body: bytes = b"", *, max_bytes: int = MAX_ANSWER
     ) -> tuple[int, bytes]:
         """(status, body) of a signed request; the answer is bounded in size and time
         (:mod:`medshare.api.bounded_http`): a hostile or stalled peer costs this request,
-        nothing more. Each request has its own connection, which the deadline closes."""
+        nothing more. A request's client is its own while it runs; the deadline closes
+        it, and only a client whose request ended in time is used again."""
         headers = signed_requests.sign(
             self._signer,
             self._identity,
@@ -87,7 +122,7 @@ class PeerReplica:
         if body:
             headers["content-type"] = "application/octet-stream"
         try:
-            with httpx.Client(base_url=self.url, timeout=self._timeout) as client:
+            with self._client() as client:
                 return bounded_request(
                     client, method, target, headers=headers, content=body,
                     deadline_s=self._deadline, max_bytes=max_bytes,

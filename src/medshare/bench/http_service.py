@@ -1,22 +1,26 @@
-"""``medshare bench http``: reads over HTTP between real processes, under concurrent load.
+"""``medshare bench http``: reads and ingest over HTTP between separate parties, under load.
 
-What it measures is the read a clinician's wallet makes: a signed request to the hospital
-server process (``medshare hospital serve``), the server's gate, the ``access`` tx
-committed on a real CometBFT network (node processes on 127.0.0.1), the sealed release
+The consortium is the one ``medshare consortium up`` makes: three hospitals, each its own
+data directory, SQLite database, blob replica, attribute authority, CometBFT node and
+server process, and a regulator's node (4 validators), all on 127.0.0.1. Every person
+is a wallet folder made the way a user makes it: the records officers' wallets from the
+one-time codes ``up`` prints; the readers (department-02 physicians of H001) enrolled by
+their officer and given their CP-ABE keys by the two-party issuance protocol. Nothing
+is in-process between the parties: the wallets run in this process (one thread and one
+connection each), the servers and nodes are their own processes.
+
+What a read measures is the read a clinician's wallet makes: a signed request to H001's
+server, the server's gate, the ``access`` tx committed on the ledger, the sealed release
 (blob, CP-ABE area-key ciphertext, wrapped DEK) sent back, and the decryption in the
-wallet with the reader's own key, digest checked. Nothing is in-process between the
-parties: the wallets run in this process (one thread each, as many wallets as the
-concurrency level, each with its own identity and its own connection), the server and
-the ledger nodes are their own processes.
+wallet with the reader's own key, digest checked. The record is a ~100 kB Observation of
+department 02, ingested by H001's officer and replicated to a peer. For each concurrency
+level ``c`` the ``c`` wallets each read it ``reads`` times back to back; reported are the
+latency percentiles over all reads of the level (nearest rank), the throughput (reads per
+second of wall time), and the ledger blocks the reads' access txs landed in.
 
-The consortium is the one ``bench service`` builds (3 hospitals, SQLite, real keys) on a
-smaller CometBFT network (4 nodes, committee 4) so that all of it fits a 2-core machine
-beside the load: a ~100 kB Observation of department 02 at H001, read through the
-institution area by department-02 physicians. For each concurrency level ``c`` the
-``c`` wallets each read the record ``reads`` times back to back; reported are the
-latency percentiles over all reads of the level, the throughput (reads per second of
-wall time), and the ledger blocks the reads' access txs landed in (how many reads
-shared a block). Percentiles are nearest-rank over the measured reads.
+Ingest: each hospital's records officer posts Synthea-style bundles to their own
+hospital's server, all three at once (each server encrypts, replicates to a peer over
+HTTP and anchors on the shared ledger); records per second per hospital.
 """
 
 from __future__ import annotations
@@ -30,27 +34,21 @@ from pathlib import Path
 from typing import Any
 
 from medshare.api.sealed_record import open_sealed
-from medshare.bench.service import big_record, machine
+from medshare.bench.service import big_record_bundle, machine
 from medshare.crypto import abe
+from medshare.ledger.cometbft.client import LedgerClient
 from medshare.records import synthetic
-from medshare.server.process import ServerProcess
-from medshare.service import ledgers
-from medshare.service.config import ServiceConfig
-from medshare.service.consortium import init
-from medshare.service.roster import StaffMember
-from medshare.service.wallets import Wallets
-from medshare.wallet.client import HospitalClient
+from medshare.server import consortium
+from medshare.wallet import device
+from medshare.wallet.device import PersonalWallet
 
-HOSPITALS = ("H001", "H002", "H003")
-NODES = 4
-COMMITTEE = 4
+HOSPITALS = 3
+READ_AT = "H001"
 TARGET_P50_MS = 150.0
 TARGET_P99_MS = 400.0
 MAX_WALLETS = 8
-READERS = tuple(f"dr.gp{i}@H001" for i in range(MAX_WALLETS))
-OFFICERS = {code: f"records.office@{code}" for code in HOSPITALS}
+READERS = tuple(f"dr.gp{i}@{READ_AT}" for i in range(MAX_WALLETS))
 TARGET_INGEST_PER_S = 200.0
-START_TIMEOUT_S = 120
 
 Progress = Callable[[str], None]
 
@@ -62,15 +60,18 @@ def _percentile(values: list[float], q: float) -> float:
 
 
 class _Wallet:
-    """One reader's wallet: their identity and CP-ABE keys, a signed client of its own."""
+    """One reader's wallet folder: their identity and CP-ABE keys, a signed client of its
+    own (its own connection)."""
 
-    def __init__(self, wallets: Wallets, who: str, url: str) -> None:
-        self.who = who
-        self.client = HospitalClient(url, who, wallets.identity(who))
+    def __init__(self, folder: Path) -> None:
+        wallet = PersonalWallet(folder)
+        self.who = wallet.info().identity
+        self.client = wallet.client()
         self.keys = [
-            abe.AbeUserKey.from_bytes(p.read_bytes()) for p in wallets.abe_key_files(who, "H001")
+            abe.AbeUserKey.from_bytes(p.read_bytes())
+            for p in wallet.keys.abe_key_files(self.who, READ_AT)
         ]
-        self.public = self.client.authority_public("H001")
+        self.public = self.client.authority_public(READ_AT)
 
     def read(self, record: str) -> tuple[float, str, int]:
         """One read end to end: (milliseconds, the access txid, plaintext bytes)."""
@@ -118,42 +119,46 @@ def run(quick: bool, progress: Progress | None = None) -> dict[str, Any]:
     bundles, records = (2, 30) if quick else (6, 40)
     with tempfile.TemporaryDirectory(prefix="ms-bench-http-") as tmp:
         root = Path(tmp)
-        config = ServiceConfig(
-            data_dir=root / "data", hospitals=HOSPITALS, nodes=NODES, committee=COMMITTEE,
-            ledger="cometbft",
-        )  # fmt: skip
-        roster = tuple(StaffMember(who, "H001", "02", "physician") for who in READERS) + tuple(
-            StaffMember(officer, code, "02", "records") for code, officer in OFFICERS.items()
-        )
-        say(f"consortium: {len(HOSPITALS)} hospitals, {NODES} CometBFT nodes")
+        folder = root / "consortium"
+        say(f"consortium up: {HOSPITALS} hospitals and a regulator, each its own processes")
         try:
-            with init(config, roster=roster) as service:
-                record, size = big_record(service, reader=READERS[0])
-            say("hospital server process")
-            server = ServerProcess(config.data_dir, root / "server.log")
-            try:
-                measured = []
-                keys = Wallets(config.wallet_dir)
-                for level in levels:
-                    say(f"{level} concurrent wallet(s) × {reads} reads")
-                    wallets = [_Wallet(keys, who, server.url) for who in READERS[:level]]
-                    wallets[0].read(record)  # warm-up: connections, the server's caches
-                    measured.append((level, _level(wallets, reads, record)))
-                    for wallet in wallets:
-                        wallet.client.close()
-                say(f"ingest: {len(OFFICERS)} records officers posting bundles at once")
-                ingest = _ingest(keys, server.url, bundles, records)
-            finally:
-                server.stop()
+            summary = consortium.up(folder, hospitals=HOSPITALS, precompute=0)
+            hospitals = {h["code"]: h for h in summary["hospitals"]}
+            officers = {
+                code: _wallet(root / f"officer@{code}", h["api"], h["officer_code"])
+                for code, h in hospitals.items()
+            }
+            say(f"{max(levels)} readers enrolled at {READ_AT}; keys by the issuance protocol")
+            readers = [
+                _wallet(root / who, hospitals[READ_AT]["api"], _staff_code(officers[READ_AT], who))
+                for who in READERS[: max(levels)]
+            ]
+            record = _big_record(officers[READ_AT])
+            size = 0
+            measured = []
+            for level in levels:
+                say(f"{level} concurrent wallet(s) × {reads} reads")
+                wallets = [_Wallet(folder) for folder in readers[:level]]
+                _, _, size = wallets[0].read(record)  # warm-up: connections, caches
+                measured.append((level, _level(wallets, reads, record)))
+                for wallet in wallets:
+                    wallet.client.close()
+            say(f"ingest: {len(officers)} records officers, each to their own hospital, at once")
+            ingest = _ingest(officers, bundles, records)
             say("blocks of the reads' access txs")
-            rows = [_row(level, got, _heights(config, got)) for level, got in measured]
+            rpc = hospitals[READ_AT]["node_rpc"]
+            rows = [_row(level, got, _heights(rpc, got)) for level, got in measured]
         finally:
-            ledgers.stop(config)
+            if (folder / consortium.CONSORTIUM_FILE).exists():
+                consortium.down(folder)
     return {
         "benchmark": "http",
         "machine": machine(),
         "quick": quick,
-        "setup": {"hospitals": len(HOSPITALS), "nodes": NODES, "committee": COMMITTEE,
+        "setup": {"hospitals": HOSPITALS, "nodes": len(summary["hospitals"]) + 1,
+                  "committee": consortium.GENESIS_COMMITTEE,
+                  "parties": "separate processes: one server and one CometBFT node per "
+                             "hospital, a regulator's node; wallets in this process",
                   "record": record, "record_bytes": size, "area": "institution",
                   "target_p50_ms": TARGET_P50_MS, "target_p99_ms": TARGET_P99_MS},
         "levels": rows,
@@ -161,16 +166,40 @@ def run(quick: bool, progress: Progress | None = None) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def _ingest(keys: Wallets, url: str, bundles: int, records: int) -> dict[str, Any]:
+def _wallet(folder: Path, api: str, code: str) -> Path:
+    """``medshare wallet new``: the holder's keys made in ``folder`` (staff get their CP-ABE
+    keys from the authorities that offer them)."""
+    device.enrol(folder, api, code)
+    return folder
+
+
+def _staff_code(officer: Path, who: str) -> str:
+    """The one-time code ``officer`` obtains for ``who``, a department-02 physician."""
+    body = {"staff": who, "role": "physician", "dept": "02", "days": 1}
+    with PersonalWallet(officer).client() as client:
+        return client.post_json("/v1/enrolments", json.dumps(body).encode())["code"]
+
+
+def _big_record(officer: Path) -> str:
+    """The ~100 kB Observation, ingested by ``officer``; its record id."""
+    bundle, record = big_record_bundle()
+    with PersonalWallet(officer).client() as client:
+        report = client.post_json("/v1/ingest", bundle)
+    if report["rejected"] or report["records"] < 1:
+        raise RuntimeError(f"the benchmark record was not ingested: {report['rejected'][:3]}")
+    return record
+
+
+def _ingest(officers: dict[str, Path], bundles: int, records: int) -> dict[str, Any]:
     """Each hospital's records officer posts ``bundles`` Synthea-style bundles (one patient
-    of ``records`` records each) to ``/v1/ingest``, all officers at once; records per
-    second per hospital and in all, over the wall time of the whole phase."""
+    of ``records`` records each) to their own hospital's ``/v1/ingest``, all officers at
+    once; records per second per hospital and in all, over the wall time of the phase."""
     per_hospital: dict[str, dict[str, Any]] = {}
     lock = threading.Lock()
-    barrier = threading.Barrier(len(OFFICERS))
+    barrier = threading.Barrier(len(officers))
 
-    def run(index: int, code: str, officer: str) -> None:
-        client = HospitalClient(url, officer, keys.identity(officer))
+    def run(index: int, code: str, officer: Path) -> None:
+        client = PersonalWallet(officer).client()
         payloads = [
             json.dumps(synthetic.generate_bundle(100 + index, i, records)).encode()
             for i in range(bundles)
@@ -178,20 +207,22 @@ def _ingest(keys: Wallets, url: str, bundles: int, records: int) -> dict[str, An
         stored = rejected = 0
         barrier.wait()
         start = time.perf_counter()
-        for payload in payloads:
-            report = client.post_json("/v1/ingest", payload)
-            stored += report["records"]
-            rejected += len(report["rejected"])
-        seconds = time.perf_counter() - start
-        client.close()
-        with lock:
-            per_hospital[code] = {"records": stored, "rejected": rejected,
-                                  "seconds": round(seconds, 2),
-                                  "records_per_s": round(stored / seconds, 1)}  # fmt: skip
+        try:
+            for payload in payloads:
+                report = client.post_json("/v1/ingest", payload)
+                stored += report["records"]
+                rejected += len(report["rejected"])
+        finally:
+            seconds = time.perf_counter() - start
+            client.close()
+            with lock:
+                per_hospital[code] = {"records": stored, "rejected": rejected,
+                                      "seconds": round(seconds, 2),
+                                      "records_per_s": round(stored / seconds, 1)}  # fmt: skip
 
     threads = [
         threading.Thread(target=run, args=(i, code, officer))
-        for i, (code, officer) in enumerate(OFFICERS.items())
+        for i, (code, officer) in enumerate(officers.items())
     ]
     start = time.perf_counter()
     for thread in threads:
@@ -207,17 +238,14 @@ def _ingest(keys: Wallets, url: str, bundles: int, records: int) -> dict[str, An
         "seconds": round(wall, 2),
         "records_per_s": round(total / wall, 1) if wall else None,
         "target_per_hospital_per_s": TARGET_INGEST_PER_S,
-        "met": len(per_hospital) == len(OFFICERS) and slowest >= TARGET_INGEST_PER_S,
+        "met": len(per_hospital) == len(officers) and slowest >= TARGET_INGEST_PER_S,
     }
 
 
-def _heights(config: ServiceConfig, got: dict[str, Any]) -> list[int]:
-    """The heights the level's access txs committed at (read from the ledger's index)."""
-    ledger = ledgers.open_ledger(config, None)
-    try:
+def _heights(rpc: str, got: dict[str, Any]) -> list[int]:
+    """The heights the level's access txs committed at (read from a node's tx index)."""
+    with LedgerClient([rpc]) as ledger:
         return [found.height for t in got["txids"] if (found := ledger.find(t)) is not None]
-    finally:
-        ledger.close()
 
 
 def _row(level: int, got: dict[str, Any], heights: list[int]) -> dict[str, Any]:

@@ -201,11 +201,9 @@ def _ingest(service: MedShare, hospital: str, data: bytes) -> int:
     return report.records
 
 
-def big_record(
-    service: MedShare, chars: int = RECORD_CHARS, *, reader: str = READER
-) -> tuple[str, int]:
-    """Ingest the ~100 kB Observation at H001; (record id, its size in bytes, as ``reader``,
-    a department-02 physician, reads it)."""
+def big_record_bundle(chars: int = RECORD_CHARS) -> tuple[bytes, str]:
+    """A Bundle of the benchmark's patient and its ~100 kB free-text Observation (filed in
+    department 02); (the bundle's bytes, the Observation's record id)."""
     rng = random.Random(SEED)
     text = "".join(rng.choices(string.ascii_letters + string.digits + " .,", k=chars))
     observation = {
@@ -216,12 +214,21 @@ def big_record(
         "subject": {"reference": f"Patient/{BIG_PATIENT}"},
         "valueString": text,
     }
-    _ingest(service, "H001", _bundle([_patient(BIG_PATIENT, "Read"), observation]))
-    row = next(r for r in service.records_of(BIG_PATIENT) if r["id"] == BIG_RECORD)
+    return _bundle([_patient(BIG_PATIENT, "Read"), observation]), BIG_RECORD
+
+
+def big_record(
+    service: MedShare, chars: int = RECORD_CHARS, *, reader: str = READER
+) -> tuple[str, int]:
+    """Ingest the ~100 kB Observation at H001; (record id, its size in bytes, as ``reader``,
+    a department-02 physician, reads it)."""
+    bundle, record = big_record_bundle(chars)
+    _ingest(service, "H001", bundle)
+    row = next(r for r in service.records_of(BIG_PATIENT) if r["id"] == record)
     if row["dept"] != "02":
         raise RuntimeError(f"the benchmark record went to department {row['dept']}, not 02")
-    size = len(service.read(reader, BIG_RECORD, area=Area.INSTITUTION).resource)
-    return BIG_RECORD, size
+    size = len(service.read(reader, record, area=Area.INSTITUTION).resource)
+    return record, size
 
 
 # --- 1. reads ----------------------------------------------------------------------------------

@@ -138,6 +138,7 @@ class IngestMixin:
             added: list[db.Record] = []
             publications: BlockPublications = {}
             seq = session.execute(select(func.max(db.Record.seq))).scalar() or 0
+            to_store: dict[str, _Prepared] = {}
             for item in prepared:
                 if session.get(db.Patient, item.patient_id) is None:
                     report.rejected.append(
@@ -150,21 +151,40 @@ class IngestMixin:
                     )
                     continue
                 item = self._inherit_stored_encounter(session, item)
-                existing = session.get(db.Record, item.resource.key)
-                if existing is not None:
-                    if _same_content(existing, item.resource.canonical):
+                key = item.resource.key
+                existing = session.get(db.Record, key)
+                earlier = to_store.get(key)  # the same id twice in this call
+                if existing is not None or earlier is not None:
+                    if (
+                        _same_content(existing, item.resource.canonical)
+                        if existing is not None
+                        else earlier.resource.canonical == item.resource.canonical
+                    ):
                         report.unchanged += 1
                     else:
                         report.rejected.append(
                             {
-                                "item": item.resource.key,
+                                "item": key,
                                 "reason": "a different resource with this id is already "
                                 "stored; records are never overwritten",
                             }
                         )
                     continue
+                to_store[key] = item
+            # The blobs first, all at once (their copies go to peers over the network),
+            # then the rows that name them.
+            deks = [protect.new_dek() for _ in to_store]
+            blob_ids = self.blobs.put_many(
+                [
+                    protect.seal_blob(dek, item.resource.submitted, key)
+                    for dek, (key, item) in zip(deks, to_store.items(), strict=True)
+                ]
+            )
+            for item, dek, blob_id in zip(to_store.values(), deks, blob_ids, strict=True):
                 seq += 1
-                added.append(self._protect(session, hospital, item, seq, publications))
+                added.append(
+                    self._protect(session, hospital, item, seq, publications, dek, blob_id)
+                )
                 report.records += 1
             self._anchor(session, hospital, added, enrolled, publications)
             for patient_id in sorted({r.patient for r in added}):
@@ -227,12 +247,13 @@ class IngestMixin:
         item: _Prepared,
         seq: int,
         publications: BlockPublications,
+        dek: bytes,
+        blob_id: str,
     ) -> db.Record:
+        """The record's row, personal seal and area-key wraps of ``dek``, which sealed
+        its blob ``blob_id`` (stored already). The text as submitted is what is kept and
+        given back (a decimal 0.0 stays 0.0); the ledger digest covers its canonical form."""
         res = item.resource
-        dek = protect.new_dek()
-        # The text as submitted is what is kept and given back (a decimal 0.0 stays 0.0);
-        # the ledger digest covers its canonical form.
-        blob_id = self.blobs.put(protect.seal_blob(dek, res.submitted, res.key))
         salt = canonical.new_salt()
         patient = session.get(db.Patient, item.patient_id)
         header = self._seal_personal(patient, item.dept, res.key, dek, publications)
