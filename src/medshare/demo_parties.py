@@ -2,23 +2,21 @@
 
 Three hospitals, each its own data directory, database, blob replica, attribute authority,
 CometBFT node and server process (``medshare consortium up``), and a regulator's node;
-patients, clinicians, a records officer and an auditor each hold their keys in their own
-wallet folder and act with the same ``medshare wallet …`` commands a user types (run here
-in-process: the wallets are this process, the hospitals are not). A records officer
-ingests FHIR over HTTP; patients enrol and their waiting records are sealed; clinicians
-obtain their keys through the two-party issuance; the institution area allows and
-refuses; a patient shares a department with another hospital's physician (a record added
-later opens with the same key) and revokes it; a physician refers the patient to that
-partner; emergency staff break the glass; a hospital's server stops and its replica is
-corrupted, and every record is still read and the copies repaired; a committee node is
-killed and the ledger goes on; a leaked key is traced to its holder and revoked; the
-patient reads their log and exports their records byte for byte; every node's chain is
-re-verified from genesis; and no file of any hospital holds a holder's secret. Everything
-is stopped at the end, also on failure; the demo exits non-zero if a step misbehaves.
-
-The single-directory story (every party's state in one folder: the test harness, with a
-demo clock for expiry, research studies and crypto-shredding not yet over HTTP) runs with
-``medshare demo --single-directory``.
+patients, clinicians, records officers, an auditor, an ethics officer and a researcher each
+hold their keys in their own wallet folder and act with the same ``medshare wallet …``
+commands a user types (run here in-process: the wallets are this process, the hospitals are
+not). A records officer ingests FHIR over HTTP; patients enrol and their waiting records are
+sealed; clinicians obtain their keys through the two-party issuance; the institution area
+allows and refuses; a patient shares a department with another hospital's physician (a
+record added later opens with the same key) and revokes it; a physician refers the patient
+to that partner; emergency staff break the glass; an ethics officer approves a study, the
+patient consents from their wallet and a researcher reads de-identified copies; a
+hospital's server stops and its replica is corrupted, and every record is still read and
+the copies repaired; a committee node is killed and the ledger goes on; a leaked key is
+traced to its holder and revoked; the patient reads their log and exports their records
+byte for byte; every node's chain is re-verified from genesis; and no file of any hospital
+holds a holder's secret. Everything is stopped at the end, also on failure; the demo exits
+non-zero if a step misbehaves.
 """
 
 from __future__ import annotations
@@ -187,6 +185,8 @@ def step_staff(story: Story) -> Outcome:
     staff = (
         ("dr.wang@H001", "H001", "physician", story.dept),
         ("audit@H001", "H001", "auditor", "69"),
+        ("ethics@H001", "H001", "ethics", "69"),
+        ("res.zhou@H001", "H001", "researcher", "69"),
         ("dr.li@H002", "H002", "physician", "03"),
     )
     codes = {
@@ -213,7 +213,9 @@ def step_staff(story: Story) -> Outcome:
         keys += len(
             story.wallet_cmd("new", who, "--hospital", story.api(home), "--code", otp)["keys"]
         )
-    ok = keys == 3  # physicians' institution keys and the emergency key; none for the auditor
+    # physicians' institution keys and the emergency key; none for the auditor, the ethics
+    # officer, or the researcher (who has no approved study yet)
+    ok = keys == 3
     return Outcome(
         ok,
         f"{len(codes)} staff enrolled (emergency staff at H001's console, the others by their "
@@ -333,6 +335,37 @@ def step_break_glass(story: Story) -> Outcome:
         ok,
         "emergency staff are refused without a reason; with one, the break-glass is committed "
         "first and the record released (the patient sees it in their log)",
+    )
+
+
+def step_research(story: Story) -> Outcome:
+    study = "S-2026-01"
+    researcher = story.wallet("res.zhou@H001")
+    rid = story.record(story.dept)
+    story.wallet_cmd("study", "ethics@H001", "--study", study, "--researcher", "res.zhou@H001")
+    issued = story.wallet_cmd("issue", "res.zhou@H001", "--authority", "H001")
+    before = story.commands.refused(
+        "wallet", "read", "--dir", researcher, "--record", rid, "--area", "research"
+    )
+    consent = story.wallet_cmd("consent", "patient", "--study", study)
+    copy = story.wallet_cmd("read", "res.zhou@H001", "--record", rid, "--area", "research")
+    clinical = story.commands.refused("wallet", "read", "--dir", researcher, "--record", rid)
+    text = json.dumps(copy)
+    pseudonymous = story.patient not in text and copy.get("id") != rid.split("/")[1]
+    ok = (
+        f"ethics:{study}" in issued["attributes"]
+        and bool(before)
+        and consent["copies"] > 0
+        and copy.get("resourceType") == rid.split("/")[0]
+        and pseudonymous
+        and bool(clinical)
+    )
+    return Outcome(
+        ok,
+        f"H001's ethics officer approves {study} for res.zhou@H001, whose wallet obtains the "
+        f"study key; refused until the patient's wallet signs the consent, then "
+        f"{consent['copies']} de-identified copies made at H001 and read (no patient id); "
+        "the study key opens no clinical record",
     )
 
 
@@ -483,6 +516,7 @@ STEPS: tuple[tuple[str, Callable[[Story], Outcome]], ...] = (
     ("revocation", step_revoke),
     ("referral to a partner", step_referral),
     ("emergency break-glass", step_break_glass),
+    ("research on de-identified copies", step_research),
     ("hospital down, replica corrupted", step_outage),
     ("node killed, ledger goes on", step_node_down),
     ("leaked key traced and revoked", step_trace),

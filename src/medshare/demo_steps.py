@@ -1,6 +1,6 @@
 """A checked story: steps that each say whether what happened is what should, run in
-order, summed up in one table, and a verdict as the exit code. Both demos
-(:mod:`medshare.demo_parties`, :mod:`medshare.demo`) are told with it."""
+order, summed up in one table, and a verdict as the exit code (the story of
+:mod:`medshare.demo_parties` is told with it)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""``medshare demo``: the story with every party apart (its own module, so that it runs
-beside the single-directory story on another worker)."""
+"""``medshare demo``: the story with every party apart, on real processes (its own
+module, so that it runs beside the other slow modules on another worker)."""
 
 from __future__ import annotations
 

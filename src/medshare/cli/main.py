@@ -31,19 +31,12 @@ def demo(
     data_dir: Annotated[
         Path | None, typer.Option(help="Where to write the demo's files (default: a new folder).")
     ] = None,
-    single_directory: Annotated[
-        bool,
-        typer.Option(
-            help="The story over one data directory (the test harness: research studies, "
-            "expiry on a demo clock, crypto-shredding)."
-        ),
-    ] = False,
 ) -> None:
     """Run the whole story end to end — hospitals as separate processes, people's keys in
     their own wallets — and check every step behaves as expected."""
     from medshare.demo import run_demo
 
-    raise typer.Exit(run_demo(data_dir, single_directory=single_directory))
+    raise typer.Exit(run_demo(data_dir))
 
 
 @app.command()
