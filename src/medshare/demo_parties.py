@@ -13,10 +13,10 @@ to that partner; emergency staff break the glass; an ethics officer approves a s
 patient consents from their wallet and a researcher reads de-identified copies; a
 hospital's server stops and its replica is corrupted, and every record is still read and
 the copies repaired; a committee node is killed and the ledger goes on; a leaked key is
-traced to its holder and revoked; the patient reads their log and exports their records
-byte for byte; every node's chain is re-verified from genesis; and no file of any hospital
-holds a holder's secret. Everything is stopped at the end, also on failure; the demo exits
-non-zero if a step misbehaves.
+traced to its holder and revoked; a record filed in error is crypto-shredded; the patient
+reads their log and exports their records byte for byte; every node's chain is
+re-verified from genesis; and no file of any hospital holds a holder's secret. Everything
+is stopped at the end, also on failure; the demo exits non-zero if a step misbehaves.
 """
 
 from __future__ import annotations
@@ -418,6 +418,46 @@ def step_node_down(story: Story) -> Outcome:
     )
 
 
+def step_delete(story: Story) -> Outcome:
+    """A record filed under the wrong patient is ingested, then crypto-shredded by the
+    hospital's records officer: nobody reads it again, and the patient's log says so."""
+    wrong = {
+        "resourceType": "Observation",
+        "id": "filed-in-error-1",
+        "status": "final",
+        "code": {"text": "Blood glucose (another patient's)"},
+        "subject": {"reference": f"Patient/{story.patient}"},
+        "valueQuantity": {"value": 5.4, "unit": "mmol/L"},
+    }
+    path = story.out / "fhir" / "filed-in-error.json"
+    path.write_text(json.dumps(wrong))
+    rid = "Observation/filed-in-error-1"
+    added = story.wallet_cmd("ingest", "officer@H001", path)
+    before = story.wallet_cmd("read", "patient", "--record", rid)
+    deleted = story.wallet_cmd(
+        "delete", "officer@H001", "--record", rid, "--reason", "filed under the wrong patient"
+    )
+    after = story.commands.run("wallet", "read", "--dir", story.wallet("patient"), "--record", rid)
+    log = story.wallet_cmd("log", "patient")
+    logged = any(
+        e["resource"].get("action") == "D" and rid in json.dumps(e["resource"])
+        for e in log.get("entry", [])
+    )
+    ok = (
+        added["records"] == 1
+        and before.get("id") == "filed-in-error-1"
+        and deleted.get("deleted") is True
+        and after.exit_code != 0
+        and logged
+    )
+    return Outcome(
+        ok,
+        "a record filed under the wrong patient is crypto-shredded by H001's records officer "
+        "(every wrap of its key destroyed; the copies of its ciphertext stay unreadable): "
+        "the patient's own read is refused after, and their log shows the deletion",
+    )
+
+
 def step_trace(story: Story) -> Outcome:
     wang = PersonalWallet(story.wallet("dr.wang@H001"))
     leaked = story.out / "leaked-key.json"
@@ -519,6 +559,7 @@ STEPS: tuple[tuple[str, Callable[[Story], Outcome]], ...] = (
     ("research on de-identified copies", step_research),
     ("hospital down, replica corrupted", step_outage),
     ("node killed, ledger goes on", step_node_down),
+    ("a record crypto-shredded", step_delete),
     ("leaked key traced and revoked", step_trace),
     ("access log and export", step_log_and_export),
     ("chains verified from genesis", step_verify),

@@ -141,6 +141,7 @@ def _routes(service) -> tuple[dict[str, tuple[str, str]], str, str]:
             "kac-params": ("GET", "/v1/kac-params"),
             "me": ("GET", "/v1/me"),
             "record": ("GET", f"/v1/records/{rid}?area=institution"),
+            "delete": ("POST", f"/v1/records/{rid}/delete"),  # nobody here is an officer
             "patient-records": ("GET", f"/v1/patients/{owner}/records"),
             "patient-log": ("GET", f"/v1/patients/{owner}/log"),
             "challenge": ("POST", "/v1/issuance/H001/challenge"),
@@ -190,6 +191,7 @@ MATRIX = {
            "unsigned": 401, "replayed": 401},
     "record": {"patient": 403, "other-patient": 403, "clinician": 200, "outsider": 401,
                "unsigned": 401, "replayed": 401},
+    "delete": _enrolled(403),
     "patient-records": {"patient": 200, "other-patient": 403, "clinician": 403,
                         "outsider": 401, "unsigned": 401, "replayed": 401},
     "patient-log": {"patient": 200, "other-patient": 403, "clinician": 403, "outsider": 401,

@@ -210,6 +210,23 @@ def refer(
 
 
 @app.command()
+def delete(
+    directory: WalletDir,
+    record: Annotated[str, typer.Option(help="The record to delete (crypto-shred).")],
+    reason: Annotated[str, typer.Option(help="Why (kept on the ledger, in the patient's log).")],
+    hospital: Hospital = None,
+) -> None:
+    """A records officer crypto-shreds a record of their hospital: every wrap of its key
+    is destroyed, so no copy of its ciphertext opens again; its ledger digest stays."""
+    from urllib.parse import quote
+
+    body = json.dumps({"reason": reason}).encode()
+    with _holder(directory, None, hospital) as holder:
+        answer = holder.client.post_json(f"/v1/records/{quote(record, safe='/')}/delete", body)
+    _print(answer)
+
+
+@app.command()
 def study(
     directory: WalletDir,
     name: Annotated[str, typer.Option("--study", help="The study's name (e.g. S-2026-01).")],

@@ -640,6 +640,19 @@ def create_app(
             kac_encoded.append(base64.b64encode(data).decode("ascii"))
         return {"kac_params": kac_encoded[0]}
 
+    @app.post(
+        "/v1/records/{record_id:path}/delete",
+        summary="A records officer of the record's hospital crypto-shreds it: every wrap of "
+        "its key is destroyed (the copies of its ciphertext become unreadable), its ledger "
+        "digest stays, and the deletion is logged for the patient",
+    )
+    def delete_record(who: Signed, record_id: str, request: Request) -> dict[str, Any]:
+        hospital = staff_here(who.identity, "records", "a records officer")
+        reason = _json_object(request.state.body).get("reason")
+        # exclusive (as every change): no read is between its gate and its release
+        txid = _serialised(lambda: service.shred(record_id, reason=reason, by=hospital))
+        return {"record": record_id, "deleted": True, "txid": txid}
+
     @app.get(
         "/v1/records/{record_id:path}",
         summary="A record sealed for the caller's own key, after its access tx is committed",

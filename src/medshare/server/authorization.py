@@ -39,6 +39,8 @@ RULES: dict[tuple[str, str], str] = {
     ("GET", "/v1/consortium"): "anyone (unsigned): the public facts a joining hospital needs",
     ("GET", "/v1/me"): "any enrolled identity",
     ("GET", "/v1/records/{record_id:path}"): "any enrolled identity; the area's gate decides",
+    ("POST", "/v1/records/{record_id:path}/delete"): "a records officer of the record's "
+    "hospital (one this server speaks for)",
     ("GET", "/v1/patients/{patient_id}/records"): "the patient",
     ("GET", "/v1/patients/{patient_id}/log"): "the patient",
     ("GET", "/v1/patients/{patient_id}/directory"): "the patient",

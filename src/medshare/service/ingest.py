@@ -20,12 +20,14 @@ from medshare.ledger.types import TxKind
 from medshare.records import canonical, fhir
 from medshare.service import db, protect
 from medshare.service.common import service_principal
-from medshare.service.errors import InvalidInput
+from medshare.service.errors import AccessDenied, InvalidInput
 from medshare.service.wallets import patient_principal
 
 # Block keys a patient's device computed in this transaction, to publish on the ledger:
 # published name -> (patient id, SHA-256 hex of the key).
 BlockPublications = dict[str, tuple[str, str]]
+
+MAX_REASON = 500  # characters of a deletion's reason (it goes on the ledger)
 
 
 @dataclass
@@ -384,15 +386,22 @@ class IngestMixin:
         patient.block_publics = publics
         return self.decoded(kac.KacPatientPublic, raw)
 
-    def shred(self, record_id: str, *, reason: str = "deletion requested") -> str:
+    def shred(
+        self, record_id: str, *, reason: str = "deletion requested", by: str | None = None
+    ) -> str:
         """Crypto-shredding: destroy every wrap of the record's DEK; the digest stays.
 
         The holding hospital's records service logs it on the ledger (an ``access`` tx
         with action ``delete``), so the patient's log shows who deleted what, and when.
-        Returns the txid.
+        ``by`` is the hospital whose records officer asks (over HTTP): only a record of
+        that hospital is theirs to delete. Returns the txid.
         """
+        if not isinstance(reason, str) or not reason.strip() or len(reason) > MAX_REASON:
+            raise InvalidInput(f"a deletion has a reason of 1 to {MAX_REASON} characters")
         with db.transaction(self.sessions) as session:
             record = self._record(session, record_id)
+            if by is not None and record.hospital != by:
+                raise AccessDenied(f"record {record_id} is {record.hospital}'s, not {by}'s")
             if record.shredded_ms is not None:
                 raise InvalidInput(f"record {record_id} is already deleted")
             wraps = session.execute(select(db.Wrap).where(db.Wrap.record == record_id))
