@@ -350,26 +350,3 @@ def test_put_many_raises_when_a_blob_cannot_reach_its_replication(tmp_path):
     store = ReplicatedBlobStore([up, DownReplica(tmp_path / "down", "down")], replication=2)
     with pytest.raises(InsufficientReplicas, match="stored on only 1 of the 2"):
         store.put_many([BLOB + b"1", BLOB + b"2", BLOB + b"3"], workers=3)
-
-
-def test_a_read_tries_the_preferred_holder_first_and_repairs_as_before(tmp_path):
-    """``prefer`` (a hospital's own disk) is read first when it holds the blob; a bad copy
-    there is still passed over and repaired from another holder."""
-    names = ["a", "b", "c", "d"]
-    replicas = [DirectoryReplica(tmp_path / n, n) for n in names]
-    plain = ReplicatedBlobStore(replicas, replication=2)
-    blob_id = plain.put(BLOB)
-    first, second = plain.placement(blob_id)
-    preferring = ReplicatedBlobStore(replicas, replication=2, prefer=second)
-    assert preferring.get_with_report(blob_id)[1].served_by == second
-    assert plain.get_with_report(blob_id)[1].served_by == first
-    outsider = next(n for n in names if n not in (first, second))
-    assert (
-        ReplicatedBlobStore(replicas, 2, prefer=outsider).get_with_report(blob_id)[1].served_by
-        == first
-    )  # a non-holder is not asked first
-    path = replicas[names.index(second)].path_of(blob_id)
-    path.write_bytes(b"corrupt")
-    data, report = preferring.get_with_report(blob_id)
-    assert data == BLOB and report.served_by == first and report.repaired == [second]
-    assert path.read_bytes() == BLOB

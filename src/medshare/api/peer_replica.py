@@ -95,6 +95,7 @@ class PeerReplica:
         try:
             yield client
             reusable = not client.is_closed
+            client.cookies.clear()  # a peer's cookies never ride into the next exchange
         finally:
             with self._lock:
                 if reusable and len(self._idle) < MAX_IDLE:

@@ -85,14 +85,16 @@ class SealedRecord:
             if not isinstance(doc, dict):
                 raise TypeError("a sealed record is a JSON object")
             seal = doc.get("seal")
+            check = _flag(doc["check_digest"])
             return cls(
                 record_id=_text(doc["record"]),
                 area=areas.parse_area(_text(doc["area"])),
                 txid=_text(doc["txid"]),
                 blob=_unb64(doc["blob"]),
                 salt=_unb64(doc["salt"]),
-                digest=_text(doc["digest"]),
-                check_digest=_flag(doc["check_digest"]),
+                # a research copy comes without the original's digest (nothing to check)
+                digest=_text(doc["digest"]) if check or doc["digest"] else "",
+                check_digest=check,
                 kac_header=_unb64(doc["kac_header"]) if "kac_header" in doc else None,
                 seal=None
                 if seal is None

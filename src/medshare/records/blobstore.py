@@ -322,19 +322,9 @@ class ReplicatedBlobStore:
     corruption of up to ``replication - 1`` copies of each blob. It keeps no state of its
     own beyond its replicas, so threads may share it where the replicas are thread-safe
     (those of this module and :class:`~medshare.api.peer_replica.PeerReplica` are).
-
-    ``prefer`` names the replica a read tries first when placement makes it one of the
-    blob's holders: a hospital's own disk, where a copy costs no network round trip.
-    Placement, writes and repairs do not change with it.
     """
 
-    def __init__(
-        self,
-        replicas: Sequence[BlobReplica],
-        replication: int = 2,
-        *,
-        prefer: str | None = None,
-    ) -> None:
+    def __init__(self, replicas: Sequence[BlobReplica], replication: int = 2) -> None:
         replicas = list(replicas)
         names = [r.name for r in replicas]
         if len(set(names)) != len(names):
@@ -348,7 +338,6 @@ class ReplicatedBlobStore:
             )
         self.replicas = replicas
         self.replication = replication
-        self.prefer = prefer
 
     # -- placement ---------------------------------------------------------------------
 
@@ -450,7 +439,7 @@ class ReplicatedBlobStore:
         missing: list[BlobReplica] = []
         to_fill: list[BlobReplica] = []  # missing where placement wants a copy
         unavailable: list[str] = []
-        for rank, replica in self._read_order(blob_id):
+        for rank, replica in enumerate(self.ranked(blob_id)):
             state, data = self._probe(replica, blob_id)
             if state == _UNAVAILABLE:
                 unavailable.append(replica.name)
@@ -482,15 +471,6 @@ class ReplicatedBlobStore:
             f"corrupt={[r.name for r in corrupt]}, missing={[m.name for m in missing]}, "
             f"unavailable={unavailable}"
         )
-
-    def _read_order(self, blob_id: str) -> list[tuple[int, BlobReplica]]:
-        """(HRW rank, replica) in the order a read probes them: HRW order, with the
-        preferred replica first if it is one of the blob's holders."""
-        ranked = list(enumerate(self.ranked(blob_id)))
-        for i, (_, replica) in enumerate(ranked[: self.replication]):
-            if replica.name == self.prefer:
-                return [ranked[i], *ranked[:i], *ranked[i + 1 :]]
-        return ranked
 
     def scrub(self, only: Iterable[str] | None = None) -> ScrubReport:
         """Verify every copy of every blob any reachable replica holds (or only of the

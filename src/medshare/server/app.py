@@ -379,7 +379,9 @@ def create_app(
             raise InvalidInput('a study approval is {"study": name, "researcher": name}')
         if len(researcher) <= 256:
             learn_peer_staff(researcher)  # a researcher of another member hospital
-        return _serialised(lambda: service.approve_study(study, hospital, researcher))
+        return _serialised(
+            lambda: service.approve_study(study, hospital, researcher, approver=who.identity)
+        )
 
     @app.get(
         "/v1/studies/{study}",

@@ -149,7 +149,7 @@ class MedShare(
                 f"replication {config.replication} needs {config.replication - 1} peer "
                 f"hospital(s) in {config.data_dir}'s configuration; it names {len(config.peers)}"
             )
-        return ReplicatedBlobStore(replicas, config.replication, prefer=config.local)
+        return ReplicatedBlobStore(replicas, config.replication)
 
     @classmethod
     def open(

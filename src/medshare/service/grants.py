@@ -7,6 +7,7 @@ A mixin of :class:`medshare.service.api.MedShare`: it uses the service's state (
 from __future__ import annotations
 
 import json
+import re
 import secrets
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -556,10 +557,19 @@ class GrantMixin:
             ).scalars()
         )
 
-    def approve_study(self, study: str, hospital: str, researcher: str) -> dict[str, Any]:
+    def approve_study(
+        self, study: str, hospital: str, researcher: str, *, approver: str | None = None
+    ) -> dict[str, Any]:
         """An ethics approval at ``hospital``: ``researcher`` may ask its authority for an
-        ``ethics:<study>`` key, and patients may consent to the study. A researcher whose
-        wallet this data directory keeps (the test harness) gets the key at once."""
+        ``ethics:<study>`` key, and patients may consent to the study. ``approver`` (the
+        ethics officer who asked, over HTTP) is named in the grant on the ledger. A
+        researcher whose wallet this data directory keeps (the test harness) gets the key
+        at once."""
+        if not isinstance(study, str) or not _STUDY_NAME.fullmatch(study):
+            raise InvalidInput(
+                "a study's name is 1 to 64 letters, digits, '.', '_' or '-' (it becomes a "
+                "policy attribute)"
+            )
         check_principal(study)
         with db.transaction(self.sessions) as session:
             person = self._principal(session, researcher)
@@ -574,7 +584,8 @@ class GrantMixin:
                 area=Area.RESEARCH.value,
                 patient=None,
                 grantee=researcher,
-                scope={"hospital": hospital, "study": study},
+                scope={"hospital": hospital, "study": study}
+                | ({"approved_by": approver} if approver else {}),
                 created_ms=self.clock(),
             )
             self._commit_grant(session, self.node_key(hospital), grant)
@@ -653,6 +664,11 @@ class GrantMixin:
                     f"not the consent grant {grant_id} of patient {patient_id} to {study} at "
                     f"{hospital} (consent_grants.consent_body)"
                 )
+            expected = self.ledger.next_nonce(tx.sender)
+            if tx.nonce != expected:
+                # checked before any copy is made: a consent the chain would refuse must
+                # not leave de-identified copies behind in the replicas
+                raise InvalidInput(f"the consent's nonce must be {expected}, not {tx.nonce}")
             made = self._research_copies(session, patient_id, study, hospital)
             committed = self.relay([tx])[0]  # last: a failure above leaves nothing behind
             grant = _consent_grant(grant_id, patient_id, study, hospital, self.clock())
@@ -680,13 +696,22 @@ class GrantMixin:
         for record in self._records_at(session, patient_id, hospital):
             dek = self._custodian_dek(session, record)
             plain = self._fetch(record, record.blob_id, dek)
-            copy = deidentify.deidentify(json.loads(plain), target, patient_id)
+            try:
+                copy = deidentify.deidentify(json.loads(plain), target, patient_id)
+            except ValueError as exc:
+                raise InvalidInput(
+                    f"record {record.id} cannot be de-identified for a study ({exc}); no "
+                    "consent is taken while it is there"
+                ) from None
             copy_dek = protect.new_dek()
             data = canonical.canonical_bytes(copy)
             blob_id = self.blobs.put(protect.seal_blob(copy_dek, data, record.id))
             self._add_wrap(session, record, area_key, copy_dek, blob_id)
             made += 1
         return made
+
+
+_STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 def _consent_grant(

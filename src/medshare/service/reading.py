@@ -162,14 +162,17 @@ class ReadingMixin:
         self._check_anchor(record)
         blob = self._blob(record, gate.blob_id)
         committed = self._log_access(gate.who, record, gate.area, "success", gate.reason)
+        original = gate.blob_id == record.blob_id
+        # A research copy goes without the original's salt and digest: they would let
+        # its reader confirm a guess of the identified original.
         return SealedRecord(
             record.id,
             gate.area,
             committed.tx.txid,
             blob,
-            record.salt,
-            record.digest,
-            gate.blob_id == record.blob_id,
+            record.salt if original else b"",
+            record.digest if original else "",
+            original,
             kac_header=gate.header,
             seal=gate.seal,
         )
