@@ -11,11 +11,9 @@ carried the original's salt and digest (a re-identification oracle); a study nam
 policy grammar refuses was committed; one record the de-identifier refuses failed every
 consent with a 500; a study approval did not name its ethics officer; pooled peer clients
 kept a peer's cookies; reads from the own replica first skipped read repair (that
-preference was dropped). Still open (``xfail(strict=True)``, asserting the secure
-behaviour):
-
-* LOW: ending one study (revoking its approval) revokes its researcher's key, and the
-  authority then refuses that researcher every key, for every other study it approved.
+preference was dropped); ending one study (revoking its approval, which revokes the
+researcher's study key) barred the researcher from every key of the authority, for every
+other study it approved (a key retired with its study is no revocation for cause now).
 
 One small consortium (one hospital, in-process ledger running the real ABCI rules) and
 one in-process app serve the module; the replica tests run a tiny HTTP peer on loopback.
@@ -577,14 +575,7 @@ def test_resisted_pooled_peer_clients_carry_no_state_between_exchanges(peer_fact
 # --------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="LOW: ending a study (revoke of study/<name>) revokes its researcher's key on "
-    "the ledger, and entitled_attributes then refuses that researcher every key "
-    "(_revoked_holder), so the researcher loses every other study approved for them, "
-    "including the keys the same epoch bump superseded",
-)
-def test_ending_one_study_does_not_lock_its_researcher_out_of_the_others(world, study_key):
+def test_resisted_ending_one_study_does_not_lock_its_researcher_out_of_the_others(world, study_key):
     service = world["service"]
     _approve(world, "S-LATE", ZHOU)
     service.revoke(f"study/{STUDY}", reason="study completed")
@@ -593,3 +584,14 @@ def test_ending_one_study_does_not_lock_its_researcher_out_of_the_others(world, 
         _client(world, zhou).sealed_record(_a_record(world, world["me"]), area="research")
     got = obtain_key(_client(world, zhou), ZHOU, zhou.identity_key(), "H001")
     assert "ethics:S-LATE" in got.key.components
+
+
+def test_resisted_a_retired_study_key_leaked_later_is_revoked_for_cause(world, study_key):
+    """A key retired with its study (no cause) that then turns up leaked is traced to its
+    researcher and revoked again, for cause: the authority issues them nothing more."""
+    service, zhou = world["service"], world["zhou"]
+    verdict = service.trace(study_key.to_bytes())
+    assert verdict["verdict"] == "user" and verdict["identity"] == ZHOU
+    assert verdict["revocation"] != {"already_revoked": True}
+    with pytest.raises(AccessDenied, match="revoked"):
+        obtain_key(_client(world, zhou), ZHOU, zhou.identity_key(), "H001")

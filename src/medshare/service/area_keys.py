@@ -30,6 +30,8 @@ from medshare.service.errors import AccessDenied, InvalidInput, NotFound
 # Principals an authority may issue keys to: staff enrolled by a hospital ("clinician",
 # whatever their role) and the harness's researcher.
 STAFF_KINDS = ("clinician", "researcher")
+# The reason of a key revocation its holder gave no cause for (the authority signs it).
+RETIRED = "retired: "
 
 
 class AreaKeyMixin:
@@ -230,10 +232,11 @@ class AreaKeyMixin:
         return None
 
     def _revoked_holder(self, who: str, authority: str) -> bool:
-        """Whether ``authority`` revoked (on the ledger) a key whose tag ``who`` registered."""
+        """Whether ``authority`` revoked (on the ledger) a key whose tag ``who`` registered,
+        for cause (a key retired with its study does not count)."""
         tags = self.registered_tags().get(authority, {})
         return any(
-            self._revoked_on_ledger(authority, tag)
+            self._revoked_on_ledger(authority, tag, for_cause=True)
             for tag, body in tags.items()
             if body.get("identity") == who
         )
@@ -326,9 +329,14 @@ class AreaKeyMixin:
         tag: bytes | None = None,
         *,
         attributes: tuple[str, ...] | None = None,
+        retired: str | None = None,
     ) -> dict[str, Any]:
         """Revoke ``who``'s key of ``authority`` with public tag ``tag`` (every key of
         ``who`` there if ``tag`` is None): bump the epoch, re-wrap what it opened.
+
+        ``retired`` says why a key is revoked that its holder did nothing wrong with (a
+        study ended): the revocation then does not bar them from the authority's other
+        keys (:meth:`entitled_attributes`), as a revocation for cause does.
 
         Area keys whose policy the revoked key satisfied get a fresh KEK and their records'
         DEK wraps are re-wrapped (only those); the others keep their KEK, re-published under
@@ -342,7 +350,7 @@ class AreaKeyMixin:
         """
         issued: list[tuple[str, bytes]] = []  # (holder, tag) of keys written by this attempt
         try:
-            return self._revoke_key(who, authority, tag, issued, attributes)
+            return self._revoke_key(who, authority, tag, issued, attributes, retired)
         except BaseException:
             # Rolled back: the keys this attempt wrote to wallets must not stay usable (their
             # ledger registrations stay, naming their holders, and open nothing).
@@ -357,6 +365,7 @@ class AreaKeyMixin:
         tag: bytes | None,
         issued: list[tuple[str, bytes]],
         attributes: tuple[str, ...] | None,
+        retired: str | None = None,
     ) -> dict[str, Any]:
         with db.transaction(self.sessions) as session:
             rows = [
@@ -393,10 +402,9 @@ class AreaKeyMixin:
             )
             # On the ledger before the database commits: the revocation is public record.
             signer = self.wallets.identity(authority_principal(authority))
-            bodies = [
-                {"grant": f"key/{authority}/{tag.hex()}", "reason": f"key of {who} revoked"}
-                for _, tag in revoked
-            ]
+            reason = f"{RETIRED}{retired}" if retired else f"key of {who} revoked"
+            bodies = [{"grant": f"key/{authority}/{tag.hex()}", "reason": reason}
+                      for _, tag in revoked]  # fmt: skip
             self._submit(signer, TxKind.REVOKE, bodies)
         for _, old_tag in revoked:
             self.wallets.drop_abe_key(who, authority, old_tag)
@@ -471,14 +479,17 @@ class AreaKeyMixin:
             tags.setdefault(str(body.get("authority")), {}).setdefault(tag, dict(body))
         return tags
 
-    def _revoked_on_ledger(self, authority: str, tag: bytes) -> bool:
+    def _revoked_on_ledger(self, authority: str, tag: bytes, *, for_cause: bool = False) -> bool:
         """Whether ``authority`` itself revoked the key with ``tag`` on the ledger (a
         revocation filed by anyone else — say, the key's guilty holder, to have tracing
-        answer "already revoked" — does not count)."""
+        answer "already revoked" — does not count); with ``for_cause``, not as a key
+        retired with its study (its reason starts with :data:`RETIRED`)."""
         grant = f"key/{authority}/{tag.hex()}"
         signer = self.wallets.identity(authority_principal(authority)).public
         return any(
-            c.tx.body.get("grant") == grant and c.tx.sender == signer
+            c.tx.body.get("grant") == grant
+            and c.tx.sender == signer
+            and not (for_cause and str(c.tx.body.get("reason", "")).startswith(RETIRED))
             for c in self.ledger.txs(TxKind.REVOKE)
         )
 
@@ -511,7 +522,8 @@ class AreaKeyMixin:
         out: dict[str, Any] = {**result.as_dict(), "txid": tx.tx.txid, "height": tx.height}
         if result.verdict == abe.Verdict.USER and result.identity and result.authority:
             tag = key.tag()
-            if self._revoked_on_ledger(result.authority, tag):
+            # a key retired with its study and leaked later is revoked again, for cause
+            if self._revoked_on_ledger(result.authority, tag, for_cause=True):
                 out["revocation"] = {"already_revoked": True}
             else:
                 # What the leaked key opens is read from the key itself, not from what

@@ -239,7 +239,12 @@ class GrantMixin:
         # bumps the epoch and re-issues the authority's other keys): if what follows fails,
         # the researcher holds nothing live and revoking again finishes the job.
         for who, authority, tag in study_keys:
-            self.revoke_key(who, authority, tag)
+            self.revoke_key(
+                who,
+                authority,
+                tag,
+                retired=f"study {grant_id.removeprefix('study/')} ended, key of {who}",
+            )
         with db.transaction(self.sessions) as session:
             grant = _revocable(session, grant_id)
             if signed is not None:
