@@ -52,6 +52,7 @@ from medshare.service.roster import StaffMember
 from medshare.wallet import device
 from medshare.wallet.client import HospitalClient
 from medshare.wallet.keys import obtain_key
+from server.devices import device_wallet, staff_wallet
 from service.conftest import Clock, one_hospital, patient_of, write_bundle
 
 NOW = 1_800_000_000_000
@@ -79,13 +80,10 @@ def world(tmp_path_factory):
     with TestClient(app, base_url=BASE, raise_server_exceptions=False) as http:
 
         def wallet(name: str, code: str) -> device.PersonalWallet:
-            made = device.PersonalWallet(root / "devices" / name)
-            device.enrol(made.directory, BASE, code, http=http, clock_ms=clock)
-            return made
+            return device_wallet(root, http, clock, name, code)
 
         def staff(who: str, role: str) -> device.PersonalWallet:
-            return wallet(who, service.enrol("H001", who, kind="clinician", role=role,
-                                             dept="69").code)  # fmt: skip
+            return staff_wallet(service, root, http, clock, who, role)
 
         yield {
             "service": service, "http": http, "clock": clock, "root": root,

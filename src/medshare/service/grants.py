@@ -99,19 +99,9 @@ class GrantMixin:
         tx: Tx,
         classes: Mapping[int, frozenset[int]],
     ) -> db.Grant:
-        principal = session.get(db.Principal, patient_principal(patient.id))
-        if (
-            principal is None
-            or tx.kind is not TxKind.GRANT
-            or tx.sender != principal.identity_public
-            or tx.chain != self.ledger.chain_id
-        ):
-            raise AccessDenied(f"a share of patient {patient.id} is signed by the patient")
+        self._check_patients_grant(session, patient.id, tx, "share")
         try:
-            tx.verify()
             share_id, grantee, kind, items, until_ms = share_grants.parse_body(tx.body)
-        except InvalidSignature:
-            raise AccessDenied("the share's signature does not verify") from None
         except share_grants.ShareGrantError as exc:
             raise InvalidInput(f"not a share grant: {exc}") from None
         if tx.body["patient"] != patient.id:
@@ -154,6 +144,22 @@ class GrantMixin:
         )
         session.add(grant)
         return grant
+
+    def _check_patients_grant(self, session: Session, patient_id: str, tx: Tx, what: str) -> None:
+        """``tx`` is a GRANT of this chain signed by the patient's own enrolled key (a share
+        or a consent their device made); AccessDenied otherwise."""
+        principal = session.get(db.Principal, patient_principal(patient_id))
+        if (
+            principal is None
+            or tx.kind is not TxKind.GRANT
+            or tx.sender != principal.identity_public
+            or tx.chain != self.ledger.chain_id
+        ):
+            raise AccessDenied(f"a {what} of patient {patient_id} is signed by the patient")
+        try:
+            tx.verify()
+        except InvalidSignature:
+            raise AccessDenied(f"the {what}'s signature does not verify") from None
 
     def _commit_grant(self, session: Session, signer: SigningKey, grant: db.Grant) -> None:
         """Commit a GRANT tx for ``grant`` (signed by ``signer``), then store the row.
@@ -650,18 +656,7 @@ class GrantMixin:
         patient's records are made, then the consent is put on the ledger."""
         with db.transaction(self.sessions) as session:
             self._patient(session, patient_id)
-            principal = session.get(db.Principal, patient_principal(patient_id))
-            if (
-                principal is None
-                or tx.kind is not TxKind.GRANT
-                or tx.sender != principal.identity_public
-                or tx.chain != self.ledger.chain_id
-            ):
-                raise AccessDenied(f"a consent of patient {patient_id} is signed by the patient")
-            try:
-                tx.verify()
-            except InvalidSignature:
-                raise AccessDenied("the consent's signature does not verify") from None
+            self._check_patients_grant(session, patient_id, tx, "consent")
             study = tx.body.get("grantee") if isinstance(tx.body, dict) else None
             hospital, grant_id = self._consent_target(session, patient_id, study)
             if tx.body != consent_grants.consent_body(grant_id, patient_id, study, hospital):
