@@ -468,10 +468,21 @@ def step_trace(story: Story) -> Outcome:
         story.record(story.dept),
     )  # fmt: skip
     ok = verdict.get("verdict") == "user" and verdict.get("identity") == "dr.wang@H001"
+    # The revocation moved H001's key epoch: dr.li's referral key of H001 is superseded
+    # too; his wallet asks H001's authority again (issuance) and reads on.
+    li = PersonalWallet(story.wallet("dr.li@H002"))
+    before = len(li.keys.abe_key_files("dr.li@H002", "H001"))
+    rid = story.record(story.dept)
+    again = story.wallet_cmd(
+        "read", "dr.li@H002", "--hospital", story.api("H001"), "--record", rid,
+        "--area", "collaboration",
+    )  # fmt: skip
+    renewed = len(li.keys.abe_key_files("dr.li@H002", "H001")) == before + 1
     return Outcome(
-        bool(ok and refused),
+        bool(ok and refused and again.get("id") == rid.split("/")[1] and renewed),
         "a CP-ABE key found outside its wallet is traced by H001's auditor to dr.wang@H001 "
-        "(verdict on the ledger) and revoked: his reads are refused from now on",
+        "(verdict on the ledger) and revoked: his reads are refused from now on; dr.li's "
+        "referral key, superseded by the same revocation, is renewed by his wallet",
     )
 
 

@@ -25,6 +25,7 @@ from medshare.cli.errors import fail
 from medshare.cli.records import parse_until, service_errors
 from medshare.crypto import abe, hkac
 from medshare.crypto.errors import CryptoError
+from medshare.service.errors import AccessDenied
 
 app = typer.Typer(
     help="The holder's wallet: keys made here, signed requests, decryption here.",
@@ -144,12 +145,23 @@ def read(
             data = read_own(_personal_wallet(holder), holder.client, record)
             txid = None
         else:
-            sealed = holder.client.sealed_record(
-                record,
-                area=chosen,
-                share_id=share.share_id if share is not None else None,
-                reason=reason,
-            )
+
+            def fetch() -> Any:
+                return holder.client.sealed_record(
+                    record,
+                    area=chosen,
+                    share_id=share.share_id if share is not None else None,
+                    reason=reason,
+                )
+
+            try:
+                sealed = fetch()
+            except AccessDenied:
+                # a revocation at an authority supersedes every key of it held on devices:
+                # ask for the new epoch's key (the issuance protocol, here) and read again
+                if share is not None or not _refresh_keys(holder):
+                    raise
+                sealed = fetch()
             txid = sealed.txid
             if sealed.seal is None:
                 data = open_sealed(sealed, params=holder.client.kac_params(), share=share)
@@ -166,6 +178,20 @@ def read(
         typer.echo(json.dumps({"record": record, "out": str(out), "txid": txid}), err=True)
         return
     sys.stdout.write(json.dumps(json.loads(data), indent=2, ensure_ascii=False) + "\n")
+
+
+def _refresh_keys(holder: _Holder) -> list[dict[str, Any]]:
+    from medshare.wallet.device import refresh_superseded_keys
+
+    key = holder.keys.identity(holder.identity)
+    got = refresh_superseded_keys(holder.keys, holder.identity, key, holder.client)
+    for item in got:
+        typer.echo(
+            f"a newer {item['authority']} key was issued to this wallet (the old one was "
+            "superseded by a revocation at that authority)",
+            err=True,
+        )
+    return got
 
 
 @app.command()

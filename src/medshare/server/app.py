@@ -485,21 +485,24 @@ def create_app(
         "/v1/authorities/{code}",
         summary="An authority's CP-ABE public key, as its authority published it on the ledger",
     )
-    def authority(code: Annotated[str, Path(max_length=16)]) -> dict[str, str]:
-        def load() -> bytes:
+    def authority(code: Annotated[str, Path(max_length=16)]) -> dict[str, Any]:
+        def load() -> tuple[bytes, int]:
             with service.sessions() as session:
                 hosp = session.get(db.Hospital, code)
                 if hosp is None:
                     raise NotFound(f"no authority {code!r} in this consortium")
                 service.authority_public(code, hosp.abe_public)  # checked against the ledger
-                return hosp.abe_public
+                return hosp.abe_public, hosp.epoch
 
-        data = _serialised(load)
+        data, epoch = _serialised(load)
         name = published.authority_key(code, published.PAILLIER_KEY)
         return {
             "authority": code,
             "abe_public": base64.b64encode(data).decode("ascii"),
             "paillier_digest": _serialised(lambda: service.ledger.published(name)),
+            # the key epoch its policies name now: a key of an older epoch was superseded
+            # by a revocation, and its holder asks again (wallet read does it)
+            "epoch": epoch,
         }
 
     @app.get("/v1/patients/{patient_id}/records", summary="The patient's own records")

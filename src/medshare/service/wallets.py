@@ -101,6 +101,13 @@ class Wallets:
         files = self._folder(who).glob(f"abe-{quote(authority, safe='')}-*.key")
         return sorted(files, key=lambda p: (p.stat().st_mtime_ns, p.name))
 
+    def abe_authorities(self, who: str) -> list[str]:
+        """The authorities ``who`` holds keys of here (from the key files' names)."""
+        names = (p.name for p in self._folder(who).glob("abe-*-*.key"))
+        return sorted(
+            {n.removeprefix("abe-").removesuffix(".key").rsplit("-", 1)[0] for n in names}
+        )
+
     def abe_key(self, who: str, authority: str) -> abe.AbeUserKey:
         """The newest key of ``authority`` that ``who`` holds."""
         files = self.abe_key_files(who, authority)

@@ -108,6 +108,14 @@ class HospitalClient:
             )
         return sealed
 
+    def authority_epoch(self, code: str) -> int:
+        """The key epoch authority ``code``'s policies name now."""
+        doc = self.get(f"/v1/authorities/{quote(code, safe='')}")
+        epoch = doc.get("epoch") if isinstance(doc, dict) else None
+        if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
+            raise IntegrityError(f"the server sent no key epoch of authority {code}")
+        return epoch
+
     def authority_public(self, code: str) -> abe.AbePublicKey:
         """Authority ``code``'s CP-ABE public key, well formed (``check``) or refused. The
         server checked it against the digest published on the ledger; a wallet that runs

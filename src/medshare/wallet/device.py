@@ -27,7 +27,7 @@ import httpx
 
 from medshare.api import consent_grants, share_grants
 from medshare.api.sealed_record import SealedRecord, open_sealed
-from medshare.crypto import hkac, kac, recovery
+from medshare.crypto import abe, hkac, kac, recovery
 from medshare.crypto.signing import SigningKey
 from medshare.fileio import write_file
 from medshare.ledger.app import published
@@ -196,6 +196,39 @@ def enrol(
         if patient is None:
             answer["keys"] = _obtain_staff_keys(wallet, client, health["hospitals"])
     return answer
+
+
+def refresh_superseded_keys(
+    keys: Wallets, identity: str, key: SigningKey, client: HospitalClient
+) -> list[dict[str, Any]]:
+    """Ask again each authority ``client``'s server speaks for whose keys in this wallet
+    are all of an older epoch than its policies name now (a revocation at that authority
+    superseded them): the new key is made by the issuance protocol, as the first was. An
+    authority that refuses (this holder's own key was revoked for cause, say) is skipped.
+    What was obtained."""
+    served = set(client.health().get("hospitals", []))
+    out = []
+    for authority in (a for a in keys.abe_authorities(identity) if a in served):
+        held = [
+            abe.AbeUserKey.from_bytes(p.read_bytes())
+            for p in keys.abe_key_files(identity, authority)
+        ]
+        newest = max((_epoch_of(k) for k in held), default=-1)
+        if newest >= client.authority_epoch(authority):
+            continue
+        try:
+            got = obtain_key(client, identity, key, authority)
+        except AccessDenied:
+            continue
+        keys.save_abe_key(identity, authority, got.key)
+        out.append({"authority": authority, "attributes": sorted(got.key.components)})
+    return out
+
+
+def _epoch_of(key: abe.AbeUserKey) -> int:
+    epochs = [int(a.split(":", 1)[1]) for a in key.components if a.startswith("epoch:")
+              and a.split(":", 1)[1].isdigit()]  # fmt: skip
+    return max(epochs, default=-1)
 
 
 def _obtain_staff_keys(
