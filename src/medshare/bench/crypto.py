@@ -29,7 +29,7 @@ class Plan:
 
     @classmethod
     def for_mode(cls, quick: bool) -> Plan:
-        return cls(repeats=3, kac_setup_repeats=2) if quick else cls(10, 5)
+        return cls(repeats=2, kac_setup_repeats=1) if quick else cls(10, 5)
 
 
 def _random_g1(count: int) -> list:
