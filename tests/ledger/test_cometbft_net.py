@@ -827,3 +827,12 @@ def test_outsider_junk_is_refused(lab: Lab) -> None:
     with LedgerClient([target.rpc]) as client:
         for raw in garbage:
             assert _find([target.rpc], tx_hash(raw)) is None
+
+
+def test_listening_ports_are_chosen_below_the_ephemeral_range() -> None:
+    """Outgoing connections take their source ports from the kernel's ephemeral range: a
+    port chosen there could be taken by any client before its server binds it."""
+    low, _ = network._ephemeral_range()
+    ports = network.free_ports(16)
+    assert len(set(ports)) == 16
+    assert all(network.LISTEN_PORTS_FROM <= p < low for p in ports)

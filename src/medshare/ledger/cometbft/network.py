@@ -29,6 +29,7 @@ import base64
 import contextlib
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -53,6 +54,7 @@ NET_FILE = "net.json"
 FORMAT = "medshare-net"
 VERSION = 1
 START_TIMEOUT_S = 60.0
+LISTEN_PORTS_FROM = 20_000  # listening ports are chosen from here to the ephemeral range
 
 
 class NetworkError(RuntimeError):
@@ -125,20 +127,45 @@ class Network:
 
 
 def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
-    """Ports the kernel says are free now (held open together until all are chosen, so
-    they are distinct). They are closed before their server binds them, which leaves a
-    small window in which another process could take one; that server then fails to start
-    and says so."""
-    sockets = []
+    """Ports free now, below the kernel's ephemeral range (held open together until all
+    are chosen, so they are distinct). Why below it: a port the kernel hands out for
+    ``bind(0)`` comes from the range it also takes outgoing connections' source ports
+    from, and between the choice and the server's own bind (seconds, for a consortium
+    being made) any client connection of the machine could take it. Below the range only
+    another listener can, which picks at random among ~20,000 ports too; a server that
+    still meets a taken port fails to start and says so."""
+    low, _ = _ephemeral_range()
+    choose = random.SystemRandom()
+    sockets: list[socket.socket] = []
     try:
-        for _ in range(count):
+        for _ in range(count * 50):
+            if len(sockets) == count:
+                break
             s = socket.socket()
-            s.bind((host, 0))
+            try:
+                s.bind((host, choose.randrange(LISTEN_PORTS_FROM, low)))
+            except OSError:
+                s.close()
+                continue
             sockets.append(s)
+        if len(sockets) < count:
+            raise NetworkError(f"no {count} free ports below {low} on {host}")
         return [s.getsockname()[1] for s in sockets]
     finally:
         for s in sockets:
             s.close()
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    """The kernel's range for outgoing connections' source ports (Linux; else the IANA
+    dynamic range)."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        if int(low) > LISTEN_PORTS_FROM + 1000:
+            return int(low), int(high)
+    except (OSError, ValueError):
+        pass
+    return 49152, 65535
 
 
 def create(
