@@ -163,6 +163,14 @@ def could_open(policy_text: str, attributes: tuple[str, ...] | list[str]) -> boo
     epoch. A superseded key (an older epoch) no longer satisfies the current policy, but
     it still opens the scope's ciphertext of its epoch, which anyone may have kept, and so
     the KEK in it for as long as that KEK is not rotated (issue 12, finding 3)."""
+    epochs = key_epochs(attributes)
+    if not epochs:
+        return satisfied_by(policy_text, attributes)
+    return any(satisfied_by(set_epoch(policy_text, epoch), attributes) for epoch in epochs)
+
+
+def key_epochs(attributes) -> list[int]:
+    """The key epochs a set of attributes names (``epoch:<n>``; malformed ones skipped)."""
     epochs = []
     for attribute in attributes:
         if attribute.startswith("epoch:"):
@@ -170,9 +178,7 @@ def could_open(policy_text: str, attributes: tuple[str, ...] | list[str]) -> boo
                 epochs.append(int(attribute.removeprefix("epoch:")))
             except ValueError:
                 continue
-    if not epochs:
-        return satisfied_by(policy_text, attributes)
-    return any(satisfied_by(set_epoch(policy_text, epoch), attributes) for epoch in epochs)
+    return epochs
 
 
 def set_epoch(policy_text: str, epoch: int) -> str:

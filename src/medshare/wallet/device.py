@@ -34,6 +34,7 @@ from medshare.ledger.app import published
 from medshare.ledger.types import Tx, TxKind
 from medshare.records import fhir_audit
 from medshare.records.departments import Taxonomy
+from medshare.service.areas import key_epochs
 from medshare.service.common import wall_clock_ms
 from medshare.service.enrolment import MAX_BLOCKS_PER_CALL, code_identity
 from medshare.service.errors import AccessDenied, IntegrityError, InvalidInput
@@ -213,7 +214,7 @@ def refresh_superseded_keys(
             abe.AbeUserKey.from_bytes(p.read_bytes())
             for p in keys.abe_key_files(identity, authority)
         ]
-        newest = max((_epoch_of(k) for k in held), default=-1)
+        newest = max((e for k in held for e in key_epochs(k.components)), default=-1)
         if newest >= client.authority_epoch(authority):
             continue
         try:
@@ -223,12 +224,6 @@ def refresh_superseded_keys(
         keys.save_abe_key(identity, authority, got.key)
         out.append({"authority": authority, "attributes": sorted(got.key.components)})
     return out
-
-
-def _epoch_of(key: abe.AbeUserKey) -> int:
-    epochs = [int(a.split(":", 1)[1]) for a in key.components if a.startswith("epoch:")
-              and a.split(":", 1)[1].isdigit()]  # fmt: skip
-    return max(epochs, default=-1)
 
 
 def _obtain_staff_keys(
