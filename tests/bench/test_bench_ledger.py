@@ -147,7 +147,7 @@ def test_bench_ledger_fits_earlier_runs_and_writes_report_and_plot(tmp_path: Pat
     result = CliRunner().invoke(
         app,
         ["bench", "ledger", "--quick", "--no-real", "--calibration-runs", str(runs),
-         "--json", str(out), "--plot", str(plot)],
+         "--nodes", "64,16", "--json", str(out), "--plot", str(plot)],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
@@ -156,7 +156,17 @@ def test_bench_ledger_fits_earlier_runs_and_writes_report_and_plot(tmp_path: Pat
     assert set(report["calibration"]["fit"]["costs_us"]) >= set(cal.GO_FEATURES)
     assert len(report["calibration"]["rows"]) == 2
     assert {(r["nodes"], r["validators"], r["block_txs"]) for r in report["curve"]} == set(
-        ledger.curve_plan()
+        ledger.curve_plan((16, 64))
     )
     assert report["summary"]["tx_per_s_ratio_7_vs_64_at_10tx"] is not None
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("nodes", ["", "16,x", "4,64", "64,2000"])
+def test_bench_ledger_refuses_a_bad_node_list(tmp_path: Path, nodes: str) -> None:
+    result = CliRunner().invoke(
+        app, ["bench", "ledger", "--no-real", "--nodes", nodes, "--json", str(tmp_path / "o.json")]
+    )
+    assert result.exit_code == 2, result.output
+    assert "--nodes" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "o.json").exists()

@@ -208,7 +208,8 @@ def test_reputation_follows_the_commit_report(state: LedgerState) -> None:
     members = state.committee
     absent = members[-1]
     before = {v.public: v.reputation for v in state.validators}
-    rules.finalize(state, block(state, 1, [], signed=members[:-1]))
+    work = [register(state, SigningKey.generate())]
+    rules.finalize(state, block(state, 1, work, signed=members[:-1]))
     after = {v.public: v.reputation for v in state.validators}
     policy = state.genesis.policy
     assert after[absent] == before[absent] - policy.missed_penalty
@@ -216,6 +217,23 @@ def test_reputation_follows_the_commit_report(state: LedgerState) -> None:
     assert after[members[1]] == before[members[1]] + policy.vote_bonus
     outsiders = [v.public for v in state.validators if v.public not in members]
     assert all(after[o] == before[o] for o in outsiders)
+
+
+def test_an_idle_block_earns_nothing_and_keeps_the_app_hash(state: LedgerState) -> None:
+    """So CometBFT needs no proof block after it: an idle chain makes one empty block per
+    ``create_empty_blocks_interval`` instead of one per ``timeout_commit``."""
+    before, app_hash = state.validators, state.app_hash
+    members = state.committee
+    outcome = rules.finalize(state, block(state, 1, [], signed=members[:-1]))
+    assert state.height == 1 and state.app_hash == app_hash and outcome.changes.empty
+    assert state.validators == before  # neither the signers' bonus nor the absent's penalty
+    # a block with work changes the hash, and so does a later idle one at an epoch's end
+    # only if the election changes the committee
+    rules.finalize(state, block(state, 2, [register(state, SigningKey.generate())]))
+    assert state.app_hash != app_hash and state.validators != before
+    busy_hash = state.app_hash
+    rules.finalize(state, block(state, 3, []))
+    assert state.app_hash == busy_hash
 
 
 def test_misbehaviour_ejects_and_refills_the_seat_at_once(state: LedgerState) -> None:

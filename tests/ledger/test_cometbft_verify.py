@@ -685,12 +685,20 @@ def test_a_doctored_genesis_is_refused_before_any_height(chain: Chain) -> None:
 def test_a_replay_that_diverges_is_caught_by_the_next_header(
     chain: Chain, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Rules that forget reputation: the state after block 2 (the first with a last
-    commit) differs from the nodes'. The node's ``/block_results`` app hash shows it at
-    block 2; without it (not signed, a node may omit it) header 3 does."""
+    """Rules that forget reputation: the state after the first block that credits it (one
+    with transactions and a last commit) differs from the nodes'. The node's
+    ``/block_results`` app hash shows it at that block; without it (not signed, a node may
+    omit it) the next header does."""
+    credited = next(
+        h
+        for h in range(2, chain.tx_height + 1)
+        if httpx.get(f"{chain.rpc}/block", params={"height": h}).json()["result"]["block"][
+            "data"
+        ]["txs"]
+    )
     monkeypatch.setattr(rules, "credit", lambda *args: None)
-    report = v.verify_node(chain.rpc, to=4)
-    assert not report.ok and report.first_bad_height == 2, report.as_dict()
+    report = v.verify_node(chain.rpc, to=credited + 2)
+    assert not report.ok and report.first_bad_height == credited, report.as_dict()
     assert "app hash after this block is not the replay's" in report.problem
 
     def no_results_app_hash(m: str, p: dict, r: dict) -> None:
@@ -699,11 +707,11 @@ def test_a_replay_that_diverges_is_caught_by_the_next_header(
 
     proxy = _Proxy(chain.rpc, no_results_app_hash)
     try:
-        report = v.verify_node(proxy.url, to=4)
+        report = v.verify_node(proxy.url, to=credited + 2)
     finally:
         proxy.close()
-    assert not report.ok and report.first_bad_height == 3, report.as_dict()
-    assert "is not the replay's" in report.problem and "after block 2" in report.problem
+    assert not report.ok and report.first_bad_height == credited + 1, report.as_dict()
+    assert "is not the replay's" in report.problem and f"after block {credited}" in report.problem
 
 
 @pytest.mark.slow

@@ -16,7 +16,7 @@ from medshare.bench.timing import paired
 from medshare.crypto import abe, group, issuance, kac, paillier_blum, paillier_range
 
 ABE_ATTRS = (5, 10, 20, 50)
-ONLINE_ATTRS = (5, 50)  # issuance with precomputed randomness: the ends of the range
+QUICK_ABE_ATTRS = (5, 20)  # a smoke run: the ends of a shorter range
 KAC_SET_SIZES = (1, 8, 64)
 KAC_CLASSES = 1024
 RECORD = b"\x42" * 1024
@@ -26,10 +26,18 @@ RECORD = b"\x42" * 1024
 class Plan:
     repeats: int
     kac_setup_repeats: int
+    abe_attrs: tuple[int, ...] = ABE_ATTRS
+
+    @property
+    def online_attrs(self) -> tuple[int, int]:
+        """Issuance with precomputed randomness: the ends of the range."""
+        return self.abe_attrs[0], self.abe_attrs[-1]
 
     @classmethod
     def for_mode(cls, quick: bool) -> Plan:
-        return cls(repeats=2, kac_setup_repeats=1) if quick else cls(10, 5)
+        if quick:
+            return cls(repeats=2, kac_setup_repeats=1, abe_attrs=QUICK_ABE_ATTRS)
+        return cls(10, 5)
 
 
 def _random_g1(count: int) -> list:
@@ -86,7 +94,7 @@ def bench_abe(plan: Plan, progress: Callable[[str], None]) -> tuple[list[dict], 
         max(1, plan.repeats - 1),
     )
     rows.append(_row("paillier-modulus-check", "attrs", 0, t.ms, t.bound_ms))
-    for n in ABE_ATTRS:
+    for n in plan.abe_attrs:
         progress(f"ABE, {n} attributes")
         attrs = [f"attr:{i:03d}" for i in range(n)]
         policy = " and ".join(attrs)
@@ -112,7 +120,7 @@ def bench_abe(plan: Plan, progress: Callable[[str], None]) -> tuple[list[dict], 
             max(1, plan.repeats - 1),
         )
         rows.append(_row("issue", "attrs", n, t.ms, t.bound_ms))
-        if n in ONLINE_ATTRS:
+        if n in plan.online_attrs:
             rows.append(_issue_online_row(n, attrs, authority, verified, plan))
         # Encrypt: per row two 2-term G1 multiexps and one G1 mult; C0, C0' and the KEM.
         t = paired(lambda p=policy: abe.encrypt(public, p, RECORD), _encrypt_bound(n), plan.repeats)

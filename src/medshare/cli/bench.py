@@ -12,6 +12,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from medshare.cli.errors import fail
 from medshare.cli.files import write_file
 
 app = typer.Typer(
@@ -37,7 +38,9 @@ def _run_and_save(
 def crypto(
     json_out: Annotated[Path, typer.Option("--json", help="Where to write the JSON report.")],
     plot: Annotated[Path | None, typer.Option(help="Where to write a PNG plot.")] = None,
-    quick: Annotated[bool, typer.Option(help="Fewer repetitions (under a minute).")] = False,
+    quick: Annotated[
+        bool, typer.Option(help="Fewer repetitions, ABE at 5 and 20 attributes only (a smoke run).")
+    ] = False,
 ) -> None:
     """CP-ABE and KAC: each operation vs its bare group-operation bound."""
     from medshare.bench import crypto as bench_crypto
@@ -95,6 +98,17 @@ def _real_ledger(quick: bool) -> dict:
     return report
 
 
+def _node_counts(text: str) -> tuple[int, ...]:
+    """``16,64`` → (16, 64): each N at least the committee of 7 and at most 1,024."""
+    try:
+        counts = tuple(sorted({int(part) for part in text.split(",") if part.strip()}))
+    except ValueError:
+        raise fail(f"--nodes takes comma-separated integers, not {text!r}") from None
+    if not counts or not all(7 <= n <= 1024 for n in counts):
+        raise fail("--nodes: each N must be between 7 and 1024")
+    return counts
+
+
 @app.command("ledger")
 def ledger(
     json_out: Annotated[Path, typer.Option("--json", help="Where to write the JSON report.")],
@@ -119,11 +133,19 @@ def ledger(
             "of measuring new ones.",
         ),
     ] = None,
+    nodes: Annotated[
+        str | None,
+        typer.Option(
+            help="The model's curve over these N only (comma-separated, e.g. 16,64; "
+            "default 16,32,64,128,256). The summary's 7-vs-64 ratios need 64."
+        ),
+    ] = None,
 ) -> None:
     """Real CometBFT processes under load next to etcd; the CometBFT model calibrated
     against real runs on this machine; and the model's curve over N = 16 … 256."""
     from medshare.bench import ledger as bench_ledger
 
+    plan = None if nodes is None else bench_ledger.curve_plan(_node_counts(nodes))
     earlier = None
     if runs is not None:
         doc = json.loads(runs.read_text())
@@ -135,7 +157,7 @@ def ledger(
         return
 
     def run_both(quick: bool, progress: Callable[[str], None]) -> dict:
-        report = bench_ledger.run(quick, progress=progress, runs=earlier)
+        report = bench_ledger.run(quick, progress=progress, runs=earlier, curve_plan_=plan)
         if real_report is not None:
             report["real"] = real_report
         return report

@@ -503,15 +503,17 @@ def finalize(
     verified: Callable[[Tx], bool] | None = None,
 ) -> BlockOutcome:
     """Apply one decided block to ``state`` (in place) in the one order every node and
-    every verifier uses: reputation from the previous block's commit, ejection on
-    evidence, the transactions, the election at an epoch's end, then the app hash."""
+    every verifier uses: reputation from the previous block's commit (in a block that
+    carries transactions), ejection on evidence, the transactions, the election at an
+    epoch's end, then the app hash (unchanged by a block that changed nothing)."""
     if block.height != state.height + 1:
         # CometBFT hands blocks over in order; anything else means the app's store and the
         # engine's disagree, and going on would sign a state nobody else has.
         raise RuntimeError(f"block {block.height} applied to the state after {state.height}")
     before = state.committee
     changes = BlockChanges()
-    credit(state, block.report, changes)
+    if block.txs:  # reputation is earned committing the consortium's work, not idle blocks
+        credit(state, block.report, changes)
     punish(state, block.misbehaving, block.hash, changes)
     results = []
     for raw in block.txs:

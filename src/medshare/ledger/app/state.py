@@ -36,6 +36,17 @@ class BlockChanges:
     committee: bool = False
     candidates: bool = False
 
+    @property
+    def empty(self) -> bool:
+        return not (
+            self.nonces
+            or self.identities
+            or self.published
+            or self.validators
+            or self.committee
+            or self.candidates
+        )
+
     def canonical(self, state: LedgerState) -> bytes:
         doc: dict = {"nonces": self.nonces, "identities": self.identities}
         if self.published:  # absent when empty: blocks without publications hash as before
@@ -131,8 +142,12 @@ class LedgerState:
         return copy
 
     def seal(self, height: int, changes: BlockChanges) -> bytes:
-        """Advance to ``height`` and chain the block's changes into the app hash."""
+        """Advance to ``height`` and chain the block's changes into the app hash; a block
+        that changed nothing keeps the app hash, so CometBFT need not make another block
+        at once to commit it (the chain idles at ``create_empty_blocks_interval``)."""
         self.height = height
+        if changes.empty:
+            return self.app_hash
         self.app_hash = hashlib.sha256(
             APP_HASH_DOMAIN + self.app_hash + height.to_bytes(8, "big") + changes.canonical(self)
         ).digest()
