@@ -689,13 +689,12 @@ def test_a_replay_that_diverges_is_caught_by_the_next_header(
     with transactions and a last commit) differs from the nodes'. The node's
     ``/block_results`` app hash shows it at that block; without it (not signed, a node may
     omit it) the next header does."""
-    credited = next(
-        h
-        for h in range(2, chain.tx_height + 1)
-        if httpx.get(f"{chain.rpc}/block", params={"height": h}).json()["result"]["block"][
-            "data"
-        ]["txs"]
-    )
+
+    def txs(height: int) -> list:
+        block = httpx.get(f"{chain.rpc}/block", params={"height": height}).json()
+        return block["result"]["block"]["data"]["txs"] or []
+
+    credited = next(h for h in range(2, chain.tx_height + 1) if txs(h))
     monkeypatch.setattr(rules, "credit", lambda *args: None)
     report = v.verify_node(chain.rpc, to=credited + 2)
     assert not report.ok and report.first_bad_height == credited, report.as_dict()
