@@ -660,13 +660,25 @@ def test_the_user_refuses_an_authority_that_encrypts_a_huge_plaintext(keys, publ
     assert user._rho is None  # nothing was blinded, nothing sent
 
 
-def test_the_user_refuses_an_unproven_modulus(keys, public) -> None:
-    """The modulus proof is checked before anything is sent under the modulus."""
-    challenge = IssuanceAuthority(keys).challenge()
-    other = AuthorityKeys(keys.master, *generate_blum_primes(PAILLIER_BITS))
-    forged = dataclasses.replace(challenge, paillier_n=other.paillier_p * other.paillier_q)
+def _unproven(authority: IssuanceAuthority, user: IssuanceUser, challenge) -> None:
+    """Run ``user`` with a challenge whose modulus the proof is not for up to the offer,
+    which the user must refuse before anything is sent under that modulus."""
+    request = user.registration(challenge)  # R and its proof: nothing under the modulus
+    offer = dataclasses.replace(authority.offer(request, ATTRS), paillier_n=challenge.paillier_n)
     with pytest.raises(ProtocolError, match="not proven well formed"):
-        IssuanceUser(public, "pia").registration(forged)
+        user.range_challenge(offer)
+    assert user._offer is None and user._rho is None
+
+
+def test_the_user_refuses_an_unproven_modulus(keys, public) -> None:
+    """The modulus proof is checked when the offer comes, before anything is sent under
+    the modulus."""
+    authority = IssuanceAuthority(keys)
+    other = AuthorityKeys(keys.master, *generate_blum_primes(PAILLIER_BITS))
+    forged = dataclasses.replace(
+        authority.challenge(), paillier_n=other.paillier_p * other.paillier_q
+    )
+    _unproven(authority, IssuanceUser(public, "pia"), forged)
 
 
 def test_a_modulus_is_verified_once_per_user_cache(keys, public) -> None:
@@ -680,9 +692,10 @@ def test_a_modulus_is_verified_once_per_user_cache(keys, public) -> None:
         modulus_proof=dataclasses.replace(challenge.modulus_proof, w=challenge.modulus_proof.w + 1),
     )
     # cached: the (already checked) modulus is not checked again
-    IssuanceUser(public, "quinn", verified_moduli=seen).registration(broken)
-    with pytest.raises(ProtocolError, match="not proven well formed"):
-        IssuanceUser(public, "quinn").registration(broken)
+    cached = IssuanceUser(public, "quinn", verified_moduli=seen)
+    cached.range_challenge(authority.offer(cached.registration(broken), ATTRS))
+    fresh = dataclasses.replace(authority.challenge(), modulus_proof=broken.modulus_proof)
+    _unproven(authority, IssuanceUser(public, "quinn"), fresh)
 
 
 def test_the_user_refuses_a_modulus_other_than_the_published_one(keys, public) -> None:

@@ -719,12 +719,16 @@ class IssuanceUser:
         self._offer: IssuanceOffer | None = None
         self._range_bits: int | None = None
         self._paillier_n: int | None = None
+        self._challenge: IssuanceChallenge | None = None
         self._verified = verified_moduli if verified_moduli is not None else set()
 
     def registration(self, challenge: IssuanceChallenge) -> RegistrationRequest:
         """``R`` and its proof, bound to the authority's challenge; refused when the
-        challenge names another authority than the public key this user trusts, or its
-        Paillier modulus is not proven Paillier–Blum."""
+        challenge names another authority than the public key this user trusts, or a
+        modulus other than the one it published. The modulus proof itself (about a second
+        of work) is checked when an offer comes (:meth:`range_challenge`): still before
+        anything is sent under the modulus, and not at all when the authority offers this
+        user nothing (a staff member asks every authority; most refuse)."""
         if challenge.authority != self._public.fingerprint():
             raise ProtocolError("the challenge comes from another authority")
         if challenge.paillier_n.bit_length() < PAILLIER_BITS - 1:
@@ -733,14 +737,7 @@ class IssuanceUser:
             modulus_digest(challenge.paillier_n, challenge.modulus_proof), self._published_modulus
         ):
             raise ProtocolError("the authority's Paillier modulus is not the one it published")
-        known = (challenge.authority, challenge.paillier_n)
-        if known not in self._verified:
-            context = _modulus_context(challenge.authority)
-            if not paillier_blum.verify_modulus(
-                challenge.paillier_n, challenge.modulus_proof, context
-            ):
-                raise ProtocolError("the authority's Paillier modulus is not proven well formed")
-            self._verified.add(known)
+        self._challenge = challenge
         self._paillier_n = challenge.paillier_n
         R = group.mul(group.g1(), self._k)
         context = _registration_context(self._identity, challenge.session, challenge.authority)
@@ -757,11 +754,25 @@ class IssuanceUser:
             raise ProtocolError("offer is for another identity")
         if self._paillier_n is None or offer.paillier_n != self._paillier_n:
             raise ProtocolError("the offer's Paillier modulus is not the one proven")
+        self._check_modulus()
         n_square = offer.paillier_n**2
         if not 0 < offer.enc_a_plus_c < n_square or not 0 < offer.c < ORDER:
             raise ProtocolError("offer values out of range")
         self._offer, self._range_bits = offer, paillier_range.challenge()
         return RangeChallenge(offer.session, self._range_bits)
+
+    def _check_modulus(self) -> None:
+        """The challenge's modulus is Paillier–Blum (once per modulus and cache)."""
+        challenge = self._challenge
+        if challenge is None:
+            raise ProtocolError("no challenge was answered")
+        known = (challenge.authority, challenge.paillier_n)
+        if known in self._verified:
+            return
+        context = _modulus_context(challenge.authority)
+        if not paillier_blum.verify_modulus(challenge.paillier_n, challenge.modulus_proof, context):
+            raise ProtocolError("the authority's Paillier modulus is not proven well formed")
+        self._verified.add(known)
 
     def respond(self, answer: RangeAnswer) -> IssuanceResponse:
         """Check the range proof, then blind ``a + c`` homomorphically into
