@@ -208,8 +208,7 @@ def test_reputation_follows_the_commit_report(state: LedgerState) -> None:
     members = state.committee
     absent = members[-1]
     before = {v.public: v.reputation for v in state.validators}
-    work = [register(state, SigningKey.generate())]
-    rules.finalize(state, block(state, 1, work, signed=members[:-1]))
+    rules.finalize(state, block(state, 1, [], signed=members[:-1]))
     after = {v.public: v.reputation for v in state.validators}
     policy = state.genesis.policy
     assert after[absent] == before[absent] - policy.missed_penalty
@@ -219,21 +218,29 @@ def test_reputation_follows_the_commit_report(state: LedgerState) -> None:
     assert all(after[o] == before[o] for o in outsiders)
 
 
-def test_an_idle_block_earns_nothing_and_keeps_the_app_hash(state: LedgerState) -> None:
-    """So CometBFT needs no proof block after it: an idle chain makes one empty block per
-    ``create_empty_blocks_interval`` instead of one per ``timeout_commit``."""
+def test_reputation_enters_the_app_hash_at_the_epochs_end(genesis: Genesis) -> None:
+    """A block that changes nothing but reputation keeps the app hash (so CometBFT needs no
+    proof block after it and an idle chain idles); the reputation is kept at once and is
+    sealed into the hash at the epoch's end, with the election that reads it."""
+    state = LedgerState.initial(genesis)
     before, app_hash = state.validators, state.app_hash
-    members = state.committee
-    outcome = rules.finalize(state, block(state, 1, [], signed=members[:-1]))
-    assert state.height == 1 and state.app_hash == app_hash and outcome.changes.empty
-    assert state.validators == before  # neither the signers' bonus nor the absent's penalty
-    # a block with work changes the hash, and so does a later idle one at an epoch's end
-    # only if the election changes the committee
-    rules.finalize(state, block(state, 2, [register(state, SigningKey.generate())]))
-    assert state.app_hash != app_hash and state.validators != before
-    busy_hash = state.app_hash
-    rules.finalize(state, block(state, 3, []))
-    assert state.app_hash == busy_hash
+    length = genesis.epoch_length
+    for h in range(1, length):
+        outcome = rules.finalize(state, block(state, h, []))
+        assert outcome.changes.empty and outcome.changes.reputation
+        assert state.app_hash == app_hash and state.height == h
+    assert state.validators != before  # credited, not yet hashed
+    rules.finalize(state, block(state, length, []))
+    assert state.app_hash != app_hash
+    # every verifier agrees: the same blocks give the same hash whatever the history
+    again = LedgerState.initial(genesis)
+    for h in range(1, length + 1):
+        rules.finalize(again, block(again, h, []))
+    assert again.app_hash == state.app_hash and again.validators == state.validators
+    # a transaction changes the hash at once (its reputation rides along only at the end)
+    sealed = state.app_hash
+    rules.finalize(state, block(state, length + 1, [register(state, SigningKey.generate())]))
+    assert state.app_hash != sealed
 
 
 def test_misbehaviour_ejects_and_refills_the_seat_at_once(state: LedgerState) -> None:

@@ -478,7 +478,7 @@ def test_attack_a_byzantine_proposer_cannot_sink_an_honest_members_reputation() 
             hashlib.sha256(b"h%d" % h).digest(),
             CommitReport(votes, rules.address(proposer)),
             (),
-            (b"work",),  # reputation moves in blocks that carry transactions
+            (),
         )
         rules.finalize(state, decided)
     rep = {v.public: v.reputation for v in state.validators}

@@ -96,8 +96,8 @@ SENDERS: Mapping[TxKind, Sender] = {
     TxKind.COMMITTEE_CHANGE: Sender.ENGINE,
 }
 MAX_IDENTITY_NAME = 256
-# How long a node registration waits for its approvals (blocks; CometBFT here commits a
-# few blocks a second, so about a working day).
+# How long a node registration waits for its approvals (blocks; an idle chain makes about
+# one a second, a busy one a few: one to a few days).
 CANDIDATE_TTL_BLOCKS = 100_000
 IDENTITY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@:+\-]{0,255}")
 MAX_TAG_HEX = 256  # a compressed G1 point is 96 hex digits
@@ -417,7 +417,7 @@ def credit(state: LedgerState, report: CommitReport, changes: BlockChanges) -> N
     )
     if updated != state.validators:
         state.validators = updated
-        changes.validators = True
+        changes.reputation = True
 
 
 def punish(
@@ -503,17 +503,21 @@ def finalize(
     verified: Callable[[Tx], bool] | None = None,
 ) -> BlockOutcome:
     """Apply one decided block to ``state`` (in place) in the one order every node and
-    every verifier uses: reputation from the previous block's commit (in a block that
-    carries transactions), ejection on evidence, the transactions, the election at an
-    epoch's end, then the app hash (unchanged by a block that changed nothing)."""
+    every verifier uses: reputation from the previous block's commit, ejection on
+    evidence, the transactions, the election at an epoch's end, then the app hash.
+
+    Reputation credited from a commit is kept (and persisted) at once but enters the app
+    hash at the epoch's end, with the election that reads it (or sooner, with an
+    ejection): a block that changes nothing else keeps the app hash, so CometBFT makes no
+    proof block after it and an idle chain idles. Every block's commit counts, whoever
+    proposed it and whatever it carries."""
     if block.height != state.height + 1:
         # CometBFT hands blocks over in order; anything else means the app's store and the
         # engine's disagree, and going on would sign a state nobody else has.
         raise RuntimeError(f"block {block.height} applied to the state after {state.height}")
     before = state.committee
     changes = BlockChanges()
-    if block.txs:  # reputation is earned committing the consortium's work, not idle blocks
-        credit(state, block.report, changes)
+    credit(state, block.report, changes)
     punish(state, block.misbehaving, block.hash, changes)
     results = []
     for raw in block.txs:
@@ -528,6 +532,7 @@ def finalize(
         else:
             results.append((int(Code.OK), ""))
     if epoch_ends(state, block.height):
+        changes.validators = True  # the epoch's reputation, sealed with its election
         elect_next(state, block.hash, changes)
     updates = tuple(validator_updates(before, state.committee))
     state.seal(block.height, changes)

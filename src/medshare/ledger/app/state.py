@@ -35,9 +35,13 @@ class BlockChanges:
     validators: bool = False
     committee: bool = False
     candidates: bool = False
+    # Reputation credited from a commit: persisted with the block, hashed at the epoch's
+    # end (``rules.finalize``) unless ``validators`` is set.
+    reputation: bool = False
 
     @property
     def empty(self) -> bool:
+        """Nothing the app hash commits to changed (pending reputation aside)."""
         return not (
             self.nonces
             or self.identities

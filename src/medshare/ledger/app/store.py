@@ -95,7 +95,7 @@ class StateStore:
             "INSERT OR REPLACE INTO published VALUES (?, ?)", changes.published.items()
         )
         meta = {"height": str(state.height), "app_hash": state.app_hash.hex()}
-        if changes.validators:
+        if changes.validators or changes.reputation:
             meta["validators"] = json.dumps(election.state_json(state.validators))
         if changes.committee:
             meta["committee"] = json.dumps([m.hex() for m in state.committee])

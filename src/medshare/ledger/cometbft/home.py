@@ -23,11 +23,11 @@ from medshare.ledger.cometbft import install
 # Consensus timing for a consortium on one site or a metro network: blocks follow each
 # other 100 ms after a commit (CometBFT's default is 1 s), rounds give up on a silent
 # proposer after 1 s. An idle chain makes an empty block every second: a block that
-# changes nothing keeps the app hash (reputation is credited in blocks that carry
-# transactions), so CometBFT needs no "proof block" after it. An idle 4-node consortium
-# then costs ≈ 1 block/s instead of the ≈ 6/s (0.6 of a core here) a changing app hash
-# forced. A transaction still waits at most one block interval: its arrival in the
-# mempool starts the next height at once.
+# changes nothing keeps the app hash (reputation credited from each commit enters it at
+# the epoch's end, ``rules.finalize``), so CometBFT needs no "proof block" after it. An
+# idle 4-node consortium then costs ≈ 1 block/s instead of the ≈ 6/s (0.6 of a core
+# here) a changing app hash forced. A transaction still waits at most one block
+# interval: its arrival in the mempool starts the next height at once.
 #
 # The gossip timers are what a height waits for most (docs/ledger-throughput.md): a
 # per-peer gossip routine sleeps ``peer_gossip_sleep_duration`` when it has nothing to
