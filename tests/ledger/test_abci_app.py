@@ -213,6 +213,29 @@ def test_state_survives_a_restart_and_uncommitted_blocks_do_not(
     assert json.loads(nonce.value) == {"next_nonce": 0}
 
 
+def test_reputation_not_yet_in_the_app_hash_survives_a_restart(
+    store: StateStore, tmp_path: Path
+) -> None:
+    """Reputation credited mid-epoch is in no app hash yet, so a node that restarted
+    without it would seal another hash at the epoch's end than its peers: it is persisted
+    with each block."""
+    app = LedgerApplication(store)
+    init(app)
+    epoch = app._committed().genesis.epoch_length
+    commit_block(app, 1, [])
+    before = app._committed().validators
+    commit_block(app, 2, [])
+    assert app._committed().validators != before  # the empty block's commit was credited
+    restarted = LedgerApplication(StateStore(tmp_path / "app.db"))  # the same node, again
+    assert restarted._committed().validators == app._committed().validators
+    never_stopped = LedgerApplication(StateStore(tmp_path / "other.db"))
+    init(never_stopped)
+    for h in range(1, epoch + 1):
+        sealed = commit_block(never_stopped, h, []).app_hash
+        if h > 2:
+            assert commit_block(restarted, h, []).app_hash == sealed
+
+
 def test_unknown_query_path_is_an_error_code(store: StateStore) -> None:
     app = LedgerApplication(store)
     init(app)
