@@ -97,14 +97,27 @@ def test_key_overhead_on_the_service(report: dict) -> None:
     assert overhead["model_at_service_params"]["n"] == measured[10]["kac_classes"]
 
 
-@pytest.mark.slow
-def test_bench_service_cli_writes_json_and_plot(tmp_path: Path) -> None:
+def test_bench_service_cli_writes_json_and_plot(
+    tmp_path: Path, report: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The command's part: it runs the benchmark in its mode, prints the table, writes the
+    report and the plot. The benchmark itself is the module's real run above (a second
+    run here would only repeat it)."""
+    asked: list[bool] = []
+
+    def the_run_above(quick: bool, progress=None, **_: object) -> dict:
+        asked.append(quick)
+        return report
+
+    monkeypatch.setattr(bench_service, "run", the_run_above)
     out, plot = tmp_path / "service.json", tmp_path / "service.png"
     result = CliRunner().invoke(
         app, ["bench", "service", "--quick", "--json", str(out), "--plot", str(plot)]
     )
     assert result.exit_code == 0, result.output
+    assert asked == [True]
     written = json.loads(out.read_text())
+    assert written == json.loads(json.dumps(report))
     assert {"quick", "machine", "read", "ingest", "key_overhead"} <= set(written)
     assert {row["area"] for row in written["read"]} == {"institution", "personal"}
     assert "institution" in result.output and "records/s" in result.output
