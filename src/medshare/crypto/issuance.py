@@ -718,7 +718,6 @@ class IssuanceUser:
         self._rho: int | None = None
         self._offer: IssuanceOffer | None = None
         self._range_bits: int | None = None
-        self._paillier_n: int | None = None
         self._challenge: IssuanceChallenge | None = None
         self._verified = verified_moduli if verified_moduli is not None else set()
 
@@ -738,7 +737,6 @@ class IssuanceUser:
         ):
             raise ProtocolError("the authority's Paillier modulus is not the one it published")
         self._challenge = challenge
-        self._paillier_n = challenge.paillier_n
         R = group.mul(group.g1(), self._k)
         context = _registration_context(self._identity, challenge.session, challenge.authority)
         proof = prove_dlog(group.g1(), self._k, context)
@@ -752,7 +750,7 @@ class IssuanceUser:
         """Check the offer's form and ask for the range proof's openings."""
         if offer.identity != self._identity:
             raise ProtocolError("offer is for another identity")
-        if self._paillier_n is None or offer.paillier_n != self._paillier_n:
+        if self._challenge is None or offer.paillier_n != self._challenge.paillier_n:
             raise ProtocolError("the offer's Paillier modulus is not the one proven")
         self._check_modulus()
         n_square = offer.paillier_n**2

@@ -215,15 +215,22 @@ def refresh_superseded_keys(
             for p in keys.abe_key_files(identity, authority)
         ]
         newest = max((e for k in held for e in key_epochs(k.components)), default=-1)
-        if newest >= client.authority_epoch(authority):
-            continue
-        try:
-            got = obtain_key(client, identity, key, authority)
-        except AccessDenied:
-            continue
-        keys.save_abe_key(identity, authority, got.key)
-        out.append({"authority": authority, "attributes": sorted(got.key.components)})
+        if newest < client.authority_epoch(authority):
+            out += _obtain_and_keep(keys, identity, key, client, authority)
     return out
+
+
+def _obtain_and_keep(
+    keys: Wallets, identity: str, key: SigningKey, client: HospitalClient, authority: str
+) -> list[dict[str, Any]]:
+    """The key ``authority`` issues to this holder, kept in the wallet; nothing when the
+    authority refuses (it offers this holder nothing)."""
+    try:
+        got = obtain_key(client, identity, key, authority)
+    except AccessDenied:
+        return []
+    keys.save_abe_key(identity, authority, got.key)
+    return [{"authority": authority, "attributes": sorted(got.key.components)}]
 
 
 def _obtain_staff_keys(
@@ -231,15 +238,10 @@ def _obtain_staff_keys(
 ) -> list[dict[str, Any]]:
     """The CP-ABE keys the consortium's authorities offer this staff member (each decides;
     a refusal means "not entitled" and is skipped)."""
-    info = wallet.info()
+    info, key = wallet.info(), wallet.identity_key()
     out = []
     for authority in authorities:
-        try:
-            got = obtain_key(client, info.identity, wallet.identity_key(), authority)
-        except AccessDenied:
-            continue
-        wallet.keys.save_abe_key(info.identity, authority, got.key)
-        out.append({"authority": authority, "attributes": sorted(got.key.components)})
+        out += _obtain_and_keep(wallet.keys, info.identity, key, client, authority)
     return out
 
 
